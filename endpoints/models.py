@@ -1,0 +1,416 @@
+"""The product's data: desired state (what users asked for) and observed state (what runs).
+
+Web processes write desired state only: an endpoint is enabled, a stage has a compute
+config. The reconcile loop (``endpoints.reconcile``) reads it together with the MLflow
+registry and writes observed state: endpoint versions, replicas, routing and events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Stage(models.TextChoices):
+    STAGING = "Staging"
+    PRODUCTION = "Production"
+
+
+class WorkloadSize(models.TextChoices):
+    SMALL = "Small"
+    MEDIUM = "Medium"
+    LARGE = "Large"
+
+
+# Concurrency (min, max) per workload size, as the reference platform documents it.
+# One replica carries a concurrency of settings.SERVING["REPLICA_CONCURRENCY"] (4).
+WORKLOAD_CONCURRENCY: dict[str, tuple[int, int]] = {
+    WorkloadSize.SMALL: (4, 4),
+    WorkloadSize.MEDIUM: (8, 16),
+    WorkloadSize.LARGE: (16, 64),
+}
+
+
+class EndpointState(models.TextChoices):
+    PENDING = "PENDING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+class ServiceState(models.TextChoices):
+    UNKNOWN = "SERVICE_STATE_UNKNOWN"
+    PENDING = "SERVICE_STATE_PENDING"
+    READY = "SERVICE_STATE_READY"
+    FAILED = "SERVICE_STATE_FAILED"
+    RETRY_REQUESTED = "SERVICE_STATE_RETRY_REQUESTED"
+
+
+class ReplicaState(models.TextChoices):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    TERMINATING = "Terminating"
+    TERMINATED = "Terminated"
+    ERROR = "Error"
+
+
+class PermissionLevel(models.TextChoices):
+    CAN_VIEW = "CAN_VIEW"
+    CAN_QUERY = "CAN_QUERY"
+    CAN_MANAGE = "CAN_MANAGE"
+
+
+PERMISSION_RANK = {
+    PermissionLevel.CAN_VIEW: 1,
+    PermissionLevel.CAN_QUERY: 2,
+    PermissionLevel.CAN_MANAGE: 3,
+}
+
+
+class ServingEndpoint(models.Model):
+    """Serving for one registered model. A row exists once serving was first enabled."""
+
+    registered_model_name = models.CharField(max_length=256, unique=True)
+    enabled = models.BooleanField(default=True)
+    state = models.CharField(
+        max_length=16, choices=EndpointState.choices, default=EndpointState.PENDING
+    )
+    state_message = models.TextField(blank=True, default="")
+    creator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["registered_model_name"]
+
+    def __str__(self) -> str:
+        return self.registered_model_name
+
+    def current_compute_config(self, stage: str) -> ComputeConfig | None:
+        return (
+            self.compute_configs.filter(stage=stage).order_by("-creation_timestamp", "-pk").first()
+        )
+
+
+class ComputeConfig(models.Model):
+    """One compute setting for a stage. Rows are never updated: the newest one is desired."""
+
+    endpoint = models.ForeignKey(
+        ServingEndpoint, on_delete=models.CASCADE, related_name="compute_configs"
+    )
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    workload_size = models.CharField(
+        max_length=8, choices=WorkloadSize.choices, default=WorkloadSize.SMALL
+    )
+    scale_to_zero_enabled = models.BooleanField(default=False)
+    user_id = models.CharField(max_length=254, blank=True, default="")
+    creation_timestamp = models.BigIntegerField(default=now_ms)
+
+    class Meta:
+        ordering = ["-creation_timestamp", "-pk"]
+        indexes = [models.Index(fields=["endpoint", "stage", "-creation_timestamp"])]
+
+    def __str__(self) -> str:
+        zero = ", scale to zero" if self.scale_to_zero_enabled else ""
+        return f"{self.endpoint} {self.stage}: {self.workload_size}{zero}"
+
+    @property
+    def concurrency_range(self) -> tuple[int, int]:
+        low, high = WORKLOAD_CONCURRENCY[self.workload_size]
+        return (0 if self.scale_to_zero_enabled else low, high)
+
+    def same_spec(self, other: ComputeConfig | None) -> bool:
+        return other is not None and (
+            self.workload_size,
+            self.scale_to_zero_enabled,
+        ) == (other.workload_size, other.scale_to_zero_enabled)
+
+
+class EndpointVersion(models.Model):
+    """One served model version, with the status the API and the UI report."""
+
+    endpoint = models.ForeignKey(ServingEndpoint, on_delete=models.CASCADE, related_name="versions")
+    version = models.CharField(max_length=32)
+    # The version's stage in the registry as last seen ("" when not Staging/Production).
+    registry_stage = models.CharField(max_length=16, blank=True, default="")
+    # True while the registry wants it served; a version leaving its stage stays served
+    # (desired=False) until the stage's new version is ready, then drains and stops.
+    desired = models.BooleanField(default=True)
+    service_state = models.CharField(
+        max_length=40, choices=ServiceState.choices, default=ServiceState.PENDING
+    )
+    service_message = models.TextField(blank=True, default="")
+    service_config = models.ForeignKey(
+        ComputeConfig, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    config_update_state = models.CharField(
+        max_length=40, choices=ServiceState.choices, default=ServiceState.UNKNOWN
+    )
+    config_update_message = models.TextField(blank=True, default="")
+    target_config = models.ForeignKey(
+        ComputeConfig, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Environment preparation (model download, optional virtualenv).
+    model_path = models.CharField(max_length=1024, blank=True, default="")
+    environment_path = models.CharField(max_length=1024, blank=True, default="")
+    build_log_path = models.CharField(max_length=1024, blank=True, default="")
+    start_failures = models.PositiveIntegerField(default=0)
+    desired_replicas = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(default=timezone.now)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["endpoint", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "version"], name="unique_endpoint_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} v{self.version}"
+
+    @property
+    def version_number(self) -> int:
+        return int(self.version) if self.version.isdigit() else 0
+
+    @property
+    def is_ready(self) -> bool:
+        return self.service_state == ServiceState.READY
+
+
+class StageAlias(models.Model):
+    """Routing pointer: the version a stage URL answers with. Moves only to a READY version."""
+
+    endpoint = models.ForeignKey(ServingEndpoint, on_delete=models.CASCADE, related_name="aliases")
+    stage = models.CharField(max_length=16, choices=Stage.choices)
+    version = models.ForeignKey(EndpointVersion, on_delete=models.CASCADE, related_name="aliases")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["endpoint", "stage"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "stage"], name="unique_stage_alias")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.stage} → v{self.version.version}"
+
+
+class Replica(models.Model):
+    """One model server process. Its row is written before the process starts, so a crash
+    between the two leaves a row to adopt or clean up, never an unknown process."""
+
+    version = models.ForeignKey(EndpointVersion, on_delete=models.CASCADE, related_name="replicas")
+    replica_id = models.CharField(max_length=32, unique=True)
+    host = models.CharField(max_length=255, default="127.0.0.1")
+    port = models.PositiveIntegerField()
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    state = models.CharField(
+        max_length=16, choices=ReplicaState.choices, default=ReplicaState.PENDING
+    )
+    state_message = models.TextField(blank=True, default="")
+    worker_host = models.CharField(max_length=255, blank=True, default="")
+    log_path = models.CharField(max_length=1024, blank=True, default="")
+    probe_failures = models.PositiveIntegerField(default=0)
+    restarts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["version", "created_at"]
+        indexes = [models.Index(fields=["state"])]
+
+    def __str__(self) -> str:
+        return f"{self.replica_id} ({self.state})"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in (ReplicaState.PENDING, ReplicaState.RUNNING)
+
+
+class EventType(models.TextChoices):
+    # model level
+    ENDPOINT_ENABLED = "ENDPOINT_ENABLED"
+    ENDPOINT_DISABLED = "ENDPOINT_DISABLED"
+    ENDPOINT_READY = "ENDPOINT_READY"
+    ENDPOINT_FAILED = "ENDPOINT_FAILED"
+    COMPUTE_CONFIG_UPDATED = "COMPUTE_CONFIG_UPDATED"
+    # version level
+    VERSION_DEPLOYING = "VERSION_DEPLOYING"
+    VERSION_READY = "VERSION_READY"
+    VERSION_FAILED = "VERSION_FAILED"
+    VERSION_STAGE_CHANGED = "VERSION_STAGE_CHANGED"
+    VERSION_ALIAS_MOVED = "VERSION_ALIAS_MOVED"
+    VERSION_RETIRED = "VERSION_RETIRED"
+    CONFIG_UPDATE_STARTED = "CONFIG_UPDATE_STARTED"
+    CONFIG_UPDATE_APPLIED = "CONFIG_UPDATE_APPLIED"
+    CONFIG_UPDATE_FAILED = "CONFIG_UPDATE_FAILED"
+    SCALED_UP = "SCALED_UP"
+    SCALED_DOWN = "SCALED_DOWN"
+    SCALED_TO_ZERO = "SCALED_TO_ZERO"
+    WOKEN_FROM_ZERO = "WOKEN_FROM_ZERO"
+    BUILD_STARTED = "BUILD_STARTED"
+    BUILD_FINISHED = "BUILD_FINISHED"
+    BUILD_FAILED = "BUILD_FAILED"
+    # container / replica level
+    REPLICA_STARTED = "REPLICA_STARTED"
+    REPLICA_READY = "REPLICA_READY"
+    REPLICA_CRASHED = "REPLICA_CRASHED"
+    REPLICA_UNHEALTHY = "REPLICA_UNHEALTHY"
+    REPLICA_RESTARTED = "REPLICA_RESTARTED"
+    REPLICA_STOPPED = "REPLICA_STOPPED"
+    REPLICA_ADOPTED = "REPLICA_ADOPTED"
+
+
+class EventLevel(models.TextChoices):
+    MODEL = "MODEL"
+    VERSION = "VERSION"
+    REPLICA = "REPLICA"
+
+
+class Event(models.Model):
+    """One significant service event; these rows are the Model Events tab."""
+
+    endpoint = models.ForeignKey(ServingEndpoint, on_delete=models.CASCADE, related_name="events")
+    timestamp = models.BigIntegerField(default=now_ms, db_index=True)
+    type = models.CharField(max_length=40, choices=EventType.choices)
+    level = models.CharField(max_length=8, choices=EventLevel.choices, default=EventLevel.MODEL)
+    message = models.TextField()
+    endpoint_version_name = models.CharField(max_length=32, blank=True, default="")
+    stage = models.CharField(max_length=16, blank=True, default="")
+    replica_id = models.CharField(max_length=32, blank=True, default="")
+
+    class Meta:
+        ordering = ["-timestamp", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+    @classmethod
+    def record(
+        cls,
+        endpoint: ServingEndpoint,
+        type: str,
+        message: str,
+        *,
+        version: EndpointVersion | None = None,
+        replica: Replica | None = None,
+    ) -> Event:
+        level = (
+            EventLevel.REPLICA if replica else EventLevel.VERSION if version else EventLevel.MODEL
+        )
+        return cls.objects.create(
+            endpoint=endpoint,
+            type=type,
+            level=level,
+            message=message,
+            endpoint_version_name=version.version if version else "",
+            stage=version.registry_stage if version else "",
+            replica_id=replica.replica_id if replica else "",
+        )
+
+
+class ServicePrincipal(models.Model):
+    """A non-human identity for automation. It is a user that cannot log in to the UI
+    (unusable password) so tokens and permissions treat both kinds alike."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="service_principal"
+    )
+    display_name = models.CharField(max_length=256, blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["user__username"]
+
+    def __str__(self) -> str:
+        return self.display_name or self.user.get_username()
+
+
+TOKEN_PREFIX = "sui_"  # noqa: S105 - the public prefix of every token
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AccessTokenQuerySet(models.QuerySet):
+    def active(self) -> AccessTokenQuerySet:
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=timezone.now())
+        )
+
+
+class AccessToken(models.Model):
+    """A personal access token or a service principal's token. Only its SHA-256 is kept;
+    ``prefix`` (the first characters) lets a user recognise it in lists and scans."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens"
+    )
+    name = models.CharField(max_length=128, blank=True, default="")
+    prefix = models.CharField(max_length=16, db_index=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = AccessTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name or 'unnamed'})"
+
+    @staticmethod
+    def generate() -> str:
+        return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+    @property
+    def is_active(self) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.now()
+
+
+class EndpointPermission(models.Model):
+    endpoint = models.ForeignKey(
+        ServingEndpoint, on_delete=models.CASCADE, related_name="permissions"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="endpoint_permissions"
+    )
+    level = models.CharField(max_length=16, choices=PermissionLevel.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["endpoint", "user"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "user"], name="unique_endpoint_permission")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.level} on {self.endpoint}"

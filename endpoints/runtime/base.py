@@ -1,0 +1,45 @@
+"""The runtime interface: what the reconcile loop needs from wherever replicas run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    replica_id: str
+    model_path: str
+    host: str
+    port: int
+    log_path: str
+    # The interpreter that runs the model server: the product's own, or a per-model venv's.
+    python: str
+    request_timeout_seconds: float = 120.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Runtime(Protocol):
+    def start(self, spec: ReplicaSpec) -> int:
+        """Start a replica and return its process id without waiting for it to be healthy."""
+        ...
+
+    def stop(self, pid: int, replica_id: str, *, grace_seconds: float) -> None:
+        """Stop gracefully (in-flight requests finish), then forcibly after the grace period."""
+        ...
+
+    def is_alive(self, pid: int, replica_id: str) -> bool: ...
+
+    def probe(self, host: str, port: int, *, timeout: float = 2.0) -> bool:
+        """True when the replica answers its health check."""
+        ...
+
+    def discover(self) -> dict[str, int]:
+        """Every replica process on this host: {replica_id: pid}."""
+        ...
+
+    def port_is_free(self, host: str, port: int) -> bool: ...
+
+    def read_log(self, log_path: str, *, max_bytes: int) -> str: ...
+
+    def rotate_log(self, log_path: str, *, max_bytes: int) -> bool: ...

@@ -1,0 +1,342 @@
+"""Everything that changes desired state: enable, disable, compute config, transitions,
+tokens and permissions.
+
+Views, API views, admin actions and commands all call these functions; none of them
+starts a process. Each write records an Event and asks a worker to reconcile once the
+transaction has committed (the periodic reconcile would get there anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import registry
+from .auth import can_create_endpoint, has_permission
+from .cache import bump_generation
+from .errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidParameter,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from .models import (
+    AccessToken,
+    ComputeConfig,
+    EndpointPermission,
+    EndpointVersion,
+    Event,
+    EventType,
+    PermissionLevel,
+    ServicePrincipal,
+    ServiceState,
+    ServingEndpoint,
+    Stage,
+    WorkloadSize,
+    hash_token,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def request_reconcile(endpoint: ServingEndpoint) -> None:
+    """Ask a worker to reconcile this endpoint right after the transaction commits."""
+    from .tasks import reconcile_endpoint
+
+    transaction.on_commit(lambda: _send_reconcile(reconcile_endpoint, endpoint.pk))
+
+
+def _send_reconcile(task, pk: int) -> None:
+    # The broker being away must not fail the user's request: the desired state is already
+    # committed and the periodic reconcile converges once Redis is back.
+    try:
+        task.delay(pk)
+    except Exception as exc:
+        log.warning("could not enqueue reconcile for endpoint %s: %s", pk, exc)
+
+
+def invalidate_caches() -> None:
+    """Tell gateway processes that routing, tokens or permissions changed (after commit)."""
+
+    def bump() -> None:
+        try:
+            bump_generation()
+        except Exception as exc:
+            log.warning("could not bump the cache generation: %s", exc)
+
+    transaction.on_commit(bump)
+
+
+def user_label(user: AbstractBaseUser | None) -> str:
+    if user is None:
+        return ""
+    return getattr(user, "email", "") or user.get_username()
+
+
+def _check_stage(stage: str) -> str:
+    if stage not in Stage.values:
+        raise InvalidParameter(
+            f"Invalid stage '{stage}': must be one of {', '.join(Stage.values)}."
+        )
+    return stage
+
+
+def _check_workload_size(size: str) -> str:
+    if size not in WorkloadSize.values:
+        raise InvalidParameter(
+            f"Invalid workload_size_id '{size}': must be one of {', '.join(WorkloadSize.values)}."
+        )
+    return size
+
+
+def _registered_model(name: str) -> registry.RegisteredModelInfo:
+    if not name:
+        raise InvalidParameter("Missing value for required parameter 'registered_model_name'.")
+    try:
+        return registry.get_model(name)
+    except registry.ModelNotFound as exc:
+        raise NotFound(str(exc)) from exc
+    except registry.RegistryError as exc:
+        raise Unavailable(f"The model registry is unavailable: {exc}") from exc
+
+
+def get_endpoint_for_user(
+    name: str, user: AbstractBaseUser, level: str = PermissionLevel.CAN_VIEW
+) -> ServingEndpoint:
+    """The enabled endpoint ``name`` if ``user`` holds ``level`` on it.
+
+    An endpoint the user may not even view is reported as missing, so names of other
+    users' endpoints do not leak."""
+    if not name:
+        raise InvalidParameter("Missing value for required parameter 'registered_model_name'.")
+    endpoint = ServingEndpoint.objects.filter(registered_model_name=name, enabled=True).first()
+    if endpoint is None or not has_permission(user, endpoint, PermissionLevel.CAN_VIEW):
+        raise NotFound(f"Serving is not enabled for registered model '{name}'.")
+    if not has_permission(user, endpoint, level):
+        raise PermissionDenied(f"User does not have {level} permission on endpoint '{name}'.")
+    return endpoint
+
+
+# --- endpoints ------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def endpoint_enable(*, name: str, user: AbstractBaseUser) -> ServingEndpoint:
+    if not can_create_endpoint(user):
+        raise PermissionDenied(
+            "Enabling serving creates compute: it needs the permission to create endpoints."
+        )
+    _registered_model(name)
+    endpoint, created = ServingEndpoint.objects.select_for_update().get_or_create(
+        registered_model_name=name, defaults={"creator": user, "enabled": True}
+    )
+    if not created:
+        if endpoint.enabled:
+            raise AlreadyExists(f"Serving is already enabled for registered model '{name}'.")
+        endpoint.enabled = True
+        endpoint.creator = endpoint.creator or user
+    endpoint.state = "PENDING"
+    endpoint.state_message = "Serving is being enabled."
+    endpoint.save()
+    for stage in Stage.values:
+        if endpoint.current_compute_config(stage) is None:
+            ComputeConfig.objects.create(endpoint=endpoint, stage=stage, user_id=user_label(user))
+    Event.record(endpoint, EventType.ENDPOINT_ENABLED, f"Serving enabled by {user_label(user)}.")
+    request_reconcile(endpoint)
+    return endpoint
+
+
+@transaction.atomic
+def endpoint_disable(*, name: str, user: AbstractBaseUser) -> ServingEndpoint:
+    endpoint = get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
+    endpoint.enabled = False
+    endpoint.state = "PENDING"
+    endpoint.state_message = "Serving is being disabled."
+    endpoint.save()
+    Event.record(endpoint, EventType.ENDPOINT_DISABLED, f"Serving disabled by {user_label(user)}.")
+    invalidate_caches()
+    request_reconcile(endpoint)
+    return endpoint
+
+
+@transaction.atomic
+def compute_config_update(
+    *,
+    name: str,
+    stage: str,
+    workload_size: str,
+    scale_to_zero_enabled: bool,
+    user: AbstractBaseUser,
+) -> ComputeConfig:
+    _check_stage(stage)
+    _check_workload_size(workload_size)
+    endpoint = get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
+    in_progress = EndpointVersion.objects.filter(
+        endpoint=endpoint,
+        registry_stage=stage,
+        desired=True,
+        config_update_state=ServiceState.PENDING,
+    ).exists()
+    if in_progress:
+        raise Conflict(
+            f"A compute config update for {stage} is still rolling out; wait for it to finish."
+        )
+    config = ComputeConfig.objects.create(
+        endpoint=endpoint,
+        stage=stage,
+        workload_size=workload_size,
+        scale_to_zero_enabled=scale_to_zero_enabled,
+        user_id=user_label(user),
+    )
+    Event.record(
+        endpoint,
+        EventType.COMPUTE_CONFIG_UPDATED,
+        f"{stage} compute config set to {config.workload_size}"
+        f"{' with scale to zero' if scale_to_zero_enabled else ''} by {user_label(user)}.",
+    )
+    request_reconcile(endpoint)
+    return config
+
+
+@transaction.atomic
+def compute_config_restart(*, name: str, stage: str, user: AbstractBaseUser) -> ServingEndpoint:
+    """Retry a failed config rollout of ``stage``."""
+    _check_stage(stage)
+    endpoint = get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
+    failed = EndpointVersion.objects.filter(
+        endpoint=endpoint, registry_stage=stage, config_update_state=ServiceState.FAILED
+    )
+    if not failed.exists():
+        raise InvalidParameter(f"No failed compute config update to restart for {stage}.")
+    failed.update(
+        config_update_state=ServiceState.RETRY_REQUESTED,
+        config_update_message="Retry requested.",
+        start_failures=0,
+    )
+    request_reconcile(endpoint)
+    return endpoint
+
+
+def model_version_transition(
+    *,
+    name: str,
+    version: str,
+    stage: str,
+    archive_existing_versions: bool,
+    user: AbstractBaseUser,
+    comment: str = "",
+) -> registry.ModelVersionInfo:
+    """Move a version to a registry stage; serving follows through the reconcile loop."""
+    if stage not in registry.ALL_STAGES:
+        raise InvalidParameter(
+            f"Invalid stage '{stage}': must be one of {', '.join(registry.ALL_STAGES)}."
+        )
+    _registered_model(name)
+    endpoint = ServingEndpoint.objects.filter(registered_model_name=name, enabled=True).first()
+    if endpoint is not None:
+        if not has_permission(user, endpoint, PermissionLevel.CAN_MANAGE):
+            raise PermissionDenied(f"User does not have CAN_MANAGE permission on '{name}'.")
+    elif not can_create_endpoint(user):
+        raise PermissionDenied("Transitioning a model version needs the manage permission.")
+    try:
+        info = registry.transition_stage(
+            name, version, stage, archive_existing_versions=archive_existing_versions
+        )
+    except registry.VersionNotFound as exc:
+        raise NotFound(str(exc)) from exc
+    except registry.RegistryError as exc:
+        raise InvalidParameter(str(exc)) from exc
+    if endpoint is not None:
+        with transaction.atomic():
+            note = f" ({comment})" if comment else ""
+            Event.objects.create(
+                endpoint=endpoint,
+                type=EventType.VERSION_STAGE_CHANGED,
+                level="VERSION",
+                message=f"Version {version} moved to {stage} by {user_label(user)}{note}.",
+                endpoint_version_name=str(version),
+                stage=stage if stage in Stage.values else "",
+            )
+            request_reconcile(endpoint)
+    return info
+
+
+# --- tokens, principals, permissions ------------------------------------------------------
+
+
+def token_create(
+    *, user: AbstractBaseUser, name: str = "", expires_at: datetime | None = None
+) -> tuple[AccessToken, str]:
+    """Create a token and return it with its plaintext, which is never stored or shown again."""
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidParameter("The expiry must be in the future.")
+    plaintext = AccessToken.generate()
+    token = AccessToken.objects.create(
+        user=user,
+        name=name[:128],
+        prefix=plaintext[:12],
+        token_hash=hash_token(plaintext),
+        expires_at=expires_at,
+    )
+    return token, plaintext
+
+
+@transaction.atomic
+def token_revoke(*, token_id: int, user: AbstractBaseUser) -> AccessToken:
+    token = AccessToken.objects.select_for_update().filter(pk=token_id).first()
+    if token is None or (token.user_id != user.pk and not user.is_superuser):
+        raise NotFound(f"Token {token_id} does not exist.")
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        invalidate_caches()
+    return token
+
+
+@transaction.atomic
+def service_principal_create(
+    *, username: str, display_name: str = "", by: AbstractBaseUser
+) -> ServicePrincipal:
+    if not by.is_superuser:
+        raise PermissionDenied("Only admins create service principals.")
+    User = get_user_model()
+    try:
+        principal_user = User.objects.create(username=username)
+    except IntegrityError as exc:
+        raise AlreadyExists(f"A user named '{username}' already exists.") from exc
+    principal_user.set_unusable_password()
+    principal_user.save()
+    return ServicePrincipal.objects.create(
+        user=principal_user, display_name=display_name, created_by=by
+    )
+
+
+@transaction.atomic
+def permission_set(
+    *, endpoint: ServingEndpoint, user: AbstractBaseUser, level: str | None, by: AbstractBaseUser
+) -> EndpointPermission | None:
+    """Grant ``level`` to ``user`` on ``endpoint``; ``level=None`` removes the grant."""
+    if not has_permission(by, endpoint, PermissionLevel.CAN_MANAGE):
+        raise PermissionDenied("Changing permissions needs CAN_MANAGE on the endpoint.")
+    invalidate_caches()
+    if level is None:
+        EndpointPermission.objects.filter(endpoint=endpoint, user=user).delete()
+        return None
+    if level not in PermissionLevel.values:
+        raise InvalidParameter(
+            f"Invalid permission level '{level}': one of {', '.join(PermissionLevel.values)}."
+        )
+    permission, _ = EndpointPermission.objects.update_or_create(
+        endpoint=endpoint, user=user, defaults={"level": level}
+    )
+    return permission

@@ -1,0 +1,26 @@
+"""The Celery application: provisioning runs here, never in a web process."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "serving_ui.settings")
+
+app = Celery("serving_ui")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def _schedule_reconcile(sender: Celery, **kwargs: object) -> None:
+    # The periodic pass is what makes provisioning correct: a lost message, a crashed
+    # worker or a transition made directly in MLflow is caught up on the next tick.
+    from django.conf import settings
+
+    sender.add_periodic_task(
+        settings.RECONCILE_INTERVAL_SECONDS,
+        sender.signature("endpoints.tasks.reconcile_all"),
+        name="reconcile all endpoints",
+    )

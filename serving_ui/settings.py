@@ -1,0 +1,247 @@
+"""Settings for Serving UI.
+
+Every value that differs between a laptop and a deployment comes from an environment
+variable read through the small helpers below, which fail loudly on a malformed value.
+The defaults give a working embedded stack: SQLite under ``var/``, an MLflow registry
+under ``var/mlflow``, Redis on loopback. ``docs/configuration.md`` lists every variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def envstr(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def envbool(name: str, default: str) -> bool:
+    value = os.environ.get(name, default).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def envint(name: str, default: str) -> int:
+    value = os.environ.get(name, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def envfloat(name: str, default: str) -> float:
+    value = os.environ.get(name, default)
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+VAR_DIR = Path(envstr("SERVING_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = envbool("DEBUG", "false")
+# The embedded default keeps a generated key under var/ so sessions survive restarts; a
+# deployment sets SECRET_KEY explicitly.
+_secret_file = VAR_DIR / "secret_key"
+if "SECRET_KEY" in os.environ:
+    SECRET_KEY = os.environ["SECRET_KEY"]
+else:
+    if not _secret_file.exists():
+        import secrets
+
+        _secret_file.write_text(secrets.token_urlsafe(50))
+        _secret_file.chmod(0o600)
+    SECRET_KEY = _secret_file.read_text().strip()
+
+ALLOWED_HOSTS = [h.strip() for h in envstr("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in envstr("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_htmx",
+    "template_partials",
+    "endpoints",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "serving_ui.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "serving_ui.wsgi.application"
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        envstr("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), conn_max_age=60
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web server, the gateway and the Celery worker read while one writes;
+    # IMMEDIATE transactions take the write lock up front instead of failing mid-way.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["TEST"] = {
+        "NAME": envstr("TEST_DATABASE_PATH", str(VAR_DIR / "test-db.sqlite3"))
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "models"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+# Static files are few and small: WhiteNoise serves them straight from static/ without a
+# collectstatic step, in every mode.
+WHITENOISE_USE_FINDERS = True
+
+# Security headers; HTTPS-only flags follow SECURE_COOKIES so a loopback install works.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", "false")
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "false")
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "0")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if envbool("BEHIND_TLS_PROXY", "false") else None
+)
+
+# --- Redis, Celery ---------------------------------------------------------------------
+REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Above the longest task (an environment build), so a slow task is not handed out twice.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+RECONCILE_INTERVAL_SECONDS = envfloat("RECONCILE_INTERVAL_SECONDS", "5")
+
+# --- MLflow registry ---------------------------------------------------------------------
+MLFLOW_TRACKING_URI = envstr("MLFLOW_TRACKING_URI", f"sqlite:///{VAR_DIR / 'mlflow' / 'mlflow.db'}")
+MLFLOW_REGISTRY_URI = envstr("MLFLOW_REGISTRY_URI", MLFLOW_TRACKING_URI)
+MLFLOW_ARTIFACT_ROOT = envstr("MLFLOW_ARTIFACT_ROOT", str(VAR_DIR / "mlflow" / "artifacts"))
+
+# --- Serving -------------------------------------------------------------------------------
+SERVING = {
+    # Where replicas keep downloaded models, environments and logs.
+    "DATA_DIR": Path(envstr("SERVING_DATA_DIR", str(VAR_DIR / "serving"))),
+    "REPLICA_HOST": envstr("SERVING_REPLICA_HOST", "127.0.0.1"),
+    "REPLICA_PORT_MIN": envint("SERVING_REPLICA_PORT_MIN", "20000"),
+    "REPLICA_PORT_MAX": envint("SERVING_REPLICA_PORT_MAX", "29999"),
+    # The most replicas this host runs at once, over all endpoints (~300 MiB each).
+    "MAX_REPLICAS_PER_HOST": envint("SERVING_MAX_REPLICAS_PER_HOST", "16"),
+    "REPLICA_CONCURRENCY": 4,
+    "REQUEST_TIMEOUT_SECONDS": envfloat("SERVING_REQUEST_TIMEOUT_SECONDS", "120"),
+    "MAX_PAYLOAD_BYTES": envint("SERVING_MAX_PAYLOAD_BYTES", str(16 * 1024 * 1024)),
+    # Requests a replica may have waiting beyond its concurrency before 429.
+    "QUEUE_PER_REPLICA": envint("SERVING_QUEUE_PER_REPLICA", "16"),
+    "SCALE_TO_ZERO_AFTER_SECONDS": envfloat("SERVING_SCALE_TO_ZERO_AFTER_SECONDS", "900"),
+    "COLD_START_TIMEOUT_SECONDS": envfloat("SERVING_COLD_START_TIMEOUT_SECONDS", "180"),
+    "REPLICA_START_TIMEOUT_SECONDS": envfloat("SERVING_REPLICA_START_TIMEOUT_SECONDS", "120"),
+    "PROBE_FAILURES_BEFORE_RESTART": envint("SERVING_PROBE_FAILURES_BEFORE_RESTART", "3"),
+    "START_FAILURES_BEFORE_FAILED": envint("SERVING_START_FAILURES_BEFORE_FAILED", "2"),
+    "DRAIN_SECONDS": envfloat("SERVING_DRAIN_SECONDS", "2"),
+    "LOG_MAX_BYTES": envint("SERVING_LOG_MAX_BYTES", str(5 * 1024 * 1024)),
+    # "local": the product's own Python environment; "virtualenv": one per model, built
+    # from its declared requirements and cached by their hash.
+    "ENVIRONMENT": envstr("SERVING_ENVIRONMENT", "local"),
+}
+
+# --- REST framework -----------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "endpoints.auth.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "endpoints.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"manage": envstr("MANAGE_RATE_LIMIT", "120/min")},
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Serving UI API",
+    "DESCRIPTION": "Serve MLflow registry models as REST endpoints (endpoints-v2 family).",
+    "VERSION": "2.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+    }
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

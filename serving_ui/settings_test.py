@@ -1,0 +1,39 @@
+"""Settings for the test suite: the real stack, isolated per test run.
+
+Each run gets its own data directory (SQLite database, MLflow registry, replica logs) and
+its own Redis port, exported as environment variables so that the worker and web server
+processes the integration fixtures start see exactly the same configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if "SERVING_VAR_DIR" not in os.environ:
+    os.environ["SERVING_VAR_DIR"] = tempfile.mkdtemp(prefix="serving-ui-test-")
+os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:{_free_port()}/0")
+os.environ.setdefault("RECONCILE_INTERVAL_SECONDS", "1")
+os.environ.setdefault("SERVING_DRAIN_SECONDS", "0.5")
+# Replica ports apart from a product that may be running on the same machine.
+_base = 30000 + (os.getpid() % 50) * 100
+os.environ.setdefault("SERVING_REPLICA_PORT_MIN", str(_base))
+os.environ.setdefault("SERVING_REPLICA_PORT_MAX", str(_base + 99))
+os.environ.setdefault("MANAGE_RATE_LIMIT", "10000/min")
+
+from .settings import *  # noqa: E402, F403
+from .settings import DATABASES, VAR_DIR  # noqa: E402
+
+os.environ.setdefault("TEST_DATABASE_PATH", str(VAR_DIR / "test-db.sqlite3"))
+DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_PATH"]}
+# Processes started by the fixtures use the test database.
+os.environ["DATABASE_URL"] = f"sqlite:///{os.environ['TEST_DATABASE_PATH']}"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,310 @@
+"""Shared fixtures: users and tokens, and the real stack for integration tests.
+
+The stack fixtures start real processes: ``redis-server``, a Celery worker (with beat) and
+gunicorn serving the product, all configured by the environment that
+``serving_ui.settings_test`` exported, so they share this run's database and registry.
+Integration tests that use them must use ``transactional_db`` (the worker writes too).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import redis
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float, what: str, interval: float = 0.2):
+    """Poll ``predicate`` until it returns a truthy value (returned) or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class ManagedProcess:
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.cmd = cmd
+        self.log_path = log_dir / f"{name}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> ManagedProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            self.cmd,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the process (not its replicas: they live in their own sessions)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@pytest.fixture(scope="session")
+def stack_log_dir() -> Path:
+    path = Path(settings.VAR_DIR) / "stack-logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(stack_log_dir: Path) -> Iterator[redis.Redis]:
+    """A real redis-server on this run's port (from REDIS_URL)."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run `make test`, which installs it")
+    port = urlparse(settings.REDIS_URL).port
+    data_dir = Path(settings.VAR_DIR) / "redis"
+    data_dir.mkdir(exist_ok=True)
+    server = ManagedProcess(
+        "redis",
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ],
+        stack_log_dir,
+    ).start()
+    client = redis.Redis.from_url(settings.REDIS_URL)
+
+    def ping() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(ping, timeout=20, what="redis-server")
+    yield client
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_registry(django_db_setup, django_db_blocker) -> None:
+    """The demo models, registered once per run in this run's MLflow registry."""
+    from django.core.management import call_command
+
+    with django_db_blocker.unblock():
+        call_command("seed_demo")
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(
+    django_db_setup,
+    redis_server,
+    stack_log_dir: Path,
+) -> Iterator[ManagedProcess]:
+    """A real Celery worker with embedded beat (the periodic reconcile)."""
+    worker = _start_worker(stack_log_dir)
+    yield worker
+    worker.stop()
+    _stop_leftover_replicas()
+
+
+def _start_worker(log_dir: Path) -> ManagedProcess:
+    worker = ManagedProcess(
+        "worker",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "serving_ui",
+            "worker",
+            "-B",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "2",
+            "--hostname",
+            f"test-{os.getpid()}@%h",
+            "--schedule",
+            str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
+        ],
+        log_dir,
+    ).start()
+    wait_for(
+        lambda: "ready" in worker.output() or not worker.alive, timeout=60, what="celery worker"
+    )
+    assert worker.alive, worker.output()
+    return worker
+
+
+@pytest.fixture
+def restartable_worker(celery_worker_process: ManagedProcess, stack_log_dir: Path):
+    """Start a new worker after a test killed the session's one."""
+
+    def restart() -> ManagedProcess:
+        celery_worker_process.kill()
+        fresh = _start_worker(stack_log_dir)
+        celery_worker_process.process = fresh.process
+        return celery_worker_process
+
+    return restart
+
+
+def _stop_leftover_replicas() -> None:
+    from endpoints.runtime import get_runtime
+
+    runtime = get_runtime()
+    for replica_id, pid in runtime.discover().items():
+        # Only this run's replicas: their logs live under this run's data directory.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(settings.VAR_DIR) in cmdline:
+            runtime.stop(pid, replica_id, grace_seconds=2)
+
+
+@pytest.fixture(scope="session")
+def web_server(django_db_setup, redis_server, stack_log_dir: Path) -> Iterator[str]:
+    """The product under gunicorn, as `make run` serves it. Yields its base URL."""
+    port = free_port()
+    server = ManagedProcess(
+        "web",
+        [
+            str(VENV_BIN / "gunicorn"),
+            "serving_ui.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--worker-class",
+            "gthread",
+            "--workers",
+            "2",
+            "--threads",
+            "8",
+            "--timeout",
+            "300",
+        ],
+        stack_log_dir,
+    ).start()
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(base + "/login/", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_for(lambda: up() or not server.alive, timeout=60, what="gunicorn")
+    assert server.alive, server.output()
+    yield base
+    server.stop()
+
+
+@pytest.fixture
+def stack(transactional_db, demo_registry, celery_worker_process, web_server) -> str:
+    """Everything running: registry with demo models, Redis, worker + beat, web server."""
+    yield web_server
+    _disable_all_endpoints()
+
+
+def _disable_all_endpoints() -> None:
+    """Leave no replica behind for the next test: disable and wait for the worker."""
+    from endpoints.models import Replica, ReplicaState, ServingEndpoint
+
+    ServingEndpoint.objects.filter(enabled=True).update(enabled=False)
+    from endpoints.tasks import reconcile_all
+
+    reconcile_all.delay()
+    live = (ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING)
+    deadline = time.monotonic() + 60
+    while Replica.objects.filter(state__in=live).exists() and time.monotonic() < deadline:
+        time.sleep(0.3)
+
+
+# --- users and tokens ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_user(django_user_model):
+    return django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+
+
+@pytest.fixture
+def owner(django_user_model):
+    """A data scientist who may create endpoints (and so manages the ones they create)."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("alice", "alice@example.com", "pw-alice-123")
+    user.user_permissions.add(Permission.objects.get(codename="add_servingendpoint"))
+    return user
+
+
+@pytest.fixture
+def member(django_user_model):
+    return django_user_model.objects.create_user("bob", "bob@example.com", "pw-bob-123")
+
+
+@pytest.fixture
+def outsider(django_user_model):
+    return django_user_model.objects.create_user("eve", "eve@example.com", "pw-eve-123")
+
+
+@pytest.fixture
+def make_token():
+    """``make_token(user) -> plaintext``."""
+    from endpoints import services
+
+    def make(user, **kwargs) -> str:
+        return services.token_create(user=user, **kwargs)[1]
+
+    return make

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from .models import EndpointVersion, Replica
 from .runtime import get_runtime
 

@@ -41,7 +41,8 @@ def record_requests(
     # Max is approximate across processes (last writer wins within a bucket).
     pipe.eval(
         "local cur = tonumber(redis.call('HGET', KEYS[1], 'latency_ms_max') or '0') "
-        "if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 'latency_ms_max', ARGV[1]) end",
+        "if tonumber(ARGV[1]) > cur then "
+        "redis.call('HSET', KEYS[1], 'latency_ms_max', ARGV[1]) end",
         1,
         key,
         repr(latency_ms_max),

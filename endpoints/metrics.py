@@ -38,7 +38,7 @@ def record_requests(
     pipe.hincrby(key, "requests", requests)
     pipe.hincrby(key, "errors", errors)
     pipe.hincrbyfloat(key, "latency_ms_sum", latency_ms_sum)
-    # Max is approximate across processes (last writer wins within a bucket).
+    # The maximum over processes: a compare-and-set in Redis.
     pipe.eval(
         "local cur = tonumber(redis.call('HGET', KEYS[1], 'latency_ms_max') or '0') "
         "if tonumber(ARGV[1]) > cur then "

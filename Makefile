@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "Installing Python packages into $(VENV)/ …"
 	@$(PY) -m pip install --quiet --upgrade pip $(PIP_QUIET)
-	@$(PY) -m pip install --quiet -e '.[test]' $(PIP_QUIET)
+	@$(PY) -m pip install --quiet -e '.[test,examples]' $(PIP_QUIET)
 	@touch $@
 
 install: $(VENV)/.installed

@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
     "endpoints",
@@ -228,6 +229,15 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Serve MLflow registry models as REST endpoints (endpoints-v2 family).",
     "VERSION": "2.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI assets come from the installed sidecar package: the docs page works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # One name per choice set that several fields share.
+    "ENUM_NAME_OVERRIDES": {
+        "ServedStageEnum": "endpoints.models.Stage",
+        "RegistryStageEnum": "endpoints.api.serializers.REGISTRY_STAGE_CHOICES",
+    },
 }
 
 CACHES = {

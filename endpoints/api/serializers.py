@@ -1,0 +1,420 @@
+"""Request parsing and response shapes of the REST API.
+
+Request serializers validate arguments and nothing more. Their fields are strict about JSON
+types (a string where a string is expected, a boolean where a boolean is), so what the
+OpenAPI schema promises is exactly what is accepted. Arguments of GET calls arrive as query
+parameters, which are always strings, so there the usual conversions apply.
+
+Response serializers describe the shapes of SPEC §8 for the OpenAPI schema; the bodies
+themselves come from ``endpoints.selectors``. Tokens, permissions and service principals,
+which have no shape in the selectors, are shaped here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.validators import RegexValidator
+from rest_framework import serializers
+
+from endpoints import registry
+from endpoints.models import (
+    AccessToken,
+    EventLevel,
+    EventType,
+    PermissionLevel,
+    ReplicaState,
+    ServicePrincipal,
+    ServiceState,
+    Stage,
+    WorkloadSize,
+)
+
+# Upper bound for timestamps in milliseconds: the largest integer a JSON number holds exactly.
+MAX_TIMESTAMP_MS = 2**53
+MAX_TOKEN_LIFETIME_SECONDS = 10 * 365 * 24 * 3600
+
+# Every registry stage, None and Archived too (only Staging and Production are served).
+REGISTRY_STAGE_CHOICES = [(stage, stage) for stage in registry.ALL_STAGES]
+
+_NO_NUL = RegexValidator(r"^[^\x00]*$", "Must not contain NUL characters.")
+_DIGITS = RegexValidator(r"^[0-9]+$", "Must be a number, such as '1'.")
+
+
+def _is_json(field: serializers.Field) -> bool:
+    """Whether the arguments came from a JSON body (typed) rather than a query string."""
+    return field.root.context.get("source") == "json"
+
+
+class Text(serializers.CharField):
+    """A string that is not converted from other JSON types."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+        # A field with its own pattern already excludes NUL; the schema shows one pattern.
+        if not any(isinstance(v, RegexValidator) for v in self.validators):
+            self.validators.append(_NO_NUL)
+
+    def to_internal_value(self, data: Any) -> str:
+        if _is_json(self) and not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class Number(serializers.IntegerField):
+    def to_internal_value(self, data: Any) -> int:
+        if _is_json(self) and (not isinstance(data, int) or isinstance(data, bool)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class Flag(serializers.BooleanField):
+    def to_internal_value(self, data: Any) -> bool:
+        if _is_json(self) and not isinstance(data, bool):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class Choice(serializers.ChoiceField):
+    def to_internal_value(self, data: Any) -> Any:
+        if _is_json(self) and data is not None and not isinstance(data, str):
+            self.fail("invalid_choice", input=data)
+        return super().to_internal_value(data)
+
+
+def model_name_field(**kwargs: Any) -> Text:
+    return Text(max_length=256, help_text="Name of the registered model.", **kwargs)
+
+
+def version_field(**kwargs: Any) -> Text:
+    return Text(
+        max_length=18,
+        validators=[_DIGITS],
+        help_text="A model version number, such as '1'.",
+        **kwargs,
+    )
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class ModelNameRequest(serializers.Serializer):
+    registered_model_name = model_name_field()
+
+
+class VersionRequest(ModelNameRequest):
+    endpoint_version_name = version_field()
+
+
+class VersionLogsRequest(VersionRequest):
+    replica_id = Text(
+        max_length=32,
+        required=False,
+        help_text="One replica's output; without it, all replicas' output merged.",
+    )
+
+
+class VersionMetricsRequest(VersionRequest):
+    start_timestamp = Number(
+        min_value=0,
+        max_value=MAX_TIMESTAMP_MS,
+        required=False,
+        help_text="Milliseconds since the epoch; default one hour before end_timestamp.",
+    )
+    end_timestamp = Number(
+        min_value=0,
+        max_value=MAX_TIMESTAMP_MS,
+        required=False,
+        help_text="Milliseconds since the epoch; default now.",
+    )
+
+
+class EventHistoryRequest(ModelNameRequest):
+    endpoint_version_name = version_field(required=False)
+    start_timestamp = Number(
+        min_value=0,
+        max_value=MAX_TIMESTAMP_MS,
+        required=False,
+        help_text="Only events at or after this time (milliseconds since the epoch).",
+    )
+    max_results = Number(min_value=1, max_value=1000, required=False, default=100)
+
+
+class RestartComputeConfigRequest(ModelNameRequest):
+    stage = Choice(choices=Stage.choices)
+
+
+class WorkloadSpecRequest(serializers.Serializer):
+    workload_size_id = Choice(choices=WorkloadSize.choices)
+    scale_to_zero_enabled = Flag(required=False, default=False)
+
+
+class UpdateComputeConfigRequest(ModelNameRequest):
+    stage = Choice(choices=Stage.choices)
+    desired_workload_config_spec = WorkloadSpecRequest()
+
+
+class TransitionStageRequest(serializers.Serializer):
+    name = model_name_field()
+    version = version_field()
+    stage = Choice(choices=REGISTRY_STAGE_CHOICES)
+    archive_existing_versions = Flag(required=False, default=False)
+    comment = Text(max_length=1000, required=False, allow_blank=True, default="")
+
+
+class TokenCreateRequest(serializers.Serializer):
+    comment = Text(max_length=128, required=False, allow_blank=True, default="")
+    lifetime_seconds = Number(
+        min_value=1,
+        max_value=MAX_TOKEN_LIFETIME_SECONDS,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Seconds until the token expires; without it, it never expires.",
+    )
+
+
+class TokenDeleteRequest(serializers.Serializer):
+    token_id = Text(max_length=18, validators=[_DIGITS])
+
+
+class AccessControlEntryRequest(serializers.Serializer):
+    user_name = Text(max_length=150)
+    permission_level = Choice(
+        choices=PermissionLevel.choices,
+        allow_null=True,
+        help_text="null removes the user's grant.",
+    )
+
+
+class SetPermissionsRequest(ModelNameRequest):
+    access_control_list = serializers.ListField(child=AccessControlEntryRequest(), max_length=100)
+
+
+class ServicePrincipalCreateRequest(serializers.Serializer):
+    user_name = Text(
+        max_length=150,
+        validators=[RegexValidator(r"^[\w.@+-]+$", "Letters, digits and @ . + - _ only.")],
+    )
+    display_name = Text(max_length=256, required=False, allow_blank=True, default="")
+
+
+class ServicePrincipalTokenRequest(TokenCreateRequest):
+    user_name = Text(max_length=150, help_text="The service principal's user name.")
+
+
+# --- responses (SPEC §8) -------------------------------------------------------------------
+
+
+class ErrorResponse(serializers.Serializer):
+    error_code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class WorkloadSpec(serializers.Serializer):
+    workload_size_id = serializers.ChoiceField(choices=WorkloadSize.choices)
+    scale_to_zero_enabled = serializers.BooleanField()
+
+
+class ComputeConfig(serializers.Serializer):
+    stage = serializers.ChoiceField(choices=Stage.choices)
+    creation_timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
+    user_id = serializers.CharField(allow_blank=True)
+    workload_spec = WorkloadSpec()
+
+
+class EndpointStatus(serializers.Serializer):
+    registered_model_name = serializers.CharField()
+    state = serializers.ChoiceField(choices=["PENDING", "READY", "FAILED"])
+    state_message = serializers.CharField(allow_blank=True)
+    compute_config = ComputeConfig(many=True)
+
+
+class ServiceStatus(serializers.Serializer):
+    state = serializers.ChoiceField(choices=ServiceState.choices)
+    message = serializers.CharField(allow_blank=True)
+    config = ComputeConfig(required=False)
+
+
+class EndpointVersionStatus(serializers.Serializer):
+    registered_model_name = serializers.CharField()
+    endpoint_version_name = serializers.CharField()
+    service_status = ServiceStatus()
+    config_update_status = ServiceStatus()
+
+
+class EndpointStatusResponse(serializers.Serializer):
+    endpoint_status = EndpointStatus()
+
+
+class EndpointListResponse(serializers.Serializer):
+    endpoints = EndpointStatus(many=True)
+
+
+class VersionListResponse(serializers.Serializer):
+    endpoint_statuses = EndpointVersionStatus(many=True)
+
+
+class VersionStatusResponse(serializers.Serializer):
+    endpoint_status = EndpointVersionStatus()
+
+
+class Alias(serializers.Serializer):
+    alias = serializers.ChoiceField(choices=Stage.choices)
+    endpoint_version_name = serializers.CharField()
+
+
+class AliasesResponse(serializers.Serializer):
+    aliases = Alias(many=True)
+
+
+class WorkloadSizeInfo(serializers.Serializer):
+    workload_size_id = serializers.ChoiceField(choices=WorkloadSize.choices)
+    min_concurrency = serializers.IntegerField()
+    max_concurrency = serializers.IntegerField()
+
+
+class WorkloadSizesResponse(serializers.Serializer):
+    workload_sizes = WorkloadSizeInfo(many=True)
+
+
+class ReplicaInfo(serializers.Serializer):
+    replica_id = serializers.CharField()
+    state = serializers.ChoiceField(choices=ReplicaState.choices)
+    message = serializers.CharField(allow_blank=True)
+    address = serializers.CharField()
+    pid = serializers.IntegerField(allow_null=True)
+    restarts = serializers.IntegerField()
+    creation_timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
+
+
+class ReplicasResponse(serializers.Serializer):
+    replicas = ReplicaInfo(many=True)
+
+
+class EventInfo(serializers.Serializer):
+    timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
+    type = serializers.ChoiceField(choices=EventType.choices)
+    level = serializers.ChoiceField(choices=EventLevel.choices)
+    message = serializers.CharField(allow_blank=True)
+    endpoint_version_name = serializers.CharField(required=False)
+    stage = serializers.CharField(required=False)
+    replica_id = serializers.CharField(required=False)
+
+
+class EventsResponse(serializers.Serializer):
+    events = EventInfo(many=True)
+
+
+class MetricsPoint(serializers.Serializer):
+    timestamp = serializers.IntegerField(help_text="Start of the 10-second bucket (ms).")
+    requests = serializers.IntegerField()
+    requests_per_second = serializers.FloatField()
+    errors = serializers.IntegerField()
+    error_rate = serializers.FloatField()
+    latency_ms_avg = serializers.FloatField(allow_null=True)
+    latency_ms_max = serializers.FloatField(allow_null=True)
+    replicas = serializers.IntegerField(allow_null=True)
+
+
+class MetricsResponse(serializers.Serializer):
+    metrics = MetricsPoint(many=True)
+
+
+class LogsResponse(serializers.Serializer):
+    logs = serializers.CharField(allow_blank=True)
+
+
+class ComputeConfigResponse(serializers.Serializer):
+    compute_config = ComputeConfig()
+
+
+class ModelVersion(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.CharField()
+    creation_timestamp = serializers.IntegerField()
+    last_updated_timestamp = serializers.IntegerField()
+    current_stage = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    source = serializers.CharField(allow_blank=True)
+    run_id = serializers.CharField(allow_blank=True)
+    status = serializers.CharField()
+    aliases = serializers.ListField(child=serializers.CharField())
+
+
+class ModelVersionResponse(serializers.Serializer):
+    model_version = ModelVersion()
+
+
+class EmptyResponse(serializers.Serializer):
+    pass
+
+
+def _ms(value: Any) -> int | None:
+    return int(value.timestamp() * 1000) if value is not None else None
+
+
+class TokenInfo(serializers.Serializer):
+    token_id = serializers.SerializerMethodField()
+    comment = serializers.CharField(source="name", allow_blank=True)
+    prefix = serializers.CharField(help_text="The token's first characters, to recognise it.")
+    creation_time = serializers.SerializerMethodField()
+    expiry_time = serializers.SerializerMethodField()
+    last_used_time = serializers.SerializerMethodField()
+
+    def get_token_id(self, token: AccessToken) -> str:
+        return str(token.pk)
+
+    def get_creation_time(self, token: AccessToken) -> int:
+        return _ms(token.created_at) or 0
+
+    def get_expiry_time(self, token: AccessToken) -> int:
+        """Milliseconds since the epoch; -1 when the token never expires."""
+        return _ms(token.expires_at) or -1
+
+    def get_last_used_time(self, token: AccessToken) -> int | None:
+        return _ms(token.last_used_at)
+
+
+class TokenCreateResponse(serializers.Serializer):
+    token_value = serializers.CharField(help_text="The token itself, shown only this once.")
+    token_info = TokenInfo()
+
+
+class TokenListResponse(serializers.Serializer):
+    token_infos = TokenInfo(many=True)
+
+
+class AccessControlEntry(serializers.Serializer):
+    user_name = serializers.CharField()
+    permission_level = serializers.ChoiceField(choices=PermissionLevel.choices)
+    inherited = serializers.BooleanField(
+        help_text="True for the endpoint's creator, who always manages it."
+    )
+
+
+class PermissionsResponse(serializers.Serializer):
+    registered_model_name = serializers.CharField()
+    access_control_list = AccessControlEntry(many=True)
+
+
+class ServicePrincipalInfo(serializers.Serializer):
+    id = serializers.SerializerMethodField()
+    user_name = serializers.CharField(source="user.username")
+    display_name = serializers.CharField(allow_blank=True)
+    creation_time = serializers.SerializerMethodField()
+
+    def get_id(self, principal: ServicePrincipal) -> str:
+        return str(principal.pk)
+
+    def get_creation_time(self, principal: ServicePrincipal) -> int:
+        return _ms(principal.created_at) or 0
+
+
+class ServicePrincipalResponse(serializers.Serializer):
+    service_principal = ServicePrincipalInfo()
+
+
+class ServicePrincipalListResponse(serializers.Serializer):
+    service_principals = ServicePrincipalInfo(many=True)

@@ -163,6 +163,10 @@ class ServingClient:
             raise ServingAPIError(response.status_code, code, message)
         return response.json()
 
+    def check_access(self) -> None:
+        """Fail fast on a wrong URL or token, before minutes of training and logging."""
+        self._call("GET", f"{API}/list")
+
     def enable(self, name: str) -> bool:
         """Enable serving; False if it already was (the endpoint picks up new versions)."""
         try:
@@ -299,6 +303,8 @@ def parse_options(description: str, default_model_name: str, argv: list[str] | N
     args = parser.parse_args(argv)
     if args.serve and not args.token:
         parser.error("set SERVING_TOKEN (or --token) to serve, or pass --no-serve")
+    if args.serve:
+        ServingClient(args.serving_url, args.token).check_access()
     return Options(
         model_name=args.model_name,
         stage=args.stage,
@@ -353,6 +359,10 @@ def main_guard(run: Callable[[], None]) -> None:
     """Run an example; turn the product's errors into one readable line and exit code 1."""
     try:
         run()
+    except requests.ConnectionError as exc:
+        url = exc.request.url if exc.request is not None else "the product"
+        print(f"error: cannot reach {url}: is the product running (make run)?", file=sys.stderr)
+        sys.exit(1)
     except (ServingAPIError, RuntimeError, TimeoutError, requests.RequestException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -39,3 +39,10 @@ class JsonSchema(AutoSchema):
 
     def map_parsers(self) -> list[str]:
         return ["application/json"]
+
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        example = getattr(field, "example", None)
+        if schema is not None and example is not None:
+            schema = {**schema, "example": example}
+        return schema

@@ -47,10 +47,15 @@ def _is_json(field: serializers.Field) -> bool:
 
 
 class Text(serializers.CharField):
-    """A string that is not converted from other JSON types."""
+    """A string that is not converted from other JSON types. ``example`` shows in the schema
+    (``endpoints.api.schema.JsonSchema``)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, example: str | None = None, **kwargs: Any) -> None:
+        self.example = example
         kwargs.setdefault("trim_whitespace", False)
+        if not kwargs.get("allow_blank", False):
+            # Stated as a length so that the schema shows it too.
+            kwargs.setdefault("min_length", 1)
         super().__init__(**kwargs)
         # A field with its own pattern already excludes NUL; the schema shows one pattern.
         if not any(isinstance(v, RegexValidator) for v in self.validators):
@@ -84,7 +89,9 @@ class Choice(serializers.ChoiceField):
 
 
 def model_name_field(**kwargs: Any) -> Text:
-    return Text(max_length=256, help_text="Name of the registered model.", **kwargs)
+    return Text(
+        max_length=256, help_text="Name of the registered model.", example="ElasticNet", **kwargs
+    )
 
 
 def version_field(**kwargs: Any) -> Text:
@@ -92,6 +99,7 @@ def version_field(**kwargs: Any) -> Text:
         max_length=18,
         validators=[_DIGITS],
         help_text="A model version number, such as '1'.",
+        example="1",
         **kwargs,
     )
 
@@ -160,11 +168,17 @@ class TransitionStageRequest(serializers.Serializer):
     version = version_field()
     stage = Choice(choices=REGISTRY_STAGE_CHOICES)
     archive_existing_versions = Flag(required=False, default=False)
-    comment = Text(max_length=1000, required=False, allow_blank=True, default="")
+    comment = Text(
+        max_length=1000,
+        required=False,
+        allow_blank=True,
+        default="",
+        example="Deploying version 1 to Staging",
+    )
 
 
 class TokenCreateRequest(serializers.Serializer):
-    comment = Text(max_length=128, required=False, allow_blank=True, default="")
+    comment = Text(max_length=128, required=False, allow_blank=True, default="", example="ci")
     lifetime_seconds = Number(
         min_value=1,
         max_value=MAX_TOKEN_LIFETIME_SECONDS,
@@ -180,7 +194,7 @@ class TokenDeleteRequest(serializers.Serializer):
 
 
 class AccessControlEntryRequest(serializers.Serializer):
-    user_name = Text(max_length=150)
+    user_name = Text(max_length=150, example="bob")
     permission_level = Choice(
         choices=PermissionLevel.choices,
         allow_null=True,
@@ -196,12 +210,17 @@ class ServicePrincipalCreateRequest(serializers.Serializer):
     user_name = Text(
         max_length=150,
         validators=[RegexValidator(r"^[\w.@+-]+$", "Letters, digits and @ . + - _ only.")],
+        example="ci-bot",
     )
-    display_name = Text(max_length=256, required=False, allow_blank=True, default="")
+    display_name = Text(
+        max_length=256, required=False, allow_blank=True, default="", example="CI deployments"
+    )
 
 
 class ServicePrincipalTokenRequest(TokenCreateRequest):
-    user_name = Text(max_length=150, help_text="The service principal's user name.")
+    user_name = Text(
+        max_length=150, help_text="The service principal's user name.", example="ci-bot"
+    )
 
 
 # --- responses (SPEC §8) -------------------------------------------------------------------

@@ -576,3 +576,48 @@ def test_body_that_is_not_json_is_a_bad_request(as_user, owner):
 def test_body_that_is_not_an_object_is_a_bad_request(as_user, owner):
     response = as_user(owner).post(V2 + "enable", ["iris-classifier"], format="json")
     assert_error(response, 400, "BAD_REQUEST")
+
+
+# --- the OpenAPI schema ---------------------------------------------------------------------
+
+
+def test_schema_documents_every_call_with_its_errors(client):
+    response = client.get("/api/schema/", {"format": "json"})
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    v2 = "/api/2.0/preview/mlflow/endpoints-v2/"
+    expected = {
+        (v2 + "enable", "post"),
+        (v2 + "disable", "post"),
+        (v2 + "get-status", "get"),
+        (v2 + "list", "get"),
+        (v2 + "list-versions", "get"),
+        (v2 + "get-version-status", "get"),
+        (v2 + "list-version-aliases", "get"),
+        (v2 + "get-supported-workload-sizes", "get"),
+        (v2 + "get-version-replicas", "get"),
+        (v2 + "get-event-history", "get"),
+        (v2 + "get-version-metrics", "get"),
+        (v2 + "get-version-logs", "post"),
+        (v2 + "get-version-build-logs", "post"),
+        (v2 + "restart-compute-config-update", "post"),
+        (v2 + "get-permissions", "get"),
+        (v2 + "set-permissions", "post"),
+        ("/api/2.0/preview/model-serving-api/endpoints-v2/update-compute-config", "put"),
+        ("/api/2.0/mlflow/databricks/model-versions/transition-stage", "post"),
+        ("/api/2.0/mlflow/model-versions/transition-stage", "post"),
+        ("/api/2.0/token/create", "post"),
+        ("/api/2.0/token/list", "get"),
+        ("/api/2.0/token/delete", "post"),
+        ("/api/2.0/service-principals/create", "post"),
+        ("/api/2.0/service-principals/list", "get"),
+        ("/api/2.0/service-principals/create-token", "post"),
+    }
+    documented = {(path, method) for path, methods in paths.items() for method in methods}
+    assert documented == expected
+    for path, method in expected:
+        operation = paths[path][method]
+        assert {"200", "400", "401", "403", "404"} <= set(operation["responses"]), path
+        assert operation["security"], path
+        if method != "get":
+            assert list(operation["requestBody"]["content"]) == ["application/json"], path

@@ -32,6 +32,34 @@ from endpoints.models import AccessToken
 AUTO_TOKEN_NAME = "printed by make run"  # noqa: S105 - a label, not a secret
 
 
+# Measured with `make bench` (docs/performance.md): gthread workers, each thread one
+# request at a time; threads above the replicas' concurrency let requests queue and wait
+# for a cold start without blocking others.
+WEB_THREADS = 16
+
+
+def gunicorn_command(
+    *, host: str, port: int, workers: int, threads: int = WEB_THREADS
+) -> list[str]:
+    """The web server (UI, API, admin and the scoring gateway) as `make run` starts it."""
+    return [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "serving_ui.wsgi:application",
+        "--bind",
+        f"{host}:{port}",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--timeout",
+        str(int(settings.SERVING["REQUEST_TIMEOUT_SECONDS"]) + 60),
+        "--graceful-timeout",
+        "20",
+    ]
+
+
 class Command(BaseCommand):
     help = "Run the web server, a Celery worker and Celery beat (and Redis if needed)."
 
@@ -128,25 +156,11 @@ class Command(BaseCommand):
 
     def _start_services(self, host: str, port: int, web_workers: int) -> None:
         py = sys.executable
-        bin_dir = Path(py).parent
         var = Path(settings.VAR_DIR)
         self._spawn(
             "web",
             [
-                str(bin_dir / "gunicorn"),
-                "serving_ui.wsgi:application",
-                "--bind",
-                f"{host}:{port}",
-                "--worker-class",
-                "gthread",
-                "--workers",
-                str(web_workers),
-                "--threads",
-                "8",
-                "--timeout",
-                str(int(settings.SERVING["REQUEST_TIMEOUT_SECONDS"]) + 60),
-                "--graceful-timeout",
-                "20",
+                *gunicorn_command(host=host, port=port, workers=web_workers),
                 "--access-logfile",
                 "-",
             ],

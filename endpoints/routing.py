@@ -1,0 +1,371 @@
+"""What the scoring gateway knows from the database: routes, tokens and permissions.
+
+Each gateway process keeps one immutable ``Snapshot`` in memory: the routing table (which
+replicas answer a model's stage or version URL) plus caches of token and permission
+look-ups. It is replaced when the cache *generation* in Redis changes (services and the
+reconcile loop bump it on every change of routing, tokens or permissions), so a request
+costs one Redis GET and no SQL. A snapshot older than ``MAX_AGE_SECONDS`` is rebuilt as
+well: a change made while Redis was unreachable is picked up a few seconds later anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connections
+from django.utils import timezone
+
+from . import cache
+from .auth import permission_level
+from .errors import NotFound, Unavailable
+from .models import (
+    PERMISSION_RANK,
+    AccessToken,
+    ComputeConfig,
+    EndpointVersion,
+    Replica,
+    ReplicaState,
+    ServiceState,
+    ServingEndpoint,
+    StageAlias,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_AGE_SECONDS = 5.0
+# After Redis failed to answer, the generation is not asked for again for this long, so an
+# outage costs one failed call per interval instead of one per request.
+REDIS_RETRY_SECONDS = 1.0
+# Bounds the per-snapshot token cache (unknown tokens are cached too, see ``user_for``).
+MAX_CACHED_TOKENS = 10_000
+
+Address = tuple[str, int]
+
+_STAGE_NAMES = {"production": "Production", "staging": "Staging"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One endpoint version as the gateway routes to it."""
+
+    version_pk: int
+    endpoint_pk: int
+    model_name: str
+    version: str
+    service_state: str
+    service_message: str
+    # READY, or what a stage alias points at: requests wait for a replica rather than fail.
+    routable: bool
+    scale_to_zero: bool
+    replicas: tuple[Address, ...]
+
+
+@dataclass(frozen=True)
+class EndpointRoutes:
+    endpoint: ServingEndpoint  # only pk, name and creator_id are loaded
+    versions: dict[str, Target]
+    stages: dict[str, Target]
+    # Stages whose versions are still being deployed (no alias yet): 503, not 404.
+    deploying_stages: frozenset[str]
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    endpoints: dict[str, EndpointRoutes]
+
+    def endpoint(self, name: str) -> EndpointRoutes:
+        routes = self.endpoints.get(name)
+        if routes is None:
+            raise NotFound(f"Serving is not enabled for registered model '{name}'.")
+        return routes
+
+    def resolve(self, name: str, selector: str) -> Target:
+        """The version a ``<name>/<stage|version>`` URL answers with.
+
+        Raises NotFound for an unknown model, stage or version, Unavailable for a known one
+        that cannot answer yet."""
+        routes = self.endpoint(name)
+        stage = _STAGE_NAMES.get(selector.lower())
+        if stage is not None:
+            return _resolve_stage(routes, name, stage)
+        target = routes.versions.get(selector)
+        if target is None:
+            raise NotFound(f"Model '{name}' has no served version or stage '{selector}'.")
+        if not target.routable and not target.replicas:
+            raise Unavailable(_not_ready_message(target))
+        return target
+
+    def addresses(self) -> set[Address]:
+        return {
+            address
+            for routes in self.endpoints.values()
+            for target in routes.versions.values()
+            for address in target.replicas
+        }
+
+
+def _resolve_stage(routes: EndpointRoutes, name: str, stage: str) -> Target:
+    target = routes.stages.get(stage)
+    if target is not None:
+        return target
+    if stage in routes.deploying_stages:
+        raise Unavailable(f"No version of model '{name}' in {stage} is ready yet.")
+    raise NotFound(f"Model '{name}' has no version served in {stage}.")
+
+
+def _not_ready_message(target: Target) -> str:
+    detail = f": {target.service_message}" if target.service_message else ""
+    if target.service_state == ServiceState.FAILED:
+        return f"Version {target.version} of model '{target.model_name}' failed{detail}"
+    return f"Version {target.version} of model '{target.model_name}' is not ready yet{detail}"
+
+
+# --- building the table ----------------------------------------------------------------------
+
+
+def build_table() -> RoutingTable:
+    """Read the routing table from the database (five queries)."""
+    endpoints = {
+        e.pk: e
+        for e in ServingEndpoint.objects.filter(enabled=True).only(
+            "pk", "registered_model_name", "creator_id"
+        )
+    }
+    versions = list(
+        EndpointVersion.objects.filter(endpoint_id__in=endpoints).select_related("service_config")
+    )
+    alias_rows = StageAlias.objects.filter(endpoint_id__in=endpoints).values_list(
+        "version_id", "stage"
+    )
+    by_version_alias: dict[int, list[str]] = {}
+    for version_pk, stage in alias_rows:
+        by_version_alias.setdefault(version_pk, []).append(stage)
+    replicas: dict[int, list[Address]] = {}
+    replica_rows = Replica.objects.filter(
+        state=ReplicaState.RUNNING, version__endpoint_id__in=endpoints
+    ).values_list("version_id", "host", "port")
+    for version_pk, host, port in replica_rows:
+        replicas.setdefault(version_pk, []).append((host, port))
+    stage_configs = _current_stage_configs(endpoints)
+
+    table: dict[str, EndpointRoutes] = {}
+    for endpoint in endpoints.values():
+        own = [v for v in versions if v.endpoint_id == endpoint.pk]
+        table[endpoint.registered_model_name] = _endpoint_routes(
+            endpoint, own, by_version_alias, replicas, stage_configs
+        )
+    return RoutingTable(endpoints=table)
+
+
+def _current_stage_configs(endpoints: dict[int, ServingEndpoint]) -> dict[tuple[int, str], bool]:
+    """{(endpoint pk, stage): scale_to_zero_enabled} of each stage's newest config."""
+    newest: dict[tuple[int, str], bool] = {}
+    rows = (
+        ComputeConfig.objects.filter(endpoint_id__in=endpoints)
+        .order_by("creation_timestamp", "pk")
+        .values_list("endpoint_id", "stage", "scale_to_zero_enabled")
+    )
+    for endpoint_pk, stage, scale_to_zero in rows:
+        newest[(endpoint_pk, stage)] = scale_to_zero
+    return newest
+
+
+def _endpoint_routes(
+    endpoint: ServingEndpoint,
+    versions: list[EndpointVersion],
+    aliases: dict[int, list[str]],
+    replicas: dict[int, list[Address]],
+    stage_configs: dict[tuple[int, str], bool],
+) -> EndpointRoutes:
+    by_version: dict[str, Target] = {}
+    stages: dict[str, Target] = {}
+    deploying: set[str] = set()
+    for version in versions:
+        stage_aliases = aliases.get(version.pk, [])
+        target = Target(
+            version_pk=version.pk,
+            endpoint_pk=endpoint.pk,
+            model_name=endpoint.registered_model_name,
+            version=version.version,
+            service_state=version.service_state,
+            service_message=version.service_message,
+            routable=version.service_state == ServiceState.READY or bool(stage_aliases),
+            scale_to_zero=_scales_to_zero(version, stage_aliases, stage_configs),
+            replicas=tuple(sorted(replicas.get(version.pk, []))),
+        )
+        by_version[version.version] = target
+        for stage in stage_aliases:
+            stages[stage] = target
+        if version.desired and version.registry_stage:
+            deploying.add(version.registry_stage)
+    return EndpointRoutes(
+        endpoint=endpoint,
+        versions=by_version,
+        stages=stages,
+        deploying_stages=frozenset(deploying),
+    )
+
+
+def _scales_to_zero(
+    version: EndpointVersion,
+    stage_aliases: list[str],
+    stage_configs: dict[tuple[int, str], bool],
+) -> bool:
+    if version.service_config is not None and version.service_config.scale_to_zero_enabled:
+        return True
+    stages = {*stage_aliases, version.registry_stage} - {""}
+    return any(stage_configs.get((version.endpoint_id, stage), False) for stage in stages)
+
+
+# --- tokens and permissions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    token_pk: int
+    user: AbstractBaseUser
+    expires_at: datetime | None
+
+    def usable(self) -> bool:
+        return self.expires_at is None or self.expires_at > timezone.now()
+
+
+def token_hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _load_token(digest: str) -> CachedToken | None:
+    token = (
+        AccessToken.objects.active()
+        .select_related("user")
+        .filter(token_hash=digest, user__is_active=True)
+        .only("pk", "expires_at", "user")
+        .first()
+    )
+    if token is None:
+        return None
+    return CachedToken(token_pk=token.pk, user=token.user, expires_at=token.expires_at)
+
+
+@dataclass
+class Snapshot:
+    """A routing table with the token and permission look-ups made since it was built.
+
+    The caches only grow for one generation; a new snapshot starts them empty, which is
+    how a revoked token or a removed permission stops working at once."""
+
+    table: RoutingTable
+    generation: int
+    built_at: float
+    _tokens: dict[str, CachedToken | None] = field(default_factory=dict)
+    _permissions: dict[tuple[int, int], str | None] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def user_for(self, raw_token: str) -> CachedToken | None:
+        """The active token for a plaintext token, or None (unknown, revoked, expired).
+
+        Unknown tokens are cached too: a token cannot be used before it exists, and
+        creating one yields a hash nobody has tried, so a cached miss never hides a new
+        token while it keeps a client that retries a wrong token from costing SQL."""
+        digest = token_hash(raw_token)
+        try:
+            cached = self._tokens[digest]
+        except KeyError:
+            cached = run_db(_load_token, digest)
+            with self._lock:
+                if len(self._tokens) >= MAX_CACHED_TOKENS:
+                    self._tokens.clear()
+                self._tokens[digest] = cached
+        if cached is None or not cached.usable():
+            return None
+        return cached
+
+    def permission(self, user: AbstractBaseUser, routes: EndpointRoutes) -> str | None:
+        key = (user.pk, routes.endpoint.pk)
+        try:
+            return self._permissions[key]
+        except KeyError:
+            level = run_db(permission_level, user, routes.endpoint)
+            with self._lock:
+                self._permissions[key] = level
+            return level
+
+    def may(self, user: AbstractBaseUser, routes: EndpointRoutes, level: str) -> bool:
+        held = self.permission(user, routes)
+        return held is not None and PERMISSION_RANK[held] >= PERMISSION_RANK[level]
+
+
+def run_db(fn, *args):
+    """Run a database read from a gateway thread and close the thread's connection after.
+
+    The gateway's raw WSGI path never sends Django's request_finished signal, so nothing
+    else would close connections that worker threads open."""
+    try:
+        return fn(*args)
+    finally:
+        connections.close_all()
+
+
+# --- the per-process cache --------------------------------------------------------------------
+
+
+class RoutingCache:
+    """The current snapshot of one gateway process, replaced when the generation moves."""
+
+    def __init__(self) -> None:
+        self._snapshot: Snapshot | None = None
+        self._build_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._redis_failed_at = 0.0
+
+    def current(self) -> Snapshot:
+        """The snapshot for this request: one Redis GET, a rebuild only after a change."""
+        snapshot = self._snapshot
+        generation = self._generation()
+        if snapshot is not None and generation is None:
+            # Redis is away: keep serving from memory; ``refresh_if_old`` bounds the age.
+            return snapshot
+        if snapshot is None or snapshot.generation != generation:
+            return self._rebuild(generation or 0)
+        return snapshot
+
+    def refresh_if_old(self) -> None:
+        snapshot = self._snapshot
+        if snapshot is not None and time.monotonic() - snapshot.built_at > MAX_AGE_SECONDS:
+            generation = self._generation()
+            self._rebuild(generation if generation is not None else snapshot.generation, force=True)
+
+    def wait_for_change(self, timeout: float) -> Snapshot:
+        """Wait up to ``timeout`` for another thread's rebuild, then return a fresh snapshot."""
+        with self._changed:
+            self._changed.wait(timeout)
+        return self.current()
+
+    def _generation(self) -> int | None:
+        if time.monotonic() - self._redis_failed_at < REDIS_RETRY_SECONDS:
+            return None
+        try:
+            return cache.current_generation()
+        except Exception as exc:  # any Redis failure: serve from memory
+            self._redis_failed_at = time.monotonic()
+            log.warning("gateway: cache generation unavailable (%s); using routing in memory", exc)
+            return None
+
+    def _rebuild(self, generation: int, *, force: bool = False) -> Snapshot:
+        with self._build_lock:
+            snapshot = self._snapshot
+            if not force and snapshot is not None and snapshot.generation == generation:
+                return snapshot  # another thread rebuilt it while this one waited
+            fresh = Snapshot(
+                table=run_db(build_table), generation=generation, built_at=time.monotonic()
+            )
+            self._snapshot = fresh
+        with self._changed:
+            self._changed.notify_all()
+        return fresh

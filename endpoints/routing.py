@@ -305,11 +305,14 @@ def run_db(fn, *args):
     """Run a database read from a gateway thread and close the thread's connection after.
 
     The gateway's raw WSGI path never sends Django's request_finished signal, so nothing
-    else would close connections that worker threads open."""
+    else would close connections that worker threads open. A caller inside a transaction
+    (a Django view calling ``gateway.invoke``) keeps its connection."""
     try:
         return fn(*args)
     finally:
-        connections.close_all()
+        for conn in connections.all(initialized_only=True):
+            if not conn.in_atomic_block:
+                conn.close()
 
 
 # --- the per-process cache --------------------------------------------------------------------

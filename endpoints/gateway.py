@@ -36,12 +36,11 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from . import load, metrics
+from . import errors, load, metrics
 from .auth import LAST_USED_RESOLUTION, token_from_authorization
 from .errors import (
     BadRequest,
     NotFound,
-    PayloadTooLarge,
     PermissionDenied,
     RateLimited,
     ServingError,
@@ -63,12 +62,21 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 HOLD_POLL_SECONDS = 0.25
 FLUSH_INTERVAL_SECONDS = 1.0
 RETRY_AFTER_SECONDS = "1"
+# An oversized body is read and dropped up to this multiple of the limit, then the
+# connection is closed instead.
+DRAIN_FACTOR = 4
 # Idle connections kept per replica; a burst above it opens extra ones that are closed.
 POOL_CONNECTIONS = 32
 # Requests refused for limits or failed authentication are not part of the metrics.
 NOT_COUNTED = frozenset({401, 403, 429})
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class PayloadTooLarge(errors.PayloadTooLarge):
+    def __init__(self, message: str, *, close_connection: bool = False) -> None:
+        super().__init__(message)
+        self.close_connection = close_connection
 
 
 class MethodNotAllowed(ServingError):
@@ -92,8 +100,8 @@ def error_answer(exc: ServingError) -> Answer:
         headers = (("WWW-Authenticate", 'Bearer realm="model serving"'),)
     elif isinstance(exc, MethodNotAllowed):
         headers = (("Allow", "POST"),)
-    elif isinstance(exc, PayloadTooLarge):
-        # The rest of an oversized body is not worth reading to keep the connection.
+    elif getattr(exc, "close_connection", False):
+        # The rest of a huge body is not worth reading to keep the connection.
         headers = (("Connection", "close"),)
     return Answer(exc.status, json.dumps(exc.as_json()).encode(), JSON, headers)
 
@@ -163,7 +171,11 @@ def parse_path(path_info: str) -> tuple[str, str] | None:
 
 
 def read_body(environ: dict[str, Any], limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (also without Content-Length)."""
+    """The request body, refusing more than ``limit`` bytes (also without Content-Length).
+
+    The rest of an oversized body is read and dropped (up to a bound) before the 413 goes
+    out: most HTTP clients only look for an answer once they have sent everything, and
+    would see a reset connection instead of the 413."""
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
     if length:
@@ -172,16 +184,25 @@ def read_body(environ: dict[str, Any], limit: int) -> bytes:
         except ValueError:
             raise BadRequest("Invalid Content-Length header.") from None
         if expected > limit:
-            raise PayloadTooLarge(_too_large_message(limit))
+            raise _too_large(stream, limit)
         return stream.read(expected)
     chunks: list[bytes] = []
     total = 0
     while chunk := stream.read(65536):
         total += len(chunk)
         if total > limit:
-            raise PayloadTooLarge(_too_large_message(limit))
+            raise _too_large(stream, limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(stream: Any, limit: int) -> PayloadTooLarge:
+    drained = 0
+    while chunk := stream.read(65536):
+        drained += len(chunk)
+        if drained > DRAIN_FACTOR * limit:
+            return PayloadTooLarge(_too_large_message(limit), close_connection=True)
+    return PayloadTooLarge(_too_large_message(limit))
 
 
 def _too_large_message(limit: int) -> str:

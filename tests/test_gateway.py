@@ -132,6 +132,22 @@ def test_chunked_body_over_the_limit_is_refused_while_reading():
         read_body(_environ(b"x" * 200_000, length=False), limit=100_000)
 
 
+def test_an_oversized_body_is_drained_so_the_client_reads_the_413():
+    stream = io.BytesIO(b"x" * 300)
+    with pytest.raises(PayloadTooLarge) as caught:
+        read_body({"wsgi.input": stream, "CONTENT_LENGTH": "300"}, limit=100)
+    assert stream.read() == b""  # all of it read: the connection stays usable
+    assert not caught.value.close_connection
+    assert not any(h == "Connection" for h, _ in error_answer(caught.value).headers)
+
+
+def test_a_huge_body_closes_the_connection_instead():
+    with pytest.raises(PayloadTooLarge) as caught:
+        read_body(_environ(b"x" * 1_000_000, length=False), limit=1000)
+    assert caught.value.close_connection
+    assert ("Connection", "close") in error_answer(caught.value).headers
+
+
 def test_invalid_content_length_is_a_bad_request():
     with pytest.raises(BadRequest):
         read_body({"wsgi.input": io.BytesIO(b""), "CONTENT_LENGTH": "ten"}, limit=100)

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from endpoints import routing, services
-from endpoints.cache import bump_generation
+from endpoints.cache import bump_generation, redis_client
 from endpoints.errors import NotFound, Unavailable
 from endpoints.models import (
     AccessToken,
@@ -218,3 +218,47 @@ def test_routing_survives_redis_being_unreachable(endpoint, generation, settings
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     assert cache.current() is first
     assert cache.current().table.resolve("iris", "1").replicas
+
+
+def test_without_a_change_no_request_asks_redis(endpoint, generation, monkeypatch):
+    cache = RoutingCache()
+    first = cache.current()
+    asked = []
+    real = routing.cache.current_generation
+    monkeypatch.setattr(routing.cache, "current_generation", lambda: asked.append(1) or real())
+    for _ in range(50):
+        assert cache.current() is first
+    assert asked == []
+    # The push for a change is there as soon as the bump returns: the next request sees it.
+    generation()
+    assert cache.current() is not first
+    assert len(asked) == 1
+
+
+def test_without_pushes_every_request_asks_for_the_generation(endpoint, generation, monkeypatch):
+    cache = RoutingCache()
+    monkeypatch.setattr(cache.watcher, "poll", lambda: None)
+    first = cache.current()
+    assert cache.current() is first
+    generation()
+    assert cache.current() is not first
+
+
+def test_a_lost_invalidation_connection_falls_back_to_asking(endpoint, generation):
+    cache = RoutingCache()
+    first = cache.current()
+    cache.watcher._conn.disconnect()
+    generation()
+    assert cache.current() is not first
+
+
+def test_a_redis_restart_is_noticed_on_the_invalidation_connection(endpoint, generation):
+    cache = RoutingCache()
+    first = cache.current()
+    conn = cache.watcher._conn
+    conn.send_command("CLIENT", "ID")
+    client_id = conn.read_response()
+    # Closed on the server side: what a Redis restart looks like to the gateway.
+    redis_client().client_kill_filter(_id=client_id)
+    generation()
+    assert cache.current() is not first

@@ -14,6 +14,7 @@ from datetime import datetime
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from . import registry
@@ -214,10 +215,13 @@ def compute_config_restart(*, name: str, stage: str, user: AbstractBaseUser) -> 
     _check_stage(stage)
     endpoint = get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
     failed = EndpointVersion.objects.filter(
-        endpoint=endpoint, registry_stage=stage, config_update_state=ServiceState.FAILED
+        Q(config_update_state=ServiceState.FAILED) | Q(service_state=ServiceState.FAILED),
+        endpoint=endpoint,
+        registry_stage=stage,
+        desired=True,
     )
     if not failed.exists():
-        raise InvalidParameter(f"No failed compute config update to restart for {stage}.")
+        raise InvalidParameter(f"Nothing failed in {stage}: there is no deployment to restart.")
     failed.update(
         config_update_state=ServiceState.RETRY_REQUESTED,
         config_update_message="Retry requested.",

@@ -23,6 +23,8 @@ if "SERVING_VAR_DIR" not in os.environ:
 os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:{_free_port()}/0")
 os.environ.setdefault("RECONCILE_INTERVAL_SECONDS", "1")
 os.environ.setdefault("SERVING_DRAIN_SECONDS", "0.5")
+# Only versions whose stage has scale to zero on are affected: tests see it within seconds.
+os.environ.setdefault("SERVING_SCALE_TO_ZERO_AFTER_SECONDS", "6")
 # Replica ports apart from a product that may be running on the same machine.
 _base = 30000 + (os.getpid() % 50) * 100
 os.environ.setdefault("SERVING_REPLICA_PORT_MIN", str(_base))

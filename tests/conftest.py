@@ -77,9 +77,9 @@ class ManagedProcess:
             self.process.wait()
 
     def kill(self) -> None:
-        """SIGKILL the process (not its replicas: they live in their own sessions)."""
+        """SIGKILL the process and its children (not replicas: they have their own sessions)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def output(self) -> str:

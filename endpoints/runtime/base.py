@@ -28,14 +28,23 @@ class Runtime(Protocol):
         """Stop gracefully (in-flight requests finish), then forcibly after the grace period."""
         ...
 
+    def terminate(self, pid: int, replica_id: str) -> None:
+        """Ask a replica to stop (it finishes in-flight requests); returns at once."""
+        ...
+
+    def kill(self, pid: int, replica_id: str) -> None:
+        """Stop a replica now."""
+        ...
+
     def is_alive(self, pid: int, replica_id: str) -> bool: ...
 
     def probe(self, host: str, port: int, *, timeout: float = 2.0) -> bool:
         """True when the replica answers its health check."""
         ...
 
-    def discover(self) -> dict[str, int]:
-        """Every replica process on this host: {replica_id: pid}."""
+    def discover(self, within: str = "") -> dict[str, int]:
+        """Every replica process on this host: {replica_id: pid}; with ``within``, only
+        those whose command line mentions it (this installation's data directory)."""
         ...
 
     def port_is_free(self, host: str, port: int) -> bool: ...

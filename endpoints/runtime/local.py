@@ -91,6 +91,23 @@ class LocalRuntime:
         psutil.wait_procs(alive, timeout=5)
         _reap(pid)
 
+    def terminate(self, pid: int, replica_id: str) -> None:
+        process = self._process(pid, replica_id)
+        if process is None:
+            return
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGCONT)
+
+    def kill(self, pid: int, replica_id: str) -> None:
+        process = self._process(pid, replica_id)
+        if process is None:
+            return
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+        psutil.wait_procs([process], timeout=5)
+        _reap(pid)
+
     def is_alive(self, pid: int, replica_id: str) -> bool:
         return self._process(pid, replica_id) is not None
 
@@ -104,12 +121,14 @@ class LocalRuntime:
         finally:
             conn.close()
 
-    def discover(self) -> dict[str, int]:
+    def discover(self, within: str = "") -> dict[str, int]:
         found: dict[str, int] = {}
         for process in psutil.process_iter(["pid", "cmdline", "status"]):
             info = process.info
             cmdline = info.get("cmdline") or []
             if info.get("status") == psutil.STATUS_ZOMBIE or LAUNCHER_MODULE not in cmdline:
+                continue
+            if within and not any(within in arg for arg in cmdline):
                 continue
             with contextlib.suppress(ValueError, IndexError):
                 found[cmdline[cmdline.index("--replica-id") + 1]] = info["pid"]

@@ -1,0 +1,117 @@
+"""The replica count the autoscaler chooses, and the version a stage alias points at."""
+
+from __future__ import annotations
+
+import pytest
+
+from endpoints.autoscale import decide, replica_range
+from endpoints.models import EndpointVersion, ServiceState
+from endpoints.reconcile import choose_alias
+
+NOW = 1_000_000.0
+
+
+def plan(**overrides):
+    args = {
+        "current": 1,
+        "workload_size": "Small",
+        "scale_to_zero": False,
+        "peak_in_flight": 0,
+        "last_activity": NOW,
+        "wake": False,
+        "low_since": None,
+        "now": NOW,
+        "per_replica": 4,
+        "host_cap": 16,
+        "scale_to_zero_after": 900,
+        "scale_down_after": 60,
+    }
+    args.update(overrides)
+    return decide(**args)
+
+
+@pytest.mark.parametrize(
+    ("size", "scale_to_zero", "expected"),
+    [
+        ("Small", False, (1, 1)),
+        ("Medium", False, (2, 4)),
+        ("Large", False, (4, 16)),
+        ("Small", True, (0, 1)),
+        ("Large", True, (0, 16)),
+    ],
+)
+def test_workload_sizes_are_concurrency_ranges_of_four_per_replica(size, scale_to_zero, expected):
+    assert replica_range(size, scale_to_zero, per_replica=4, host_cap=16) == expected
+
+
+def test_the_host_cap_bounds_the_largest_size():
+    assert replica_range("Large", False, per_replica=4, host_cap=6) == (4, 6)
+
+
+def test_load_scales_up_at_once_within_the_range():
+    assert plan(workload_size="Medium", current=2, peak_in_flight=13).replicas == 4
+    assert plan(workload_size="Medium", current=2, peak_in_flight=100).replicas == 4
+    assert plan(workload_size="Large", current=4, peak_in_flight=30).replicas == 8
+
+
+def test_below_the_minimum_the_minimum_is_restored():
+    decision = plan(workload_size="Medium", current=0)
+    assert decision.replicas == 2
+    assert decision.reason == "the size's minimum"
+
+
+def test_scaling_down_waits_for_the_load_to_stay_low_then_goes_one_at_a_time():
+    first = plan(workload_size="Large", current=8, peak_in_flight=0)
+    assert first.replicas == 8
+    assert first.low_since == NOW
+    still = plan(workload_size="Large", current=8, low_since=NOW - 30)
+    assert still.replicas == 8
+    later = plan(workload_size="Large", current=8, low_since=NOW - 61)
+    assert later.replicas == 7
+    # A burst in between resets the clock.
+    burst = plan(workload_size="Large", current=8, peak_in_flight=32, low_since=NOW - 61)
+    assert (burst.replicas, burst.low_since) == (8, None)
+
+
+def test_a_smaller_size_takes_effect_without_waiting():
+    assert plan(workload_size="Small", current=4).replicas == 1
+
+
+def test_scale_to_zero_after_the_quiet_period_only():
+    busy = plan(scale_to_zero=True, last_activity=NOW - 100, scale_to_zero_after=120)
+    assert busy.replicas == 1
+    quiet = plan(scale_to_zero=True, last_activity=NOW - 121, scale_to_zero_after=120)
+    assert quiet.replicas == 0
+    in_flight = plan(
+        scale_to_zero=True, last_activity=NOW - 500, scale_to_zero_after=120, peak_in_flight=1
+    )
+    assert in_flight.replicas == 1
+
+
+def test_without_scale_to_zero_a_quiet_version_keeps_its_minimum():
+    assert plan(last_activity=NOW - 10_000, scale_to_zero_after=1).replicas == 1
+
+
+def test_a_waiting_request_wakes_a_version_at_zero_with_one_replica():
+    woken = plan(scale_to_zero=True, current=0, wake=True, last_activity=NOW - 10_000)
+    assert woken.replicas == 1
+    asleep = plan(scale_to_zero=True, current=0, last_activity=NOW - 10_000)
+    assert asleep.replicas == 0
+
+
+def _version(number: str, state: str) -> EndpointVersion:
+    return EndpointVersion(version=number, service_state=state)
+
+
+def test_a_stage_alias_points_at_the_newest_ready_version():
+    v1 = _version("1", ServiceState.READY)
+    v2 = _version("2", ServiceState.READY)
+    v10 = _version("10", ServiceState.READY)
+    assert choose_alias([v1, v10, v2]) is v10
+
+
+def test_a_stage_alias_never_points_at_a_version_that_is_not_ready():
+    v1 = _version("1", ServiceState.READY)
+    assert choose_alias([v1, _version("2", ServiceState.PENDING)]) is v1
+    assert choose_alias([v1, _version("3", ServiceState.FAILED)]) is v1
+    assert choose_alias([_version("2", ServiceState.PENDING)]) is None

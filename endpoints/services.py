@@ -252,10 +252,11 @@ def model_version_transition(
             raise PermissionDenied(f"User does not have CAN_MANAGE permission on '{name}'.")
     elif not can_create_endpoint(user):
         raise PermissionDenied("Transitioning a model version needs the manage permission.")
+    # Archiving the stage's other versions only means something for an active stage; MLflow
+    # refuses the flag otherwise, so it is ignored for None and Archived.
+    archive = archive_existing_versions and stage in registry.SERVED_STAGES
     try:
-        info = registry.transition_stage(
-            name, version, stage, archive_existing_versions=archive_existing_versions
-        )
+        info = registry.transition_stage(name, version, stage, archive_existing_versions=archive)
     except registry.VersionNotFound as exc:
         raise NotFound(str(exc)) from exc
     except registry.RegistryError as exc:

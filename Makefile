@@ -55,6 +55,7 @@ format: install
 
 bench: install system-deps
 	$(PY) manage.py bench
+	$(PY) manage.py bench_provisioning
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -71,39 +71,42 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         if os.environ.get(ISOLATED_ENV) != "1":
-            self._run_isolated()
+            run_isolated("bench")
             return
         Bench(self, options).run()
 
-    def _run_isolated(self) -> None:
-        """Run this command again with settings that point at a fresh temporary stack."""
-        var = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-        port = free_port()
-        env = {
-            **os.environ,
-            ISOLATED_ENV: "1",
-            "SERVING_VAR_DIR": str(var),
-            "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
-            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{var / 'mlflow' / 'mlflow.db'}",
-            "MLFLOW_REGISTRY_URI": f"sqlite:///{var / 'mlflow' / 'mlflow.db'}",
-            "MLFLOW_ARTIFACT_ROOT": str(var / "mlflow" / "artifacts"),
-            "SERVING_REPLICA_PORT_MIN": str(port),
-            "SERVING_REPLICA_PORT_MAX": str(port),
-            "LOG_LEVEL": "WARNING",
-        }
-        (var / "mlflow").mkdir()
-        try:
-            result = subprocess.run(
-                [sys.executable, "manage.py", "bench", *sys.argv[2:]],
-                cwd=settings.BASE_DIR,
-                env=env,
-                check=False,
-            )
-        finally:
-            shutil.rmtree(var, ignore_errors=True)
-        if result.returncode:
-            raise CommandError(f"the benchmark failed (exit code {result.returncode})")
+
+def run_isolated(command: str, extra_env: dict[str, str] | None = None) -> None:
+    """Run ``manage.py <command>`` again with settings that point at a fresh temporary
+    stack: its own data directory, Redis port, SQLite database and MLflow registry."""
+    var = Path(tempfile.mkdtemp(prefix="serving-bench-"))
+    port = free_port()
+    env = {
+        **os.environ,
+        ISOLATED_ENV: "1",
+        "SERVING_VAR_DIR": str(var),
+        "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{var / 'mlflow' / 'mlflow.db'}",
+        "MLFLOW_REGISTRY_URI": f"sqlite:///{var / 'mlflow' / 'mlflow.db'}",
+        "MLFLOW_ARTIFACT_ROOT": str(var / "mlflow" / "artifacts"),
+        "SERVING_REPLICA_PORT_MIN": str(port),
+        "SERVING_REPLICA_PORT_MAX": str(port + 20),
+        "LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
+    }
+    (var / "mlflow").mkdir()
+    try:
+        result = subprocess.run(
+            [sys.executable, "manage.py", command, *sys.argv[2:]],
+            cwd=settings.BASE_DIR,
+            env=env,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(var, ignore_errors=True)
+    if result.returncode:
+        raise CommandError(f"the benchmark failed (exit code {result.returncode})")
 
 
 @dataclass(frozen=True)

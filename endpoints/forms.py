@@ -1,0 +1,51 @@
+"""Forms of the web UI: they validate input only; the services decide what is allowed."""
+
+from __future__ import annotations
+
+from django import forms
+
+from .models import PermissionLevel, Stage, WorkloadSize
+from .registry import ALL_STAGES
+
+
+class ComputeConfigForm(forms.Form):
+    stage = forms.ChoiceField(choices=Stage.choices)
+    workload_size = forms.ChoiceField(choices=WorkloadSize.choices)
+    scale_to_zero_enabled = forms.BooleanField(required=False)
+
+
+class StageForm(forms.Form):
+    stage = forms.ChoiceField(choices=Stage.choices)
+
+
+class TransitionForm(forms.Form):
+    version = forms.CharField(max_length=32)
+    stage = forms.ChoiceField(choices=[(s, s) for s in ALL_STAGES])
+    archive_existing_versions = forms.BooleanField(required=False)
+    comment = forms.CharField(max_length=500, required=False)
+
+
+class InvokeForm(forms.Form):
+    version = forms.CharField(max_length=32)
+    body = forms.CharField(required=False, strip=False)
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=128, required=False)
+    # A lifetime rather than a date: what people think of when they create a token.
+    expires_in_days = forms.IntegerField(min_value=1, max_value=3650, required=False)
+
+
+class ServicePrincipalForm(forms.Form):
+    username = forms.RegexField(
+        regex=r"^[\w.@+-]+\Z",
+        max_length=150,
+        error_messages={"invalid": "Use letters, digits and @ . + - _ only."},
+    )
+    display_name = forms.CharField(max_length=256, required=False)
+
+
+class PermissionForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    # An empty level removes the user's grant.
+    level = forms.ChoiceField(choices=[("", "No access"), *PermissionLevel.choices], required=False)

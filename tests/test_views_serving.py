@@ -1,0 +1,495 @@
+"""The Serving tab: enable, status and its poll, versions, disable, compute settings, the
+request sender (example and send), logs, metrics and events.
+
+Rows of observed state (versions, replicas, events) are written directly, as the reconcile
+loop would; the registry is this run's real MLflow registry with a model of each test's own.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from endpoints import registry, services
+from endpoints.cache import bump_generation
+from endpoints.models import (
+    ComputeConfig,
+    EndpointVersion,
+    Event,
+    EventType,
+    Replica,
+    ReplicaState,
+    ServiceState,
+    ServingEndpoint,
+    StageAlias,
+)
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def model_name(tmp_path: Path):
+    """A registered model with v1 in Production and v2 in Staging (empty artifacts)."""
+    (Path(settings.VAR_DIR) / "mlflow").mkdir(parents=True, exist_ok=True)
+    name = f"ui-model-{uuid.uuid4().hex[:8]}"
+    client = registry.client()
+    client.create_registered_model(name)
+    for stage in ("Production", "Staging"):
+        version = client.create_model_version(name, source=str(tmp_path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            client.transition_model_version_stage(name, version.version, stage)
+    yield name
+    client.delete_registered_model(name)
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def endpoint(model_name, owner) -> ServingEndpoint:
+    return services.endpoint_enable(name=model_name, user=owner)
+
+
+def add_version(
+    endpoint: ServingEndpoint,
+    version: str,
+    stage: str,
+    state: str = ServiceState.READY,
+    model_path: str = "",
+) -> EndpointVersion:
+    config = endpoint.current_compute_config(stage)
+    v = EndpointVersion.objects.create(
+        endpoint=endpoint,
+        version=version,
+        registry_stage=stage,
+        service_state=state,
+        service_message="Ready" if state == ServiceState.READY else "Starting",
+        service_config=config,
+        model_path=model_path,
+    )
+    if state == ServiceState.READY:
+        StageAlias.objects.update_or_create(endpoint=endpoint, stage=stage, defaults={"version": v})
+    return v
+
+
+def ready(endpoint: ServingEndpoint) -> ServingEndpoint:
+    endpoint.state = "READY"
+    endpoint.state_message = "Serving is ready."
+    endpoint.save()
+    return endpoint
+
+
+def serving_url(name: str) -> str:
+    return f"/models/{name}/serving/"
+
+
+# --- the page while serving is off --------------------------------------------------------------
+
+
+def test_serving_off_shows_the_enable_button(owner, model_name):
+    response = logged_in(owner).get(serving_url(model_name))
+    assert response.status_code == 200
+    assert b"Enable Serverless Real-Time Inference" in response.content
+
+
+def test_serving_off_without_create_permission_explains_why(member, model_name):
+    response = logged_in(member).get(serving_url(model_name))
+    assert response.status_code == 200
+    assert b"Enable Serverless Real-Time Inference</button>" not in response.content
+    assert b"permission to create endpoints" in response.content
+
+
+def test_serving_of_unknown_model_is_404(owner, redis_server):
+    (Path(settings.VAR_DIR) / "mlflow").mkdir(parents=True, exist_ok=True)
+    assert logged_in(owner).get(serving_url("no-such-model")).status_code == 404
+
+
+def test_serving_requires_login(model_name):
+    response = Client().get(serving_url(model_name))
+    assert response.status_code == 302
+    assert "/login/" in response["Location"]
+
+
+# --- enable -------------------------------------------------------------------------------------
+
+
+def test_enable_turns_serving_on_and_shows_pending(owner, model_name):
+    client = logged_in(owner)
+    response = client.post(serving_url(model_name) + "enable/")
+    assert response.status_code == 302
+    assert ServingEndpoint.objects.get(registered_model_name=model_name).enabled
+    page = client.get(response["Location"])
+    assert b'data-testid="endpoint-status"' in page.content
+    assert b"Pending" in page.content
+    assert b'hx-trigger="every 10s"' in page.content
+    assert b"Disable Serving" in page.content
+
+
+def test_enable_without_create_permission_is_403_with_the_message(member, model_name):
+    response = logged_in(member).post(serving_url(model_name) + "enable/")
+    assert response.status_code == 403
+    assert b"needs the permission to create endpoints" in response.content
+    assert not ServingEndpoint.objects.exists()
+
+
+def test_enable_twice_shows_the_conflict(owner, endpoint, model_name):
+    response = logged_in(owner).post(serving_url(model_name) + "enable/")
+    assert response.status_code == 409
+    assert b"already enabled" in response.content
+
+
+def test_enable_is_post_only(owner, model_name):
+    assert logged_in(owner).get(serving_url(model_name) + "enable/").status_code == 405
+
+
+# --- status, versions, URLs and the poll --------------------------------------------------------
+
+
+def test_versions_are_listed_with_stage_and_status(owner, endpoint, model_name):
+    add_version(endpoint, "1", "Production")
+    add_version(endpoint, "2", "Staging", state=ServiceState.PENDING)
+    response = logged_in(owner).get(serving_url(model_name))
+    html = response.content.decode()
+    assert 'data-testid="version-tab-1"' in html
+    assert 'data-testid="version-tab-2"' in html
+    sidebar = html[html.index('id="sidebar"') : html.index("</aside>")]
+    assert "Production" in sidebar and "Staging" in sidebar
+    assert "Ready" in sidebar and "Pending" in sidebar
+
+
+def test_model_urls_are_absolute_for_stages_and_versions(owner, endpoint, model_name):
+    add_version(endpoint, "1", "Production")
+    html = logged_in(owner).get(serving_url(model_name)).content.decode()
+    assert f"http://testserver/model-endpoint/{model_name}/Production/invocations" in html
+    assert f"http://testserver/model/{model_name}/1/invocations" in html
+
+
+def test_updating_version_is_labelled_updating(owner, endpoint, model_name):
+    v = add_version(endpoint, "1", "Production")
+    v.config_update_state = ServiceState.PENDING
+    v.save()
+    html = logged_in(owner).get(serving_url(model_name)).content.decode()
+    assert "Updating" in html
+
+
+def test_status_poll_renders_the_partial_and_keeps_polling_while_pending(
+    owner, endpoint, model_name
+):
+    add_version(endpoint, "1", "Production", state=ServiceState.PENDING)
+    response = logged_in(owner).get(serving_url(model_name), HTTP_HX_TARGET="status", **HTMX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<html" not in html
+    assert 'id="status"' in html and 'hx-trigger="every 10s"' in html
+    # The other live regions come along out of band.
+    assert 'id="sidebar" class="sidebar" aria-label="Endpoint versions" hx-swap-oob="true"' in html
+    assert 'id="call-controls"' in html
+
+
+def test_status_poll_stops_once_settled(owner, endpoint, model_name):
+    ready(endpoint)
+    add_version(endpoint, "1", "Production")
+    response = logged_in(owner).get(serving_url(model_name), HTTP_HX_TARGET="status", **HTMX)
+    assert response.status_code == 286
+    assert b"every 10s" not in response.content
+    assert b"Ready" in response.content
+
+
+def test_serving_of_hidden_endpoint_is_404(outsider, endpoint, model_name):
+    assert logged_in(outsider).get(serving_url(model_name)).status_code == 404
+
+
+def test_viewer_sees_status_but_no_manage_controls(owner, member, endpoint, model_name):
+    services.permission_set(endpoint=endpoint, user=member, level="CAN_VIEW", by=owner)
+    response = logged_in(member).get(serving_url(model_name))
+    assert response.status_code == 200
+    assert b"Disable Serving" not in response.content
+
+
+# --- disable ------------------------------------------------------------------------------------
+
+
+def test_disable_asks_for_confirmation_and_turns_serving_off(owner, endpoint, model_name):
+    client = logged_in(owner)
+    page = client.get(serving_url(model_name)).content.decode()
+    assert 'data-confirm="Disable serving for' in page
+    response = client.post(serving_url(model_name) + "disable/")
+    assert response.status_code == 302
+    assert not ServingEndpoint.objects.get(pk=endpoint.pk).enabled
+    after = client.get(response["Location"]).content
+    assert b"Enable Serverless Real-Time Inference" in after
+    assert b"Serving is disabled" in after
+
+
+def test_disable_by_viewer_is_403(owner, member, endpoint, model_name):
+    services.permission_set(endpoint=endpoint, user=member, level="CAN_QUERY", by=owner)
+    assert logged_in(member).post(serving_url(model_name) + "disable/").status_code == 403
+    assert ServingEndpoint.objects.get(pk=endpoint.pk).enabled
+
+
+def test_disable_by_outsider_is_404(outsider, endpoint, model_name):
+    assert logged_in(outsider).post(serving_url(model_name) + "disable/").status_code == 404
+
+
+# --- compute settings ---------------------------------------------------------------------------
+
+
+def test_compute_tab_shows_sizes_with_concurrency_and_current_config(owner, endpoint, model_name):
+    html = logged_in(owner).get(serving_url(model_name) + "?tab=compute").content.decode()
+    assert 'data-testid="compute-staging"' in html and 'data-testid="compute-production"' in html
+    assert "8\u201316 concurrent requests" in html  # an en dash between the bounds
+    assert "16\u201364 concurrent requests" in html
+    assert "Scale to zero" in html
+
+
+def test_compute_update_saves_a_new_config_and_shows_rollout(owner, endpoint, model_name):
+    v = add_version(endpoint, "2", "Staging")
+    client = logged_in(owner)
+    response = client.post(
+        serving_url(model_name) + "compute/",
+        {"stage": "Staging", "workload_size": "Medium", "scale_to_zero_enabled": "on"},
+    )
+    assert response.status_code == 302
+    config = endpoint.current_compute_config("Staging")
+    assert (config.workload_size, config.scale_to_zero_enabled) == ("Medium", True)
+    assert endpoint.current_compute_config("Production").workload_size == "Small"
+    # What the reconcile loop does when it starts the rollout.
+    v.config_update_state = ServiceState.PENDING
+    v.target_config = config
+    v.save()
+    html = client.get(response["Location"]).content.decode()
+    rollout = html[html.index('data-testid="rollout-staging"') :]
+    assert "Updating" in rollout[:400]
+    assert "Medium" in html
+
+
+def test_compute_update_during_a_rollout_shows_the_conflict(owner, endpoint, model_name):
+    v = add_version(endpoint, "2", "Staging")
+    v.config_update_state = ServiceState.PENDING
+    v.save()
+    response = logged_in(owner).post(
+        serving_url(model_name) + "compute/", {"stage": "Staging", "workload_size": "Large"}
+    )
+    assert response.status_code == 409
+    assert b"still rolling out" in response.content
+
+
+def test_failed_rollout_can_be_retried(owner, endpoint, model_name):
+    v = add_version(endpoint, "2", "Staging")
+    v.config_update_state = ServiceState.FAILED
+    v.config_update_message = "Replica did not become healthy."
+    v.save()
+    client = logged_in(owner)
+    html = client.get(serving_url(model_name) + "?tab=compute").content.decode()
+    assert "Update Failed" in html and "Retry Staging update" in html
+    response = client.post(serving_url(model_name) + "compute/restart/", {"stage": "Staging"})
+    assert response.status_code == 302
+    v.refresh_from_db()
+    assert v.config_update_state == ServiceState.RETRY_REQUESTED
+
+
+def test_compute_update_by_querier_is_403(owner, member, endpoint, model_name):
+    services.permission_set(endpoint=endpoint, user=member, level="CAN_QUERY", by=owner)
+    response = logged_in(member).post(
+        serving_url(model_name) + "compute/", {"stage": "Staging", "workload_size": "Large"}
+    )
+    assert response.status_code == 403
+    assert ComputeConfig.objects.filter(endpoint=endpoint, workload_size="Large").count() == 0
+
+
+def test_compute_update_by_outsider_is_404(outsider, endpoint, model_name):
+    response = logged_in(outsider).post(
+        serving_url(model_name) + "compute/", {"stage": "Staging", "workload_size": "Large"}
+    )
+    assert response.status_code == 404
+
+
+# --- the request sender -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "model"
+    path.mkdir()
+    example = {"dataframe_split": {"columns": ["a", "b"], "data": [[1.0, 2.0], [3.0, 4.0]]}}
+    (path / "serving_input_example.json").write_text(json.dumps(example))
+    return path
+
+
+def test_send_request_is_disabled_until_the_version_is_ready(owner, endpoint, model_name):
+    add_version(endpoint, "1", "Production", state=ServiceState.PENDING)
+    html = logged_in(owner).get(serving_url(model_name)).content.decode()
+    assert 'title="Model version process is not ready"' in html
+    controls = html[
+        html.index('id="call-controls"') : html.index("</form>", html.index('id="call-controls"'))
+    ]
+    assert 'class="primary" disabled>Send Request' in controls
+
+
+def test_send_request_is_enabled_when_ready(owner, endpoint, model_name):
+    add_version(endpoint, "1", "Production")
+    html = logged_in(owner).get(serving_url(model_name)).content.decode()
+    assert '<button type="submit" class="primary">Send Request</button>' in html
+
+
+def test_show_example_is_disabled_with_the_reason_without_one(
+    owner, endpoint, model_name, tmp_path
+):
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    add_version(endpoint, "1", "Production", model_path=str(empty))
+    html = logged_in(owner).get(serving_url(model_name)).content.decode()
+    assert 'title="This model version was logged without an input example."' in html
+
+
+def test_show_example_loads_it_as_records(owner, endpoint, model_name, model_dir):
+    add_version(endpoint, "1", "Production", model_path=str(model_dir))
+    client = logged_in(owner)
+    html = client.get(serving_url(model_name)).content.decode()
+    assert ">Show Example</a>" in html
+    response = client.get(serving_url(model_name) + "example/?version=1", **HTMX)
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert text.startswith('<textarea id="request-body"')
+    body = json.loads(text[text.index(">") + 1 : text.rindex("</textarea>")].replace("&quot;", '"'))
+    assert body == {"dataframe_records": [{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 4.0}]}
+
+
+def test_show_example_without_javascript_prefills_the_box(owner, endpoint, model_name, model_dir):
+    add_version(endpoint, "1", "Production", model_path=str(model_dir))
+    client = logged_in(owner)
+    response = client.get(serving_url(model_name) + "example/?version=1")
+    assert response.status_code == 302
+    html = client.get(response["Location"]).content.decode()
+    assert "dataframe_records" in html
+
+
+def test_show_example_of_hidden_endpoint_is_404(outsider, endpoint, model_name, model_dir):
+    add_version(endpoint, "1", "Production", model_path=str(model_dir))
+    response = logged_in(outsider).get(serving_url(model_name) + "example/?version=1")
+    assert response.status_code == 404
+
+
+def test_send_request_shows_the_gateway_answer_with_status_and_latency(owner, endpoint, model_name):
+    add_version(endpoint, "1", "Production", state=ServiceState.PENDING)
+    # The test's transaction never commits, so tell the gateway's cache by hand.
+    bump_generation()
+    response = logged_in(owner).post(
+        serving_url(model_name) + "invoke/",
+        {"version": "1", "body": '{"inputs": [[1, 2]]}'},
+        **HTMX,
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'data-testid="response"' in html
+    assert "Status <strong>503</strong>" in html
+    assert "TEMPORARILY_UNAVAILABLE" in html
+    assert " ms</p>" in html
+
+
+def test_send_request_without_query_permission_shows_403(owner, member, endpoint, model_name):
+    add_version(endpoint, "1", "Production")
+    services.permission_set(endpoint=endpoint, user=member, level="CAN_VIEW", by=owner)
+    bump_generation()
+    response = logged_in(member).post(
+        serving_url(model_name) + "invoke/", {"version": "1", "body": "{}"}, **HTMX
+    )
+    assert "Status <strong>403</strong>" in response.content.decode()
+
+
+def test_send_request_by_outsider_is_404(outsider, endpoint, model_name):
+    response = logged_in(outsider).post(
+        serving_url(model_name) + "invoke/", {"version": "1", "body": "{}"}
+    )
+    assert response.status_code == 404
+
+
+def test_snippets_show_curl_and_the_python_client_for_the_version_url(owner, endpoint, model_name):
+    add_version(endpoint, "1", "Production")
+    html = logged_in(owner).get(serving_url(model_name)).content.decode()
+    url = f"http://testserver/model/{model_name}/1/invocations"
+    assert (
+        "curl -u token:$TOKEN -X POST -H &quot;Content-Type: application/json&quot; "
+        f"-d@data.json {url}"
+    ) in html
+    assert "def score_model(dataset):" in html and f"url = &quot;{url}&quot;" in html
+
+
+# --- logs, metrics and events -------------------------------------------------------------------
+
+
+def test_logs_tab_merges_replicas_and_has_a_tab_per_replica(owner, endpoint, model_name, tmp_path):
+    v = add_version(endpoint, "1", "Production")
+    for rid, state in (("r-aaa", ReplicaState.RUNNING), ("r-bbb", ReplicaState.TERMINATED)):
+        log = tmp_path / f"{rid}.log"
+        log.write_text(f"hello from {rid}\n")
+        Replica.objects.create(version=v, replica_id=rid, port=1, state=state, log_path=str(log))
+    client = logged_in(owner)
+    html = client.get(serving_url(model_name) + "?tab=logs").content.decode()
+    assert "[r-aaa] hello from r-aaa" in html and "[r-bbb] hello from r-bbb" in html
+    assert "All Replicas" in html and "Terminated" in html
+    one = client.get(serving_url(model_name) + "?tab=logs&replica=r-bbb").content.decode()
+    assert "hello from r-bbb" in one and "hello from r-aaa" not in one
+
+
+def test_build_logs_tab(owner, endpoint, model_name, tmp_path):
+    v = add_version(endpoint, "1", "Production")
+    log = tmp_path / "build.log"
+    log.write_text("resolved 12 packages\n")
+    v.build_log_path = str(log)
+    v.save()
+    html = logged_in(owner).get(serving_url(model_name) + "?tab=logs&logs=build").content.decode()
+    assert "resolved 12 packages" in html
+
+
+def test_panel_tab_renders_the_partial_for_htmx(owner, endpoint, model_name):
+    add_version(endpoint, "1", "Production")
+    response = logged_in(owner).get(
+        serving_url(model_name) + "?tab=events", HTTP_HX_TARGET="panel", **HTMX
+    )
+    html = response.content.decode()
+    assert html.lstrip().startswith('<div id="panel">')
+    assert "Model Events" in html
+
+
+def test_events_tab_lists_the_timeline(owner, endpoint, model_name):
+    v = add_version(endpoint, "1", "Production")
+    Event.record(endpoint, EventType.VERSION_READY, "Version 1 is ready.", version=v)
+    html = logged_in(owner).get(serving_url(model_name) + "?tab=events").content.decode()
+    assert "Version 1 is ready." in html
+    assert "Serving enabled by alice@example.com." in html
+
+
+def test_metrics_tab_summarises_the_series(owner, endpoint, model_name):
+    import time
+
+    from endpoints import metrics
+
+    v = add_version(endpoint, "1", "Production")
+    now = time.time()
+    metrics.record_requests(
+        v.pk, at=now, requests=20, errors=2, latency_ms_sum=100.0, latency_ms_max=9.0
+    )
+    metrics.record_replicas(v.pk, 1, at=now)
+    html = logged_in(owner).get(serving_url(model_name) + "?tab=metrics").content.decode()
+    assert "requests/s" in html
+    assert "5.0 ms" in html
+    assert "errors (10.0%)" in html
+
+
+def test_panels_of_hidden_endpoint_are_404(outsider, endpoint, model_name):
+    for tab in ("logs", "metrics", "events", "compute"):
+        response = logged_in(outsider).get(serving_url(model_name) + f"?tab={tab}")
+        assert response.status_code == 404

@@ -185,6 +185,8 @@ RECONCILE_INTERVAL_SECONDS = envfloat("RECONCILE_INTERVAL_SECONDS", "5")
 MLFLOW_TRACKING_URI = envstr("MLFLOW_TRACKING_URI", f"sqlite:///{VAR_DIR / 'mlflow' / 'mlflow.db'}")
 MLFLOW_REGISTRY_URI = envstr("MLFLOW_REGISTRY_URI", MLFLOW_TRACKING_URI)
 MLFLOW_ARTIFACT_ROOT = envstr("MLFLOW_ARTIFACT_ROOT", str(VAR_DIR / "mlflow" / "artifacts"))
+# Downloads happen in workers: a progress bar would only fill their logs.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # --- Serving -------------------------------------------------------------------------------
 SERVING = {

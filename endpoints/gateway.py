@@ -5,7 +5,8 @@ A plain WSGI callable placed in front of Django (see serving_ui/wsgi.py): scorin
 never pay for Django's middleware, request objects or SQL. Per request the gateway
 
 1. authenticates the token and checks CAN_QUERY from caches in memory (``routing``),
-2. resolves the URL to a version and its Running replicas (same snapshot, one Redis GET),
+2. resolves the URL to a version and its Running replicas (same snapshot; Redis pushes
+   changes, so usually no round trip),
 3. admits the request against the version's queue limit (per process), holding it while
    a scaled-to-zero version wakes up,
 4. forwards the body unchanged (MLflow's scoring server parses the four JSON formats and

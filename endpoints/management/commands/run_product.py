@@ -175,7 +175,9 @@ class Command(BaseCommand):
                 "serving_ui",
                 "worker",
                 "--loglevel",
-                "INFO",
+                # Every periodic reconcile at INFO would drown the console; events and
+                # the Logs tab tell what happened.
+                os.environ.get("WORKER_LOG_LEVEL", "WARNING"),
                 "--concurrency",
                 "2",
                 "--hostname",

@@ -590,6 +590,10 @@ class Gateway:
         self, snapshot: Snapshot, name: str, selector: str, user: AbstractBaseUser
     ) -> Target:
         routes = snapshot.table.endpoint(name)
+        if not snapshot.may(user, routes, PermissionLevel.CAN_VIEW):
+            # As in the API: an endpoint the caller may not even view does not exist for
+            # them, so a 403 would tell which names other users serve.
+            raise NotFound(f"Serving is not enabled for registered model '{name}'.")
         if not snapshot.may(user, routes, PermissionLevel.CAN_QUERY):
             raise PermissionDenied(f"User does not have CAN_QUERY permission on model '{name}'.")
         return snapshot.table.resolve(name, selector)

@@ -152,6 +152,7 @@ def celery_worker_process(
 ) -> Iterator[ManagedProcess]:
     """A real Celery worker with embedded beat (the periodic reconcile)."""
     worker = _start_worker(stack_log_dir)
+    _WORKERS.append(worker)
     yield worker
     worker.stop()
     _stop_leftover_replicas()
@@ -184,6 +185,23 @@ def _start_worker(log_dir: Path) -> ManagedProcess:
     )
     assert worker.alive, worker.output()
     return worker
+
+
+_WORKERS: list[ManagedProcess] = []
+
+
+@pytest.fixture(scope="module")
+def reconcile_paused() -> Iterator[None]:
+    """Hold the session's worker (and its beat) still for a module whose tests write the
+    rows the reconcile loop owns by hand: the loop would otherwise correct them. Tasks
+    queued meanwhile run once it continues."""
+    paused = [w for w in _WORKERS if w.alive]
+    for worker in paused:
+        os.killpg(worker.process.pid, signal.SIGSTOP)
+    yield
+    for worker in paused:
+        if worker.alive:
+            os.killpg(worker.process.pid, signal.SIGCONT)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRefresh, HttpResponseStopPolling
 
 from . import gateway, logs, metrics, registry, selectors, services
 from .auth import can_create_endpoint, has_permission, permission_level
@@ -41,6 +41,7 @@ from .forms import (
 )
 from .models import (
     AccessToken,
+    ComputeConfig,
     EndpointPermission,
     EndpointVersion,
     PermissionLevel,
@@ -145,7 +146,7 @@ def _model_context(request: HttpRequest, model: registry.RegisteredModelInfo, ta
     badge = "Restricted" if endpoint is not None and level is None else _badge(endpoint)
     return {
         "model": model,
-        "tab": tab,
+        "model_tab": tab,
         "badge": badge,
         "can_manage": level == PermissionLevel.CAN_MANAGE,
     }
@@ -326,12 +327,27 @@ def _compute_rows(endpoint: ServingEndpoint) -> list[dict[str, Any]]:
             {
                 "stage": stage,
                 "config": config,
-                "versions": versions,
+                "versions": [{"v": v, "rollout": _rollout_label(v, config)} for v in versions],
                 "updating": any(v.config_update_state == ServiceState.PENDING for v in versions),
                 "failed": any(v.config_update_state == ServiceState.FAILED for v in versions),
             }
         )
     return rows
+
+
+def _rollout_label(version: EndpointVersion, config: ComputeConfig | None) -> str:
+    """Where the stage's newest compute config stands on this version."""
+    labels = {
+        ServiceState.PENDING: "Updating",
+        ServiceState.FAILED: "Update Failed",
+        ServiceState.RETRY_REQUESTED: "Retry requested",
+    }
+    if version.config_update_state in labels:
+        return labels[version.config_update_state]
+    if config is not None and not config.same_spec(version.service_config):
+        # Saved, not yet picked up by the worker.
+        return "Update queued"
+    return "Up to date" if version.is_ready else selectors.sidebar_label(version)
 
 
 def _serving_context(
@@ -345,6 +361,7 @@ def _serving_context(
     tab = request.GET.get("tab", "call")
     tab = tab if tab in SERVING_TABS else "call"
     tags = _stage_tags(endpoint, versions)
+    shown = ",".join(v.version for v in versions) or "none"
     url = (
         request.build_absolute_uri(f"/model/{quote(name, safe='')}/{version.version}/invocations")
         if version
@@ -373,7 +390,8 @@ def _serving_context(
         "example_reason": example_reason,
         "has_example": bool(example),
         "request_body": example if request.GET.get("example") else "",
-        "poll_url": _serving_url(name, version=version.version if version else ""),
+        "shown": shown,
+        "poll_url": _serving_url(name, version=version.version if version else "", shown=shown),
     }
     context.update(_panel_context(request, tab, endpoint, version))
     context.update(extra)
@@ -398,6 +416,9 @@ def serving(request: HttpRequest, name: str) -> HttpResponse:
     endpoint = _get_endpoint_for_user(request, name)
     context = _serving_context(request, name, endpoint)
     if request.htmx and request.htmx.target == "status":
+        if request.GET.get("shown", "") != context["shown"]:
+            # Versions came or went: the tabs and the request sender need the whole page.
+            return HttpResponseClientRefresh()
         response_class = HttpResponseStopPolling if context["settled"] else HttpResponse
         context["oob"] = True
         html = render(request, "endpoints/serving.html#status", context).content

@@ -188,7 +188,9 @@ def test_status_poll_renders_the_partial_and_keeps_polling_while_pending(
     owner, endpoint, model_name
 ):
     add_version(endpoint, "1", "Production", state=ServiceState.PENDING)
-    response = logged_in(owner).get(serving_url(model_name), HTTP_HX_TARGET="status", **HTMX)
+    response = logged_in(owner).get(
+        serving_url(model_name) + "?shown=1", HTTP_HX_TARGET="status", **HTMX
+    )
     assert response.status_code == 200
     html = response.content.decode()
     assert "<html" not in html
@@ -201,10 +203,22 @@ def test_status_poll_renders_the_partial_and_keeps_polling_while_pending(
 def test_status_poll_stops_once_settled(owner, endpoint, model_name):
     ready(endpoint)
     add_version(endpoint, "1", "Production")
-    response = logged_in(owner).get(serving_url(model_name), HTTP_HX_TARGET="status", **HTMX)
+    response = logged_in(owner).get(
+        serving_url(model_name) + "?shown=1", HTTP_HX_TARGET="status", **HTMX
+    )
     assert response.status_code == 286
     assert b"every 10s" not in response.content
     assert b"Ready" in response.content
+
+
+def test_status_poll_reloads_the_page_when_versions_came(owner, endpoint, model_name):
+    client = logged_in(owner)
+    page = client.get(serving_url(model_name)).content.decode()
+    assert "shown=none" in page
+    add_version(endpoint, "1", "Production", state=ServiceState.PENDING)
+    response = client.get(serving_url(model_name) + "?shown=none", HTTP_HX_TARGET="status", **HTMX)
+    assert response.status_code == 200
+    assert response["HX-Refresh"] == "true"
 
 
 def test_serving_of_hidden_endpoint_is_404(outsider, endpoint, model_name):

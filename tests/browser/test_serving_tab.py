@@ -1,0 +1,214 @@
+"""The Serving tab in a real browser (Debian chromium through Playwright) against the
+running product: gunicorn, the Celery worker and real model server replicas.
+
+One walk through what a data scientist does: log in, enable serving for iris-classifier,
+wait for Ready, load the example and score it, change a stage's compute settings, read
+logs, metrics and events, move a version with the stage drop-down, disable serving.
+Screenshots of the main states go to tests/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from endpoints import registry
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+MODEL = "iris-classifier"
+READY_TIMEOUT_MS = 240_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: run `make test`, which installs it")
+    # Playwright's sync API runs an event loop in this thread; the database calls of the
+    # fixtures around it are still plain synchronous ones.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+    if previous is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def restore_stages() -> Iterator[None]:
+    """Other tests expect the demo model's stages as seeded: v1 Production, v2 Staging."""
+    yield
+    for version, stage in (("1", "Production"), ("2", "Staging")):
+        if registry.get_version(MODEL, version).stage != stage:
+            registry.transition_stage(MODEL, version, stage)
+
+
+def shot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page: Page, base: str, username: str, password: str) -> None:
+    page.goto(base + "/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Registered models")).to_be_visible()
+
+
+def open_panel(page: Page, title: str) -> None:
+    page.locator("#panel nav.tabs").get_by_role("link", name=title, exact=True).click()
+    expect(
+        page.locator("#panel nav.tabs").get_by_role("link", name=title, exact=True)
+    ).to_have_attribute("aria-current", "page")
+
+
+def test_serving_tab_from_enable_to_disable(stack: str, owner, page: Page, restore_stages):
+    base = stack
+    log_in(page, base, "alice", "pw-alice-123")
+
+    # Models list: every registered model with its versions and serving badge.
+    row = page.locator("tr", has=page.get_by_role("link", name=MODEL, exact=True))
+    expect(row).to_contain_text("v1 · Production")
+    expect(row).to_contain_text("v2 · Staging")
+    expect(row.get_by_test_id("serving-badge")).to_have_text("Off")
+    shot(page, "01-models-list")
+
+    # Serving tab while off.
+    row.get_by_role("link", name=MODEL, exact=True).click()
+    page.get_by_role("link", name="Serving", exact=True).click()
+    enable = page.get_by_role("button", name="Enable Serverless Real-Time Inference")
+    expect(enable).to_be_visible()
+    shot(page, "02-serving-off")
+
+    # Enable: Pending, then Ready through the status poll.
+    enable.click()
+    status = page.get_by_test_id("endpoint-status")
+    expect(status).to_contain_text(re.compile("Pending|Ready"))
+    expect(page.locator("#sidebar")).to_be_visible()
+    shot(page, "03-serving-pending")
+    expect(status).to_contain_text("Ready", timeout=READY_TIMEOUT_MS)
+    send = page.get_by_role("button", name="Send Request")
+    expect(send).to_be_enabled(timeout=READY_TIMEOUT_MS)
+
+    # Versions on the left, tagged with their stages; model URLs at the top.
+    expect(page.get_by_test_id("version-tab-1")).to_contain_text("Production")
+    expect(page.get_by_test_id("version-tab-2")).to_contain_text("Staging")
+    expect(page.get_by_test_id("version-tab-2")).to_contain_text("Ready", timeout=READY_TIMEOUT_MS)
+    urls = page.locator("#model-urls")
+    expect(urls).to_contain_text(f"{base}/model-endpoint/{MODEL}/Production/invocations")
+    expect(urls).to_contain_text(f"{base}/model/{MODEL}/1/invocations")
+
+    # Call the model: Show Example loads the logged example, Send Request scores it.
+    page.get_by_test_id("version-tab-1").click()
+    page.get_by_role("link", name="Show Example").click()
+    expect(page.locator("#request-body")).to_have_value(re.compile("dataframe_records"))
+    page.get_by_role("button", name="Send Request").click()
+    response = page.get_by_test_id("response")
+    expect(response).to_contain_text("Status 200")
+    expect(response).to_contain_text('"predictions"')
+    shot(page, "04-serving-ready-response")
+
+    page.get_by_role("tab", name="Curl").click()
+    expect(page.locator("#curl-snippet")).to_contain_text(
+        f'curl -u token:$TOKEN -X POST -H "Content-Type: application/json" -d@data.json '
+        f"{base}/model/{MODEL}/1/invocations"
+    )
+    page.get_by_role("tab", name="Python").click()
+    expect(page.locator("#python-snippet")).to_contain_text("def score_model(dataset):")
+    expect(page.locator("#request-body")).to_be_hidden()
+
+    # Compute Settings: Staging to Medium with scale to zero; the rollout state shows.
+    open_panel(page, "Compute Settings")
+    staging = page.get_by_test_id("compute-staging")
+    staging.get_by_role("radio", name=re.compile("Medium")).check()
+    staging.get_by_label("Scale to zero").check()
+    staging.get_by_role("button", name="Save Staging").click()
+    expect(
+        page.get_by_role("status").filter(has_text="Staging compute settings saved")
+    ).to_be_visible()
+    staging = page.get_by_test_id("compute-staging")
+    expect(staging).to_contain_text("Current: Medium, scale to zero")
+    expect(staging.get_by_role("radio", name=re.compile("Medium"))).to_be_checked()
+    expect(staging.get_by_test_id("rollout-staging")).to_contain_text(
+        re.compile("Update queued|Updating|Up to date")
+    )
+    shot(page, "05-compute-settings")
+
+    # Logs: all replicas merged, one tab per replica, build logs.
+    page.get_by_test_id("version-tab-1").click()
+    open_panel(page, "Logs")
+    log_text = page.get_by_test_id("log-text")
+    expect(log_text).to_contain_text(re.compile(r"\[v1-[0-9a-f]+\] "))
+    expect(page.get_by_role("link", name="All Replicas")).to_have_attribute("aria-current", "page")
+    shot(page, "06-logs")
+    page.get_by_role("link", name="Build Logs").click()
+    expect(page.get_by_role("link", name="Build Logs")).to_have_attribute("aria-current", "page")
+
+    # Metrics and Model Events.
+    open_panel(page, "Metrics")
+    expect(page.locator("#metrics")).to_contain_text("requests/s")
+    open_panel(page, "Model Events")
+    events = page.locator("#events")
+    expect(events).to_contain_text("Serving enabled by alice@example.com.")
+    expect(events).to_contain_text("Staging compute config set to Medium with scale to zero")
+    shot(page, "07-events")
+
+    # Details tab: move version 2 to Production with the stage drop-down, and back.
+    page.get_by_role("link", name="Details", exact=True).click()
+    version_2 = page.locator("#version-2")
+    version_2.get_by_label("Stage of version 2").select_option("Production")
+    version_2.get_by_role("button", name="Transition").click()
+    expect(
+        page.get_by_role("status").filter(has_text="Version 2 is now in Production.")
+    ).to_be_visible()
+    expect(page.get_by_test_id("stage-2")).to_have_text("Production")
+    shot(page, "08-details-transition")
+    assert registry.get_version(MODEL, "2").stage == "Production"
+    version_2 = page.locator("#version-2")
+    version_2.get_by_label("Stage of version 2").select_option("Staging")
+    version_2.get_by_role("button", name="Transition").click()
+    expect(page.get_by_test_id("stage-2")).to_have_text("Staging")
+
+    # Disable, after the confirmation dialog.
+    page.get_by_role("link", name="Serving", exact=True).click()
+    dialogs: list[str] = []
+
+    def accept(dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    page.get_by_role("button", name="Disable Serving").click()
+    expect(page.get_by_role("button", name="Enable Serverless Real-Time Inference")).to_be_visible()
+    assert dialogs and dialogs[0].startswith(f"Disable serving for {MODEL}?")
+    expect(page.get_by_role("status").filter(has_text="Serving is disabled")).to_be_visible()
+    shot(page, "09-serving-disabled")

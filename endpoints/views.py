@@ -227,7 +227,15 @@ def _settled(endpoint: ServingEndpoint, versions: list[EndpointVersion]) -> bool
     moving = (ServiceState.PENDING, ServiceState.RETRY_REQUESTED)
     if endpoint.state == "PENDING":
         return False
-    return not any(v.service_state in moving or v.config_update_state in moving for v in versions)
+    if any(v.service_state in moving or v.config_update_state in moving for v in versions):
+        return False
+    # A saved compute config the worker has not picked up yet is on its way too.
+    configs = {stage: endpoint.current_compute_config(stage) for stage in Stage.values}
+    return not any(
+        _rollout_label(v, configs[v.registry_stage]) == "Update queued"
+        for v in versions
+        if v.desired and v.registry_stage in configs and v.service_state != ServiceState.FAILED
+    )
 
 
 def _example(version: EndpointVersion | None) -> tuple[str, str]:

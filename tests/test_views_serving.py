@@ -211,6 +211,20 @@ def test_status_poll_stops_once_settled(owner, endpoint, model_name):
     assert b"Ready" in response.content
 
 
+def test_status_poll_goes_on_while_a_saved_config_waits_for_the_worker(owner, endpoint, model_name):
+    ready(endpoint)
+    add_version(endpoint, "1", "Production")
+    client = logged_in(owner)
+    client.post(
+        serving_url(model_name) + "compute/", {"stage": "Production", "workload_size": "Large"}
+    )
+    response = client.get(serving_url(model_name) + "?shown=1", HTTP_HX_TARGET="status", **HTMX)
+    assert response.status_code == 200
+    assert b'hx-trigger="every 10s"' in response.content
+    html = client.get(serving_url(model_name) + "?tab=compute").content.decode()
+    assert "Update queued" in html
+
+
 def test_status_poll_reloads_the_page_when_versions_came(owner, endpoint, model_name):
     client = logged_in(owner)
     page = client.get(serving_url(model_name)).content.decode()

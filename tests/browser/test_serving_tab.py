@@ -136,6 +136,10 @@ def test_serving_tab_from_enable_to_disable(stack: str, owner, page: Page, resto
     expect(response).to_contain_text("Status 200")
     expect(response).to_contain_text('"predictions"')
     shot(page, "04-serving-ready-response")
+    page.set_viewport_size({"width": 400, "height": 860})
+    expect(page.locator("#sidebar")).to_be_visible()
+    shot(page, "04b-serving-narrow")
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     page.get_by_role("tab", name="Curl").click()
     expect(page.locator("#curl-snippet")).to_contain_text(
@@ -212,3 +216,22 @@ def test_serving_tab_from_enable_to_disable(stack: str, owner, page: Page, resto
     assert dialogs and dialogs[0].startswith(f"Disable serving for {MODEL}?")
     expect(page.get_by_role("status").filter(has_text="Serving is disabled")).to_be_visible()
     shot(page, "09-serving-disabled")
+
+
+def test_tokens_page_shows_a_new_token_once_and_revokes_it(stack: str, member, page: Page):
+    log_in(page, stack, "bob", "pw-bob-123")
+    page.get_by_role("link", name="Access tokens").click()
+    expect(page.get_by_text("No tokens yet.")).to_be_visible()
+    page.get_by_label("Name").fill("laptop")
+    page.get_by_role("button", name="Create token").click()
+    plaintext = page.locator("#new-token").inner_text()
+    assert plaintext.startswith("sui_")
+    row = page.locator("tr", has_text="laptop")
+    expect(row).to_contain_text(plaintext[:12] + "…")
+    shot(page, "10-tokens")
+
+    page.goto(stack + "/tokens/")
+    expect(page.locator("#new-token")).to_have_count(0)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("tr", has_text="laptop").get_by_role("button", name="Revoke").click()
+    expect(page.get_by_text("No tokens yet.")).to_be_visible()

@@ -359,8 +359,15 @@ def _rollout_label(version: EndpointVersion, config: ComputeConfig | None) -> st
 
 
 def _serving_context(
-    request: HttpRequest, name: str, endpoint: ServingEndpoint, **extra: Any
+    request: HttpRequest,
+    name: str,
+    endpoint: ServingEndpoint,
+    *,
+    panel: bool = True,
+    **extra: Any,
 ) -> dict[str, Any]:
+    """Everything the Serving tab shows; ``panel=False`` for the status poll, which
+    refreshes the status, versions and live bits of the open tab, not its logs or events."""
     versions = sorted(
         selectors.served_versions(endpoint), key=lambda v: v.version_number, reverse=True
     )
@@ -401,7 +408,10 @@ def _serving_context(
         "shown": shown,
         "poll_url": _serving_url(name, version=version.version if version else "", shown=shown),
     }
-    context.update(_panel_context(request, tab, endpoint, version))
+    if panel:
+        context.update(_panel_context(request, tab, endpoint, version))
+    elif tab == "compute":
+        context["compute"] = _compute_rows(endpoint)
     context.update(extra)
     return context
 
@@ -422,8 +432,9 @@ def serving(request: HttpRequest, name: str) -> HttpResponse:
             {"endpoint": None, "name": name, "can_enable": can_create_endpoint(request.user)},
         )
     endpoint = _get_endpoint_for_user(request, name)
-    context = _serving_context(request, name, endpoint)
-    if request.htmx and request.htmx.target == "status":
+    polled = bool(request.htmx and request.htmx.target == "status")
+    context = _serving_context(request, name, endpoint, panel=not polled)
+    if polled:
         if request.GET.get("shown", "") != context["shown"]:
             # Versions came or went: the tabs and the request sender need the whole page.
             return HttpResponseClientRefresh()

@@ -225,6 +225,20 @@ def test_status_poll_goes_on_while_a_saved_config_waits_for_the_worker(owner, en
     assert "Update queued" in html
 
 
+def test_status_poll_on_the_compute_tab_refreshes_the_rollout_state(owner, endpoint, model_name):
+    v = add_version(endpoint, "2", "Staging")
+    v.config_update_state = ServiceState.PENDING
+    v.save()
+    response = logged_in(owner).get(
+        serving_url(model_name) + "?shown=2&tab=compute", HTTP_HX_TARGET="status", **HTMX
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert 'id="rollout-staging" data-testid="rollout-staging" hx-swap-oob="true"' in html
+    assert "Updating" in html
+    assert 'id="call-controls"' not in html
+
+
 def test_status_poll_reloads_the_page_when_versions_came(owner, endpoint, model_name):
     client = logged_in(owner)
     page = client.get(serving_url(model_name)).content.decode()
@@ -425,6 +439,21 @@ def test_send_request_shows_the_gateway_answer_with_status_and_latency(owner, en
     assert "Status <strong>503</strong>" in html
     assert "TEMPORARILY_UNAVAILABLE" in html
     assert " ms</p>" in html
+
+
+def test_send_request_without_javascript_renders_the_page_with_the_answer(
+    owner, endpoint, model_name
+):
+    add_version(endpoint, "1", "Production", state=ServiceState.PENDING)
+    bump_generation()
+    response = logged_in(owner).post(
+        serving_url(model_name) + "invoke/", {"version": "1", "body": '{"inputs": [[1, 2]]}'}
+    )
+    html = response.content.decode()
+    assert "<html" in html
+    assert "Status <strong>503</strong>" in html
+    # The request stays in the box.
+    assert "{&quot;inputs&quot;: [[1, 2]]}</textarea>" in html
 
 
 def test_send_request_without_query_permission_shows_403(owner, member, endpoint, model_name):

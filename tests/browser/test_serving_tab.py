@@ -166,6 +166,10 @@ def test_serving_tab_from_enable_to_disable(stack: str, owner, page: Page, resto
         re.compile("Update queued|Updating|Up to date")
     )
     shot(page, "05-compute-settings")
+    # The status poll refreshes the rollout state until the worker has applied it.
+    expect(page.get_by_test_id("rollout-staging")).to_contain_text(
+        "Up to date", timeout=READY_TIMEOUT_MS
+    )
 
     # Logs: all replicas merged, one tab per replica, build logs.
     page.get_by_test_id("version-tab-1").click()
@@ -235,3 +239,22 @@ def test_tokens_page_shows_a_new_token_once_and_revokes_it(stack: str, member, p
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator("tr", has_text="laptop").get_by_role("button", name="Revoke").click()
     expect(page.get_by_text("No tokens yet.")).to_be_visible()
+
+
+def test_admin_creates_a_service_principal_and_its_token(stack: str, admin_user, page: Page):
+    log_in(page, stack, "root", "pw-root-123")
+    page.get_by_role("link", name="Service principals").click()
+    expect(page.get_by_text("No service principals yet.")).to_be_visible()
+    page.get_by_label("Name", exact=True).fill("nightly-scoring")
+    page.get_by_label("Display name").fill("Nightly scoring job")
+    page.get_by_role("button", name="Create", exact=True).click()
+    row = page.locator("tr", has_text="nightly-scoring")
+    expect(row).to_contain_text("Nightly scoring job")
+    row.get_by_placeholder("token name").fill("airflow")
+    row.get_by_role("button", name="Create token").click()
+    expect(page.get_by_test_id("new-token")).to_contain_text(
+        "Token created for Nightly scoring job"
+    )
+    plaintext = page.locator("#new-token").inner_text()
+    expect(page.locator("tr", has_text="nightly-scoring")).to_contain_text(plaintext[:12] + "…")
+    shot(page, "11-service-principals")

@@ -316,9 +316,13 @@ def _panel_context(request: HttpRequest, tab: str, endpoint: ServingEndpoint, ve
         return {"metrics_points": points, "summary": _metrics_summary(points)}
     if tab == "events":
         events = endpoint.events.all()
-        if version is not None and request.GET.get("scope") == "version":
+        scope = "version" if version is not None and request.GET.get("scope") == "version" else ""
+        if scope:
             events = events.filter(endpoint_version_name=version.version)
-        return {"events": [{"event": e, "when": _when(e.timestamp)} for e in events[:EVENTS_SHOWN]]}
+        return {
+            "event_scope": scope,
+            "events": [{"event": e, "when": _when(e.timestamp)} for e in events[:EVENTS_SHOWN]],
+        }
     if tab == "compute":
         return {"compute": _compute_rows(endpoint), "sizes": selectors.supported_workload_sizes()}
     return {}

@@ -529,6 +529,21 @@ def test_events_tab_lists_the_timeline(owner, endpoint, model_name):
     assert "Serving enabled by alice@example.com." in html
 
 
+def test_events_tab_narrows_to_one_version(owner, endpoint, model_name):
+    v1 = add_version(endpoint, "1", "Production")
+    v2 = add_version(endpoint, "2", "Staging")
+    Event.record(endpoint, EventType.VERSION_READY, "Version 1 is ready.", version=v1)
+    Event.record(endpoint, EventType.VERSION_READY, "Version 2 is ready.", version=v2)
+    html = (
+        logged_in(owner)
+        .get(serving_url(model_name) + "?version=2&tab=events&scope=version")
+        .content.decode()
+    )
+    assert "Version 2 is ready." in html
+    assert "Version 1 is ready." not in html
+    assert "Serving enabled by" not in html
+
+
 def test_metrics_tab_summarises_the_series(owner, endpoint, model_name):
     import time
 

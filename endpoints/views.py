@@ -124,7 +124,7 @@ def models_list(request: HttpRequest) -> HttpResponse:
         return render(
             request,
             "endpoints/models_list.html",
-            {"models": [], "registry_error": str(exc)},
+            {"rows": [], "registry_error": str(exc)},
             status=503,
         )
     endpoints = {e.registered_model_name: e for e in ServingEndpoint.objects.filter(enabled=True)}

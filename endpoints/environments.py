@@ -4,14 +4,16 @@ By default (``SERVING["ENVIRONMENT"] == "local"``) replicas run in the product's
 environment, which already has MLflow, the scoring server and the demo models' libraries.
 With ``"virtualenv"`` each model gets an environment built from the requirements it was
 logged with, shared by every model with the same requirements (cached by their hash) and
-layered over the product's packages (``--system-site-packages``), so only what differs is
-installed. Everything this does is written to the version's build log (the Build Logs tab).
+layered over the product's packages (a ``.pth`` file puts them behind the environment's
+own), so only what differs is installed. Everything this does is written to the
+version's build log (the Build Logs tab).
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
+import site
 import subprocess
 import sys
 import time
@@ -124,7 +126,8 @@ def _virtualenv(requirements: Path, log: BuildLog) -> Path:
         return python
     shutil.rmtree(env_dir, ignore_errors=True)
     log.write(f"Building an environment in {env_dir}…")
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)], log)
+    _run([sys.executable, "-m", "venv", str(env_dir)], log)
+    _layer_over_product(python)
     _run(
         [
             str(python),
@@ -140,6 +143,20 @@ def _virtualenv(requirements: Path, log: BuildLog) -> Path:
     (env_dir / _ENV_DONE).write_text(requirements.read_text())
     log.write("Environment ready.")
     return python
+
+
+def _layer_over_product(python: Path) -> None:
+    """Make the product's packages visible behind the environment's own (a ``.pth`` file):
+    requirements the product already satisfies are not installed again, and whatever the
+    model pins differently is installed into the environment, where it wins."""
+    own = subprocess.run(
+        [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    product = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    (Path(own) / "_serving_product.pth").write_text("\n".join(product) + "\n")
 
 
 def _run(cmd: list[str], log: BuildLog) -> None:

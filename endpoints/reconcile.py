@@ -169,7 +169,9 @@ def _schedule_follow_up(pk: int) -> None:
 
     try:
         # One follow-up at a time per endpoint.
-        if redis_client().set(f"serving:follow-up:{pk}", "1", nx=True, ex=FOLLOW_UP_SECONDS):
+        # (redis-py takes whole seconds for ex: the expiry is in milliseconds.)
+        expiry_ms = int(FOLLOW_UP_SECONDS * 1000)
+        if redis_client().set(f"serving:follow-up:{pk}", "1", nx=True, px=expiry_ms):
             task.apply_async((pk,), countdown=FOLLOW_UP_SECONDS)
     except Exception as exc:  # the periodic pass gets there anyway
         log.warning("reconcile: could not schedule a follow-up for %s: %s", pk, exc)

@@ -149,7 +149,7 @@ def serve(
     return row
 
 
-# --- a real deployment shared by a module ------------------------------------------------------
+# --- a real deployment shared by the suite ------------------------------------------------------
 
 IDENTITIES = ("anonymous", "outsider", "viewer", "querier", "manager", "admin", "principal")
 GRANTS = {"viewer": "CAN_VIEW", "querier": "CAN_QUERY", "manager": "CAN_MANAGE"}
@@ -207,12 +207,14 @@ def _live_replicas(model: str) -> int:
     ).count()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def live(
     request, django_db_blocker, demo_registry, celery_worker_process, web_server
 ) -> Iterator[Live]:
     """Serving enabled for iris-classifier through the product (the worker starts its
-    replicas); everything is removed again at the end of the module."""
+    replicas); everything is removed again at the end of the suite. Its rows are committed
+    outside any test transaction, so tests of this package use ``db`` (rolled back), never
+    ``transactional_db`` (which would flush them)."""
     import requests
 
     from endpoints import services

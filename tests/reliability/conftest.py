@@ -233,10 +233,13 @@ def live(
     state = Live(web_server, users, tokens)
 
     def answers() -> bool:
-        response = requests.post(
-            state.url(), json=IRIS_SPLIT, headers=state.headers("owner"), timeout=30
+        return all(
+            requests.post(
+                state.url(stage), json=IRIS_SPLIT, headers=state.headers("owner"), timeout=30
+            ).status_code
+            == 200
+            for stage in ("Production", "Staging")
         )
-        return response.status_code == 200
 
     try:
         wait_for(answers, timeout=120, what="iris-classifier to be served", interval=0.5)

@@ -120,6 +120,16 @@ def events(name: str, type: str) -> list[Event]:
     return list(Event.objects.filter(endpoint__registered_model_name=name, type=type))
 
 
+def wait_until_stopped(**which) -> None:
+    """Wait until no replica matching ``which`` is starting, running or stopping."""
+    not_stopped = [ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING]
+    wait_for(
+        lambda: not Replica.objects.filter(state__in=not_stopped, **which).exists(),
+        timeout=60,
+        what=f"replicas of {which} to stop",
+    )
+
+
 def our_processes() -> dict[str, int]:
     return get_runtime().discover(within=str(environments.data_dir()))
 
@@ -186,16 +196,7 @@ def test_enabling_reaches_ready_every_version_answers_and_disabling_stops_every_
     assert events("iris-classifier", EventType.BUILD_FINISHED)
 
     services.endpoint_disable(name="iris-classifier", user=owner)
-    wait_for(
-        lambda: (
-            not Replica.objects.filter(
-                version__endpoint=endpoint,
-                state__in=[ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING],
-            ).exists()
-        ),
-        timeout=60,
-        what="every replica to stop",
-    )
+    wait_until_stopped(version__endpoint=endpoint)
     for replica in replicas:
         assert not runtime.is_alive(replica.pid, replica.replica_id)
     assert not {r.replica_id for r in replicas} & set(our_processes())
@@ -353,16 +354,7 @@ def test_scale_to_zero_stops_the_last_replica_and_a_request_wakes_exactly_one(
         user=owner,
     )
     version = EndpointVersion.objects.get(endpoint__registered_model_name=model_name)
-    wait_for(
-        lambda: (
-            not Replica.objects.filter(
-                version=version,
-                state__in=[ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING],
-            ).exists()
-        ),
-        timeout=60,
-        what="the version to scale to zero",
-    )
+    wait_until_stopped(version=version)
     version.refresh_from_db()
     assert version.service_state == ServiceState.READY
     assert version.config_update_state == ServiceState.READY

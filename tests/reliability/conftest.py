@@ -258,3 +258,12 @@ def live(
             ServingEndpoint.objects.filter(pk__in=(endpoint.pk, spare.pk)).delete()
             for user in users.values():
                 user.delete()
+
+
+@pytest.fixture
+def deployment(live, django_db_blocker) -> Iterator:
+    from .helpers import Deployment
+
+    deployment = Deployment(live, django_db_blocker)
+    yield deployment
+    deployment.remove()

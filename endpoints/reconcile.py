@@ -479,6 +479,10 @@ def sync_versions(state: Pass, served: dict[str, str]) -> None:
             version.desired = True
             version.registry_stage = stage
             version.save(update_fields=["desired", "registry_stage"])
+            # Entering a stage counts as activity: a version idle in Staging is not scaled
+            # to zero the moment it takes over a scale-to-zero Production.
+            with suppress(RedisError):
+                load.mark_request(version.pk)
     for number, version in existing.items():
         if number not in served and version.desired:
             version.desired = False

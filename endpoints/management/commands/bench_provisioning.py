@@ -7,7 +7,8 @@ the demo ``iris-classifier``:
 - seconds from **enable** to the endpoint being READY (both versions up);
 - seconds from the **first request after scale to zero** to its answer (a cold start),
   next to the same request while a replica runs (the warm baseline);
-- seconds from a **transition** (v2 into Production) to the stage answering with v2.
+- seconds from a **transition** of v2, already READY in Staging, into Production until
+  the stage answers (the alias moves at once: no new replica is needed).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class ProvisioningBench(Bench):
         self.say("")
         self.say(f"Provisioning of {MODEL} (local runtime, MLflow scoring server replicas)")
         self.say(f"  enable → READY (2 versions, 1 replica each) {enable_seconds:8.2f} s")
-        self.say(f"  transition v2 → Production answers v2       {transition_seconds:8.2f} s")
+        self.say(f"  v2 (READY in Staging) → Production answers  {transition_seconds:8.2f} s")
         self.say(
             f"  first request after scale to zero          {statistics.median(cold):8.2f} s"
             f"  (median of {len(cold)}: {', '.join(f'{c:.2f}' for c in cold)})"

@@ -173,6 +173,8 @@ class Command(BaseCommand):
                 "celery",
                 "-A",
                 "serving_ui",
+                # No start-up banner: it would print after the product's "ready" lines.
+                "--quiet",
                 "worker",
                 "--loglevel",
                 # Every periodic reconcile at INFO would drown the console; events and
@@ -192,6 +194,7 @@ class Command(BaseCommand):
                 "celery",
                 "-A",
                 "serving_ui",
+                "--quiet",
                 "beat",
                 "--loglevel",
                 "WARNING",

@@ -61,8 +61,9 @@ class ProvisioningBench(Bench):
             self.port = self._start_gunicorn()
             self._measure()
         finally:
-            self._stop_replicas()
+            # The worker first: a running worker would start the replicas again.
             self._stop()
+            self._stop_replicas()
 
     def _start_worker(self) -> None:
         from django.conf import settings

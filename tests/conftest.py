@@ -231,27 +231,16 @@ def _stop_leftover_replicas() -> None:
             runtime.stop(pid, replica_id, grace_seconds=2)
 
 
-@pytest.fixture(scope="session")
-def web_server(django_db_setup, redis_server, stack_log_dir: Path) -> Iterator[str]:
-    """The product under gunicorn, as `make run` serves it. Yields its base URL."""
+def serve_product(
+    name: str, log_dir: Path, *, workers: int = 2, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run the product under gunicorn exactly as `make run` does (``env`` may change its
+    settings), yield its base URL, stop it afterwards."""
+    from endpoints.management.commands.run_product import gunicorn_command
+
     port = free_port()
     server = ManagedProcess(
-        "web",
-        [
-            str(VENV_BIN / "gunicorn"),
-            "serving_ui.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--worker-class",
-            "gthread",
-            "--workers",
-            "2",
-            "--threads",
-            "8",
-            "--timeout",
-            "300",
-        ],
-        stack_log_dir,
+        name, gunicorn_command(host="127.0.0.1", port=port, workers=workers), log_dir, env=env
     ).start()
     base = f"http://127.0.0.1:{port}"
 
@@ -262,10 +251,16 @@ def web_server(django_db_setup, redis_server, stack_log_dir: Path) -> Iterator[s
         except OSError:
             return False
 
-    wait_for(lambda: up() or not server.alive, timeout=60, what="gunicorn")
+    wait_for(lambda: up() or not server.alive, timeout=60, what=name)
     assert server.alive, server.output()
     yield base
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def web_server(django_db_setup, redis_server, stack_log_dir: Path) -> Iterator[str]:
+    """The product under gunicorn, as `make run` serves it. Yields its base URL."""
+    yield from serve_product("web", stack_log_dir)
 
 
 @pytest.fixture

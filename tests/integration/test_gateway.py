@@ -22,12 +22,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import ManagedProcess, free_port, wait_for
+from conftest import free_port, serve_product, wait_for
 from django.conf import settings
 
 from endpoints import load, metrics, registry, services
 from endpoints.cache import bump_generation
-from endpoints.management.commands.run_product import gunicorn_command
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,
@@ -199,35 +198,18 @@ def replica_set(demo_registry, tmp_path_factory) -> Iterator[tuple[Replicas, dic
         replicas.stop_all()
 
 
-def _gateway_process(name: str, log_dir: Path, env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    server = ManagedProcess(
-        name, gunicorn_command(host="127.0.0.1", port=port, workers=1), log_dir, env=env
-    ).start()
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return requests.get(base + "/login/", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(lambda: up() or not server.alive, timeout=60, what=name)
-    assert server.alive, server.output()
-    yield base
-    server.stop()
-
-
 @pytest.fixture(scope="module")
 def queue_gateway(django_db_setup, redis_server, stack_log_dir) -> Iterator[str]:
     """One process, no queue beyond the replica's concurrency of 4: the 5th request waits."""
-    yield from _gateway_process("gateway-queue", stack_log_dir, {"SERVING_QUEUE_PER_REPLICA": "0"})
+    yield from serve_product(
+        "gateway-queue", stack_log_dir, workers=1, env={"SERVING_QUEUE_PER_REPLICA": "0"}
+    )
 
 
 @pytest.fixture(scope="module")
 def timeout_gateway(django_db_setup, redis_server, stack_log_dir) -> Iterator[str]:
-    yield from _gateway_process(
-        "gateway-timeout", stack_log_dir, {"SERVING_REQUEST_TIMEOUT_SECONDS": "2"}
+    yield from serve_product(
+        "gateway-timeout", stack_log_dir, workers=1, env={"SERVING_REQUEST_TIMEOUT_SECONDS": "2"}
     )
 
 

@@ -17,8 +17,9 @@ import pytest
 import requests
 from conftest import wait_for
 from django.conf import settings
+from fakes import constant_model, register, unloadable_model
 
-from endpoints import environments, registry, services
+from endpoints import environments, services
 from endpoints.models import (
     EndpointState,
     EndpointVersion,
@@ -35,50 +36,6 @@ from endpoints.runtime import get_runtime
 pytestmark = pytest.mark.integration
 
 READY_TIMEOUT = 120
-
-
-# --- models made for these tests ------------------------------------------------------------
-
-
-def _constant_model(value: str):
-    """A pyfunc model answering ``value`` for every row (defined here so it pickles by value)."""
-    import mlflow
-
-    class Constant(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            return [value] * len(model_input)
-
-    return Constant()
-
-
-def _unloadable_model():
-    import mlflow
-
-    class Unloadable(mlflow.pyfunc.PythonModel):
-        def load_context(self, context):
-            raise RuntimeError("this model refuses to load: its weights are corrupt")
-
-        def predict(self, context, model_input, params=None):
-            return []
-
-    return Unloadable()
-
-
-def register(name: str, model, stage: str | None = None, *, archive: bool = False) -> str:
-    import mlflow
-
-    registry.configure_mlflow()
-    with mlflow.start_run(experiment_id=registry.ensure_experiment("provisioning-tests")):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=model,
-            registered_model_name=name,
-            pip_requirements=["mlflow"],
-        )
-    version = str(info.registered_model_version)
-    if stage:
-        registry.transition_stage(name, version, stage, archive_existing_versions=archive)
-    return version
 
 
 @pytest.fixture
@@ -206,13 +163,13 @@ def test_enabling_reaches_ready_every_version_answers_and_disabling_stops_every_
 def test_a_new_version_takes_the_stage_under_load_without_a_failed_request(
     stack: str, owner, make_token, model_name: str
 ) -> None:
-    register(model_name, _constant_model("v1"), "Staging")
+    register(model_name, constant_model("v1"), "Staging")
     services.endpoint_enable(name=model_name, user=owner)
     wait_ready(model_name)
     token = make_token(owner)
     with Load(stack, token, model_name, "Staging") as load:
         wait_for(lambda: len(load.answers) >= 20, timeout=30, what="requests to v1")
-        v2 = register(model_name, _constant_model("v2"))
+        v2 = register(model_name, constant_model("v2"))
         services.model_version_transition(
             name=model_name,
             version=v2,
@@ -247,10 +204,10 @@ def test_a_new_version_takes_the_stage_under_load_without_a_failed_request(
 def test_a_version_that_cannot_load_fails_and_the_stage_keeps_serving_the_old_one(
     stack: str, owner, make_token, model_name: str
 ) -> None:
-    register(model_name, _constant_model("good"), "Staging")
+    register(model_name, constant_model("good"), "Staging")
     services.endpoint_enable(name=model_name, user=owner)
     wait_ready(model_name)
-    broken = register(model_name, _unloadable_model())
+    broken = register(model_name, unloadable_model())
     services.model_version_transition(
         name=model_name, version=broken, stage="Staging", archive_existing_versions=True, user=owner
     )
@@ -277,7 +234,7 @@ def test_a_version_that_cannot_load_fails_and_the_stage_keeps_serving_the_old_on
 def test_a_killed_replica_is_replaced_without_any_call(
     stack: str, owner, make_token, model_name: str
 ) -> None:
-    register(model_name, _constant_model("alive"), "Production")
+    register(model_name, constant_model("alive"), "Production")
     services.endpoint_enable(name=model_name, user=owner)
     wait_ready(model_name)
     [victim] = running(model_name)
@@ -300,8 +257,8 @@ def test_a_killed_replica_is_replaced_without_any_call(
 def test_a_worker_killed_mid_provisioning_converges_to_exactly_the_desired_replicas(
     stack: str, owner, model_name: str, restartable_worker
 ) -> None:
-    register(model_name, _constant_model("a"), "Staging")
-    register(model_name, _constant_model("b"), "Production")
+    register(model_name, constant_model("a"), "Staging")
+    register(model_name, constant_model("b"), "Production")
     services.endpoint_enable(name=model_name, user=owner)
     # Kill the worker as soon as it has written a replica row: mid-provisioning.
     wait_for(
@@ -343,7 +300,7 @@ def test_scale_to_zero_stops_the_last_replica_and_a_request_wakes_exactly_one(
     stack: str, owner, make_token, model_name: str
 ) -> None:
     assert settings.SERVING["SCALE_TO_ZERO_AFTER_SECONDS"] <= 10
-    register(model_name, _constant_model("awake"), "Production")
+    register(model_name, constant_model("awake"), "Production")
     services.endpoint_enable(name=model_name, user=owner)
     wait_ready(model_name)
     services.compute_config_update(

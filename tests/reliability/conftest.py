@@ -1,36 +1,27 @@
 """Fixtures of the reliability and security suite.
 
-One real replica of the demo iris model is started per run (through the product's own
-runtime) and a canary HTTP server records every request that reaches it: tests write the
-routing rows a READY version would have, as the reconcile loop writes them, and score
-through the real gateway (gunicorn, the ``web_server`` fixture).
+The security tests share one real deployment of the demo iris model (``live``: enabled
+through the product's services, served by the worker, with users holding each permission)
+and score through the real gateway (gunicorn, the ``web_server`` fixture); a canary HTTP
+server records every request that reaches it, to show hostile paths reach nothing else.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from conftest import wait_for
 
-from endpoints import registry
-from endpoints.cache import bump_generation
 from endpoints.models import (
-    ComputeConfig,
-    EndpointVersion,
     Replica,
     ReplicaState,
-    ServiceState,
     ServingEndpoint,
-    StageAlias,
 )
-from endpoints.runtime import ReplicaSpec, get_runtime
 
 Address = tuple[str, int]
 
@@ -38,40 +29,6 @@ IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "p
 IRIS_SPLIT = {
     "dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]},
 }
-
-
-@dataclass
-class RunningReplica:
-    pid: int
-    replica_id: str
-    address: Address
-    log_path: Path
-
-
-@pytest.fixture(scope="session")
-def iris_replica(demo_registry, tmp_path_factory) -> Iterator[RunningReplica]:
-    """A real MLflow scoring server for iris-classifier v1, started by the runtime."""
-    from conftest import free_port
-
-    root = tmp_path_factory.mktemp("reliability-replica")
-    model_dir = registry.download_model("iris-classifier", "1", root / "model")
-    runtime = get_runtime()
-    port = free_port()
-    spec = ReplicaSpec(
-        replica_id=f"rel-iris-{uuid.uuid4().hex[:6]}",
-        model_path=str(model_dir),
-        host="127.0.0.1",
-        port=port,
-        log_path=str(root / "iris.log"),
-        python=sys.executable,
-    )
-    pid = runtime.start(spec)
-    replica = RunningReplica(pid, spec.replica_id, ("127.0.0.1", port), Path(spec.log_path))
-    try:
-        wait_for(lambda: runtime.probe("127.0.0.1", port), timeout=120, what="iris replica")
-        yield replica
-    finally:
-        runtime.stop(pid, spec.replica_id, grace_seconds=2)
 
 
 @dataclass
@@ -119,34 +76,6 @@ def canary() -> Iterator[Canary]:
     yield Canary(("127.0.0.1", server.server_address[1]), seen)
     server.shutdown()
     server.server_close()
-
-
-def serve(
-    owner, name: str, stage: str, addresses: list[Address], *, version: str = "1"
-) -> EndpointVersion:
-    """The rows of a READY version answering ``stage``, as the reconcile loop writes them."""
-    endpoint, _ = ServingEndpoint.objects.get_or_create(
-        registered_model_name=name, defaults={"creator": owner, "state": "READY"}
-    )
-    config = ComputeConfig.objects.create(endpoint=endpoint, stage=stage)
-    row = EndpointVersion.objects.create(
-        endpoint=endpoint,
-        version=version,
-        registry_stage=stage,
-        service_state=ServiceState.READY,
-        service_config=config,
-    )
-    StageAlias.objects.create(endpoint=endpoint, stage=stage, version=row)
-    for host, port in addresses:
-        Replica.objects.create(
-            version=row,
-            replica_id=f"row-{uuid.uuid4().hex[:8]}",
-            host=host,
-            port=port,
-            state=ReplicaState.RUNNING,
-        )
-    bump_generation()
-    return row
 
 
 # --- a real deployment shared by the suite ------------------------------------------------------

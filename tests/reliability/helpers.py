@@ -12,7 +12,7 @@ from collections.abc import Callable
 import requests
 from conftest import wait_for
 
-from endpoints import registry, services
+from endpoints import services
 from endpoints.models import (
     EndpointVersion,
     Event,
@@ -27,71 +27,6 @@ from .conftest import Live
 
 READY_TIMEOUT = 120
 NOT_STOPPED = (ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING)
-
-
-# --- models ---------------------------------------------------------------------------------
-
-
-def _constant_model(value: str):
-    import mlflow
-
-    class Constant(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            return [value] * len(model_input)
-
-    return Constant()
-
-
-def _unloadable_model():
-    import mlflow
-
-    class Unloadable(mlflow.pyfunc.PythonModel):
-        def load_context(self, context):
-            raise RuntimeError("this model refuses to load: its weights are corrupt")
-
-        def predict(self, context, model_input, params=None):
-            return []
-
-    return Unloadable()
-
-
-def _gate_model(value: str):
-    """Answers ``value``; a request with ``gate``/``arrived`` columns first notes its
-    arrival in the ``arrived`` directory and waits (at most a minute) for the ``gate`` file."""
-    import mlflow
-
-    class Gate(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            import os
-            import time
-            import uuid
-
-            if "gate" in model_input.columns:
-                gate, arrived = str(model_input["gate"][0]), str(model_input["arrived"][0])
-                open(os.path.join(arrived, uuid.uuid4().hex), "w").close()
-                deadline = time.monotonic() + 60
-                while not os.path.exists(gate) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            return [value] * len(model_input)
-
-    return Gate()
-
-
-def register(name: str, model, stage: str | None = None) -> str:
-    import mlflow
-
-    registry.configure_mlflow()
-    with mlflow.start_run(experiment_id=registry.ensure_experiment("reliability-tests")):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=model,
-            registered_model_name=name,
-            pip_requirements=["mlflow"],
-        )
-    version = str(info.registered_model_version)
-    if stage:
-        registry.transition_stage(name, version, stage, archive_existing_versions=True)
-    return version
 
 
 # --- the stack, without transactional_db -----------------------------------------------------

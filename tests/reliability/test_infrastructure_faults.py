@@ -13,10 +13,11 @@ from collections import Counter
 import pytest
 import requests
 from conftest import wait_for
+from fakes import constant_model, register
 
 from endpoints.models import Replica, ReplicaState
 
-from .helpers import READY_TIMEOUT, PacedLoad, _constant_model, register
+from .helpers import READY_TIMEOUT, PacedLoad
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -25,11 +26,11 @@ REDIS_PAUSE_SECONDS = 10
 
 def test_worker_killed_mid_deploy_keeps_serving_and_converges(deployment, restartable_worker):
     name = deployment.name
-    register(name, _constant_model("v1"), "Staging")
+    register(name, constant_model("v1"), "Staging")
     deployment.enable()
     deployment.wait_serving("Staging", "1")
     with PacedLoad(deployment, "Staging", rate=20, threads=2) as load:
-        v2 = register(name, _constant_model("v2"))
+        v2 = register(name, constant_model("v2"))
         deployment.transition(v2, "Staging")
         # Kill the worker as soon as it wrote v2's first replica row: mid-deployment.
         wait_for(
@@ -75,7 +76,7 @@ def test_redis_frozen_for_ten_seconds_costs_no_hanging_request_and_converges(
     deployment, redis_server
 ):
     name = deployment.name
-    register(name, _constant_model("v1"), "Staging")
+    register(name, constant_model("v1"), "Staging")
     deployment.enable()
     deployment.wait_serving("Staging", "1")
     redis_pid = int(redis_server.info()["process_id"])
@@ -119,7 +120,7 @@ def test_redis_frozen_for_ten_seconds_costs_no_hanging_request_and_converges(
     assert Counter(status for status, _ in answers[:before]) == {200: before}
 
     # Converges unaided: a new version deployed after the pause takes the stage.
-    v2 = register(name, _constant_model("v2"))
+    v2 = register(name, constant_model("v2"))
     deployment.transition(v2, "Staging")
     deployment.wait_serving("Staging", v2)
     wait_for(

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from conftest import ManagedProcess, free_port, wait_for
+from conftest import serve_product, wait_for
+from fakes import constant_model, gate_model, register
 
-from endpoints.management.commands.run_product import gunicorn_command
 from endpoints.models import ReplicaState
 
-from .helpers import READY_TIMEOUT, _constant_model, _gate_model, register
+from .helpers import READY_TIMEOUT
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -27,29 +27,11 @@ TIMEOUT_SECONDS = 2
 
 @pytest.fixture(scope="module")
 def small_gateway(live, stack_log_dir) -> Iterator[str]:
-    port = free_port()
     env = {
         "SERVING_REQUEST_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
         "SERVING_QUEUE_PER_REPLICA": "0",
     }
-    server = ManagedProcess(
-        "gateway-small-limits",
-        gunicorn_command(host="127.0.0.1", port=port, workers=1),
-        stack_log_dir,
-        env=env,
-    ).start()
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return requests.get(base + "/login/", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(lambda: up() or not server.alive, timeout=60, what="the small-limits gateway")
-    assert server.alive, server.output()
-    yield base
-    server.stop()
+    yield from serve_product("gateway-small-limits", stack_log_dir, workers=1, env=env)
 
 
 def _post(base: str, deployment, body=None, timeout: float = 60) -> requests.Response:
@@ -67,7 +49,7 @@ def _post(base: str, deployment, body=None, timeout: float = 60) -> requests.Res
 def test_a_hung_replica_answers_504_at_the_timeout_and_is_replaced_after_repeated_probes(
     deployment, small_gateway, settings
 ):
-    register(deployment.name, _constant_model("fresh"), "Production")
+    register(deployment.name, constant_model("fresh"), "Production")
     deployment.enable()
     deployment.wait_serving("Production", "1")
     [victim] = deployment.replicas("1")
@@ -120,7 +102,7 @@ def test_a_hung_replica_answers_504_at_the_timeout_and_is_replaced_after_repeate
 def test_a_full_queue_refuses_extra_requests_quickly_and_held_ones_succeed(
     deployment, small_gateway, tmp_path
 ):
-    register(deployment.name, _gate_model("held"), "Production")
+    register(deployment.name, gate_model("held"), "Production")
     deployment.enable()
     deployment.wait_serving("Production", "1")
     gate, arrived = tmp_path / "gate", tmp_path / "arrived"

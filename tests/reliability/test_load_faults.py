@@ -19,18 +19,11 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import wait_for
+from fakes import constant_model, gate_model, register, unloadable_model
 
 from endpoints.models import EventType, ReplicaState, ServiceState
 
-from .helpers import (
-    NOT_STOPPED,
-    READY_TIMEOUT,
-    PacedLoad,
-    _constant_model,
-    _gate_model,
-    _unloadable_model,
-    register,
-)
+from .helpers import NOT_STOPPED, READY_TIMEOUT, PacedLoad
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -39,12 +32,12 @@ pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
 def test_staging_transition_under_load_drops_no_request_and_switches_to_v2(deployment):
     name = deployment.name
-    register(name, _constant_model("v1"), "Staging")
+    register(name, constant_model("v1"), "Staging")
     deployment.enable()
     deployment.wait_serving("Staging", "1")
     with PacedLoad(deployment, "Staging") as load:
         wait_for(lambda: load.count() >= 100, timeout=30, what="load on v1")
-        v2 = register(name, _constant_model("v2"))
+        v2 = register(name, constant_model("v2"))
         deployment.transition(v2, "Staging")
         wait_for(lambda: deployment.alias("Staging") == v2, timeout=READY_TIMEOUT, what="alias")
         moved_at = load.count()
@@ -75,11 +68,11 @@ def test_staging_transition_under_load_drops_no_request_and_switches_to_v2(deplo
 
 def test_a_version_that_fails_to_load_never_receives_traffic(deployment):
     name = deployment.name
-    register(name, _constant_model("good"), "Staging")
+    register(name, constant_model("good"), "Staging")
     deployment.enable()
     deployment.wait_serving("Staging", "1")
     with PacedLoad(deployment, "Staging", rate=20, threads=2) as load:
-        broken = register(name, _unloadable_model())
+        broken = register(name, unloadable_model())
         deployment.transition(broken, "Staging")
 
         def failed():
@@ -108,7 +101,7 @@ def test_a_request_held_in_the_old_version_during_the_switch_still_gets_its_answ
     deployment, tmp_path
 ):
     name = deployment.name
-    register(name, _gate_model("v1"), "Staging")
+    register(name, gate_model("v1"), "Staging")
     deployment.enable()
     deployment.wait_serving("Staging", "1")
     [old] = deployment.replicas("1")
@@ -120,7 +113,7 @@ def test_a_request_held_in_the_old_version_during_the_switch_still_gets_its_answ
     client.start()
     wait_for(lambda: any(arrived.iterdir()), timeout=30, what="the request inside v1")
 
-    v2 = register(name, _constant_model("v2"))
+    v2 = register(name, constant_model("v2"))
     deployment.transition(v2, "Staging")
     deployment.wait_serving("Staging", v2)
     # v1 is out of routing and asked to stop while the request is still inside it.
@@ -159,7 +152,7 @@ def _alive(pid: int) -> bool:
 
 def test_a_replica_killed_under_load_costs_no_request_and_is_replaced(deployment):
     name = deployment.name
-    register(name, _constant_model("alive"), "Production")
+    register(name, constant_model("alive"), "Production")
     deployment.enable()
     deployment.wait_serving("Production", "1")
     deployment.configure("Production", "Medium")  # 2 replicas at least
@@ -186,7 +179,7 @@ def test_a_replica_killed_under_load_costs_no_request_and_is_replaced(deployment
 
 def test_twenty_concurrent_requests_wake_a_scaled_to_zero_stage_with_one_replica(deployment):
     name = deployment.name
-    register(name, _constant_model("awake"), "Production")
+    register(name, constant_model("awake"), "Production")
     deployment.enable()
     deployment.wait_serving("Production", "1")
     deployment.configure("Production", "Small", scale_to_zero=True)

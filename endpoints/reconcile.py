@@ -194,6 +194,9 @@ class Pass:
     def event(self, type: str, message: str, **kwargs) -> None:
         Event.record(self.endpoint, type, message, **kwargs)
 
+    def replica_event(self, type: str, replica: Replica, message: str) -> None:
+        Event.record(self.endpoint, type, message, version=replica.version, replica=replica)
+
     def finish(self) -> None:
         """Publish routing changes, give gateways a moment, then stop what was drained."""
         if self.routing_changed or self.to_terminate:
@@ -262,11 +265,10 @@ def _observe_terminating(state: Pass, replica: Replica) -> None:
             return
         state.runtime.kill(replica.pid, replica.replica_id)
     _mark_stopped(replica, replica.state_message or "Stopped.")
-    state.event(
+    state.replica_event(
         EventType.REPLICA_STOPPED,
+        replica,
         f"Replica {replica.replica_id} stopped.",
-        version=replica.version,
-        replica=replica,
     )
 
 
@@ -276,11 +278,10 @@ def _adopt(state: Pass, replica: Replica, pid: int | None) -> None:
         replica.pid = pid
         replica.save(update_fields=["pid"])
         state.pending = True
-        state.event(
+        state.replica_event(
             EventType.REPLICA_ADOPTED,
+            replica,
             f"Replica {replica.replica_id} (pid {pid}) adopted after a worker restart.",
-            version=replica.version,
-            replica=replica,
         )
     elif (timezone.now() - replica.created_at).total_seconds() > UNSTARTED_ROW_SECONDS:
         _set_state(replica, ReplicaState.ERROR, "The replica process never started.")
@@ -290,7 +291,6 @@ def _adopt(state: Pass, replica: Replica, pid: int | None) -> None:
 
 def _crashed(state: Pass, replica: Replica) -> None:
     version = replica.version
-    tail = _log_tail(replica)
     was_running = replica.state == ReplicaState.RUNNING
     if was_running:
         message = "The model server exited unexpectedly."
@@ -299,15 +299,12 @@ def _crashed(state: Pass, replica: Replica) -> None:
     else:
         message = "The model server exited while loading the model."
         _count_start_failure(version)
-    if tail:
-        message += f" Last output:\n{tail}"
-    _set_state(replica, ReplicaState.ERROR, message)
-    state.event(
+    _set_state(replica, ReplicaState.ERROR, _with_log_tail(message, replica))
+    state.replica_event(
         EventType.REPLICA_CRASHED,
+        replica,
         f"Replica {replica.replica_id} exited"
         + (" while serving." if was_running else " while loading the model."),
-        version=version,
-        replica=replica,
     )
 
 
@@ -319,11 +316,10 @@ def _observe_starting(state: Pass, replica: Replica, healthy: bool) -> None:
         replica.probe_failures = 0
         replica.save(update_fields=["state", "state_message", "started_at", "probe_failures"])
         state.routing_changed = True
-        state.event(
+        state.replica_event(
             EventType.REPLICA_READY,
+            replica,
             f"Replica {replica.replica_id} is ready on {replica.address}.",
-            version=replica.version,
-            replica=replica,
         )
         return
     age = (timezone.now() - replica.created_at).total_seconds()
@@ -332,18 +328,18 @@ def _observe_starting(state: Pass, replica: Replica, healthy: bool) -> None:
         return
     state.runtime.kill(replica.pid, replica.replica_id)
     _count_start_failure(replica.version)
-    tail = _log_tail(replica)
     _set_state(
         replica,
         ReplicaState.ERROR,
-        f"The model server did not answer its health check within {age:.0f} seconds."
-        + (f" Last output:\n{tail}" if tail else ""),
+        _with_log_tail(
+            f"The model server did not answer its health check within {age:.0f} seconds.",
+            replica,
+        ),
     )
-    state.event(
+    state.replica_event(
         EventType.REPLICA_UNHEALTHY,
+        replica,
         f"Replica {replica.replica_id} did not become healthy in time; it was stopped.",
-        version=replica.version,
-        replica=replica,
     )
 
 
@@ -367,18 +363,23 @@ def _observe_running(state: Pass, replica: Replica, healthy: bool) -> None:
     )
     state.routing_changed = True
     state.replaced[replica.version_id] = replica.restarts + 1
-    state.event(
+    state.replica_event(
         EventType.REPLICA_UNHEALTHY,
+        replica,
         f"Replica {replica.replica_id} failed {replica.probe_failures} health checks in a "
         "row; it was stopped and will be replaced.",
-        version=replica.version,
-        replica=replica,
     )
 
 
 def _count_start_failure(version: EndpointVersion) -> None:
     EndpointVersion.objects.filter(pk=version.pk).update(start_failures=version.start_failures + 1)
     version.start_failures += 1
+
+
+def _with_log_tail(message: str, replica: Replica) -> str:
+    """``message`` followed by the replica's last lines of output, when it has any."""
+    tail = _log_tail(replica)
+    return f"{message} Last output:\n{tail}" if tail else message
 
 
 def _log_tail(replica: Replica, lines: int = 8) -> str:
@@ -718,17 +719,15 @@ def _start_replica(state: Pass, version: EndpointVersion) -> Replica | None:
     replica.save(update_fields=["pid"])
     state.pending = True
     if restarts:
-        state.event(
+        state.replica_event(
             EventType.REPLICA_RESTARTED,
+            replica,
             f"Replica {replica_id} replaces a failed replica (restart {restarts}).",
-            version=version,
-            replica=replica,
         )
-    state.event(
+    state.replica_event(
         EventType.REPLICA_STARTED,
+        replica,
         f"Replica {replica_id} started on {replica.address} (pid {replica.pid}).",
-        version=version,
-        replica=replica,
     )
     return replica
 
@@ -777,17 +776,18 @@ def _start_failed(state: Pass, version: EndpointVersion, config: ComputeConfig) 
     """Replicas of this version failed to start too often."""
     reason = _last_error(version) or "The model server did not start."
     if version.service_state == ServiceState.READY:
+        fields = ["start_failures"]
         if version.config_update_state != ServiceState.FAILED:
             version.config_update_state = ServiceState.FAILED
             version.config_update_message = f"Replicas failed to start: {reason}"
-            version.save(update_fields=["config_update_state", "config_update_message"])
+            fields += ["config_update_state", "config_update_message"]
             state.event(
                 EventType.CONFIG_UPDATE_FAILED,
                 f"The compute config update of version {version.version} failed.",
                 version=version,
             )
         version.start_failures = 0
-        EndpointVersion.objects.filter(pk=version.pk).update(start_failures=0)
+        version.save(update_fields=fields)
         return
     version.target_config = config
     _fail_version(state, version, f"The model could not be loaded. {reason}")

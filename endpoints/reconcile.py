@@ -673,7 +673,7 @@ def _ensure_replicas(state: Pass, version: EndpointVersion, count: int) -> None:
     if len(live) > count:
         # Not-yet-ready ones first, then the newest.
         extra = sorted(
-            live, key=lambda r: (r.state == ReplicaState.RUNNING, r.created_at), reverse=False
+            live, key=lambda r: (r.state == ReplicaState.RUNNING, -r.created_at.timestamp())
         )[: len(live) - count]
         for replica in extra:
             _begin_stop(state, replica, "Scaled down.")

@@ -284,6 +284,28 @@ def _disable_all_endpoints() -> None:
         time.sleep(0.3)
 
 
+@pytest.fixture
+def model_name(tmp_path: Path) -> Iterator[str]:
+    """A registered model with v1 in Production and v2 in Staging (empty artifacts: for
+    tests that never serve it), deleted afterwards."""
+    import uuid
+    import warnings
+
+    from endpoints import registry
+
+    (Path(settings.VAR_DIR) / "mlflow").mkdir(parents=True, exist_ok=True)
+    name = f"model-{uuid.uuid4().hex[:8]}"
+    client = registry.client()
+    client.create_registered_model(name)
+    for stage in ("Production", "Staging"):
+        version = client.create_model_version(name, source=str(tmp_path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            client.transition_model_version_stage(name, version.version, stage)
+    yield name
+    client.delete_registered_model(name)
+
+
 # --- users and tokens ------------------------------------------------------------------------
 
 

@@ -7,8 +7,6 @@ The registry is this run's real MLflow registry; each test registers a model of 
 
 from __future__ import annotations
 
-import uuid
-import warnings
 from pathlib import Path
 
 import pytest
@@ -58,22 +56,6 @@ def as_user(make_token):
         return api
 
     return client
-
-
-@pytest.fixture
-def model_name(tmp_path: Path):
-    """A registered model with v1 in Production and v2 in Staging."""
-    (Path(settings.VAR_DIR) / "mlflow").mkdir(parents=True, exist_ok=True)
-    name = f"api-model-{uuid.uuid4().hex[:8]}"
-    client = registry.client()
-    client.create_registered_model(name)
-    for stage in ("Production", "Staging"):
-        version = client.create_model_version(name, source=str(tmp_path))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            client.transition_model_version_stage(name, version.version, stage)
-    yield name
-    client.delete_registered_model(name)
 
 
 def assert_error(response, status: int, code: str) -> dict:

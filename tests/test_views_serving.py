@@ -8,15 +8,13 @@ loop would; the registry is this run's real MLflow registry with a model of each
 from __future__ import annotations
 
 import json
-import uuid
-import warnings
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.test import Client
 
-from endpoints import registry, services
+from endpoints import services
 from endpoints.cache import bump_generation
 from endpoints.models import (
     ComputeConfig,
@@ -33,22 +31,6 @@ from endpoints.models import (
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
-
-
-@pytest.fixture
-def model_name(tmp_path: Path):
-    """A registered model with v1 in Production and v2 in Staging (empty artifacts)."""
-    (Path(settings.VAR_DIR) / "mlflow").mkdir(parents=True, exist_ok=True)
-    name = f"ui-model-{uuid.uuid4().hex[:8]}"
-    client = registry.client()
-    client.create_registered_model(name)
-    for stage in ("Production", "Staging"):
-        version = client.create_model_version(name, source=str(tmp_path))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            client.transition_model_version_stage(name, version.version, stage)
-    yield name
-    client.delete_registered_model(name)
 
 
 def logged_in(user) -> Client:

@@ -39,7 +39,7 @@ READY_TIMEOUT = 120
 
 
 @pytest.fixture
-def model_name() -> str:
+def new_name() -> str:
     return f"prov-{uuid.uuid4().hex[:8]}"
 
 
@@ -161,23 +161,23 @@ def test_enabling_reaches_ready_every_version_answers_and_disabling_stops_every_
 
 
 def test_a_new_version_takes_the_stage_under_load_without_a_failed_request(
-    stack: str, owner, make_token, model_name: str
+    stack: str, owner, make_token, new_name: str
 ) -> None:
-    register(model_name, constant_model("v1"), "Staging")
-    services.endpoint_enable(name=model_name, user=owner)
-    wait_ready(model_name)
+    register(new_name, constant_model("v1"), "Staging")
+    services.endpoint_enable(name=new_name, user=owner)
+    wait_ready(new_name)
     token = make_token(owner)
-    with Load(stack, token, model_name, "Staging") as load:
+    with Load(stack, token, new_name, "Staging") as load:
         wait_for(lambda: len(load.answers) >= 20, timeout=30, what="requests to v1")
-        v2 = register(model_name, constant_model("v2"))
+        v2 = register(new_name, constant_model("v2"))
         services.model_version_transition(
-            name=model_name,
+            name=new_name,
             version=v2,
             stage="Staging",
             archive_existing_versions=True,
             user=owner,
         )
-        wait_for(lambda: alias(model_name, "Staging") == v2, timeout=READY_TIMEOUT, what="alias")
+        wait_for(lambda: alias(new_name, "Staging") == v2, timeout=READY_TIMEOUT, what="alias")
         moved_at = len(load.answers)
         # Once gateways have the new routing every answer is v2's.
         wait_for(
@@ -192,100 +192,98 @@ def test_a_new_version_takes_the_stage_under_load_without_a_failed_request(
     assert statuses == {200: len(load.answers)}, statuses
     assert {value for _, value in load.answers} == {"v1", "v2"}
     # The alias moved only once v2 was READY; v1 was then drained and stopped.
-    ready = events(model_name, EventType.VERSION_READY)
-    moved = events(model_name, EventType.VERSION_ALIAS_MOVED)
+    ready = events(new_name, EventType.VERSION_READY)
+    moved = events(new_name, EventType.VERSION_ALIAS_MOVED)
     v2_ready = next(e for e in ready if e.endpoint_version_name == v2)
     v2_alias = next(e for e in moved if e.endpoint_version_name == v2)
     assert (v2_ready.timestamp, v2_ready.pk) < (v2_alias.timestamp, v2_alias.pk)
-    wait_for(lambda: not running(model_name, "1"), timeout=60, what="v1 to stop")
-    assert events(model_name, EventType.VERSION_RETIRED)
+    wait_for(lambda: not running(new_name, "1"), timeout=60, what="v1 to stop")
+    assert events(new_name, EventType.VERSION_RETIRED)
 
 
 def test_a_version_that_cannot_load_fails_and_the_stage_keeps_serving_the_old_one(
-    stack: str, owner, make_token, model_name: str
+    stack: str, owner, make_token, new_name: str
 ) -> None:
-    register(model_name, constant_model("good"), "Staging")
-    services.endpoint_enable(name=model_name, user=owner)
-    wait_ready(model_name)
-    broken = register(model_name, unloadable_model())
+    register(new_name, constant_model("good"), "Staging")
+    services.endpoint_enable(name=new_name, user=owner)
+    wait_ready(new_name)
+    broken = register(new_name, unloadable_model())
     services.model_version_transition(
-        name=model_name, version=broken, stage="Staging", archive_existing_versions=True, user=owner
+        name=new_name, version=broken, stage="Staging", archive_existing_versions=True, user=owner
     )
 
     def failed():
         version = EndpointVersion.objects.filter(
-            endpoint__registered_model_name=model_name, version=broken
+            endpoint__registered_model_name=new_name, version=broken
         ).first()
         return version if version and version.service_state == ServiceState.FAILED else None
 
     version = wait_for(failed, timeout=READY_TIMEOUT, what="the broken version to fail")
     assert "refuses to load" in version.service_message
-    assert alias(model_name, "Staging") == "1"
-    response = score(stack, make_token(owner), model_name, "Staging")
+    assert alias(new_name, "Staging") == "1"
+    response = score(stack, make_token(owner), new_name, "Staging")
     assert response.status_code == 200, response.text
     assert response.json() == {"predictions": ["good"]}
-    assert not running(model_name, broken)
-    assert any(e.endpoint_version_name == broken for e in events(model_name, "VERSION_FAILED"))
-    endpoint = endpoint_of(model_name)
+    assert not running(new_name, broken)
+    assert any(e.endpoint_version_name == broken for e in events(new_name, "VERSION_FAILED"))
+    endpoint = endpoint_of(new_name)
     assert endpoint.state == EndpointState.READY
     assert f"version {broken} failed" in endpoint.state_message
 
 
 def test_a_killed_replica_is_replaced_without_any_call(
-    stack: str, owner, make_token, model_name: str
+    stack: str, owner, make_token, new_name: str
 ) -> None:
-    register(model_name, constant_model("alive"), "Production")
-    services.endpoint_enable(name=model_name, user=owner)
-    wait_ready(model_name)
-    [victim] = running(model_name)
+    register(new_name, constant_model("alive"), "Production")
+    services.endpoint_enable(name=new_name, user=owner)
+    wait_ready(new_name)
+    [victim] = running(new_name)
     os.kill(victim.pid, signal.SIGKILL)
 
     def replaced():
-        fresh = running(model_name)
+        fresh = running(new_name)
         return fresh if fresh and fresh[0].replica_id != victim.replica_id else None
 
     [fresh] = wait_for(replaced, timeout=READY_TIMEOUT, what="a replacement replica")
     assert fresh.restarts == 1
     victim.refresh_from_db()
     assert victim.state == ReplicaState.ERROR
-    assert events(model_name, EventType.REPLICA_CRASHED)
-    assert events(model_name, EventType.REPLICA_RESTARTED)
-    response = score(stack, make_token(owner), model_name, "Production")
+    assert events(new_name, EventType.REPLICA_CRASHED)
+    assert events(new_name, EventType.REPLICA_RESTARTED)
+    response = score(stack, make_token(owner), new_name, "Production")
     assert response.json() == {"predictions": ["alive"]}
 
 
 def test_a_worker_killed_mid_provisioning_converges_to_exactly_the_desired_replicas(
-    stack: str, owner, model_name: str, restartable_worker
+    stack: str, owner, new_name: str, restartable_worker
 ) -> None:
-    register(model_name, constant_model("a"), "Staging")
-    register(model_name, constant_model("b"), "Production")
-    services.endpoint_enable(name=model_name, user=owner)
+    register(new_name, constant_model("a"), "Staging")
+    register(new_name, constant_model("b"), "Production")
+    services.endpoint_enable(name=new_name, user=owner)
     # Kill the worker as soon as it has written a replica row: mid-provisioning.
     wait_for(
-        lambda: Replica.objects.filter(
-            version__endpoint__registered_model_name=model_name
-        ).exists(),
+        lambda: Replica.objects.filter(version__endpoint__registered_model_name=new_name).exists(),
         timeout=60,
         what="the first replica row",
         interval=0.05,
     )
     restartable_worker()
-    wait_ready(model_name)
+    wait_ready(new_name)
     # Converged: one live replica per version, and one process per live replica.
     wait_for(
         lambda: (
             not Replica.objects.filter(
-                version__endpoint__registered_model_name=model_name,
+                version__endpoint__registered_model_name=new_name,
                 state__in=[ReplicaState.PENDING, ReplicaState.TERMINATING],
             ).exists()
         ),
         timeout=60,
         what="no replica starting or stopping",
     )
-    live = running(model_name)
+    live = running(new_name)
     assert sorted(r.version.version for r in live) == ["1", "2"]
     ours = set(
-        Replica.objects.filter(version__endpoint__registered_model_name=model_name).values_list(
+        Replica.objects.filter(version__endpoint__registered_model_name=new_name).values_list(
             "replica_id", flat=True
         )
     )
@@ -297,32 +295,32 @@ def test_a_worker_killed_mid_provisioning_converges_to_exactly_the_desired_repli
 
 
 def test_scale_to_zero_stops_the_last_replica_and_a_request_wakes_exactly_one(
-    stack: str, owner, make_token, model_name: str
+    stack: str, owner, make_token, new_name: str
 ) -> None:
     assert settings.SERVING["SCALE_TO_ZERO_AFTER_SECONDS"] <= 10
-    register(model_name, constant_model("awake"), "Production")
-    services.endpoint_enable(name=model_name, user=owner)
-    wait_ready(model_name)
+    register(new_name, constant_model("awake"), "Production")
+    services.endpoint_enable(name=new_name, user=owner)
+    wait_ready(new_name)
     services.compute_config_update(
-        name=model_name,
+        name=new_name,
         stage="Production",
         workload_size="Small",
         scale_to_zero_enabled=True,
         user=owner,
     )
-    version = EndpointVersion.objects.get(endpoint__registered_model_name=model_name)
+    version = EndpointVersion.objects.get(endpoint__registered_model_name=new_name)
     wait_until_stopped(version=version)
     version.refresh_from_db()
     assert version.service_state == ServiceState.READY
     assert version.config_update_state == ServiceState.READY
-    assert events(model_name, EventType.SCALED_TO_ZERO)
+    assert events(new_name, EventType.SCALED_TO_ZERO)
     before = set(version.replicas.values_list("replica_id", flat=True))
 
     token = make_token(owner)
     answers: list[requests.Response] = []
 
     def call() -> None:
-        answers.append(score(stack, token, model_name, "Production", timeout=120))
+        answers.append(score(stack, token, new_name, "Production", timeout=120))
 
     threads = [threading.Thread(target=call) for _ in range(5)]
     for thread in threads:
@@ -333,4 +331,4 @@ def test_scale_to_zero_stops_the_last_replica_and_a_request_wakes_exactly_one(
     assert all(a.json() == {"predictions": ["awake"]} for a in answers)
     started = set(version.replicas.values_list("replica_id", flat=True)) - before
     assert len(started) == 1
-    assert events(model_name, EventType.WOKEN_FROM_ZERO)
+    assert events(new_name, EventType.WOKEN_FROM_ZERO)

@@ -11,6 +11,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from endpoints import metrics, services
+from endpoints.cache import redis_client
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,
@@ -78,6 +79,11 @@ def served(owner) -> ServingEndpoint:
             service_config=config,
         )
         StageAlias.objects.create(endpoint=endpoint, stage=stage, version=version)
+        # Row ids come back after a rolled-back test: drop metrics an earlier test recorded
+        # under the same id, so each test reads only its own.
+        client = redis_client()
+        for key in client.scan_iter(f"serving:metrics:{version.pk}:*"):
+            client.delete(key)
     return endpoint
 
 

@@ -103,6 +103,11 @@ def _badge(endpoint: ServingEndpoint | None) -> str:
     return BADGES.get(endpoint.state, "Pending") if endpoint else "Off"
 
 
+def _badge_for(endpoint: ServingEndpoint | None, level: str | None) -> str:
+    """The serving badge of a user whose permission on ``endpoint`` is ``level``."""
+    return "Restricted" if endpoint is not None and level is None else _badge(endpoint)
+
+
 def _when(ms: int | None) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
 
@@ -128,26 +133,21 @@ def models_list(request: HttpRequest) -> HttpResponse:
             status=503,
         )
     endpoints = {e.registered_model_name: e for e in ServingEndpoint.objects.filter(enabled=True)}
-    visible = {e.registered_model_name for e in selectors.endpoints_visible_to(request.user)}
     rows = []
     for model in models:
         endpoint = endpoints.get(model.name)
-        if endpoint is not None and model.name not in visible:
-            badge = "Restricted"
-        else:
-            badge = _badge(endpoint)
-        rows.append({"model": model, "badge": badge})
+        level = permission_level(request.user, endpoint) if endpoint else None
+        rows.append({"model": model, "badge": _badge_for(endpoint, level)})
     return render(request, "endpoints/models_list.html", {"rows": rows})
 
 
 def _model_context(request: HttpRequest, model: registry.RegisteredModelInfo, tab: str) -> dict:
     endpoint = _enabled_endpoint(model.name)
     level = permission_level(request.user, endpoint) if endpoint else None
-    badge = "Restricted" if endpoint is not None and level is None else _badge(endpoint)
     return {
         "model": model,
         "model_tab": tab,
-        "badge": badge,
+        "badge": _badge_for(endpoint, level),
         "can_manage": level == PermissionLevel.CAN_MANAGE,
     }
 

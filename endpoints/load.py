@@ -13,24 +13,13 @@ import socket
 import time
 from dataclasses import dataclass
 
-from .cache import redis_client
+from . import kv, triggers
+from .kv import redis_client
 
 # A report older than this is from a gateway process that is gone.
 REPORT_TTL_SECONDS = 15
 WAKE_TTL_SECONDS = 300
 PROCESS_KEY = f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _load_key(version_pk: int) -> str:
-    return f"serving:load:{version_pk}"
-
-
-def _wake_key(version_pk: int) -> str:
-    return f"serving:wake:{version_pk}"
-
-
-def _last_request_key(version_pk: int) -> str:
-    return f"serving:last-request:{version_pk}"
 
 
 @dataclass(frozen=True)
@@ -48,15 +37,15 @@ def report(version_pk: int, *, in_flight: int, peak_in_flight: int, last_request
     client = redis_client()
     value = json.dumps({"in_flight": in_flight, "peak": peak_in_flight, "ts": time.time()})
     pipe = client.pipeline(transaction=False)
-    pipe.hset(_load_key(version_pk), PROCESS_KEY, value)
-    pipe.expire(_load_key(version_pk), REPORT_TTL_SECONDS)
+    pipe.hset(kv.load_key(version_pk), PROCESS_KEY, value)
+    pipe.expire(kv.load_key(version_pk), REPORT_TTL_SECONDS)
     if last_request_at:
         # Keep the newest time only (several processes report).
         pipe.eval(
             "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') "
             "if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end",
             1,
-            _last_request_key(version_pk),
+            kv.last_request_key(version_pk),
             repr(last_request_at),
         )
     pipe.execute()
@@ -64,7 +53,7 @@ def report(version_pk: int, *, in_flight: int, peak_in_flight: int, last_request
 
 def current(version_pk: int) -> Load:
     client = redis_client()
-    reports = client.hgetall(_load_key(version_pk))
+    reports = client.hgetall(kv.load_key(version_pk))
     now = time.time()
     in_flight = peak = 0
     for raw in reports.values():
@@ -73,28 +62,26 @@ def current(version_pk: int) -> Load:
             continue
         in_flight += int(data["in_flight"])
         peak += int(data["peak"])
-    last = client.get(_last_request_key(version_pk))
+    last = client.get(kv.last_request_key(version_pk))
     return Load(peak_in_flight=peak, in_flight=in_flight, last_request_at=float(last or 0))
 
 
 def mark_request(version_pk: int, at: float | None = None) -> None:
     """Record activity directly (a wake-up counts as a request for the quiet period)."""
-    redis_client().set(_last_request_key(version_pk), repr(at or time.time()))
+    redis_client().set(kv.last_request_key(version_pk), repr(at or time.time()))
 
 
 def request_wake(version_pk: int, endpoint_pk: int) -> None:
     """A request is waiting for a version that has no running replica: start one now."""
-    from .tasks import reconcile_endpoint
-
     mark_request(version_pk)
     # NX: twenty waiting requests enqueue one reconcile, not twenty.
-    if redis_client().set(_wake_key(version_pk), repr(time.time()), nx=True, ex=WAKE_TTL_SECONDS):
-        reconcile_endpoint.delay(endpoint_pk)
+    if redis_client().set(kv.wake_key(version_pk), repr(time.time()), nx=True, ex=WAKE_TTL_SECONDS):
+        triggers.reconcile_soon(endpoint_pk)
 
 
 def wake_requested(version_pk: int) -> bool:
-    return bool(redis_client().exists(_wake_key(version_pk)))
+    return bool(redis_client().exists(kv.wake_key(version_pk)))
 
 
 def clear_wake(version_pk: int) -> None:
-    redis_client().delete(_wake_key(version_pk))
+    redis_client().delete(kv.wake_key(version_pk))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .cache import redis_client
+from . import kv
+from .kv import redis_client
 
 BUCKET_SECONDS = 10
 RETENTION_SECONDS = 24 * 3600
@@ -18,10 +19,6 @@ RETENTION_SECONDS = 24 * 3600
 
 def _bucket(ts: float) -> int:
     return int(ts) // BUCKET_SECONDS * BUCKET_SECONDS
-
-
-def _key(version_pk: int, bucket: int) -> str:
-    return f"serving:metrics:{version_pk}:{bucket}"
 
 
 def record_requests(
@@ -33,7 +30,7 @@ def record_requests(
     latency_ms_sum: float,
     latency_ms_max: float,
 ) -> None:
-    key = _key(version_pk, _bucket(at))
+    key = kv.metrics_key(version_pk, _bucket(at))
     pipe = redis_client().pipeline(transaction=False)
     pipe.hincrby(key, "requests", requests)
     pipe.hincrby(key, "errors", errors)
@@ -52,7 +49,7 @@ def record_requests(
 
 
 def record_replicas(version_pk: int, count: int, at: float | None = None) -> None:
-    key = _key(version_pk, _bucket(at or time.time()))
+    key = kv.metrics_key(version_pk, _bucket(at or time.time()))
     pipe = redis_client().pipeline(transaction=False)
     pipe.hset(key, "replicas", count)
     pipe.expire(key, RETENTION_SECONDS)
@@ -70,7 +67,7 @@ def series(version_pk: int, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
     buckets = list(range(start, end + 1, BUCKET_SECONDS))
     pipe = redis_client().pipeline(transaction=False)
     for b in buckets:
-        pipe.hgetall(_key(version_pk, b))
+        pipe.hgetall(kv.metrics_key(version_pk, b))
     points = []
     for b, raw in zip(buckets, pipe.execute(), strict=True):
         if not raw:

@@ -1,7 +1,7 @@
 """The product's data: desired state (what users asked for) and observed state (what runs).
 
 Web processes write desired state only: an endpoint is enabled, a stage has a compute
-config. The reconcile loop (``endpoints.reconcile``) reads it together with the MLflow
+config. The reconcile loop (``endpoints.provisioning.reconcile``) reads it together with the MLflow
 registry and writes observed state: endpoint versions, replicas, routing and events.
 """
 

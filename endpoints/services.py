@@ -17,9 +17,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import registry
+from . import registry, triggers
 from .auth import can_create_endpoint, has_permission
-from .cache import bump_generation
 from .errors import (
     AlreadyExists,
     Conflict,
@@ -28,6 +27,7 @@ from .errors import (
     PermissionDenied,
     Unavailable,
 )
+from .kv import bump_generation
 from .models import (
     AccessToken,
     ComputeConfig,
@@ -52,18 +52,7 @@ log = logging.getLogger(__name__)
 
 def request_reconcile(endpoint: ServingEndpoint) -> None:
     """Ask a worker to reconcile this endpoint right after the transaction commits."""
-    from .tasks import reconcile_endpoint
-
-    transaction.on_commit(lambda: _send_reconcile(reconcile_endpoint, endpoint.pk))
-
-
-def _send_reconcile(task, pk: int) -> None:
-    # The broker being away must not fail the user's request: the desired state is already
-    # committed and the periodic reconcile converges once Redis is back.
-    try:
-        task.delay(pk)
-    except Exception as exc:
-        log.warning("could not enqueue reconcile for endpoint %s: %s", pk, exc)
+    triggers.reconcile_on_commit(endpoint.pk)
 
 
 def invalidate_caches() -> None:

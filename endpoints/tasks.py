@@ -1,23 +1,22 @@
 """Celery tasks: thin wrappers that call the reconcile loop.
 
 Reconciling is idempotent and guarded by a per-endpoint lock, so a task may run twice, late
-or never: the periodic ``reconcile_all`` converges regardless.
+or never: the periodic ``reconcile_all`` converges regardless. Other modules trigger
+``reconcile_endpoint`` by name through ``endpoints.triggers``.
 """
 
 from __future__ import annotations
 
 from celery import shared_task
 
+from endpoints.provisioning import reconcile
+
 
 @shared_task(acks_late=True, ignore_result=True)
 def reconcile_endpoint(endpoint_pk: int) -> None:
-    from .reconcile import reconcile_endpoint as run
-
-    run(endpoint_pk)
+    reconcile.reconcile_endpoint(endpoint_pk)
 
 
 @shared_task(ignore_result=True)
 def reconcile_all() -> None:
-    from .reconcile import reconcile_all as run
-
-    run()
+    reconcile.reconcile_all()

@@ -6,5 +6,5 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("endpoints.api.urls")),
-    path("", include("endpoints.urls")),
+    path("", include("endpoints.web.urls")),
 ]

@@ -14,6 +14,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "serving_ui.settings")
 
 django_application = get_wsgi_application()
 
-from endpoints.gateway import GatewayApplication  # noqa: E402  (needs Django set up)
+from endpoints.gateway.app import GatewayApplication  # noqa: E402  (needs Django set up)
 
 application = GatewayApplication(django_application)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from rest_framework.test import APIClient
 
-from endpoints import metrics, services
-from endpoints.cache import redis_client
+from endpoints import kv, metrics, services
+from endpoints.kv import redis_client
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,
@@ -82,7 +82,7 @@ def served(owner) -> ServingEndpoint:
         # Row ids come back after a rolled-back test: drop metrics an earlier test recorded
         # under the same id, so each test reads only its own.
         client = redis_client()
-        for key in client.scan_iter(f"serving:metrics:{version.pk}:*"):
+        for key in client.scan_iter(kv.metrics_pattern(version.pk)):
             client.delete(key)
     return endpoint
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from endpoints.autoscale import decide, replica_range
 from endpoints.models import EndpointVersion, ServiceState
-from endpoints.reconcile import choose_alias
+from endpoints.provisioning.autoscale import decide, replica_range
+from endpoints.provisioning.reconcile import choose_alias
 
 NOW = 1_000_000.0
 

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from endpoints.errors import BadRequest, PayloadTooLarge, RateLimited, Unauthenticated
-from endpoints.gateway import (
+from endpoints.gateway.app import (
     JSON,
     LoadTracker,
     ReplicaTimeout,

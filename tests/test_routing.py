@@ -7,9 +7,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from endpoints import routing, services
-from endpoints.cache import bump_generation, redis_client
+from endpoints import services
 from endpoints.errors import NotFound, Unavailable
+from endpoints.gateway import routing
+from endpoints.gateway.routing import RoutingCache, Snapshot, build_table
+from endpoints.kv import bump_generation, redis_client
 from endpoints.models import (
     AccessToken,
     ComputeConfig,
@@ -21,7 +23,6 @@ from endpoints.models import (
     ServingEndpoint,
     StageAlias,
 )
-from endpoints.routing import RoutingCache, Snapshot, build_table
 
 pytestmark = pytest.mark.django_db
 
@@ -224,8 +225,8 @@ def test_without_a_change_no_request_asks_redis(endpoint, generation, monkeypatc
     cache = RoutingCache()
     first = cache.current()
     asked = []
-    real = routing.cache.current_generation
-    monkeypatch.setattr(routing.cache, "current_generation", lambda: asked.append(1) or real())
+    real = routing.kv.current_generation
+    monkeypatch.setattr(routing.kv, "current_generation", lambda: asked.append(1) or real())
     for _ in range(50):
         assert cache.current() is first
     assert asked == []

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.test import Client
 
 from endpoints import services
-from endpoints.cache import bump_generation
+from endpoints.kv import bump_generation
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,

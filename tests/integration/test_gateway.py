@@ -26,7 +26,7 @@ from conftest import free_port, serve_product, wait_for
 from django.conf import settings
 
 from endpoints import load, metrics, registry, services
-from endpoints.cache import bump_generation
+from endpoints.kv import bump_generation
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,

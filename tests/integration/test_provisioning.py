@@ -19,7 +19,7 @@ from conftest import wait_for
 from django.conf import settings
 from fakes import constant_model, register, unloadable_model
 
-from endpoints import environments, services
+from endpoints import services
 from endpoints.models import (
     EndpointState,
     EndpointVersion,
@@ -31,6 +31,7 @@ from endpoints.models import (
     ServingEndpoint,
     StageAlias,
 )
+from endpoints.provisioning import environments
 from endpoints.runtime import get_runtime
 
 pytestmark = pytest.mark.integration

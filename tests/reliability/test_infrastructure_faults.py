@@ -59,7 +59,7 @@ def test_worker_killed_mid_deploy_keeps_serving_and_converges(deployment, restar
             )
         )
     )
-    from endpoints import environments
+    from endpoints.provisioning import environments
     from endpoints.runtime import get_runtime
 
     wait_for(

@@ -281,7 +281,7 @@ class Bench:
         from django.contrib.auth import get_user_model
 
         from endpoints import demo, registry, services
-        from endpoints.cache import bump_generation
+        from endpoints.kv import bump_generation
         from endpoints.models import (
             ComputeConfig,
             EndpointVersion,

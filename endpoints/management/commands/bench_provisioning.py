@@ -79,7 +79,7 @@ class ProvisioningBench(Bench):
         )
 
     def _stop_replicas(self) -> None:
-        from endpoints.reconcile import stop_all_replicas
+        from endpoints.provisioning.reconcile import stop_all_replicas
 
         stop_all_replicas()
 

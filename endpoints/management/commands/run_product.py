@@ -259,7 +259,7 @@ class Command(BaseCommand):
         self.children.clear()
 
     def _stop_replicas(self) -> None:
-        from endpoints.reconcile import stop_all_replicas
+        from endpoints.provisioning.reconcile import stop_all_replicas
 
         stopped = stop_all_replicas()
         if stopped:

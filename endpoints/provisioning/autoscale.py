@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .models import WORKLOAD_CONCURRENCY
+from endpoints.models import WORKLOAD_CONCURRENCY
 
 
 @dataclass(frozen=True)

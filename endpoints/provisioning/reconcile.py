@@ -37,9 +37,9 @@ from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import LockError, RedisError
 
-from . import autoscale, environments, load, metrics, registry
-from .cache import bump_generation, redis_client
-from .models import (
+from endpoints import kv, load, metrics, registry, triggers
+from endpoints.kv import bump_generation, redis_client
+from endpoints.models import (
     ComputeConfig,
     EndpointState,
     EndpointVersion,
@@ -52,7 +52,9 @@ from .models import (
     Stage,
     StageAlias,
 )
-from .runtime import ReplicaSpec, Runtime, get_runtime
+from endpoints.runtime import ReplicaSpec, Runtime, get_runtime
+
+from . import autoscale, environments
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +106,15 @@ def reconcile_endpoint(pk: int, *, triggered: bool = True) -> None:
     """Converge one endpoint. Safe to call any number of times, from any worker."""
     client = redis_client()
     follow_up = False
-    with _held(f"serving:reconcile:{pk}") as held:
+    with _held(kv.reconcile_lock_key(pk)) as held:
         if not held:
             if triggered:
-                client.set(_dirty_key(pk), "1", ex=3600)
+                client.set(kv.reconcile_dirty_key(pk), "1", ex=3600)
             return
         for _ in range(MAX_PASSES_PER_CALL):
-            client.delete(_dirty_key(pk))
+            client.delete(kv.reconcile_dirty_key(pk))
             follow_up = _pass(pk)
-            if not client.exists(_dirty_key(pk)):
+            if not client.exists(kv.reconcile_dirty_key(pk)):
                 break
     if follow_up:
         _schedule_follow_up(pk)
@@ -120,7 +122,7 @@ def reconcile_endpoint(pk: int, *, triggered: bool = True) -> None:
 
 def reconcile_all() -> None:
     """The periodic pass: every endpoint that is enabled or still has something running."""
-    with _held("serving:reconcile-all") as held:
+    with _held(kv.RECONCILE_ALL_LOCK_KEY) as held:
         if not held:
             return  # the previous periodic pass is still running
         pks = (
@@ -160,20 +162,14 @@ def stop_all_replicas() -> int:
     return stopped
 
 
-def _dirty_key(pk: int) -> str:
-    return f"serving:reconcile-dirty:{pk}"
-
-
 def _schedule_follow_up(pk: int) -> None:
-    from .tasks import reconcile_endpoint as task
-
     try:
         # One follow-up at a time per endpoint.
         # (redis-py takes whole seconds for ex: the expiry is in milliseconds.)
         expiry_ms = int(FOLLOW_UP_SECONDS * 1000)
-        if redis_client().set(f"serving:follow-up:{pk}", "1", nx=True, px=expiry_ms):
-            task.apply_async((pk,), countdown=FOLLOW_UP_SECONDS)
-    except Exception as exc:  # the periodic pass gets there anyway
+        if redis_client().set(kv.follow_up_key(pk), "1", nx=True, px=expiry_ms):
+            triggers.reconcile_soon(pk, countdown=FOLLOW_UP_SECONDS)
+    except RedisError as exc:  # the periodic pass gets there anyway
         log.warning("reconcile: could not schedule a follow-up for %s: %s", pk, exc)
 
 
@@ -596,7 +592,7 @@ def _desired_count(state: Pass, version: EndpointVersion, config: ComputeConfig)
     try:
         observed = load.current(version.pk)
         wake = load.wake_requested(version.pk)
-        low_since_raw = redis_client().get(_low_key(version.pk))
+        low_since_raw = redis_client().get(kv.low_since_key(version.pk))
     except RedisError:
         return max(current, 1 if version.service_state != ServiceState.READY else current)
     activity = [observed.last_request_at, config.creation_timestamp / 1000]
@@ -623,9 +619,9 @@ def _desired_count(state: Pass, version: EndpointVersion, config: ComputeConfig)
     )
     with suppress(RedisError):
         if decision.low_since is None:
-            redis_client().delete(_low_key(version.pk))
+            redis_client().delete(kv.low_since_key(version.pk))
         else:
-            redis_client().set(_low_key(version.pk), repr(decision.low_since), ex=3600)
+            redis_client().set(kv.low_since_key(version.pk), repr(decision.low_since), ex=3600)
         if wake:
             load.clear_wake(version.pk)
     count = decision.replicas
@@ -638,10 +634,6 @@ def _desired_count(state: Pass, version: EndpointVersion, config: ComputeConfig)
     with suppress(RedisError):
         metrics.record_replicas(version.pk, count)
     return count
-
-
-def _low_key(version_pk: int) -> str:
-    return f"serving:low-since:{version_pk}"
 
 
 def _record_scaling(
@@ -743,7 +735,7 @@ def _allocate_port(runtime: Runtime, host: str) -> int | None:
             continue
         # A short reservation: two workers starting replicas at once pick different ports.
         with suppress(RedisError):
-            if not client.set(f"serving:port:{host}:{port}", "1", nx=True, ex=60):
+            if not client.set(kv.port_reservation_key(host, port), "1", nx=True, ex=60):
                 continue
         return port
     return None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from . import registry
+from endpoints import registry
 
 # A ready environment has this file; a half-built one (crash mid-install) is rebuilt.
 _ENV_DONE = ".serving-env-complete"

@@ -26,10 +26,10 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connections
 from django.utils import timezone
 
-from . import cache
-from .auth import permission_level
-from .errors import NotFound, Unavailable
-from .models import (
+from endpoints import kv
+from endpoints.auth import permission_level
+from endpoints.errors import NotFound, Unavailable
+from endpoints.models import (
     PERMISSION_RANK,
     AccessToken,
     ComputeConfig,
@@ -371,7 +371,7 @@ class GenerationWatcher:
             )
             conn = pool.make_connection()
             conn.connect()
-            conn.send_command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", cache.GENERATION_KEY)
+            conn.send_command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", kv.GENERATION_KEY)
             if conn.read_response() not in (b"OK", "OK"):
                 raise redis.RedisError("CLIENT TRACKING was refused")
         except (redis.RedisError, OSError) as exc:
@@ -441,7 +441,7 @@ class RoutingCache:
         if time.monotonic() - self._redis_failed_at < REDIS_RETRY_SECONDS:
             return None
         try:
-            return cache.current_generation()
+            return kv.current_generation()
         except Exception as exc:  # any Redis failure: serve from memory
             self._redis_failed_at = time.monotonic()
             log.warning("gateway: cache generation unavailable (%s); using routing in memory", exc)

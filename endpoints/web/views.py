@@ -27,19 +27,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRefresh, HttpResponseStopPolling
 
-from . import gateway, logs, metrics, registry, selectors, services
-from .auth import can_create_endpoint, has_permission, permission_level
-from .errors import NotFound, PermissionDenied, ServingError
-from .forms import (
-    ComputeConfigForm,
-    InvokeForm,
-    PermissionForm,
-    ServicePrincipalForm,
-    StageForm,
-    TokenForm,
-    TransitionForm,
-)
-from .models import (
+from endpoints import logs, metrics, registry, selectors, services
+from endpoints.auth import can_create_endpoint, has_permission, permission_level
+from endpoints.errors import NotFound, PermissionDenied, ServingError
+from endpoints.gateway import app as gateway
+from endpoints.models import (
     AccessToken,
     ComputeConfig,
     EndpointPermission,
@@ -49,6 +41,16 @@ from .models import (
     ServiceState,
     ServingEndpoint,
     Stage,
+)
+
+from .forms import (
+    ComputeConfigForm,
+    InvokeForm,
+    PermissionForm,
+    ServicePrincipalForm,
+    StageForm,
+    TokenForm,
+    TransitionForm,
 )
 
 log = logging.getLogger(__name__)

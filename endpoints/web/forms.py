@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django import forms
 
-from .models import PermissionLevel, Stage, WorkloadSize
-from .registry import ALL_STAGES
+from endpoints.models import PermissionLevel, Stage, WorkloadSize
+from endpoints.registry import ALL_STAGES
 
 
 class ComputeConfigForm(forms.Form):

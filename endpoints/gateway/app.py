@@ -37,9 +37,9 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from . import errors, load, metrics
-from .auth import LAST_USED_RESOLUTION, token_from_authorization
-from .errors import (
+from endpoints import errors, load, metrics
+from endpoints.auth import LAST_USED_RESOLUTION, token_from_authorization
+from endpoints.errors import (
     BadRequest,
     NotFound,
     PermissionDenied,
@@ -49,7 +49,8 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .models import AccessToken, PermissionLevel
+from endpoints.models import AccessToken, PermissionLevel
+
 from .routing import Address, RoutingCache, Snapshot, Target, run_db
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The web UI: htmx pages for the models list, the Serving tab, tokens and permissions."""

@@ -1,0 +1,135 @@
+"""The layout keeps its promises: imports only run downward and modules stay readable.
+
+Function-level imports count: hiding an import inside a function does not make a cycle
+go away, it only makes it fail later.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "endpoints"
+MAX_MODULE_LINES = 500
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "migrations" in path.parts:
+            continue
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every ``endpoints`` module that ``name`` imports, at any depth of its code."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package[: len(package) - node.level + 1]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            candidates = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        else:
+            continue
+        found.update(
+            c for c in candidates if c in known and c != name and not name.startswith(c + ".")
+        )
+    return found
+
+
+@cache
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path that starts and ends at the same module, or None."""
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> list[str] | None:
+        if node in visiting:
+            return [*visiting[visiting.index(node) :], node]
+        if node in done:
+            return None
+        visiting.append(node)
+        for target in sorted(graph[node]):
+            cycle = visit(target)
+            if cycle:
+                return cycle
+        visiting.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        cycle = visit(start)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_find_cycle_sees_a_cycle_through_three_modules():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_imports_count_function_level_and_relative_imports(tmp_path: Path):
+    module = tmp_path / "mod.py"
+    module.write_text("def f():\n    from . import tasks\n    from .kv import x\n")
+    known = {"endpoints.tasks", "endpoints.kv", "endpoints.mod"}
+    assert _imports("endpoints.mod", module, known) == {"endpoints.tasks", "endpoints.kv"}
+
+
+def test_endpoints_has_no_import_cycle():
+    assert find_cycle(import_graph()) is None
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [
+        ("endpoints.models", "endpoints.services"),
+        ("endpoints.registry", "endpoints.provisioning"),
+        ("endpoints.gateway", "endpoints.registry"),
+        ("endpoints.gateway", "endpoints.provisioning"),
+        ("endpoints.gateway", "endpoints.web"),
+        ("endpoints.provisioning", "endpoints.web"),
+        ("endpoints.provisioning", "endpoints.api"),
+        ("endpoints.services", "endpoints.web"),
+        ("endpoints.services", "endpoints.api"),
+        ("endpoints.runtime", "endpoints.provisioning"),
+    ],
+)
+def test_lower_layers_do_not_import_upper_ones(lower: str, upper: str):
+    graph = import_graph()
+    offenders = {
+        (module, target)
+        for module, targets in graph.items()
+        if module == lower or module.startswith(lower + ".")
+        for target in targets
+        if target == upper or target.startswith(upper + ".")
+    }
+    assert offenders == set()
+
+
+def test_no_module_is_over_the_line_limit():
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in _modules().values()
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}

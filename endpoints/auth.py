@@ -16,6 +16,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from .errors import PermissionDenied
 from .models import (
     PERMISSION_RANK,
     AccessToken,
@@ -93,6 +94,12 @@ def can_create_endpoint(user: AbstractBaseUser | AnonymousUser) -> bool:
     return bool(
         user.is_authenticated and user.is_active and user.has_perm("endpoints.add_servingendpoint")
     )
+
+
+def require_admin(user: AbstractBaseUser | AnonymousUser, action: str) -> None:
+    """Service principals and other users' tokens are for admins (superusers) only."""
+    if not (user.is_authenticated and user.is_active and user.is_superuser):
+        raise PermissionDenied(f"Only admins {action}.")
 
 
 class TokenAuthentication(authentication.BaseAuthentication):

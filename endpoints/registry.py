@@ -191,7 +191,7 @@ def get_version(name: str, version: str) -> ModelVersionInfo:
     return _version_info(mv)
 
 
-def served_versions(name: str) -> dict[str, str]:
+def stage_versions(name: str) -> dict[str, str]:
     """{version: stage} for every version now in Staging or Production."""
     return {v.version: v.stage for v in get_model(name).versions if v.stage in SERVED_STAGES}
 

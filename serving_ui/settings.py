@@ -195,8 +195,11 @@ SERVING = {
     "REPLICA_HOST": envstr("SERVING_REPLICA_HOST", "127.0.0.1"),
     "REPLICA_PORT_MIN": envint("SERVING_REPLICA_PORT_MIN", "20000"),
     "REPLICA_PORT_MAX": envint("SERVING_REPLICA_PORT_MAX", "29999"),
-    # The most replicas this host runs at once, over all endpoints (~300 MiB each).
-    "MAX_REPLICAS_PER_HOST": envint("SERVING_MAX_REPLICAS_PER_HOST", "16"),
+    # The most replicas one endpoint version runs at once (~300 MiB each); it caps the
+    # largest workload size. The old variable name is still read for existing installs.
+    "MAX_REPLICAS_PER_VERSION": envint(
+        "SERVING_MAX_REPLICAS_PER_VERSION", os.environ.get("SERVING_MAX_REPLICAS_PER_HOST", "16")
+    ),
     "REPLICA_CONCURRENCY": 4,
     "REQUEST_TIMEOUT_SECONDS": envfloat("SERVING_REQUEST_TIMEOUT_SECONDS", "120"),
     "MAX_PAYLOAD_BYTES": envint("SERVING_MAX_PAYLOAD_BYTES", str(16 * 1024 * 1024)),

@@ -22,7 +22,7 @@ def plan(**overrides):
         "low_since": None,
         "now": NOW,
         "per_replica": 4,
-        "host_cap": 16,
+        "max_replicas": 16,
         "scale_to_zero_after": 900,
         "scale_down_after": 60,
     }
@@ -41,11 +41,11 @@ def plan(**overrides):
     ],
 )
 def test_workload_sizes_are_concurrency_ranges_of_four_per_replica(size, scale_to_zero, expected):
-    assert replica_range(size, scale_to_zero, per_replica=4, host_cap=16) == expected
+    assert replica_range(size, scale_to_zero, per_replica=4, max_replicas=16) == expected
 
 
-def test_the_host_cap_bounds_the_largest_size():
-    assert replica_range("Large", False, per_replica=4, host_cap=6) == (4, 6)
+def test_the_max_replicas_bounds_the_largest_size():
+    assert replica_range("Large", False, per_replica=4, max_replicas=6) == (4, 6)
 
 
 def test_load_scales_up_at_once_within_the_range():

@@ -27,10 +27,10 @@ class Decision:
 
 
 def replica_range(
-    workload_size: str, scale_to_zero: bool, *, per_replica: int, host_cap: int
+    workload_size: str, scale_to_zero: bool, *, per_replica: int, max_replicas: int
 ) -> tuple[int, int]:
     low, high = WORKLOAD_CONCURRENCY[workload_size]
-    most = max(1, min(math.ceil(high / per_replica), host_cap))
+    most = max(1, min(math.ceil(high / per_replica), max_replicas))
     least = 0 if scale_to_zero else min(math.ceil(low / per_replica), most)
     return least, most
 
@@ -46,7 +46,7 @@ def decide(
     low_since: float | None,
     now: float,
     per_replica: int,
-    host_cap: int,
+    max_replicas: int,
     scale_to_zero_after: float,
     scale_down_after: float,
 ) -> Decision:
@@ -55,7 +55,7 @@ def decide(
     ``last_activity`` is the newest of the last request and the moment the version
     became ready (a version nobody called yet still gets its quiet period)."""
     least, most = replica_range(
-        workload_size, scale_to_zero, per_replica=per_replica, host_cap=host_cap
+        workload_size, scale_to_zero, per_replica=per_replica, max_replicas=max_replicas
     )
     if scale_to_zero:
         if wake and current == 0:

@@ -408,7 +408,7 @@ def _mark_stopped(replica: Replica, message: str) -> None:
 def converge(state: Pass) -> None:
     endpoint = state.endpoint
     try:
-        served = registry.served_versions(endpoint.registered_model_name)
+        served = registry.stage_versions(endpoint.registered_model_name)
     except registry.ModelNotFound:
         served = None
     except registry.RegistryError as exc:
@@ -613,7 +613,7 @@ def _desired_count(state: Pass, version: EndpointVersion, config: ComputeConfig)
         low_since=float(low_since_raw) if low_since_raw else None,
         now=now,
         per_replica=serving("REPLICA_CONCURRENCY"),
-        host_cap=serving("MAX_REPLICAS_PER_HOST"),
+        max_replicas=serving("MAX_REPLICAS_PER_VERSION"),
         scale_to_zero_after=serving("SCALE_TO_ZERO_AFTER_SECONDS"),
         scale_down_after=SCALE_DOWN_AFTER_SECONDS,
     )

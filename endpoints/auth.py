@@ -1,4 +1,4 @@
-"""Token authentication and per-endpoint permission checks.
+"""Token and permission rules, shared by the scoring gateway, the API and the UI.
 
 Tokens arrive as ``Authorization: Bearer <token>`` or as HTTP basic auth with the user
 ``token`` and the token as password (``curl -u token:$TOKEN``). Only a token's SHA-256 is
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import timedelta
+from collections.abc import Collection
+from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import QuerySet
 from django.utils import timezone
-from rest_framework import authentication, exceptions
 
 from .errors import PermissionDenied
 from .models import (
@@ -51,24 +52,39 @@ def token_from_authorization(header: str | None) -> str | None:
     return None
 
 
-def token_for(raw: str) -> AccessToken | None:
-    """The active token row for a plaintext token (None when unknown, revoked or expired)."""
-    token = (
+def active_tokens(digest: str) -> QuerySet[AccessToken]:
+    """The token row (with its user) for a token's hash, if it may be used: not revoked,
+    not expired, and its user still active."""
+    return (
         AccessToken.objects.active()
         .select_related("user")
-        .filter(token_hash=hash_token(raw), user__is_active=True)
-        .first()
+        .filter(token_hash=digest, user__is_active=True)
     )
+
+
+def token_for(raw: str) -> AccessToken | None:
+    """The active token row for a plaintext token (None when unknown, revoked or expired)."""
+    token = active_tokens(hash_token(raw)).first()
     if token is not None:
-        touch_last_used(token)
+        now = timezone.now()
+        if last_use_due(token.last_used_at, now):
+            touch_last_used([token.pk], now=now)
+            token.last_used_at = now
     return token
 
 
-def touch_last_used(token: AccessToken) -> None:
-    now = timezone.now()
-    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
-        AccessToken.objects.filter(pk=token.pk).update(last_used_at=now)
-        token.last_used_at = now
+def last_use_due(last_used_at: datetime | None, now: datetime) -> bool:
+    """Whether a token's use at ``now`` is worth writing down."""
+    return last_used_at is None or now - last_used_at > LAST_USED_RESOLUTION
+
+
+def touch_last_used(token_pks: Collection[int], *, now: datetime | None = None) -> None:
+    """Set ``last_used_at`` of these tokens, skipping those written within the resolution
+    (another process may just have done it)."""
+    now = now or timezone.now()
+    AccessToken.objects.filter(pk__in=token_pks).exclude(
+        last_used_at__gt=now - LAST_USED_RESOLUTION
+    ).update(last_used_at=now)
 
 
 def permission_level(
@@ -82,11 +98,16 @@ def permission_level(
     return row.level if row else None
 
 
+def level_allows(held: str | None, required: str) -> bool:
+    """Whether holding ``held`` (None: nothing) grants ``required``: each level includes
+    the ones below it."""
+    return held is not None and PERMISSION_RANK[held] >= PERMISSION_RANK[required]
+
+
 def has_permission(
     user: AbstractBaseUser | AnonymousUser, endpoint: ServingEndpoint, level: str
 ) -> bool:
-    held = permission_level(user, endpoint)
-    return held is not None and PERMISSION_RANK[held] >= PERMISSION_RANK[level]
+    return level_allows(permission_level(user, endpoint), level)
 
 
 def can_create_endpoint(user: AbstractBaseUser | AnonymousUser) -> bool:
@@ -100,25 +121,3 @@ def require_admin(user: AbstractBaseUser | AnonymousUser, action: str) -> None:
     """Service principals and other users' tokens are for admins (superusers) only."""
     if not (user.is_authenticated and user.is_active and user.is_superuser):
         raise PermissionDenied(f"Only admins {action}.")
-
-
-class TokenAuthentication(authentication.BaseAuthentication):
-    """DRF authentication with the same tokens as the scoring gateway."""
-
-    def authenticate(self, request):
-        header = request.META.get("HTTP_AUTHORIZATION")
-        if not header:
-            return None
-        raw = token_from_authorization(header)
-        if raw is None:
-            raise exceptions.AuthenticationFailed(
-                "Malformed Authorization header: use 'Bearer <token>' or basic auth with user "
-                "'token' and the token as password."
-            )
-        token = token_for(raw)
-        if token is None:
-            raise exceptions.AuthenticationFailed("Invalid, expired or revoked access token.")
-        return (token.user, token)
-
-    def authenticate_header(self, request) -> str:
-        return 'Bearer realm="api"'

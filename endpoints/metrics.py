@@ -2,7 +2,8 @@
 
 The gateway adds request counts, errors and latency per bucket (each process flushes its
 own counters about once a second); the reconcile loop records the replica count. Requests
-refused for rate limits or failed authentication are not counted (as on the reference).
+refused for rate limits or failed authentication are not counted: they say nothing about
+how the model serves.
 """
 
 from __future__ import annotations

@@ -13,11 +13,6 @@ import pytest
 
 from endpoints.errors import BadRequest, PayloadTooLarge, RateLimited, Unauthenticated
 from endpoints.gateway.app import (
-    JSON,
-    LoadTracker,
-    ReplicaTimeout,
-    ReplicaUnreachable,
-    Upstream,
     error_answer,
     normalise_request,
     parse_path,
@@ -25,6 +20,8 @@ from endpoints.gateway.app import (
     status_line,
     translate_answer,
 )
+from endpoints.gateway.reporting import LoadTracker
+from endpoints.gateway.upstream import JSON, ReplicaTimeout, ReplicaUnreachable, Upstream
 
 # --- URLs --------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from endpoints.models import (
     ServiceState,
     ServingEndpoint,
     StageAlias,
+    hash_token,
 )
 
 pytestmark = pytest.mark.django_db
@@ -154,7 +155,7 @@ def test_an_expired_token_is_refused_from_the_cache(owner):
     snapshot = _snapshot()
     assert snapshot.user_for(plaintext) is not None
     # Expiry is checked on every use, without asking the database again.
-    snapshot._tokens[routing.token_hash(plaintext)] = routing.CachedToken(
+    snapshot._tokens[hash_token(plaintext)] = routing.CachedToken(
         token_pk=token.pk, user=owner, expires_at=timezone.now() - timedelta(seconds=1)
     )
     assert snapshot.user_for(plaintext) is None

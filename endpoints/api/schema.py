@@ -9,7 +9,7 @@ from drf_spectacular.openapi import AutoSchema
 
 
 class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
-    target_class = "endpoints.auth.TokenAuthentication"
+    target_class = "endpoints.api.authentication.TokenAuthentication"
     name = ["tokenAuth", "tokenBasicAuth"]
 
     def get_security_requirement(self, auto_schema: AutoSchema) -> list[dict[str, list[Any]]]:

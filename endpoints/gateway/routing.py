@@ -13,7 +13,6 @@ picked up a few seconds later anyway.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 import time
@@ -27,11 +26,9 @@ from django.db import connections
 from django.utils import timezone
 
 from endpoints import kv
-from endpoints.auth import permission_level
+from endpoints.auth import active_tokens, hash_token, level_allows, permission_level
 from endpoints.errors import NotFound, Unavailable
 from endpoints.models import (
-    PERMISSION_RANK,
-    AccessToken,
     ComputeConfig,
     EndpointVersion,
     Replica,
@@ -105,6 +102,11 @@ class RoutingTable:
         if not target.routable and not target.replicas:
             raise Unavailable(_not_ready_message(target))
         return target
+
+    def lookup(self, target: Target) -> Target | None:
+        """``target`` as this table has it (None when its endpoint or version is gone)."""
+        routes = self.endpoints.get(target.model_name)
+        return routes.versions.get(target.version) if routes else None
 
     def addresses(self) -> set[Address]:
         return {
@@ -241,18 +243,8 @@ class CachedToken:
         return self.expires_at is None or self.expires_at > timezone.now()
 
 
-def token_hash(raw: str) -> str:
-    return hashlib.sha256(raw.encode()).hexdigest()
-
-
 def _load_token(digest: str) -> CachedToken | None:
-    token = (
-        AccessToken.objects.active()
-        .select_related("user")
-        .filter(token_hash=digest, user__is_active=True)
-        .only("pk", "expires_at", "user")
-        .first()
-    )
+    token = active_tokens(digest).only("pk", "expires_at", "user").first()
     if token is None:
         return None
     return CachedToken(token_pk=token.pk, user=token.user, expires_at=token.expires_at)
@@ -280,7 +272,7 @@ class Snapshot:
         Unknown tokens are cached too: a token cannot be used before it exists, and
         creating one yields a hash nobody has tried, so a cached miss never hides a new
         token while it keeps a client that retries a wrong token from costing SQL."""
-        digest = token_hash(raw_token)
+        digest = hash_token(raw_token)
         try:
             cached = self._tokens[digest]
         except KeyError:
@@ -304,8 +296,7 @@ class Snapshot:
             return level
 
     def may(self, user: AbstractBaseUser, routes: EndpointRoutes, level: str) -> bool:
-        held = self.permission(user, routes)
-        return held is not None and PERMISSION_RANK[held] >= PERMISSION_RANK[level]
+        return level_allows(self.permission(user, routes), level)
 
 
 def run_db(fn, *args):

@@ -1,25 +1,41 @@
-"""Reads: the exact JSON shapes of SPEC §8, shared by the REST API and the UI."""
+"""Reads: the JSON shapes the REST API answers with, shared by the UI, and the queries
+behind them.
+
+Reads that are restricted check the caller here, so every interface gets the same answer:
+an endpoint the user may not view does not exist, service principals are for admins.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+import redis
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
-from .auth import has_permission
+from . import metrics
+from .auth import has_permission, require_admin
+from .errors import NotFound, Unavailable
 from .models import (
     WORKLOAD_CONCURRENCY,
+    AccessToken,
     ComputeConfig,
+    EndpointPermission,
     EndpointVersion,
     Event,
     PermissionLevel,
     Replica,
     ReplicaState,
+    ServicePrincipal,
     ServiceState,
     ServingEndpoint,
     Stage,
 )
+
+# The window get-version-metrics covers when the caller names no start.
+DEFAULT_METRICS_WINDOW_MS = 3600 * 1000
 
 
 def workload_spec_json(config: ComputeConfig) -> dict[str, Any]:
@@ -71,13 +87,35 @@ def version_status_json(version: EndpointVersion) -> dict[str, Any]:
     }
 
 
-def served_versions(endpoint: ServingEndpoint) -> QuerySet[EndpointVersion]:
-    """Versions that serve or are being brought up (retired ones that still drain included)."""
+def deployed_versions(endpoint: ServingEndpoint) -> QuerySet[EndpointVersion]:
+    """Versions with a deployment: serving, being brought up, or retired and still draining.
+
+    Not the registry's view (which versions *should* serve): a version counts here once the
+    worker has started deploying it."""
     return (
         endpoint.versions.exclude(service_state=ServiceState.UNKNOWN)
         .select_related("endpoint", "service_config", "target_config")
         .order_by("-created_at")
     )
+
+
+def endpoint_version(
+    endpoint: ServingEndpoint, name: str, *, deployed_only: bool = False
+) -> EndpointVersion:
+    """A version of ``endpoint``: any it ever had, or only a deployed one (``deployed_only``)."""
+    versions = deployed_versions(endpoint) if deployed_only else endpoint.versions.all()
+    version = versions.filter(version=name).first()
+    if version is None:
+        raise NotFound(
+            f"Endpoint version '{name}' of registered model "
+            f"'{endpoint.registered_model_name}' does not exist."
+        )
+    return version
+
+
+def enabled_endpoint(name: str) -> ServingEndpoint | None:
+    """The endpoint of model ``name`` if serving is on, whoever asks."""
+    return ServingEndpoint.objects.filter(registered_model_name=name, enabled=True).first()
 
 
 def aliases_json(endpoint: ServingEndpoint) -> list[dict[str, str]]:
@@ -88,7 +126,7 @@ def aliases_json(endpoint: ServingEndpoint) -> list[dict[str, str]]:
 
 
 def sidebar_label(version: EndpointVersion) -> str:
-    """The status word the reference UI shows in the version list."""
+    """The one status word of a version in the UI's version list."""
     if version.config_update_state == ServiceState.PENDING:
         return "Updating"
     if version.config_update_state == ServiceState.FAILED:
@@ -117,6 +155,41 @@ def live_replicas(version: EndpointVersion) -> QuerySet[Replica]:
     return version.replicas.filter(state__in=[ReplicaState.PENDING, ReplicaState.RUNNING])
 
 
+def version_replica(version: EndpointVersion, replica_id: str) -> Replica:
+    replica = version.replicas.filter(replica_id=replica_id).first()
+    if replica is None:
+        raise NotFound(f"Replica '{replica_id}' of version {version.version} does not exist.")
+    return replica
+
+
+def endpoint_events(
+    endpoint: ServingEndpoint,
+    *,
+    limit: int,
+    version_name: str = "",
+    start_timestamp: int | None = None,
+) -> QuerySet[Event]:
+    """Newest first; only one version's when ``version_name`` is given."""
+    events = endpoint.events.all()
+    if version_name:
+        events = events.filter(endpoint_version_name=version_name)
+    if start_timestamp is not None:
+        events = events.filter(timestamp__gte=start_timestamp)
+    return events[:limit]
+
+
+def version_metrics(
+    version: EndpointVersion, *, start_timestamp: int | None, end_timestamp: int | None
+) -> list[dict[str, Any]]:
+    """Metric points between the timestamps (ms); by default the hour up to now."""
+    end = int(time.time() * 1000) if end_timestamp is None else end_timestamp
+    start = max(0, end - DEFAULT_METRICS_WINDOW_MS) if start_timestamp is None else start_timestamp
+    try:
+        return metrics.series(version.pk, start, end)
+    except redis.RedisError as exc:
+        raise Unavailable(f"Metrics are unavailable: {exc}") from exc
+
+
 def event_json(event: Event) -> dict[str, Any]:
     data: dict[str, Any] = {
         "timestamp": event.timestamp,
@@ -143,3 +216,58 @@ def supported_workload_sizes() -> list[dict[str, Any]]:
 def endpoints_visible_to(user: AbstractBaseUser) -> list[ServingEndpoint]:
     endpoints = ServingEndpoint.objects.filter(enabled=True).select_related("creator")
     return [e for e in endpoints if has_permission(user, e, PermissionLevel.CAN_VIEW)]
+
+
+def user_named(user_name: str) -> AbstractBaseUser:
+    user = get_user_model().objects.filter(username=user_name).first()
+    if user is None:
+        raise NotFound(f"User '{user_name}' does not exist.")
+    return user
+
+
+def access_control_list_json(endpoint: ServingEndpoint) -> dict[str, Any]:
+    """Who holds which level: the creator (inherited CAN_MANAGE) first, then the grants by
+    user name. Admins hold CAN_MANAGE everywhere and are not listed."""
+    entries = []
+    if endpoint.creator is not None:
+        entries.append(
+            {
+                "user_name": endpoint.creator.get_username(),
+                "permission_level": PermissionLevel.CAN_MANAGE,
+                "inherited": True,
+            }
+        )
+    entries.extend(
+        {"user_name": g.user.get_username(), "permission_level": g.level, "inherited": False}
+        for g in endpoint_grants(endpoint).order_by("user__username")
+    )
+    return {"registered_model_name": endpoint.registered_model_name, "access_control_list": entries}
+
+
+def endpoint_grants(endpoint: ServingEndpoint) -> QuerySet[EndpointPermission]:
+    return EndpointPermission.objects.filter(endpoint=endpoint).select_related("user")
+
+
+def active_tokens(user: AbstractBaseUser) -> QuerySet[AccessToken]:
+    """Tokens that work now: neither revoked nor expired."""
+    return AccessToken.objects.active().filter(user=user)
+
+
+def unrevoked_tokens(user: AbstractBaseUser) -> QuerySet[AccessToken]:
+    """Tokens not revoked, expired ones included: they are still worth revoking."""
+    return AccessToken.objects.filter(user=user, revoked_at__isnull=True)
+
+
+def service_principals(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[ServicePrincipal]:
+    """Every service principal, for admins only."""
+    require_admin(user, "manage service principals")
+    return ServicePrincipal.objects.select_related("user", "created_by")
+
+
+def service_principal_named(
+    *, user: AbstractBaseUser | AnonymousUser, user_name: str
+) -> ServicePrincipal:
+    principal = service_principals(user=user).filter(user__username=user_name).first()
+    if principal is None:
+        raise NotFound(f"Service principal '{user_name}' does not exist.")
+    return principal

@@ -9,7 +9,8 @@ transaction has committed (the periodic reconcile would get there anyway).
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -17,8 +18,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import registry, triggers
-from .auth import can_create_endpoint, has_permission
+from . import registry, selectors, triggers
+from .auth import can_create_endpoint, has_permission, require_admin
 from .errors import (
     AlreadyExists,
     Conflict,
@@ -45,6 +46,9 @@ from .models import (
 )
 
 log = logging.getLogger(__name__)
+
+# Not yet a member of EventType: the API's event schema lists it beside them.
+PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -285,6 +289,13 @@ def token_create(
     return token, plaintext
 
 
+def token_expiry(*, lifetime_seconds: int | None) -> datetime | None:
+    """When a token created now with this lifetime expires (None: never)."""
+    if lifetime_seconds is None:
+        return None
+    return timezone.now() + timedelta(seconds=lifetime_seconds)
+
+
 @transaction.atomic
 def token_revoke(*, token_id: int, user: AbstractBaseUser) -> AccessToken:
     token = AccessToken.objects.select_for_update().filter(pk=token_id).first()
@@ -301,8 +312,7 @@ def token_revoke(*, token_id: int, user: AbstractBaseUser) -> AccessToken:
 def service_principal_create(
     *, username: str, display_name: str = "", by: AbstractBaseUser
 ) -> ServicePrincipal:
-    if not by.is_superuser:
-        raise PermissionDenied("Only admins create service principals.")
+    require_admin(by, "create service principals")
     User = get_user_model()
     try:
         principal_user = User.objects.create(username=username)
@@ -316,21 +326,51 @@ def service_principal_create(
 
 
 @transaction.atomic
+def service_principal_token_create(
+    *,
+    principal: ServicePrincipal,
+    by: AbstractBaseUser,
+    name: str = "",
+    expires_at: datetime | None = None,
+) -> tuple[AccessToken, str]:
+    """A token for ``principal``, created by an admin; returned with its plaintext."""
+    require_admin(by, "manage service principals")
+    return token_create(user=principal.user, name=name, expires_at=expires_at)
+
+
+@transaction.atomic
 def permission_set(
     *, endpoint: ServingEndpoint, user: AbstractBaseUser, level: str | None, by: AbstractBaseUser
 ) -> EndpointPermission | None:
     """Grant ``level`` to ``user`` on ``endpoint``; ``level=None`` removes the grant."""
     if not has_permission(by, endpoint, PermissionLevel.CAN_MANAGE):
         raise PermissionDenied("Changing permissions needs CAN_MANAGE on the endpoint.")
-    invalidate_caches()
-    if level is None:
-        EndpointPermission.objects.filter(endpoint=endpoint, user=user).delete()
-        return None
-    if level not in PermissionLevel.values:
+    if level is not None and level not in PermissionLevel.values:
         raise InvalidParameter(
             f"Invalid permission level '{level}': one of {', '.join(PermissionLevel.values)}."
         )
-    permission, _ = EndpointPermission.objects.update_or_create(
-        endpoint=endpoint, user=user, defaults={"level": level}
-    )
+    # Gateways cache who may query what: they must reload once this commits.
+    invalidate_caches()
+    name = user.get_username()
+    if level is None:
+        EndpointPermission.objects.filter(endpoint=endpoint, user=user).delete()
+        permission = None
+        change = f"Permission of {name} removed"
+    else:
+        permission, _ = EndpointPermission.objects.update_or_create(
+            endpoint=endpoint, user=user, defaults={"level": level}
+        )
+        change = f"{name} granted {level}"
+    Event.record(endpoint, PERMISSIONS_CHANGED, f"{change} by {user_label(by)}.")
     return permission
+
+
+@transaction.atomic
+def access_control_set(
+    *, name: str, entries: Iterable[tuple[str, str | None]], by: AbstractBaseUser
+) -> ServingEndpoint:
+    """Apply (user name, level or None) pairs to endpoint ``name``: all of them, or none."""
+    endpoint = get_endpoint_for_user(name, by, PermissionLevel.CAN_MANAGE)
+    for user_name, level in entries:
+        permission_set(endpoint=endpoint, user=selectors.user_named(user_name), level=level, by=by)
+    return endpoint

@@ -1,8 +1,9 @@
 """Request body parsing: JSON, also when a client labels it as a form.
 
 ``curl -d '{"registered_model_name": "ElasticNet"}' …`` sends a JSON body with curl's
-default ``application/x-www-form-urlencoded`` type; the reference API accepted that, and
-so do we. A body that is really a form is refused: the API speaks JSON only.
+default ``application/x-www-form-urlencoded`` type; MLflow's serving API accepted that, so
+scripts written for it work here unchanged. A body that is really a form is refused: the
+API speaks JSON only.
 """
 
 from __future__ import annotations

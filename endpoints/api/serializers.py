@@ -5,7 +5,7 @@ types (a string where a string is expected, a boolean where a boolean is), so wh
 OpenAPI schema promises is exactly what is accepted. Arguments of GET calls arrive as query
 parameters, which are always strings, so there the usual conversions apply.
 
-Response serializers describe the shapes of SPEC §8 for the OpenAPI schema; the bodies
+Response serializers describe the answers' shapes for the OpenAPI schema; the bodies
 themselves come from ``endpoints.selectors``. Tokens, permissions and service principals,
 which have no shape in the selectors, are shaped here.
 """
@@ -29,6 +29,7 @@ from endpoints.models import (
     Stage,
     WorkloadSize,
 )
+from endpoints.services import PERMISSIONS_CHANGED
 
 # Upper bound for timestamps in milliseconds: the largest integer a JSON number holds exactly.
 MAX_TIMESTAMP_MS = 2**53
@@ -223,7 +224,7 @@ class ServicePrincipalTokenRequest(TokenCreateRequest):
     )
 
 
-# --- responses (SPEC §8) -------------------------------------------------------------------
+# --- responses -----------------------------------------------------------------------------
 
 
 class ErrorResponse(serializers.Serializer):
@@ -314,7 +315,9 @@ class ReplicasResponse(serializers.Serializer):
 
 class EventInfo(serializers.Serializer):
     timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
-    type = serializers.ChoiceField(choices=EventType.choices)
+    type = serializers.ChoiceField(
+        choices=[*EventType.choices, (PERMISSIONS_CHANGED, "Permissions changed")]
+    )
     level = serializers.ChoiceField(choices=EventLevel.choices)
     message = serializers.CharField(allow_blank=True)
     endpoint_version_name = serializers.CharField(required=False)

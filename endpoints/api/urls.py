@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from . import views
+from . import access, views
 
 V2 = "2.0/preview/mlflow/endpoints-v2/"
 
@@ -58,8 +58,8 @@ urlpatterns = [
         views.UpdateComputeConfigView.as_view(),
         name="api-update-compute-config",
     ),
-    path(V2 + "get-permissions", views.GetPermissionsView.as_view(), name="api-get-permissions"),
-    path(V2 + "set-permissions", views.SetPermissionsView.as_view(), name="api-set-permissions"),
+    path(V2 + "get-permissions", access.GetPermissionsView.as_view(), name="api-get-permissions"),
+    path(V2 + "set-permissions", access.SetPermissionsView.as_view(), name="api-set-permissions"),
     # model registry
     path(
         "2.0/mlflow/databricks/model-versions/transition-stage",
@@ -72,23 +72,23 @@ urlpatterns = [
         name="api-transition-stage",
     ),
     # tokens
-    path("2.0/token/create", views.TokenCreateView.as_view(), name="api-token-create"),
-    path("2.0/token/list", views.TokenListView.as_view(), name="api-token-list"),
-    path("2.0/token/delete", views.TokenDeleteView.as_view(), name="api-token-delete"),
+    path("2.0/token/create", access.TokenCreateView.as_view(), name="api-token-create"),
+    path("2.0/token/list", access.TokenListView.as_view(), name="api-token-list"),
+    path("2.0/token/delete", access.TokenDeleteView.as_view(), name="api-token-delete"),
     # service principals (admins)
     path(
         "2.0/service-principals/create",
-        views.ServicePrincipalCreateView.as_view(),
+        access.ServicePrincipalCreateView.as_view(),
         name="api-service-principal-create",
     ),
     path(
         "2.0/service-principals/list",
-        views.ServicePrincipalListView.as_view(),
+        access.ServicePrincipalListView.as_view(),
         name="api-service-principal-list",
     ),
     path(
         "2.0/service-principals/create-token",
-        views.ServicePrincipalTokenView.as_view(),
+        access.ServicePrincipalTokenView.as_view(),
         name="api-service-principal-create-token",
     ),
     # Anything else under /api/ is a JSON 404, not an HTML page.

@@ -375,7 +375,7 @@ def _serving_context(
     """Everything the Serving tab shows; ``panel=False`` for the status poll, which
     refreshes the status, versions and live bits of the open tab, not its logs or events."""
     versions = sorted(
-        selectors.served_versions(endpoint), key=lambda v: v.version_number, reverse=True
+        selectors.deployed_versions(endpoint), key=lambda v: v.version_number, reverse=True
     )
     wanted = extra.pop("version_name", None) or request.GET.get("version", "")
     version = next((v for v in versions if v.version == wanted), versions[0] if versions else None)

@@ -1,0 +1,156 @@
+"""The REST API's access calls: tokens, per-endpoint permissions and service principals.
+
+Views parse, call ``endpoints.services`` or ``endpoints.selectors`` and answer; who may do
+what (CAN_MANAGE for permissions, admins for service principals) is checked there.
+"""
+
+from __future__ import annotations
+
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from endpoints import selectors, services
+
+from . import serializers as s
+from .base import GET_ARGS, PERMISSIONS, PRINCIPALS, TOKENS, ApiView, ManageView, doc, parse
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+class TokenCreateView(ManageView):
+    @doc(
+        "tokenCreate",
+        "Create a personal access token",
+        tag=TOKENS,
+        request=s.TokenCreateRequest,
+        response=s.TokenCreateResponse,
+        errors=(429,),
+        description="token_value is shown only in this answer; only its hash is stored.",
+    )
+    def post(self, request: Request) -> Response:
+        args = parse(request, s.TokenCreateRequest)
+        token, plaintext = services.token_create(
+            user=request.user,
+            name=args["comment"],
+            expires_at=services.token_expiry(lifetime_seconds=args["lifetime_seconds"]),
+        )
+        return Response({"token_value": plaintext, "token_info": s.TokenInfo(token).data})
+
+
+class TokenListView(ApiView):
+    @doc("tokenList", "The caller's active tokens", tag=TOKENS, response=s.TokenListResponse)
+    def get(self, request: Request) -> Response:
+        tokens = selectors.active_tokens(request.user)
+        return Response({"token_infos": s.TokenInfo(tokens, many=True).data})
+
+
+class TokenDeleteView(ManageView):
+    @doc(
+        "tokenDelete",
+        "Revoke one of the caller's tokens",
+        tag=TOKENS,
+        request=s.TokenDeleteRequest,
+        response=s.EmptyResponse,
+        errors=(429,),
+    )
+    def post(self, request: Request) -> Response:
+        args = parse(request, s.TokenDeleteRequest)
+        services.token_revoke(token_id=int(args["token_id"]), user=request.user)
+        return Response({})
+
+
+# --- permissions ---------------------------------------------------------------------------------
+
+
+class GetPermissionsView(ApiView):
+    @doc(
+        "endpointsV2GetPermissions",
+        "Who may view, query or manage an endpoint",
+        tag=PERMISSIONS,
+        query=s.ModelNameRequest,
+        response=s.PermissionsResponse,
+        description=GET_ARGS + " Admins hold CAN_MANAGE everywhere and are not listed.",
+    )
+    def get(self, request: Request) -> Response:
+        args = parse(request, s.ModelNameRequest)
+        endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
+        return Response(selectors.access_control_list_json(endpoint))
+
+
+class SetPermissionsView(ManageView):
+    @doc(
+        "endpointsV2SetPermissions",
+        "Grant or remove users' permissions on an endpoint",
+        tag=PERMISSIONS,
+        request=s.SetPermissionsRequest,
+        response=s.PermissionsResponse,
+        errors=(429,),
+        description="Needs CAN_MANAGE. A null permission_level removes the user's grant. "
+        "All entries apply, or none.",
+    )
+    def post(self, request: Request) -> Response:
+        args = parse(request, s.SetPermissionsRequest)
+        endpoint = services.access_control_set(
+            name=args["registered_model_name"],
+            entries=[(e["user_name"], e["permission_level"]) for e in args["access_control_list"]],
+            by=request.user,
+        )
+        return Response(selectors.access_control_list_json(endpoint))
+
+
+# --- service principals (admins) -------------------------------------------------------------
+
+
+class ServicePrincipalCreateView(ManageView):
+    @doc(
+        "servicePrincipalCreate",
+        "Create a service principal (admins)",
+        tag=PRINCIPALS,
+        request=s.ServicePrincipalCreateRequest,
+        response=s.ServicePrincipalResponse,
+        errors=(409, 429),
+        description="A non-human identity for automation: it cannot log in to the UI, it "
+        "holds tokens and per-endpoint permissions like a user.",
+    )
+    def post(self, request: Request) -> Response:
+        args = parse(request, s.ServicePrincipalCreateRequest)
+        principal = services.service_principal_create(
+            username=args["user_name"], display_name=args["display_name"], by=request.user
+        )
+        return Response({"service_principal": s.ServicePrincipalInfo(principal).data})
+
+
+class ServicePrincipalListView(ApiView):
+    @doc(
+        "servicePrincipalList",
+        "Every service principal (admins)",
+        tag=PRINCIPALS,
+        response=s.ServicePrincipalListResponse,
+    )
+    def get(self, request: Request) -> Response:
+        principals = selectors.service_principals(user=request.user)
+        return Response({"service_principals": s.ServicePrincipalInfo(principals, many=True).data})
+
+
+class ServicePrincipalTokenView(ManageView):
+    @doc(
+        "servicePrincipalCreateToken",
+        "Create a token for a service principal (admins)",
+        tag=PRINCIPALS,
+        request=s.ServicePrincipalTokenRequest,
+        response=s.TokenCreateResponse,
+        errors=(429,),
+        description="token_value is shown only in this answer.",
+    )
+    def post(self, request: Request) -> Response:
+        args = parse(request, s.ServicePrincipalTokenRequest)
+        principal = selectors.service_principal_named(
+            user=request.user, user_name=args["user_name"]
+        )
+        token, plaintext = services.service_principal_token_create(
+            principal=principal,
+            by=request.user,
+            name=args["comment"],
+            expires_at=services.token_expiry(lifetime_seconds=args["lifetime_seconds"]),
+        )
+        return Response({"token_value": plaintext, "token_info": s.TokenInfo(token).data})

@@ -16,8 +16,10 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeVar
 
 import redis
 from django.conf import settings
@@ -39,6 +41,8 @@ from endpoints.models import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_AGE_SECONDS = 5.0
 # After Redis failed to answer, the generation is not asked for again for this long, so an
@@ -299,8 +303,8 @@ class Snapshot:
         return level_allows(self.permission(user, routes), level)
 
 
-def run_db(fn, *args):
-    """Run a database read from a gateway thread and close the thread's connection after.
+def run_db(fn: Callable[..., T], *args: Any) -> T:
+    """Run database work from a gateway thread and close the thread's connection after.
 
     The gateway's raw WSGI path never sends Django's request_finished signal, so nothing
     else would close connections that worker threads open. A caller inside a transaction

@@ -1,0 +1,109 @@
+"""One reconcile pass over one endpoint: observe, plan, apply, step by step.
+
+Each step reads fresh state (``observe``), asks the pure planner what to do (``health``,
+``plan``) and executes it (``apply``), so a later step sees what an earlier one did: a
+replica found healthy makes its version READY in the same pass, and that version gets
+its stage alias in the same pass too.
+"""
+
+from __future__ import annotations
+
+from endpoints.models import ComputeConfig, EndpointVersion, ServingEndpoint, Stage
+from endpoints.runtime import get_runtime
+
+from . import observe, plan
+from .actions import Action, PrepareVersion
+from .apply import Pass, execute
+from .health import plan_replica
+
+
+def run_pass(pk: int) -> bool:
+    """One reconcile pass; True when a follow-up pass should come soon."""
+    endpoint = ServingEndpoint.objects.filter(pk=pk).first()
+    if endpoint is None:
+        return False
+    run = Pass(endpoint, get_runtime())
+    check_replicas(run)
+    if endpoint.enabled:
+        converge(run)
+    else:
+        teardown(run)
+    run.finish()
+    return run.pending
+
+
+def check_replicas(run: Pass) -> None:
+    """Update replica rows from what their processes do."""
+    limits = observe.limits()
+    for replica, health in observe.replica_health(run.endpoint, run.runtime):
+        execute(run, plan_replica(replica=replica, health=health, now=observe.now(), limits=limits))
+
+
+def teardown(run: Pass) -> None:
+    endpoint = run.endpoint
+    planned = plan.plan_teardown(
+        endpoint=observe.endpoint_view(endpoint),
+        versions=observe.versions(endpoint),
+        has_aliases=endpoint.aliases.exists(),
+        replicas_left=observe.replicas_left(endpoint),
+    )
+    execute(run, planned)
+
+
+def converge(run: Pass) -> None:
+    endpoint = run.endpoint
+    registry = observe.registry_stages(endpoint.registered_model_name)
+    if registry.error:
+        execute(run, plan.plan_registry_unavailable(error=registry.error))
+        return
+    execute(run, plan.plan_sync(stages=registry.stages, versions=observe.versions(endpoint)))
+    configs = {stage: _config_for(endpoint, stage) for stage in Stage.values}
+    alias_targets = set(observe.aliases(endpoint).values())
+    for version in observe.version_rows(endpoint):
+        if version.desired:
+            converge_version(run, version, configs[version.registry_stage])
+        elif version.version in alias_targets:
+            # Left its stage, but the stage's new version is not ready: keep it serving.
+            view = observe.version_view(version, replacing=run.replaced.get(version.version, 0))
+            execute(run, plan.plan_heal(version=view))
+    planned = plan.plan_serving(
+        endpoint=observe.endpoint_view(endpoint),
+        versions=observe.versions(endpoint),
+        aliases=observe.aliases(endpoint),
+        model_exists=registry.exists,
+    )
+    execute(run, planned)
+
+
+def _config_for(endpoint: ServingEndpoint, stage: str) -> ComputeConfig:
+    config = endpoint.current_compute_config(stage)
+    if config is None:  # endpoints created before configs existed, or by hand in the admin
+        config = ComputeConfig.objects.create(endpoint=endpoint, stage=stage)
+    return config
+
+
+def converge_version(run: Pass, version: EndpointVersion, config: ComputeConfig) -> None:
+    planned = _plan_version(run, version, config)
+    execute(run, planned)
+    if not any(isinstance(action, PrepareVersion) for action in planned):
+        return
+    version = observe.version_row(version.pk)
+    error = run.build_errors.get(version.version)
+    if error:
+        failed = plan.fail_version(
+            observe.version_view(version), error, config=config.pk, build=True
+        )
+        execute(run, failed)
+    else:  # prepared: plan again, now that it can start
+        execute(run, _plan_version(run, version, config))
+
+
+def _plan_version(run: Pass, version: EndpointVersion, config: ComputeConfig) -> list[Action]:
+    view = observe.version_view(version, replacing=run.replaced.get(version.version, 0))
+    return plan.plan_version(
+        version=view,
+        config=observe.config_view(config),
+        load=observe.load_of(version.pk),
+        now=observe.now(),
+        limits=observe.limits(),
+    )

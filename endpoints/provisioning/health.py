@@ -1,0 +1,155 @@
+"""What to do about one replica, given what its process does: a pure function, no I/O.
+
+Policy:
+- A *Pending* replica that answers ``/ping`` becomes Running (routing changes). One that
+  does not answer within ``replica_start_timeout`` is killed and counts as a failed start.
+- A *Running* replica that fails ``probe_failures_before_restart`` probes in a row (not
+  one) is killed and replaced; a healthy probe resets the count.
+- A process that exited is an Error with the tail of its output: while loading the model
+  it counts as a failed start, while serving it is replaced (restarts + 1).
+- A *Terminating* replica that exited is Terminated; one still finishing requests after
+  the request timeout + 10 s is killed.
+- A row without a pid (the worker died between writing the row and starting the
+  process) adopts the process carrying its replica id, or expires after
+  ``unstarted_row_seconds``.
+"""
+
+from __future__ import annotations
+
+from endpoints.models import EventType, ReplicaState
+
+from .actions import (
+    Action,
+    AdoptProcess,
+    CountStartFailure,
+    FollowUp,
+    KillProcess,
+    MarkError,
+    MarkRunning,
+    MarkStopped,
+    NoteReplacement,
+    PublishRouting,
+    RecordEvent,
+    SetProbeFailures,
+)
+from .snapshot import Health, Limits, ReplicaView
+
+
+def plan_replica(
+    *, replica: ReplicaView, health: Health, now: float, limits: Limits
+) -> list[Action]:
+    if replica.state == ReplicaState.TERMINATING:
+        return _terminating(replica, health, now, limits)
+    if replica.pid is None:
+        return _unstarted(replica, health, now, limits)
+    if not health.alive:
+        return _exited(replica)
+    if replica.state == ReplicaState.PENDING:
+        return _starting(replica, health, now, limits)
+    return _running(replica, health, limits)
+
+
+def _event(type: str, replica: ReplicaView, message: str) -> RecordEvent:
+    return RecordEvent(type, message, version=replica.version, replica_id=replica.replica_id)
+
+
+def _terminating(replica: ReplicaView, health: Health, now: float, limits: Limits) -> list[Action]:
+    actions: list[Action] = []
+    if replica.pid and health.alive:
+        since = replica.stopped_at if replica.stopped_at is not None else now
+        if now - since < limits.terminate_grace:
+            return [FollowUp()]  # still finishing its requests
+        actions.append(KillProcess(replica.replica_id))
+    return [
+        *actions,
+        MarkStopped(replica.replica_id, replica.message or "Stopped."),
+        _event(EventType.REPLICA_STOPPED, replica, f"Replica {replica.replica_id} stopped."),
+    ]
+
+
+def _unstarted(replica: ReplicaView, health: Health, now: float, limits: Limits) -> list[Action]:
+    if health.found_pid is not None:
+        return [
+            AdoptProcess(replica.replica_id, health.found_pid),
+            FollowUp(),
+            _event(
+                EventType.REPLICA_ADOPTED,
+                replica,
+                f"Replica {replica.replica_id} (pid {health.found_pid}) adopted after a "
+                "worker restart.",
+            ),
+        ]
+    if now - replica.created_at > limits.unstarted_row_seconds:
+        return [MarkError(replica.replica_id, "The replica process never started.")]
+    return [FollowUp()]
+
+
+def _exited(replica: ReplicaView) -> list[Action]:
+    if replica.running:
+        actions: list[Action] = [
+            PublishRouting(),
+            NoteReplacement(replica.version, replica.restarts + 1),
+        ]
+        message, when = "The model server exited unexpectedly.", "while serving."
+    else:
+        actions = [CountStartFailure(replica.version)]
+        message = "The model server exited while loading the model."
+        when = "while loading the model."
+    return [
+        *actions,
+        MarkError(replica.replica_id, message, with_log_tail=True),
+        _event(EventType.REPLICA_CRASHED, replica, f"Replica {replica.replica_id} exited {when}"),
+    ]
+
+
+def _starting(replica: ReplicaView, health: Health, now: float, limits: Limits) -> list[Action]:
+    if health.healthy:
+        return [
+            MarkRunning(replica.replica_id),
+            PublishRouting(),
+            _event(
+                EventType.REPLICA_READY,
+                replica,
+                f"Replica {replica.replica_id} is ready on {replica.address}.",
+            ),
+        ]
+    age = now - replica.created_at
+    if age < limits.replica_start_timeout:
+        return [FollowUp()]
+    return [
+        KillProcess(replica.replica_id),
+        CountStartFailure(replica.version),
+        MarkError(
+            replica.replica_id,
+            f"The model server did not answer its health check within {age:.0f} seconds.",
+            with_log_tail=True,
+        ),
+        _event(
+            EventType.REPLICA_UNHEALTHY,
+            replica,
+            f"Replica {replica.replica_id} did not become healthy in time; it was stopped.",
+        ),
+    ]
+
+
+def _running(replica: ReplicaView, health: Health, limits: Limits) -> list[Action]:
+    if health.healthy:
+        return [SetProbeFailures(replica.replica_id, 0)] if replica.probe_failures else []
+    failures = replica.probe_failures + 1
+    if failures < limits.probe_failures_before_restart:
+        return [SetProbeFailures(replica.replica_id, failures), FollowUp()]
+    return [
+        KillProcess(replica.replica_id),
+        MarkError(
+            replica.replica_id,
+            f"The model server failed {failures} health checks in a row.",
+        ),
+        PublishRouting(),
+        NoteReplacement(replica.version, replica.restarts + 1),
+        _event(
+            EventType.REPLICA_UNHEALTHY,
+            replica,
+            f"Replica {replica.replica_id} failed {failures} health checks in a row; it was "
+            "stopped and will be replaced.",
+        ),
+    ]

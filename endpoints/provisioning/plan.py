@@ -1,0 +1,476 @@
+"""The reconcile plan: desired and observed state in, a list of actions out. Pure: no
+database, Redis, runtime or clock (``now`` is passed in).
+
+Policy, step by step (each step is one function; ``converge`` calls them in this order):
+- ``plan_sync``: a version newly in Staging/Production is created (PENDING, event
+  VERSION_DEPLOYING); a retired one that comes back deploys from scratch; one that left
+  its stage is marked not desired but keeps serving while its stage still points at it.
+  The registry being unavailable changes nothing but the endpoint's message.
+- ``plan_version`` for each desired version: a requested retry or a new config for a
+  FAILED version tries again; an unprepared version is prepared first; a new config for a
+  READY version starts a rollout; ``autoscale.decide`` sizes it (at least one replica
+  before it is READY); ``start_failures_before_failed`` failed starts make it FAILED, or
+  fail only the config update of a READY version, which keeps serving; otherwise replicas
+  are started or stopped (not-ready ones first, then the newest) to reach the count, and
+  the first Running replica makes the version READY.
+- ``plan_heal``: a version that left its stage but still answers it keeps one replica.
+- ``plan_serving``: each stage's alias points at the newest READY desired version of the
+  stage, so it moves only once the new version is READY; a version neither desired nor an
+  alias target is retired (its replicas leave routing and drain); then the endpoint state.
+- ``plan_teardown``: serving disabled removes aliases and stops every replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Protocol, TypeVar
+
+from endpoints.models import EndpointState, EventType, ServiceState, Stage
+
+from . import autoscale
+from .actions import (
+    Action,
+    ApplyConfigUpdate,
+    CreateVersion,
+    DisableVersions,
+    FailConfigUpdate,
+    FailVersion,
+    FollowUp,
+    KeepConfig,
+    MarkActivity,
+    MarkReady,
+    MoveAlias,
+    PrepareVersion,
+    PublishRouting,
+    RecordEvent,
+    RedeployVersion,
+    RemoveAlias,
+    RemoveAliases,
+    ResetStartFailures,
+    RetireVersion,
+    RetryVersion,
+    SetEndpointMessage,
+    SetEndpointState,
+    SetReplicaTarget,
+    SetScaleTimer,
+    SetStage,
+    StartConfigUpdate,
+    StartReplica,
+    StopReplica,
+)
+from .snapshot import ConfigView, EndpointView, Limits, LoadView, VersionView
+
+DISABLED_MESSAGE = "Serving is disabled."
+MODEL_DELETED_MESSAGE = "The registered model no longer exists in the model registry."
+
+
+class Candidate(Protocol):
+    service_state: str
+
+    @property
+    def version_number(self) -> int: ...
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+def choose_alias(candidates: Iterable[C]) -> C | None:
+    """The version a stage URL should answer with: the newest READY one of the stage."""
+    ready = [v for v in candidates if v.service_state == ServiceState.READY]
+    return max(ready, key=lambda v: v.version_number, default=None)
+
+
+# --- registry → versions ---------------------------------------------------------------
+
+
+def plan_registry_unavailable(*, error: str) -> list[Action]:
+    """Keep serving what runs; try again soon."""
+    return [SetEndpointMessage(f"The model registry is unavailable: {error}"), FollowUp()]
+
+
+def plan_sync(*, stages: Mapping[str, str], versions: Sequence[VersionView]) -> list[Action]:
+    """``stages`` is {version: stage} of the registry's Staging/Production versions."""
+    existing = {v.version: v for v in versions}
+    actions: list[Action] = []
+    for number, stage in stages.items():
+        version = existing.get(number)
+        deploying = RecordEvent(
+            EventType.VERSION_DEPLOYING,
+            f"Version {number} is being deployed for {stage}.",
+            version=number,
+        )
+        if version is None:
+            actions += [CreateVersion(number, stage), deploying]
+        elif version.service_state == ServiceState.UNKNOWN:
+            actions += [RedeployVersion(number, stage), deploying]
+        elif not version.desired or version.stage != stage:
+            # Entering a stage counts as activity: a version idle in Staging is not scaled
+            # to zero the moment it takes over a scale-to-zero Production.
+            actions += [SetStage(number, stage), MarkActivity(number)]
+    actions += [SetStage(v.version, "") for v in versions if v.version not in stages and v.desired]
+    return actions
+
+
+# --- one desired version ---------------------------------------------------------------
+
+
+def plan_version(
+    *,
+    version: VersionView,
+    config: ConfigView,
+    load: LoadView | None,
+    now: float,
+    limits: Limits,
+) -> list[Action]:
+    """``config`` is the newest config of the version's stage; ``load`` is None when Redis
+    could not be read (the version then keeps its replicas)."""
+    actions: list[Action] = []
+    if version.config_update_state == ServiceState.RETRY_REQUESTED:
+        actions += _retry(version, config)
+        version = _retried(version, config)
+    if version.service_state == ServiceState.FAILED:
+        if version.target_config is not None and version.target_config.pk == config.pk:
+            return actions + stop_all(version, "The version failed.")
+        actions += _retry(version, config)  # a new compute config: try again with it
+        version = _retried(version, config)
+    if not version.prepared:
+        return [*actions, PrepareVersion(version.version, config.pk)]
+    steps, version = _begin_config_update(version, config)
+    actions += steps
+    if version.config_update_state == ServiceState.FAILED and version.service_config:
+        config = version.service_config  # keep what serves until the update is retried
+    count, sizing = _size(version, config, load, now, limits)
+    actions += sizing
+    if version.start_failures >= limits.start_failures_before_failed:
+        return actions + _start_failed(version, config)
+    stops = _scale_down(version, count)
+    actions += _scale_up(version, count) + stops
+    stopped = {a.replica_id for a in stops}
+    running = sum(1 for r in version.replicas if r.running and r.replica_id not in stopped)
+    return actions + _settle(version, config, count, running)
+
+
+def _retry(version: VersionView, config: ConfigView) -> list[Action]:
+    return [
+        RetryVersion(
+            version.version, config.pk, redeploy=version.service_state == ServiceState.FAILED
+        ),
+        RecordEvent(
+            EventType.VERSION_DEPLOYING,
+            f"Retrying version {version.version}.",
+            version=version.version,
+        ),
+    ]
+
+
+def _retried(version: VersionView, config: ConfigView) -> VersionView:
+    if version.service_state == ServiceState.FAILED:
+        changes = {
+            "service_state": ServiceState.PENDING,
+            "config_update_state": ServiceState.UNKNOWN,
+        }
+    else:
+        changes = {"config_update_state": ServiceState.PENDING}
+    return replace(version, start_failures=0, target_config=config, **changes)
+
+
+def _begin_config_update(
+    version: VersionView, config: ConfigView
+) -> tuple[list[Action], VersionView]:
+    """A READY version whose stage got a new compute config starts rolling it out."""
+    if not version.ready:
+        return [], version
+    known = {c.pk for c in (version.service_config, version.target_config) if c is not None}
+    if config.pk in known:
+        return [], version
+    if config.same_spec(version.service_config):
+        return [KeepConfig(version.version, config.pk)], replace(version, service_config=config)
+    event = RecordEvent(
+        EventType.CONFIG_UPDATE_STARTED,
+        f"Rolling out {config.workload_size}"
+        f"{' with scale to zero' if config.scale_to_zero else ''} "
+        f"to version {version.version}.",
+        version=version.version,
+    )
+    updated = replace(version, config_update_state=ServiceState.PENDING, target_config=config)
+    return [StartConfigUpdate(version.version, config.pk), event], updated
+
+
+def _size(
+    version: VersionView, config: ConfigView, load: LoadView | None, now: float, limits: Limits
+) -> tuple[int, list[Action]]:
+    """The replica count (``autoscale.decide``) and the actions that record it."""
+    current = len(version.replicas)
+    if load is None:
+        return max(current, 0 if version.ready else 1), []
+    decision = autoscale.decide(
+        current=current,
+        workload_size=config.workload_size,
+        scale_to_zero=config.scale_to_zero,
+        peak_in_flight=load.peak_in_flight,
+        last_activity=_last_activity(version, config, load, now),
+        wake=load.wake,
+        low_since=load.low_since,
+        now=now,
+        per_replica=limits.replica_concurrency,
+        max_replicas=limits.max_replicas_per_version,
+        scale_to_zero_after=limits.scale_to_zero_after,
+        scale_down_after=limits.scale_down_after,
+    )
+    count = decision.replicas if version.ready else max(decision.replicas, 1)
+    actions: list[Action] = [SetScaleTimer(version.version, decision.low_since, load.wake)]
+    actions += _scaling_event(version, current, count, decision.reason, load.wake)
+    return count, [*actions, SetReplicaTarget(version.version, count)]
+
+
+def _last_activity(version: VersionView, config: ConfigView, load: LoadView, now: float) -> float:
+    activity = [load.last_request_at, config.created_at]
+    if version.ready_at is not None:
+        activity.append(version.ready_at)
+    activity += [r.started_at for r in version.replicas if r.started_at is not None]
+    if not version.ready or any(not r.running for r in version.replicas):
+        activity.append(now)  # never scale to zero something still coming up
+    return max(activity)
+
+
+def _scaling_event(
+    version: VersionView, current: int, count: int, reason: str, wake: bool
+) -> list[Action]:
+    if count == current or not version.ready:
+        return []
+    if version.replacing and count == current + 1:
+        return []  # replacing a failed replica, not scaling
+    because = f" ({reason})" if reason else ""
+    if count == 0:
+        kind, text = EventType.SCALED_TO_ZERO, f"Scaled to zero{because}."
+    elif current == 0 and wake:
+        kind, text = EventType.WOKEN_FROM_ZERO, "Starting a replica: a request is waiting."
+    elif count > current:
+        kind, text = EventType.SCALED_UP, f"Scaling up from {current} to {count} replicas{because}."
+    else:
+        kind = EventType.SCALED_DOWN
+        text = f"Scaling down from {current} to {count} replicas{because}."
+    return [RecordEvent(kind, text, version=version.version)]
+
+
+def _scale_up(version: VersionView, count: int) -> list[Action]:
+    missing = count - len(version.replicas)
+    # The first new replica is the one that replaces a failed replica.
+    return [
+        StartReplica(version.version, version.replacing if i == 0 else 0) for i in range(missing)
+    ]
+
+
+def _scale_down(version: VersionView, count: int) -> list[Action]:
+    extra = len(version.replicas) - count
+    if extra <= 0:
+        return []
+    # Not-yet-ready ones first, then the newest.
+    order = sorted(version.replicas, key=lambda r: (r.running, -r.created_at))
+    return [StopReplica(r.replica_id, "Scaled down.") for r in order[:extra]]
+
+
+def _start_failed(version: VersionView, config: ConfigView) -> list[Action]:
+    """Replicas of this version failed to start too often."""
+    reason = version.last_error or "The model server did not start."
+    if not version.ready:
+        return fail_version(version, f"The model could not be loaded. {reason}", config=config.pk)
+    actions: list[Action] = []
+    if version.config_update_state != ServiceState.FAILED:
+        actions += [
+            FailConfigUpdate(version.version, f"Replicas failed to start: {reason}"),
+            RecordEvent(
+                EventType.CONFIG_UPDATE_FAILED,
+                f"The compute config update of version {version.version} failed.",
+                version=version.version,
+            ),
+        ]
+    return [*actions, ResetStartFailures(version.version)]
+
+
+def fail_version(
+    version: VersionView, message: str, *, config: int | None = None, build: bool = False
+) -> list[Action]:
+    """The version is FAILED and its replicas stop (``build``: preparing it failed)."""
+    actions: list[Action] = [
+        FailVersion(version.version, message[:4000], config),
+        *stop_all(version, "The version failed."),
+    ]
+    if build:
+        actions.append(
+            RecordEvent(
+                EventType.BUILD_FAILED,
+                f"Preparing version {version.version} failed.",
+                version=version.version,
+            )
+        )
+    failed = f"Version {version.version} failed: {message[:500]}"
+    return [*actions, RecordEvent(EventType.VERSION_FAILED, failed, version=version.version)]
+
+
+def stop_all(version: VersionView, message: str) -> list[Action]:
+    return [StopReplica(r.replica_id, message) for r in version.replicas]
+
+
+def _settle(version: VersionView, config: ConfigView, count: int, running: int) -> list[Action]:
+    """Mark a version READY, or a config update applied, once its replicas run."""
+    if version.service_state == ServiceState.PENDING and running >= 1:
+        return [
+            MarkReady(version.version, config.pk),
+            PublishRouting(),
+            RecordEvent(
+                EventType.VERSION_READY,
+                f"Version {version.version} is ready.",
+                version=version.version,
+            ),
+        ]
+    if version.config_update_state == ServiceState.PENDING and running >= count:
+        applied = version.target_config or config
+        zero = " and scale to zero" if applied.scale_to_zero else ""
+        return [
+            ApplyConfigUpdate(version.version, applied.pk),
+            PublishRouting(),
+            RecordEvent(
+                EventType.CONFIG_UPDATE_APPLIED,
+                f"Version {version.version} now runs with {applied.workload_size}{zero}.",
+                version=version.version,
+            ),
+        ]
+    return []
+
+
+def plan_heal(*, version: VersionView) -> list[Action]:
+    """A version that left its stage but still answers it keeps at least one replica."""
+    if not version.replicas and version.prepared:
+        return [StartReplica(version.version, version.replacing)]
+    return []
+
+
+# --- aliases, retiring, endpoint state --------------------------------------------------
+
+
+def plan_serving(
+    *,
+    endpoint: EndpointView,
+    versions: Sequence[VersionView],
+    aliases: Mapping[str, str],
+    model_exists: bool = True,
+) -> list[Action]:
+    """Move aliases, retire what no stage serves, then say how the endpoint is.
+
+    ``aliases`` is {stage: version} as stored before this step."""
+    actions = _plan_aliases(versions, aliases)
+    after = dict(aliases)
+    for action in actions:
+        if isinstance(action, MoveAlias):
+            after[action.stage] = action.version
+        elif isinstance(action, RemoveAlias):
+            del after[action.stage]
+    actions += _plan_retire(versions, set(after.values()))
+    if model_exists:
+        new_state, message = endpoint_state(versions, set(after))
+    else:
+        new_state, message = EndpointState.FAILED, MODEL_DELETED_MESSAGE
+    return actions + _set_endpoint_state(endpoint, new_state, message)
+
+
+def _plan_aliases(versions: Sequence[VersionView], aliases: Mapping[str, str]) -> list[Action]:
+    actions: list[Action] = []
+    for stage in Stage.values:
+        in_stage = [v for v in versions if v.desired and v.stage == stage]
+        best = choose_alias(in_stage)
+        current = aliases.get(stage)
+        if best is not None and current != best.version:
+            was = f" (was version {current})" if current else ""
+            actions += [
+                MoveAlias(stage, best.version),
+                PublishRouting(),
+                RecordEvent(
+                    EventType.VERSION_ALIAS_MOVED,
+                    f"{stage} now serves version {best.version}{was}.",
+                    version=best.version,
+                ),
+            ]
+        elif best is None and not in_stage and current is not None:
+            actions += [RemoveAlias(stage), PublishRouting()]
+    return actions
+
+
+def _plan_retire(versions: Sequence[VersionView], targets: set[str]) -> list[Action]:
+    """Drain and stop versions that no longer serve a stage and are no alias target."""
+    actions: list[Action] = []
+    for version in versions:
+        if version.desired or version.service_state == ServiceState.UNKNOWN:
+            continue
+        if version.version in targets:
+            continue
+        actions += [
+            *stop_all(version, "The version no longer serves a stage."),
+            RetireVersion(version.version),
+            PublishRouting(),
+            RecordEvent(
+                EventType.VERSION_RETIRED,
+                f"Version {version.version} no longer serves a stage: drained and stopped.",
+                version=version.version,
+            ),
+        ]
+    return actions
+
+
+def endpoint_state(versions: Sequence[VersionView], served_stages: set[str]) -> tuple[str, str]:
+    """READY when every stage with desired versions is served, PENDING while one waits
+    for its first version, FAILED when a stage's only versions failed."""
+    desired = [v for v in versions if v.desired]
+    if not desired:
+        return (
+            EndpointState.READY,
+            "No version of this model is in Staging or Production: nothing to serve.",
+        )
+    pending = [v for v in desired if v.service_state == ServiceState.PENDING]
+    failed = [v for v in desired if v.service_state == ServiceState.FAILED]
+    unserved = {v.stage for v in desired} - served_stages
+    notes = []
+    if pending:
+        notes.append(f"deploying version {', '.join(v.version for v in pending)}")
+    if failed:
+        notes.append("; ".join(f"version {v.version} failed: {v.message}" for v in failed))
+    if not unserved:
+        return EndpointState.READY, "Ready" + (f" ({'; '.join(notes)})" if notes else "")
+    if any(v.stage in unserved for v in pending):
+        return EndpointState.PENDING, "Pending: " + "; ".join(notes)
+    return EndpointState.FAILED, "; ".join(notes) or "No version could serve."
+
+
+def _set_endpoint_state(endpoint: EndpointView, new_state: str, message: str) -> list[Action]:
+    message = message[:4000]
+    if endpoint.state == new_state and endpoint.message == message:
+        return []
+    actions: list[Action] = [SetEndpointState(new_state, message)]
+    if endpoint.state != new_state and new_state == EndpointState.READY:
+        actions.append(RecordEvent(EventType.ENDPOINT_READY, "Serving is ready."))
+    elif endpoint.state != new_state and new_state == EndpointState.FAILED:
+        actions.append(RecordEvent(EventType.ENDPOINT_FAILED, f"Serving failed: {message[:500]}"))
+    return actions
+
+
+# --- disable --------------------------------------------------------------------------
+
+
+def plan_teardown(
+    *,
+    endpoint: EndpointView,
+    versions: Sequence[VersionView],
+    has_aliases: bool,
+    replicas_left: bool,
+) -> list[Action]:
+    """Serving disabled: requests get 404 at once, every replica stops gracefully.
+
+    ``replicas_left``: some replica is not stopped yet (live or still terminating)."""
+    actions: list[Action] = [RemoveAliases(), PublishRouting()] if has_aliases else []
+    for version in versions:
+        actions += stop_all(version, "Serving was disabled.")
+    actions.append(DisableVersions())
+    if not replicas_left and endpoint.message != DISABLED_MESSAGE:
+        actions.append(SetEndpointMessage(DISABLED_MESSAGE))
+    return actions

@@ -1,0 +1,123 @@
+"""Replica rows and their processes: start, stop, state changes, log tails.
+
+A replica's row is committed (Pending, a free port reserved in Redis for a minute)
+before its process starts, so a worker killed in between leaves a row the next pass
+adopts or expires, never an unknown process.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import socket
+import sys
+from contextlib import suppress
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from endpoints import kv
+from endpoints.models import EndpointVersion, Replica, ReplicaState
+from endpoints.runtime import ReplicaSpec, Runtime
+
+from . import environments
+from .observe import NOT_STOPPED
+
+PORT_RESERVATION_SECONDS = 60
+PORTS_TRIED = 200
+
+
+def serving(key: str):
+    return settings.SERVING[key]
+
+
+def set_state(replica: Replica, new_state: str, message: str = "") -> None:
+    replica.state = new_state
+    replica.state_message = message
+    fields = ["state", "state_message"]
+    if new_state in (ReplicaState.ERROR, ReplicaState.TERMINATED):
+        replica.stopped_at = timezone.now()
+        fields.append("stopped_at")
+    replica.save(update_fields=fields)
+
+
+def count_start_failure(version: EndpointVersion) -> None:
+    EndpointVersion.objects.filter(pk=version.pk).update(start_failures=F("start_failures") + 1)
+    version.start_failures += 1
+
+
+def with_log_tail(runtime: Runtime, message: str, replica: Replica, lines: int = 8) -> str:
+    """``message`` followed by the replica's last lines of output, when it has any."""
+    tail = ""
+    if replica.log_path:
+        with suppress(OSError):
+            text = runtime.read_log(replica.log_path, max_bytes=16 * 1024)
+            kept = [line for line in text.splitlines() if line.strip()][-lines:]
+            tail = "\n".join(kept)[-1500:]
+    return f"{message} Last output:\n{tail}" if tail else message
+
+
+def begin_stop(replica: Replica, message: str) -> bool:
+    """Take a replica out of routing now (its process is stopped after the drain).
+
+    True when it was serving, so routing changed."""
+    was_running = replica.state == ReplicaState.RUNNING
+    replica.state = ReplicaState.TERMINATING
+    replica.state_message = message
+    replica.stopped_at = timezone.now()
+    replica.save(update_fields=["state", "state_message", "stopped_at"])
+    return was_running
+
+
+def allocate_port(runtime: Runtime, host: str) -> int | None:
+    low, high = serving("REPLICA_PORT_MIN"), serving("REPLICA_PORT_MAX")
+    taken = set(Replica.objects.filter(state__in=NOT_STOPPED).values_list("port", flat=True))
+    candidates = [p for p in range(low, high + 1) if p not in taken]
+    random.shuffle(candidates)
+    client = kv.redis_client()
+    for port in candidates[:PORTS_TRIED]:
+        if not runtime.port_is_free(host, port):
+            continue
+        # A short reservation: two workers starting replicas at once pick different ports.
+        with suppress(RedisError):
+            key = kv.port_reservation_key(host, port)
+            if not client.set(key, "1", nx=True, ex=PORT_RESERVATION_SECONDS):
+                continue
+        return port
+    return None
+
+
+def create_row(version: EndpointVersion, name: str, port: int, restarts: int) -> Replica:
+    """The Pending row of a new replica of ``version`` of the registered model ``name``."""
+    replica_id = f"v{version.version}-{secrets.token_hex(4)}"[:32]
+    return Replica.objects.create(
+        version=version,
+        replica_id=replica_id,
+        host=serving("REPLICA_HOST"),
+        port=port,
+        worker_host=socket.gethostname(),
+        log_path=str(environments.replica_log_path(name, version.version, replica_id)),
+        restarts=restarts,
+    )
+
+
+def launch(runtime: Runtime, replica: Replica) -> str:
+    """Start the row's process; "" on success, else why it could not start."""
+    version = replica.version
+    spec = ReplicaSpec(
+        replica_id=replica.replica_id,
+        model_path=version.model_path,
+        host=replica.host,
+        port=replica.port,
+        log_path=replica.log_path,
+        python=version.environment_path or sys.executable,
+        request_timeout_seconds=serving("REQUEST_TIMEOUT_SECONDS"),
+    )
+    try:
+        replica.pid = runtime.start(spec)
+    except OSError as exc:
+        return f"Could not start the model server: {exc}"
+    replica.save(update_fields=["pid"])
+    return ""

@@ -1,0 +1,140 @@
+"""What the planner sees: plain frozen values of desired and observed state.
+
+``observe`` builds them from database rows, the registry, the runtime and Redis; the pure
+planner (``plan``, ``health``) reads only these, so a test writes them by hand. Times are
+Unix seconds (floats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from endpoints.models import ReplicaState, ServiceState
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The settings a plan obeys (``settings.SERVING`` in production)."""
+
+    start_failures_before_failed: int = 2
+    probe_failures_before_restart: int = 3
+    replica_start_timeout: float = 120.0
+    request_timeout: float = 120.0
+    replica_concurrency: int = 4
+    max_replicas_per_version: int = 16
+    scale_to_zero_after: float = 900.0
+    scale_down_after: float = 60.0
+    # A row whose process never showed up (the worker died before starting it) expires.
+    unstarted_row_seconds: float = 30.0
+
+    @property
+    def terminate_grace(self) -> float:
+        """How long a stopping replica may finish its requests before it is killed."""
+        return self.request_timeout + 10
+
+
+@dataclass(frozen=True)
+class ConfigView:
+    """A ``ComputeConfig`` row."""
+
+    pk: int
+    workload_size: str = "Small"
+    scale_to_zero: bool = False
+    created_at: float = 0.0
+
+    def same_spec(self, other: ConfigView | None) -> bool:
+        return other is not None and (self.workload_size, self.scale_to_zero) == (
+            other.workload_size,
+            other.scale_to_zero,
+        )
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """A ``Replica`` row that is not stopped yet."""
+
+    replica_id: str
+    version: str
+    state: str = ReplicaState.PENDING
+    pid: int | None = 1
+    address: str = "127.0.0.1:20000"
+    created_at: float = 0.0
+    started_at: float | None = None
+    stopped_at: float | None = None
+    probe_failures: int = 0
+    restarts: int = 0
+    message: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == ReplicaState.RUNNING
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the runtime says about one replica's process."""
+
+    alive: bool = True
+    # Answered ``GET /ping`` (asked only of a live, started process).
+    healthy: bool = False
+    # For a row without a pid: the process carrying its replica id, if one runs.
+    found_pid: int | None = None
+
+
+@dataclass(frozen=True)
+class VersionView:
+    """An ``EndpointVersion`` row with its live (Pending or Running) replicas."""
+
+    version: str
+    stage: str = ""
+    desired: bool = True
+    service_state: str = ServiceState.PENDING
+    message: str = ""
+    config_update_state: str = ServiceState.UNKNOWN
+    service_config: ConfigView | None = None
+    target_config: ConfigView | None = None
+    prepared: bool = True
+    start_failures: int = 0
+    ready_at: float | None = None
+    replicas: tuple[ReplicaView, ...] = ()
+    # The newest error message of its replicas (why starting failed).
+    last_error: str = ""
+    # Restarts of the replica that failed earlier in this pass (0: none to replace).
+    replacing: int = 0
+
+    @property
+    def version_number(self) -> int:
+        return int(self.version) if self.version.isdigit() else 0
+
+    @property
+    def ready(self) -> bool:
+        return self.service_state == ServiceState.READY
+
+
+@dataclass(frozen=True)
+class LoadView:
+    """What the gateways reported for a version, and the autoscaler's timer."""
+
+    peak_in_flight: int = 0
+    last_request_at: float = 0.0
+    wake: bool = False
+    low_since: float | None = None
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    """A ``ServingEndpoint`` row."""
+
+    state: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class RegistryStages:
+    """The registry's answer: {version: stage} of its Staging/Production versions."""
+
+    stages: dict[str, str]
+    # False: the registered model was deleted.
+    exists: bool = True
+    # Not empty: the registry could not be asked (nothing is known).
+    error: str = ""

@@ -1,0 +1,509 @@
+"""The reconcile plan decides from plain values: no database, Redis, worker or process.
+
+Each test writes the observed state by hand and reads the actions the plan asks for.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from endpoints.models import EndpointState, EventType, ReplicaState, ServiceState
+from endpoints.provisioning import actions as a
+from endpoints.provisioning.health import plan_replica
+from endpoints.provisioning.plan import (
+    endpoint_state,
+    plan_heal,
+    plan_registry_unavailable,
+    plan_serving,
+    plan_sync,
+    plan_teardown,
+    plan_version,
+)
+from endpoints.provisioning.snapshot import (
+    ConfigView,
+    EndpointView,
+    Health,
+    Limits,
+    LoadView,
+    ReplicaView,
+    VersionView,
+)
+
+NOW = 1_000_000.0
+LIMITS = Limits()
+SMALL = ConfigView(pk=1, workload_size="Small", created_at=NOW - 10_000)
+MEDIUM = ConfigView(pk=2, workload_size="Medium", created_at=NOW - 10_000)
+SMALL_TO_ZERO = ConfigView(pk=3, workload_size="Small", scale_to_zero=True, created_at=NOW - 10_000)
+READY = ServiceState.READY
+PENDING = ServiceState.PENDING
+FAILED = ServiceState.FAILED
+QUIET = LoadView(last_request_at=NOW - 10_000)
+
+
+def running(replica_id: str, version: str = "1", **kwargs) -> ReplicaView:
+    defaults = {"created_at": NOW - 5_000, "started_at": NOW - 5_000}
+    return ReplicaView(replica_id, version, state=ReplicaState.RUNNING, **(defaults | kwargs))
+
+
+def starting(replica_id: str, version: str = "1", **kwargs) -> ReplicaView:
+    return ReplicaView(replica_id, version, state=ReplicaState.PENDING, **kwargs)
+
+
+def serving(version: str = "1", *replicas: ReplicaView, **kwargs) -> VersionView:
+    """A READY version serving SMALL with the given replicas."""
+    defaults = {
+        "stage": "Production",
+        "service_state": READY,
+        "service_config": SMALL,
+        "ready_at": NOW - 5_000,
+        "replicas": replicas or (running(f"v{version}-a", version),),
+    }
+    return VersionView(version, **(defaults | kwargs))
+
+
+def version_plan(version: VersionView, config: ConfigView = SMALL, load=QUIET, **limits):
+    return plan_version(version=version, config=config, load=load, now=NOW, limits=Limits(**limits))
+
+
+def of(actions: list[a.Action], kind: type) -> list:
+    return [action for action in actions if isinstance(action, kind)]
+
+
+def event_types(actions: list[a.Action]) -> list[str]:
+    return [action.type for action in of(actions, a.RecordEvent)]
+
+
+# --- enable: new versions deploy -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stages", "created"),
+    [
+        ({"1": "Production"}, [a.CreateVersion("1", "Production")]),
+        (
+            {"1": "Production", "2": "Staging"},
+            [a.CreateVersion("1", "Production"), a.CreateVersion("2", "Staging")],
+        ),
+        ({}, []),
+    ],
+)
+def test_enable_creates_a_deploying_version_for_each_staged_version(stages, created):
+    planned = plan_sync(stages=stages, versions=[])
+    assert of(planned, a.CreateVersion) == created
+    assert event_types(planned) == [EventType.VERSION_DEPLOYING] * len(created)
+
+
+def test_a_new_version_is_prepared_before_anything_starts():
+    planned = version_plan(VersionView("1", stage="Production", prepared=False))
+    assert planned == [a.PrepareVersion("1", SMALL.pk)]
+
+
+def test_a_prepared_new_version_starts_one_replica_then_waits_for_it():
+    planned = version_plan(VersionView("1", stage="Production"))
+    assert of(planned, a.StartReplica) == [a.StartReplica("1")]
+    pending = VersionView("1", stage="Production", replicas=(starting("v1-a"),))
+    assert of(version_plan(pending), a.StartReplica) == []
+    assert of(version_plan(pending), a.MarkReady) == []
+
+
+def test_the_first_running_replica_makes_the_version_ready():
+    version = VersionView("1", stage="Production", replicas=(running("v1-a"),))
+    planned = version_plan(version)
+    assert a.MarkReady("1", SMALL.pk) in planned
+    assert a.PublishRouting() in planned
+    assert EventType.VERSION_READY in event_types(planned)
+
+
+def test_a_retired_version_entering_a_stage_again_deploys_from_scratch():
+    retired = VersionView("1", desired=False, service_state=ServiceState.UNKNOWN)
+    planned = plan_sync(stages={"1": "Staging"}, versions=[retired])
+    assert planned[0] == a.RedeployVersion("1", "Staging")
+
+
+# --- transition ----------------------------------------------------------------------------
+
+
+def test_a_version_moving_stage_counts_as_activity():
+    staging = serving("2", stage="Staging")
+    planned = plan_sync(stages={"2": "Production"}, versions=[staging])
+    assert planned == [a.SetStage("2", "Production"), a.MarkActivity("2")]
+
+
+def test_a_version_leaving_its_stage_is_no_longer_desired():
+    planned = plan_sync(stages={"2": "Production"}, versions=[serving("1"), serving("2")])
+    assert planned == [a.SetStage("1", "")]
+
+
+def test_transition_keeps_old_version_serving_until_new_is_ready():
+    old = serving("1", desired=False, stage="")
+    new = VersionView("2", stage="Production", replicas=(starting("v2-a", "2"),))
+    planned = plan_serving(
+        endpoint=EndpointView(EndpointState.READY),
+        versions=[old, new],
+        aliases={"Production": "1"},
+    )
+    assert of(planned, a.MoveAlias) == []
+    assert of(planned, a.RetireVersion) == []
+    assert of(planned, a.StopReplica) == []
+
+
+def test_transition_moves_the_alias_once_the_new_version_is_ready_then_retires_the_old():
+    old = serving("1", desired=False, stage="")
+    new = serving("2")
+    planned = plan_serving(
+        endpoint=EndpointView(EndpointState.READY, "Ready"),
+        versions=[old, new],
+        aliases={"Production": "1"},
+    )
+    assert planned.index(a.MoveAlias("Production", "2")) < planned.index(a.RetireVersion("1"))
+    assert of(planned, a.StopReplica) == [
+        a.StopReplica("v1-a", "The version no longer serves a stage.")
+    ]
+    assert event_types(planned) == [EventType.VERSION_ALIAS_MOVED, EventType.VERSION_RETIRED]
+
+
+@pytest.mark.parametrize(
+    ("states", "alias"),
+    [
+        ({"1": READY, "2": READY, "10": READY}, "10"),
+        ({"1": READY, "2": PENDING}, "1"),
+        ({"1": READY, "3": FAILED}, "1"),
+        ({"2": PENDING}, None),
+    ],
+)
+def test_a_stage_alias_points_at_the_newest_ready_version_only(states, alias):
+    versions = [VersionView(n, stage="Production", service_state=s) for n, s in states.items()]
+    planned = plan_serving(
+        endpoint=EndpointView(EndpointState.PENDING), versions=versions, aliases={}
+    )
+    moved = of(planned, a.MoveAlias)
+    assert moved == ([a.MoveAlias("Production", alias)] if alias else [])
+
+
+def test_an_old_version_still_answering_its_stage_gets_a_replica_back():
+    old = serving("1", desired=False, stage="", replicas=())
+    assert plan_heal(version=old) == [a.StartReplica("1")]
+    assert plan_heal(version=serving("1", desired=False, stage="")) == []
+
+
+# --- failed start --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("failures", "fails"), [(0, False), (1, False), (2, True), (3, True)])
+def test_a_version_fails_once_start_failures_reach_the_limit(failures, fails):
+    version = VersionView(
+        "1",
+        stage="Production",
+        start_failures=failures,
+        replicas=(starting("v1-b"),),
+        last_error="ImportError: no module named nope",
+    )
+    planned = version_plan(version, start_failures_before_failed=2)
+    failed = of(planned, a.FailVersion)
+    assert bool(failed) == fails
+    if fails:
+        assert "ImportError" in failed[0].message
+        assert of(planned, a.StopReplica) == [a.StopReplica("v1-b", "The version failed.")]
+        assert EventType.VERSION_FAILED in event_types(planned)
+
+
+def test_a_failed_config_update_keeps_the_ready_version_serving():
+    version = serving(
+        "1",
+        config_update_state=PENDING,
+        target_config=MEDIUM,
+        start_failures=2,
+        last_error="out of memory",
+    )
+    planned = version_plan(version, config=MEDIUM)
+    assert of(planned, a.FailConfigUpdate) == [
+        a.FailConfigUpdate("1", "Replicas failed to start: out of memory")
+    ]
+    assert a.ResetStartFailures("1") in planned
+    assert of(planned, a.FailVersion) == []
+    assert of(planned, a.StopReplica) == []
+
+
+def test_a_failed_version_stays_stopped_until_its_stage_gets_a_new_config():
+    failed = VersionView(
+        "1", stage="Production", service_state=FAILED, target_config=SMALL, prepared=True
+    )
+    assert of(version_plan(failed, config=SMALL), a.RetryVersion) == []
+    newer = ConfigView(pk=9, workload_size="Small")
+    retried = version_plan(failed, config=newer)
+    assert retried[0] == a.RetryVersion("1", newer.pk, redeploy=True)
+    assert of(retried, a.StartReplica) == [a.StartReplica("1")]
+
+
+def test_a_new_config_for_a_ready_version_starts_a_rollout_and_applies_when_it_runs():
+    planned = version_plan(serving("1"), config=MEDIUM)
+    assert a.StartConfigUpdate("1", MEDIUM.pk) in planned
+    assert of(planned, a.StartReplica) == [a.StartReplica("1")]  # Medium needs 2
+    assert of(planned, a.ApplyConfigUpdate) == []
+    both = serving(
+        "1",
+        running("v1-a"),
+        running("v1-b"),
+        config_update_state=PENDING,
+        target_config=MEDIUM,
+    )
+    assert a.ApplyConfigUpdate("1", MEDIUM.pk) in version_plan(both, config=MEDIUM)
+
+
+def test_a_new_config_with_the_same_spec_rolls_nothing_out():
+    same = ConfigView(pk=9, workload_size="Small", created_at=NOW - 10_000)
+    planned = version_plan(serving("1"), config=same)
+    assert planned[0] == a.KeepConfig("1", 9)
+    assert of(planned, a.StartConfigUpdate) == []
+
+
+# --- replicas: crash, probes, start timeout, worker restart ------------------------------
+
+
+def test_a_crashed_serving_replica_is_replaced_with_one_more_restart():
+    planned = plan_replica(
+        replica=running("v1-a", restarts=1), health=Health(alive=False), now=NOW, limits=LIMITS
+    )
+    assert a.NoteReplacement("1", 2) in planned
+    assert a.PublishRouting() in planned
+    assert a.MarkError("v1-a", "The model server exited unexpectedly.", True) in planned
+    assert of(planned, a.CountStartFailure) == []
+    # The next step of the pass starts the replacement, without a scaling event.
+    replacing = serving("1", replicas=(), replacing=2)
+    assert of(version_plan(replacing), a.StartReplica) == [a.StartReplica("1", 2)]
+    assert event_types(version_plan(replacing)) == []
+
+
+def test_a_replica_exiting_while_loading_counts_as_a_failed_start():
+    planned = plan_replica(
+        replica=starting("v1-a", created_at=NOW - 3),
+        health=Health(alive=False),
+        now=NOW,
+        limits=LIMITS,
+    )
+    assert a.CountStartFailure("1") in planned
+    assert of(planned, a.NoteReplacement) == []
+
+
+@pytest.mark.parametrize(
+    ("failures_before", "restarted"),
+    [(0, False), (1, False), (2, True)],
+)
+def test_a_replica_is_restarted_only_after_n_failed_probes_in_a_row(failures_before, restarted):
+    replica = running("v1-a", probe_failures=failures_before)
+    planned = plan_replica(
+        replica=replica,
+        health=Health(healthy=False),
+        now=NOW,
+        limits=Limits(probe_failures_before_restart=3),
+    )
+    assert (a.KillProcess("v1-a") in planned) == restarted
+    assert (a.NoteReplacement("1", 1) in planned) == restarted
+    if not restarted:
+        assert planned == [a.SetProbeFailures("v1-a", failures_before + 1), a.FollowUp()]
+
+
+def test_a_healthy_probe_resets_the_failure_count():
+    replica = running("v1-a", probe_failures=2)
+    assert plan_replica(replica=replica, health=Health(healthy=True), now=NOW, limits=LIMITS) == [
+        a.SetProbeFailures("v1-a", 0)
+    ]
+    assert (
+        plan_replica(replica=running("v1-a"), health=Health(healthy=True), now=NOW, limits=LIMITS)
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("age", "outcome"),
+    [(5, [a.FollowUp()]), (119, [a.FollowUp()]), (121, "killed")],
+)
+def test_a_replica_that_never_answers_is_killed_after_the_start_timeout(age, outcome):
+    replica = starting("v1-a", created_at=NOW - age)
+    planned = plan_replica(replica=replica, health=Health(healthy=False), now=NOW, limits=LIMITS)
+    if outcome == "killed":
+        assert planned[:2] == [a.KillProcess("v1-a"), a.CountStartFailure("1")]
+    else:
+        assert planned == outcome
+
+
+def test_a_pending_replica_that_answers_becomes_running_and_routable():
+    planned = plan_replica(
+        replica=starting("v1-a"), health=Health(healthy=True), now=NOW, limits=LIMITS
+    )
+    assert planned[:2] == [a.MarkRunning("v1-a"), a.PublishRouting()]
+
+
+@pytest.mark.parametrize(
+    ("found_pid", "age", "expected"),
+    [
+        (4242, 100.0, a.AdoptProcess("v1-a", 4242)),
+        (None, 10.0, a.FollowUp()),
+        (None, 31.0, a.MarkError("v1-a", "The replica process never started.")),
+    ],
+)
+def test_after_a_worker_restart_a_row_without_pid_is_adopted_or_expires(found_pid, age, expected):
+    row = starting("v1-a", pid=None, created_at=NOW - age)
+    planned = plan_replica(
+        replica=row, health=Health(alive=False, found_pid=found_pid), now=NOW, limits=LIMITS
+    )
+    assert planned[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("alive", "stopping_for", "expected"),
+    [
+        (True, 5.0, [a.FollowUp()]),
+        (True, 131.0, [a.KillProcess("v1-a"), a.MarkStopped("v1-a", "Scaled down.")]),
+        (False, 5.0, [a.MarkStopped("v1-a", "Scaled down.")]),
+    ],
+)
+def test_a_draining_replica_finishes_its_requests_then_is_stopped(alive, stopping_for, expected):
+    replica = ReplicaView(
+        "v1-a",
+        "1",
+        state=ReplicaState.TERMINATING,
+        stopped_at=NOW - stopping_for,
+        message="Scaled down.",
+    )
+    planned = plan_replica(replica=replica, health=Health(alive=alive), now=NOW, limits=LIMITS)
+    assert [x for x in planned if not isinstance(x, a.RecordEvent)] == expected
+
+
+# --- scaling -------------------------------------------------------------------------------
+
+
+def test_load_scales_up_at_once():
+    version = serving("1", running("v1-a"), running("v1-b"), service_config=MEDIUM)
+    planned = version_plan(
+        version, config=MEDIUM, load=LoadView(peak_in_flight=13, last_request_at=NOW)
+    )
+    assert of(planned, a.StartReplica) == [a.StartReplica("1")] * 2
+    assert event_types(planned) == [EventType.SCALED_UP]
+    assert a.SetReplicaTarget("1", 4) in planned
+
+
+@pytest.mark.parametrize(("low_for", "stopped"), [(None, 0), (30.0, 0), (61.0, 1)])
+def test_scale_down_waits_for_low_load_then_stops_one_replica(low_for, stopped):
+    replicas = tuple(running(f"v1-{i}", created_at=NOW - 5_000 + i) for i in range(4))
+    low_since = None if low_for is None else NOW - low_for
+    planned = version_plan(
+        serving("1", *replicas, service_config=MEDIUM),
+        config=MEDIUM,
+        load=LoadView(last_request_at=NOW, low_since=low_since),
+    )
+    stops = of(planned, a.StopReplica)
+    assert len(stops) == stopped
+    if stopped:
+        assert stops == [a.StopReplica("v1-3", "Scaled down.")]  # the newest goes first
+
+
+def test_scale_down_stops_a_replica_that_is_not_ready_before_a_serving_one():
+    replicas = (running("v1-a", created_at=NOW - 10), starting("v1-b", created_at=NOW - 20))
+    planned = version_plan(serving("1", *replicas), config=SMALL)
+    assert of(planned, a.StopReplica) == [a.StopReplica("v1-b", "Scaled down.")]
+
+
+def test_scale_to_zero_after_the_quiet_period_keeps_the_version_ready():
+    asleep_soon = serving("1", service_config=SMALL_TO_ZERO)
+    planned = version_plan(asleep_soon, config=SMALL_TO_ZERO, scale_to_zero_after=900)
+    assert of(planned, a.StopReplica) == [a.StopReplica("v1-a", "Scaled down.")]
+    assert event_types(planned) == [EventType.SCALED_TO_ZERO]
+    assert of(planned, a.FailVersion) == of(planned, a.MarkReady) == []
+    recent = LoadView(last_request_at=NOW - 100)
+    assert of(version_plan(asleep_soon, config=SMALL_TO_ZERO, load=recent), a.StopReplica) == []
+
+
+def test_a_waiting_request_wakes_a_version_from_zero():
+    asleep = serving("1", replicas=(), service_config=SMALL_TO_ZERO)
+    planned = version_plan(asleep, config=SMALL_TO_ZERO, load=LoadView(wake=True))
+    assert of(planned, a.StartReplica) == [a.StartReplica("1")]
+    assert event_types(planned) == [EventType.WOKEN_FROM_ZERO]
+    assert of(planned, a.SetScaleTimer) == [a.SetScaleTimer("1", None, clear_wake=True)]
+    assert of(version_plan(asleep, config=SMALL_TO_ZERO), a.StartReplica) == []
+
+
+def test_without_load_figures_a_version_keeps_its_replicas():
+    version = serving("1", running("v1-a"), running("v1-b"))
+    planned = version_plan(version, config=SMALL, load=None)
+    assert of(planned, a.StopReplica) == of(planned, a.StartReplica) == []
+    assert of(planned, a.SetReplicaTarget) == []
+
+
+# --- disable, registry ---------------------------------------------------------------------
+
+
+def test_disable_removes_aliases_and_stops_every_replica():
+    versions = [serving("1"), serving("2", running("v2-a", "2"), running("v2-b", "2"))]
+    planned = plan_teardown(
+        endpoint=EndpointView(EndpointState.READY, "Ready"),
+        versions=versions,
+        has_aliases=True,
+        replicas_left=True,
+    )
+    assert planned[:2] == [a.RemoveAliases(), a.PublishRouting()]
+    assert {s.replica_id for s in of(planned, a.StopReplica)} == {"v1-a", "v2-a", "v2-b"}
+    assert a.DisableVersions() in planned
+    assert of(planned, a.SetEndpointMessage) == []
+
+
+def test_disable_reports_disabled_once_nothing_runs():
+    planned = plan_teardown(
+        endpoint=EndpointView(EndpointState.READY, "Ready"),
+        versions=[serving("1", replicas=())],
+        has_aliases=False,
+        replicas_left=False,
+    )
+    assert planned == [a.DisableVersions(), a.SetEndpointMessage("Serving is disabled.")]
+
+
+def test_registry_unavailable_keeps_serving_and_only_says_so():
+    planned = plan_registry_unavailable(error="connection refused")
+    assert planned == [
+        a.SetEndpointMessage("The model registry is unavailable: connection refused"),
+        a.FollowUp(),
+    ]
+
+
+def test_a_model_deleted_from_the_registry_fails_the_endpoint():
+    versions = [serving("1", desired=False, stage="")]
+    assert plan_sync(stages={}, versions=[serving("1")]) == [a.SetStage("1", "")]
+    planned = plan_serving(
+        endpoint=EndpointView(EndpointState.READY, "Ready"),
+        versions=versions,
+        aliases={"Production": "1"},
+        model_exists=False,
+    )
+    assert a.RemoveAlias("Production") in planned
+    assert (
+        a.SetEndpointState(
+            EndpointState.FAILED, "The registered model no longer exists in the model registry."
+        )
+        in planned
+    )
+    assert EventType.ENDPOINT_FAILED in event_types(planned)
+
+
+@pytest.mark.parametrize(
+    ("versions", "served", "state"),
+    [
+        ([], set(), EndpointState.READY),
+        (
+            [VersionView("1", stage="Production", service_state=READY)],
+            {"Production"},
+            EndpointState.READY,
+        ),
+        ([VersionView("1", stage="Production")], set(), EndpointState.PENDING),
+        ([VersionView("1", stage="Production", service_state=FAILED)], set(), EndpointState.FAILED),
+        (
+            [
+                VersionView("1", stage="Production", service_state=READY),
+                VersionView("2", stage="Production", service_state=FAILED, message="boom"),
+            ],
+            {"Production"},
+            EndpointState.READY,
+        ),
+    ],
+)
+def test_the_endpoint_is_ready_when_every_stage_with_versions_is_served(versions, served, state):
+    assert endpoint_state(versions, served)[0] == state

@@ -113,9 +113,14 @@ def endpoint_version(
     return version
 
 
+def enabled_endpoints() -> QuerySet[ServingEndpoint]:
+    """Every endpoint with serving on, whoever asks: callers check each one's permission."""
+    return ServingEndpoint.objects.filter(enabled=True)
+
+
 def enabled_endpoint(name: str) -> ServingEndpoint | None:
     """The endpoint of model ``name`` if serving is on, whoever asks."""
-    return ServingEndpoint.objects.filter(registered_model_name=name, enabled=True).first()
+    return enabled_endpoints().filter(registered_model_name=name).first()
 
 
 def aliases_json(endpoint: ServingEndpoint) -> list[dict[str, str]]:
@@ -214,7 +219,7 @@ def supported_workload_sizes() -> list[dict[str, Any]]:
 
 
 def endpoints_visible_to(user: AbstractBaseUser) -> list[ServingEndpoint]:
-    endpoints = ServingEndpoint.objects.filter(enabled=True).select_related("creator")
+    endpoints = enabled_endpoints().select_related("creator")
     return [e for e in endpoints if has_permission(user, e, PermissionLevel.CAN_VIEW)]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import views
+from . import access, views
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
@@ -22,13 +22,13 @@ urlpatterns = [
     ),
     path("models/<str:name>/serving/example/", views.serving_example, name="serving-example"),
     path("models/<str:name>/serving/invoke/", views.serving_invoke, name="serving-invoke"),
-    path("models/<str:name>/permissions/", views.permissions, name="permissions"),
-    path("tokens/", views.tokens, name="tokens"),
-    path("tokens/<int:pk>/revoke/", views.token_revoke, name="token-revoke"),
-    path("service-principals/", views.principals, name="principals"),
+    path("models/<str:name>/permissions/", access.permissions, name="permissions"),
+    path("tokens/", access.tokens, name="tokens"),
+    path("tokens/<int:pk>/revoke/", access.token_revoke, name="token-revoke"),
+    path("service-principals/", access.principals, name="principals"),
     path(
         "service-principals/<int:pk>/tokens/",
-        views.principal_token,
+        access.principal_token,
         name="principal-token",
     ),
 ]

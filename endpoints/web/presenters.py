@@ -1,0 +1,413 @@
+"""What each page shows: plain functions that turn domain objects into template context.
+
+Views parse the request and pass what they read from it as keyword arguments; nothing
+here looks at the request. Reads go through selectors, the registry, logs and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+from django.template.loader import render_to_string
+from django.urls import reverse
+
+from endpoints import logs, metrics, registry, selectors
+from endpoints.auth import can_create_endpoint, has_permission, permission_level
+from endpoints.models import (
+    ComputeConfig,
+    EndpointVersion,
+    PermissionLevel,
+    ServicePrincipal,
+    ServiceState,
+    ServingEndpoint,
+    Stage,
+)
+
+log = logging.getLogger(__name__)
+
+PANEL_TABS = (
+    ("call", "Call the model"),
+    ("logs", "Logs"),
+    ("metrics", "Metrics"),
+    ("events", "Model Events"),
+    ("compute", "Compute Settings"),
+)
+SERVING_TABS = tuple(key for key, _ in PANEL_TABS)
+METRICS_WINDOW_MS = 15 * 60 * 1000
+EVENTS_SHOWN = 200
+BADGES = {"PENDING": "Pending", "READY": "Ready", "FAILED": "Failed"}
+
+AbsoluteUri = Callable[[str], str]
+
+
+def serving_url(
+    name: str, *, version: str = "", tab: str = "", example: str = "", shown: str = ""
+) -> str:
+    """The Serving tab of model ``name`` with the given query (empty values left out)."""
+    params = {"version": version, "tab": tab, "example": example, "shown": shown}
+    query = "&".join(f"{k}={quote(v)}" for k, v in params.items() if v)
+    url = reverse("serving", args=[name])
+    return f"{url}?{query}" if query else url
+
+
+def when(ms: int | None) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
+
+
+# --- models list and model header --------------------------------------------------------------
+
+
+def badge(endpoint: ServingEndpoint | None, level: str | None) -> str:
+    """The serving badge of a user whose permission on ``endpoint`` is ``level``."""
+    if endpoint is None:
+        return "Off"
+    if level is None:
+        return "Restricted"
+    return BADGES.get(endpoint.state, "Pending")
+
+
+def models_list(
+    *, models: list[registry.RegisteredModelInfo], user: AbstractBaseUser
+) -> dict[str, Any]:
+    endpoints = {e.registered_model_name: e for e in selectors.enabled_endpoints()}
+    rows = []
+    for model in models:
+        endpoint = endpoints.get(model.name)
+        level = permission_level(user, endpoint) if endpoint else None
+        rows.append({"model": model, "badge": badge(endpoint, level)})
+    return {"rows": rows}
+
+
+def model_header(
+    *, model: registry.RegisteredModelInfo, user: AbstractBaseUser, tab: str
+) -> dict[str, Any]:
+    """The header every model page shares: name, serving badge and tabs."""
+    endpoint = selectors.enabled_endpoint(model.name)
+    level = permission_level(user, endpoint) if endpoint else None
+    return {
+        "model": model,
+        "model_tab": tab,
+        "badge": badge(endpoint, level),
+        "can_manage": level == PermissionLevel.CAN_MANAGE,
+    }
+
+
+def model_detail(*, model: registry.RegisteredModelInfo, user: AbstractBaseUser) -> dict[str, Any]:
+    return {
+        **model_header(model=model, user=user, tab="details"),
+        "stages": registry.ALL_STAGES,
+        "version_rows": [
+            {"info": v, "created": when(v.creation_timestamp)} for v in reversed(model.versions)
+        ],
+    }
+
+
+# --- the Serving tab ---------------------------------------------------------------------------
+
+
+def serving_off(*, name: str, user: AbstractBaseUser) -> dict[str, Any]:
+    """Serving is not enabled: the page offers to enable it to those who may."""
+    return {"endpoint": None, "name": name, "can_enable": can_create_endpoint(user)}
+
+
+def serving(
+    *,
+    endpoint: ServingEndpoint,
+    user: AbstractBaseUser,
+    absolute_uri: AbsoluteUri,
+    version_name: str = "",
+    tab: str = "call",
+    show_example: bool = False,
+    panel: bool = True,
+    replica_id: str = "",
+    log_kind: str = "service",
+    event_scope: str = "",
+) -> dict[str, Any]:
+    """Everything the Serving tab shows; ``panel=False`` for the status poll, which
+    refreshes the status, versions and live bits of the open tab, not its logs or events."""
+    name = endpoint.registered_model_name
+    versions = sorted(
+        selectors.deployed_versions(endpoint), key=lambda v: v.version_number, reverse=True
+    )
+    version = next(
+        (v for v in versions if v.version == version_name), versions[0] if versions else None
+    )
+    tab = tab if tab in SERVING_TABS else "call"
+    tags = stage_tags(endpoint, versions)
+    shown = ",".join(v.version for v in versions) or "none"
+    url = (
+        absolute_uri(f"/model/{quote(name, safe='')}/{version.version}/invocations")
+        if version
+        else ""
+    )
+    example, example_reason = input_example(version) if tab == "call" else ("", "")
+    context = {
+        "name": name,
+        "endpoint": endpoint,
+        "status": selectors.endpoint_status_json(endpoint),
+        "versions": [
+            {"v": v, "label": selectors.sidebar_label(v), "tags": tags.get(v.pk, [])}
+            for v in versions
+        ],
+        "version": version,
+        "version_tags": tags.get(version.pk, []) if version else [],
+        "version_label": selectors.sidebar_label(version) if version else "",
+        "replicas": list(version.replicas.order_by("-created_at")[:20]) if version else [],
+        "model_urls": model_urls(endpoint=endpoint, versions=versions, absolute_uri=absolute_uri),
+        "tab": tab,
+        "panel_tabs": PANEL_TABS,
+        "settled": settled(endpoint, versions),
+        "can_manage": has_permission(user, endpoint, PermissionLevel.CAN_MANAGE),
+        "invocation_url": url,
+        "snippets": snippets(url) if url else {},
+        "example_reason": example_reason,
+        "has_example": bool(example),
+        "request_body": example if show_example else "",
+        "shown": shown,
+        "poll_url": serving_url(name, version=version.version if version else "", shown=shown),
+    }
+    if panel:
+        context.update(
+            panel_context(
+                tab=tab,
+                endpoint=endpoint,
+                version=version,
+                replica_id=replica_id,
+                log_kind=log_kind,
+                event_scope=event_scope,
+            )
+        )
+    elif tab == "compute":
+        context["compute"] = compute_rows(endpoint)
+    return context
+
+
+def panel_context(
+    *,
+    tab: str,
+    endpoint: ServingEndpoint,
+    version: EndpointVersion | None,
+    replica_id: str = "",
+    log_kind: str = "service",
+    event_scope: str = "",
+) -> dict[str, Any]:
+    """What the selected tab needs; only that tab's data is read."""
+    if tab == "logs" and version is not None:
+        if log_kind == "build":
+            text = logs.build_logs(version)
+        else:
+            text = logs.service_logs(version, replica_id=replica_id or None)
+        return {"log_kind": log_kind, "log_replica": replica_id, "log_text": text}
+    if tab == "metrics" and version is not None:
+        now = int(time.time() * 1000)
+        try:
+            points = metrics.series(version.pk, now - METRICS_WINDOW_MS, now)
+        except Exception as exc:  # Redis away: the rest of the page is still useful
+            log.warning("metrics unavailable: %s", exc)
+            return {"metrics_error": "Metrics are unavailable right now."}
+        return {"metrics_points": points, "summary": metrics_summary(points)}
+    if tab == "events":
+        scope = "version" if version is not None and event_scope == "version" else ""
+        events = selectors.endpoint_events(
+            endpoint, limit=EVENTS_SHOWN, version_name=version.version if scope else ""
+        )
+        return {
+            "event_scope": scope,
+            "events": [{"event": e, "when": when(e.timestamp)} for e in events],
+        }
+    if tab == "compute":
+        return {"compute": compute_rows(endpoint), "sizes": selectors.supported_workload_sizes()}
+    return {}
+
+
+def stage_tags(endpoint: ServingEndpoint, versions: list[EndpointVersion]) -> dict[int, list[str]]:
+    """The stages each version serves now (its alias) or is being brought up for."""
+    tags: dict[int, set[str]] = {v.pk: set() for v in versions}
+    for alias in endpoint.aliases.all():
+        tags.setdefault(alias.version_id, set()).add(alias.stage)
+    for v in versions:
+        if v.desired and v.registry_stage in Stage.values:
+            tags[v.pk].add(v.registry_stage)
+    return {pk: sorted(stages, reverse=True) for pk, stages in tags.items()}
+
+
+def model_urls(
+    *, endpoint: ServingEndpoint, versions: list[EndpointVersion], absolute_uri: AbsoluteUri
+) -> list[dict[str, str]]:
+    """The stage URLs that answer (or are about to), then one URL per version."""
+    quoted = quote(endpoint.registered_model_name, safe="")
+    urls = []
+    stages = {v.registry_stage for v in versions if v.desired}
+    stages |= set(endpoint.aliases.values_list("stage", flat=True))
+    for stage in Stage.values:
+        if stage in stages:
+            path = f"/model-endpoint/{quoted}/{stage}/invocations"
+            urls.append({"label": stage, "url": absolute_uri(path)})
+    for v in sorted(versions, key=lambda v: v.version_number, reverse=True):
+        path = f"/model/{quoted}/{v.version}/invocations"
+        urls.append({"label": f"Version {v.version}", "url": absolute_uri(path)})
+    return urls
+
+
+def settled(endpoint: ServingEndpoint, versions: list[EndpointVersion]) -> bool:
+    """Nothing is on its way: the status poll may stop."""
+    moving = (ServiceState.PENDING, ServiceState.RETRY_REQUESTED)
+    if endpoint.state == "PENDING":
+        return False
+    if any(v.service_state in moving or v.config_update_state in moving for v in versions):
+        return False
+    # A saved compute config the worker has not picked up yet is on its way too.
+    configs = {stage: endpoint.current_compute_config(stage) for stage in Stage.values}
+    return not any(
+        rollout_label(v, configs[v.registry_stage]) == "Update queued"
+        for v in versions
+        if v.desired and v.registry_stage in configs and v.service_state != ServiceState.FAILED
+    )
+
+
+def input_example(version: EndpointVersion | None) -> tuple[str, str]:
+    """(example JSON, reason it is unavailable): exactly one of them is empty."""
+    if version is None:
+        return "", "No model version is served yet."
+    if not version.model_path or not Path(version.model_path).is_dir():
+        return "", "The model version has not been downloaded yet."
+    try:
+        example = registry.input_example(Path(version.model_path))
+    except (OSError, ValueError) as exc:
+        return "", f"The input example could not be read: {exc}"
+    if example is None:
+        return "", "This model version was logged without an input example."
+    return json.dumps(_as_records(example), indent=2), ""
+
+
+def _as_records(example: dict[str, Any]) -> dict[str, Any]:
+    """A split-oriented frame shown as records: one object per row reads best in a box."""
+    split = example.get("dataframe_split")
+    if not isinstance(split, dict) or not {"columns", "data"} <= split.keys():
+        return example
+    return {
+        "dataframe_records": [
+            dict(zip(split["columns"], row, strict=False)) for row in split["data"]
+        ]
+    }
+
+
+def snippets(url: str) -> dict[str, str]:
+    curl = f'curl -u token:$TOKEN -X POST -H "Content-Type: application/json" -d@data.json {url}'
+    # A plain str (not the SafeString render_to_string returns): the page escapes it.
+    python = str.__str__(render_to_string("endpoints/snippet_python.txt", {"url": url}))
+    return {"curl": curl, "python": python}
+
+
+def metrics_summary(points: list[dict[str, Any]]) -> dict[str, Any]:
+    requests = sum(p["requests"] for p in points)
+    errors = sum(p["errors"] for p in points)
+    latencies = [p["latency_ms_avg"] for p in points if p["latency_ms_avg"] is not None]
+    replicas = [p["replicas"] for p in points if p["replicas"] is not None]
+    seconds = max(len(points), 1) * metrics.BUCKET_SECONDS
+    peak = max((p["requests_per_second"] for p in points), default=0)
+    return {
+        "requests": requests,
+        "requests_per_second": round(requests / seconds, 2) if points else 0,
+        "errors": errors,
+        "error_rate": round(100 * errors / requests, 1) if requests else 0,
+        "latency_ms_avg": round(sum(latencies) / len(latencies), 1) if latencies else None,
+        "replicas": replicas[-1] if replicas else None,
+        "bars": [
+            {
+                "height": round(100 * p["requests_per_second"] / peak) if peak else 0,
+                "point": p,
+            }
+            for p in points[-60:]
+        ],
+    }
+
+
+def compute_rows(endpoint: ServingEndpoint) -> list[dict[str, Any]]:
+    rows = []
+    for stage in Stage.values:
+        config = endpoint.current_compute_config(stage)
+        versions = list(
+            endpoint.versions.filter(registry_stage=stage, desired=True).order_by("-created_at")
+        )
+        rows.append(
+            {
+                "stage": stage,
+                "config": config,
+                "versions": [{"v": v, "rollout": rollout_label(v, config)} for v in versions],
+                "updating": any(v.config_update_state == ServiceState.PENDING for v in versions),
+                "failed": any(v.config_update_state == ServiceState.FAILED for v in versions),
+            }
+        )
+    return rows
+
+
+def rollout_label(version: EndpointVersion, config: ComputeConfig | None) -> str:
+    """Where the stage's newest compute config stands on this version."""
+    labels = {
+        ServiceState.PENDING: "Updating",
+        ServiceState.FAILED: "Update Failed",
+        ServiceState.RETRY_REQUESTED: "Retry requested",
+    }
+    if version.config_update_state in labels:
+        return labels[version.config_update_state]
+    if config is not None and not config.same_spec(version.service_config):
+        # Saved, not yet picked up by the worker.
+        return "Update queued"
+    return "Up to date" if version.is_ready else selectors.sidebar_label(version)
+
+
+def invoke_result(*, status: int, answer: bytes, latency_ms: float) -> dict[str, Any]:
+    """The request sender's answer box."""
+    return {
+        "status": status,
+        "ok": 200 <= status < 300,
+        "latency_ms": round(latency_ms, 1),
+        "body": _pretty(answer),
+    }
+
+
+def _pretty(body: bytes) -> str:
+    try:
+        return json.dumps(json.loads(body), indent=2)
+    except ValueError:
+        return body.decode(errors="replace")
+
+
+# --- permissions, tokens, service principals ----------------------------------------------------
+
+
+def permissions(
+    *,
+    model: registry.RegisteredModelInfo,
+    user: AbstractBaseUser,
+    endpoint: ServingEndpoint,
+    form: Any,
+) -> dict[str, Any]:
+    return {
+        **model_header(model=model, user=user, tab="permissions"),
+        "form": form,
+        "endpoint": endpoint,
+        "grants": selectors.endpoint_grants(endpoint),
+        "levels": PermissionLevel.choices,
+    }
+
+
+def tokens(*, user: AbstractBaseUser, form: Any, created: dict | None) -> dict[str, Any]:
+    return {"form": form, "created": created, "tokens": selectors.unrevoked_tokens(user)}
+
+
+def principals(
+    *, principals: QuerySet[ServicePrincipal], form: Any, created: dict | None
+) -> dict[str, Any]:
+    rows = [{"principal": p, "tokens": selectors.unrevoked_tokens(p.user)} for p in principals]
+    return {"form": form, "rows": rows, "created": created}

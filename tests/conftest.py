@@ -8,86 +8,41 @@ Integration tests that use them must use ``transactional_db`` (the worker writes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import TypeVar
 
 import pytest
 import redis
 from django.conf import settings
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
+from endpoints import devstack
+from endpoints.devstack import ManagedProcess, free_port
+
+T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], object], *, timeout: float, what: str, interval: float = 0.2):
+def wait_for(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
     """Poll ``predicate`` until it returns a truthy value (returned) or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    try:
+        return devstack.wait_for(predicate, timeout=timeout, what=what, interval=interval)
+    except devstack.WaitTimeout as exc:
+        pytest.fail(str(exc))
 
 
-class ManagedProcess:
-    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None):
-        self.name = name
-        self.cmd = cmd
-        self.log_path = log_dir / f"{name}.log"
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> ManagedProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(
-            self.cmd,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, sig)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def kill(self) -> None:
-        """SIGKILL the process and its children (not replicas: they have their own sessions)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+def _until_up(
+    process: ManagedProcess, predicate: Callable[[], T], *, timeout: float, what: str
+) -> T:
+    """Wait for ``process`` to be up; fail with its output if it exits or never comes up."""
+    try:
+        return process.wait_until(predicate, timeout=timeout, what=what)
+    except devstack.StackError as exc:
+        pytest.fail(f"{exc}\n{process.output()[-3000:]}")
 
 
 @pytest.fixture(scope="session")
@@ -102,36 +57,12 @@ def redis_server(stack_log_dir: Path) -> Iterator[redis.Redis]:
     """A real redis-server on this run's port (from REDIS_URL)."""
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed: run `make test`, which installs it")
-    port = urlparse(settings.REDIS_URL).port
     data_dir = Path(settings.VAR_DIR) / "redis"
-    data_dir.mkdir(exist_ok=True)
-    server = ManagedProcess(
-        "redis",
-        [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(data_dir),
-        ],
-        stack_log_dir,
-    ).start()
-    client = redis.Redis.from_url(settings.REDIS_URL)
-
-    def ping() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    wait_for(ping, timeout=20, what="redis-server")
-    yield client
+    try:
+        server = devstack.start_redis(settings.REDIS_URL, data_dir, stack_log_dir, timeout=20)
+    except devstack.StackError as exc:
+        pytest.fail(f"{exc}\n{(stack_log_dir / 'redis.log').read_text(errors='replace')[-3000:]}")
+    yield redis.Redis.from_url(settings.REDIS_URL)
     server.stop()
 
 
@@ -180,10 +111,7 @@ def _start_worker(log_dir: Path) -> ManagedProcess:
         ],
         log_dir,
     ).start()
-    wait_for(
-        lambda: "ready" in worker.output() or not worker.alive, timeout=60, what="celery worker"
-    )
-    assert worker.alive, worker.output()
+    _until_up(worker, lambda: "ready" in worker.output(), timeout=60, what="celery worker")
     return worker
 
 
@@ -197,11 +125,10 @@ def reconcile_paused() -> Iterator[None]:
     queued meanwhile run once it continues."""
     paused = [w for w in _WORKERS if w.alive]
     for worker in paused:
-        os.killpg(worker.process.pid, signal.SIGSTOP)
+        worker.send_signal(signal.SIGSTOP)
     yield
     for worker in paused:
-        if worker.alive:
-            os.killpg(worker.process.pid, signal.SIGCONT)
+        worker.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture
@@ -243,16 +170,7 @@ def serve_product(
         name, gunicorn_command(host="127.0.0.1", port=port, workers=workers), log_dir, env=env
     ).start()
     base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(base + "/login/", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    wait_for(lambda: up() or not server.alive, timeout=60, what=name)
-    assert server.alive, server.output()
+    _until_up(server, lambda: devstack.http_status(base + "/login/") == 200, timeout=60, what=name)
     yield base
     server.stop()
 
@@ -279,9 +197,14 @@ def _disable_all_endpoints() -> None:
 
     reconcile_all.delay()
     live = (ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING)
-    deadline = time.monotonic() + 60
-    while Replica.objects.filter(state__in=live).exists() and time.monotonic() < deadline:
-        time.sleep(0.3)
+    # Best effort: a replica still stopping is the next test's worker's to finish.
+    with contextlib.suppress(devstack.WaitTimeout):
+        devstack.wait_for(
+            lambda: not Replica.objects.filter(state__in=live).exists(),
+            timeout=60,
+            what="replicas to stop",
+            interval=0.3,
+        )
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from endpoints.devstack import free_port
 from endpoints.provisioning import environments
 from endpoints.runtime import ReplicaSpec, get_runtime
 from endpoints.runtime.local import wait_until
@@ -70,7 +71,7 @@ def test_a_virtualenv_per_requirements_is_built_once_and_serves_the_model(
     assert out.stdout.strip() == str(env_dir)
     # And a replica started with it answers.
     runtime = get_runtime()
-    port = _free_port()
+    port = free_port()
     spec = ReplicaSpec(
         replica_id="venv-replica",
         model_path=first.model_path,
@@ -86,11 +87,3 @@ def test_a_virtualenv_per_requirements_is_built_once_and_serves_the_model(
         ).read_text()
     finally:
         runtime.stop(pid, spec.replica_id, grace_seconds=5)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -22,14 +21,17 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from endpoints import devstack
+from endpoints.devstack import ManagedProcess
 
 ISOLATED_ENV = "SERVING_BENCH_ISOLATED"
 MODEL = "iris-classifier"
@@ -46,12 +48,6 @@ BODY = json.dumps(
         }
     }
 ).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Command(BaseCommand):
@@ -87,13 +83,13 @@ def run_isolated(command: str, extra_env: dict[str, str] | None = None) -> None:
     """Run ``manage.py <command>`` again with settings that point at a fresh temporary
     stack: its own data directory, Redis port, SQLite database and MLflow registry."""
     var = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-    port = free_port()
+    port = devstack.free_port()
     env = {
         **os.environ,
         ISOLATED_ENV: "1",
         "SERVING_VAR_DIR": str(var),
         "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
-        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "REDIS_URL": f"redis://127.0.0.1:{devstack.free_port()}/0",
         "MLFLOW_TRACKING_URI": f"sqlite:///{var / 'mlflow' / 'mlflow.db'}",
         "MLFLOW_REGISTRY_URI": f"sqlite:///{var / 'mlflow' / 'mlflow.db'}",
         "MLFLOW_ARTIFACT_ROOT": str(var / "mlflow" / "artifacts"),
@@ -235,7 +231,7 @@ class Bench:
     def __init__(self, command: Command, options: dict) -> None:
         self.out = command.stdout
         self.options = options
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[ManagedProcess] = []
         self.var = Path(settings.VAR_DIR)
 
     def run(self) -> None:
@@ -255,27 +251,16 @@ class Bench:
 
     # --- the stack ----------------------------------------------------------------------
 
-    def _spawn(self, name: str, cmd: list[str], **kwargs) -> subprocess.Popen:
-        log = open(self.var / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
-        )
+    def _spawn(self, name: str, cmd: list[str]) -> ManagedProcess:
+        process = ManagedProcess(name, cmd, self.var).start()
         self.processes.append(process)
         return process
 
     def _start_redis(self) -> None:
-        from urllib.parse import urlparse
-
-        import redis
-
-        port = urlparse(settings.REDIS_URL).port
-        self._spawn(
-            "redis",
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""],
-            cwd=self.var,
-        )
-        client = redis.Redis.from_url(settings.REDIS_URL)
-        _wait(lambda: _pings(client), what="redis-server")
+        with _as_command_error():
+            self.processes.append(
+                devstack.start_redis(settings.REDIS_URL, self.var, self.var, timeout=60)
+            )
 
     def _serve_model(self) -> tuple[tuple[str, int], str]:
         from django.contrib.auth import get_user_model
@@ -338,7 +323,7 @@ class Bench:
     def _start_gunicorn(self) -> int:
         from endpoints.management.commands.run_product import WEB_THREADS, gunicorn_command
 
-        port = free_port()
+        port = devstack.free_port()
         threads = self.options["web_threads"] or WEB_THREADS
         workers = self.options["web_workers"]
         if self.options.get("server") == "uvicorn":
@@ -355,10 +340,10 @@ class Bench:
             command = gunicorn_command(
                 host="127.0.0.1", port=port, workers=workers, threads=threads
             )
-        self._spawn("web", command, cwd=settings.BASE_DIR)
-        _wait(
-            lambda: _responds(f"http://127.0.0.1:{port}/model/-/1/invocations"), what="the server"
-        )
+        self._spawn("web", command)
+        # Any answer will do: the gateway answers a GET on a scoring URL with 405.
+        url = f"http://127.0.0.1:{port}/model/-/1/invocations"
+        _wait(lambda: devstack.http_status(url) is not None, what="the server")
         return port
 
     def _stop(self) -> None:
@@ -367,13 +352,7 @@ class Bench:
         if getattr(self, "replica_pid", None):
             get_runtime().stop(self.replica_pid, "bench-replica", grace_seconds=5)
         for process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            process.stop(timeout=20)
 
     # --- measuring ------------------------------------------------------------------------
 
@@ -470,29 +449,16 @@ def _median(results: list[Result]) -> Result:
     )
 
 
-def _pings(client) -> bool:
-    import redis
-
+@contextmanager
+def _as_command_error() -> Iterator[None]:
     try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
+        yield
+    except devstack.WaitTimeout as exc:
+        raise CommandError(f"{exc.what} did not come up within {exc.timeout:.0f} s") from None
+    except devstack.StackError as exc:
+        raise CommandError(str(exc)) from None
 
 
-def _responds(url: str) -> bool:
-    """Any HTTP answer (the gateway answers a GET on a scoring URL with 405)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
-
-
-def _wait(predicate, *, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise CommandError(f"{what} did not come up within {timeout:.0f} s")
-        time.sleep(0.1)
+def _wait(predicate: Callable[[], object], *, what: str, timeout: float = 60) -> None:
+    with _as_command_error():
+        devstack.wait_for(predicate, timeout=timeout, what=what, interval=0.1)

@@ -66,8 +66,6 @@ class ProvisioningBench(Bench):
             self._stop_replicas()
 
     def _start_worker(self) -> None:
-        from django.conf import settings
-
         self._spawn(
             "worker",
             [
@@ -75,7 +73,6 @@ class ProvisioningBench(Bench):
                 *("--concurrency", "2", "--loglevel", "WARNING"),
                 *("--schedule", str(self.var / "celerybeat-schedule")),
             ],
-            cwd=settings.BASE_DIR,
         )
 
     def _stop_replicas(self) -> None:

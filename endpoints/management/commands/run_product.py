@@ -12,21 +12,19 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlparse
 
-import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from endpoints import services
+from endpoints import devstack, services
+from endpoints.devstack import ManagedProcess
 from endpoints.models import AccessToken
 
 AUTO_TOKEN_NAME = "printed by make run"  # noqa: S105 - a label, not a secret
@@ -72,7 +70,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: object, **options: object) -> None:
-        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.children: list[ManagedProcess] = []
         self.stopping = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -97,40 +95,22 @@ class Command(BaseCommand):
     # --- start-up -------------------------------------------------------------------------
 
     def _start_redis_if_needed(self) -> None:
-        url = urlparse(settings.REDIS_URL)
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1)
-        try:
-            client.ping()
+        if devstack.redis_answers(settings.REDIS_URL):
             return
-        except redis.ConnectionError:
-            pass
+        url = urlparse(settings.REDIS_URL)
         if url.hostname not in ("127.0.0.1", "localhost"):
             raise SystemExit(f"Redis at {settings.REDIS_URL} does not answer.")
         data_dir = Path(settings.VAR_DIR) / "redis"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            "redis",
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(url.port or 6379),
-                "--dir",
-                str(data_dir),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-        )
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.1)
-        raise SystemExit("redis-server did not start; see its output above.")
+        server = self._spawn("redis", devstack.redis_command(url.port or 6379, data_dir))
+        try:
+            server.wait_until(
+                lambda: devstack.redis_answers(settings.REDIS_URL),
+                timeout=10,
+                what="redis-server",
+                interval=0.1,
+            )
+        except devstack.StackError:
+            raise SystemExit("redis-server did not start; see its output above.") from None
 
     def _ensure_admin(self) -> tuple[str, str | None]:
         """The ``admin`` login; its password is printed only when this call chose it."""
@@ -203,21 +183,23 @@ class Command(BaseCommand):
             ],
         )
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
-        process = subprocess.Popen(cmd, cwd=settings.BASE_DIR)
-        self.children.append((name, process))
+    def _spawn(self, name: str, cmd: list[str]) -> ManagedProcess:
+        # On this terminal: the output is the console's and Ctrl-C reaches the child too.
+        process = ManagedProcess(name, cmd, None, new_session=False).start()
+        self.children.append(process)
+        return process
 
     def _wait_until_up(self, url: str) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not self.stopping:
-            try:
-                with urllib.request.urlopen(url + "login/", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
+        def up() -> bool:
             self._check_children()
-        raise SystemExit(f"The web server did not answer at {url} within 60 s.")
+            return self.stopping or devstack.http_status(url + "login/") == 200
+
+        try:
+            devstack.wait_for(up, timeout=60, what="the web server", interval=0.3)
+        except devstack.WaitTimeout:
+            self.stopping = True
+        if self.stopping:
+            raise SystemExit(f"The web server did not answer at {url} within 60 s.")
 
     def _banner(self, url: str, login: str, password: str | None, token: str) -> None:
         shown = password or "(unchanged: as printed on first start, or DJANGO_SUPERUSER_PASSWORD)"
@@ -240,9 +222,11 @@ class Command(BaseCommand):
         self.stopping = True
 
     def _check_children(self) -> None:
-        for name, process in self.children:
-            if process.poll() is not None and not self.stopping:
-                raise SystemExit(f"{name} exited with code {process.returncode}; stopping.")
+        for child in self.children:
+            if not child.alive and not self.stopping:
+                raise SystemExit(
+                    f"{child.name} exited with code {child.process.returncode}; stopping."
+                )
 
     def _supervise(self) -> None:
         while not self.stopping:
@@ -251,11 +235,12 @@ class Command(BaseCommand):
 
     def _shutdown(self) -> None:
         self.stopping = True
-        redis_child = [(n, p) for n, p in self.children if n == "redis"]
-        others = [(n, p) for n, p in self.children if n != "redis"]
-        _terminate(others)
+        # Redis last: stopping the replicas bumps the routing generation kept in it.
+        redis_child = [c for c in self.children if c.name == "redis"]
+        others = [c for c in self.children if c.name != "redis"]
+        devstack.stop_all(others, timeout=25)
         self._stop_replicas()
-        _terminate(redis_child)
+        devstack.stop_all(redis_child, timeout=25)
         self.children.clear()
 
     def _stop_replicas(self) -> None:
@@ -264,16 +249,3 @@ class Command(BaseCommand):
         stopped = stop_all_replicas()
         if stopped:
             self.stdout.write(f"Stopped {stopped} model server replica(s).")
-
-
-def _terminate(children: list[tuple[str, subprocess.Popen]]) -> None:
-    for _, process in children:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 25
-    for _, process in children:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

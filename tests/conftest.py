@@ -13,7 +13,8 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,6 +24,15 @@ from django.conf import settings
 
 from endpoints import devstack
 from endpoints.devstack import ManagedProcess, free_port
+from endpoints.models import (
+    ComputeConfig,
+    EndpointVersion,
+    Replica,
+    ReplicaState,
+    ServiceState,
+    ServingEndpoint,
+    StageAlias,
+)
 
 T = TypeVar("T")
 
@@ -190,8 +200,6 @@ def stack(transactional_db, demo_registry, celery_worker_process, web_server) ->
 
 def _disable_all_endpoints() -> None:
     """Leave no replica behind for the next test: disable and wait for the worker."""
-    from endpoints.models import Replica, ReplicaState, ServingEndpoint
-
     ServingEndpoint.objects.filter(enabled=True).update(enabled=False)
     from endpoints.tasks import reconcile_all
 
@@ -211,7 +219,6 @@ def _disable_all_endpoints() -> None:
 def model_name(tmp_path: Path) -> Iterator[str]:
     """A registered model with v1 in Production and v2 in Staging (empty artifacts: for
     tests that never serve it), deleted afterwards."""
-    import uuid
     import warnings
 
     from endpoints import registry
@@ -227,6 +234,55 @@ def model_name(tmp_path: Path) -> Iterator[str]:
             client.transition_model_version_stage(name, version.version, stage)
     yield name
     client.delete_registered_model(name)
+
+
+# --- rows the gateway routes by ---------------------------------------------------------------
+
+
+def add_version(
+    endpoint: ServingEndpoint,
+    version: str,
+    stage: str,
+    *,
+    state: str = ServiceState.READY,
+    replicas: Iterable[tuple[str, int]] = (),
+    **fields: object,
+) -> EndpointVersion:
+    """Version ``version`` of ``endpoint`` in ``stage``, as the reconcile loop leaves it:
+    served with the stage's newest compute config (a default one if the stage has none), a
+    RUNNING replica at each of ``replicas`` and, once READY, the stage's alias on it.
+    ``fields`` set other columns of the version."""
+    config = endpoint.current_compute_config(stage) or ComputeConfig.objects.create(
+        endpoint=endpoint, stage=stage
+    )
+    ready = state == ServiceState.READY
+    row = EndpointVersion.objects.create(
+        endpoint=endpoint,
+        version=version,
+        registry_stage=stage,
+        service_state=state,
+        service_config=config,
+        **{"service_message": "Ready" if ready else "Starting", **fields},
+    )
+    if ready:
+        StageAlias.objects.update_or_create(
+            endpoint=endpoint, stage=stage, defaults={"version": row}
+        )
+    for address in replicas:
+        add_replica(row, address)
+    return row
+
+
+def add_replica(version: EndpointVersion, address: tuple[str, int], **fields: object) -> Replica:
+    """A RUNNING replica of ``version`` at ``address`` (``fields`` set other columns)."""
+    host, port = address
+    return Replica.objects.create(
+        version=version,
+        replica_id=f"r-{uuid.uuid4().hex[:8]}",
+        host=host,
+        port=port,
+        **{"state": ReplicaState.RUNNING, **fields},
+    )
 
 
 # --- users and tokens ------------------------------------------------------------------------
@@ -266,3 +322,25 @@ def make_token():
         return services.token_create(user=user, **kwargs)[1]
 
     return make
+
+
+@pytest.fixture
+def as_user(make_token):
+    """``as_user(user) -> APIClient`` that authenticates with a new token of ``user``."""
+    from rest_framework.test import APIClient
+
+    def client(user) -> APIClient:
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {make_token(user)}")
+        return api
+
+    return client
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    """``response`` is the API's error body, ``{"error_code", "message"}``, with ``status``."""
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) == {"error_code", "message"}
+    assert body["error_code"] == code
+    return body

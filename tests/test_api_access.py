@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import assert_error
 from rest_framework.test import APIClient
 
 from endpoints.auth import token_for
@@ -24,26 +25,8 @@ TOKEN_INFO_KEYS = {
 
 
 @pytest.fixture
-def as_user(make_token):
-    def client(user) -> APIClient:
-        api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"Bearer {make_token(user)}")
-        return api
-
-    return client
-
-
-@pytest.fixture
 def endpoint(owner) -> ServingEndpoint:
     return ServingEndpoint.objects.create(registered_model_name="ElasticNet", creator=owner)
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error_code", "message"}
-    assert body["error_code"] == code
-    return body
 
 
 # --- tokens ---------------------------------------------------------------------------------

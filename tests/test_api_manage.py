@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import assert_error
 from django.conf import settings
 from django.core.cache import cache
 from django.test import override_settings
@@ -46,24 +47,6 @@ MODEL_VERSION_KEYS = {
     "status",
     "aliases",
 }
-
-
-@pytest.fixture
-def as_user(make_token):
-    def client(user) -> APIClient:
-        api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"Bearer {make_token(user)}")
-        return api
-
-    return client
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error_code", "message"}
-    assert body["error_code"] == code
-    return body
 
 
 def enable(api: APIClient, name: str):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import add_version, assert_error
 from rest_framework.test import APIClient
 
 from endpoints import kv, metrics, services
@@ -21,7 +22,6 @@ from endpoints.models import (
     ReplicaState,
     ServiceState,
     ServingEndpoint,
-    StageAlias,
 )
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
@@ -37,17 +37,6 @@ VERSION_STATUS_KEYS = {
     "service_status",
     "config_update_status",
 }
-ERROR_KEYS = {"error_code", "message"}
-
-
-@pytest.fixture
-def as_user(make_token):
-    def client(user) -> APIClient:
-        api = APIClient()
-        api.credentials(HTTP_AUTHORIZATION=f"Bearer {make_token(user)}")
-        return api
-
-    return client
 
 
 @pytest.fixture
@@ -59,26 +48,16 @@ def served(owner) -> ServingEndpoint:
         state="READY",
         state_message="All served versions are ready.",
     )
-    staging = ComputeConfig.objects.create(
-        endpoint=endpoint, stage="Staging", user_id="alice@example.com"
-    )
-    production = ComputeConfig.objects.create(
+    ComputeConfig.objects.create(endpoint=endpoint, stage="Staging", user_id="alice@example.com")
+    ComputeConfig.objects.create(
         endpoint=endpoint,
         stage="Production",
         workload_size="Medium",
         scale_to_zero_enabled=True,
         user_id="alice@example.com",
     )
-    for number, stage, config in (("1", "Production", production), ("2", "Staging", staging)):
-        version = EndpointVersion.objects.create(
-            endpoint=endpoint,
-            version=number,
-            registry_stage=stage,
-            service_state=ServiceState.READY,
-            service_message="Ready",
-            service_config=config,
-        )
-        StageAlias.objects.create(endpoint=endpoint, stage=stage, version=version)
+    for number, stage in (("1", "Production"), ("2", "Staging")):
+        version = add_version(endpoint, number, stage)
         # Row ids come back after a rolled-back test: drop metrics an earlier test recorded
         # under the same id, so each test reads only its own.
         client = redis_client()
@@ -89,14 +68,6 @@ def served(owner) -> ServingEndpoint:
 
 def get(api: APIClient, call: str, **args):
     return api.get(V2 + call, args)
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == ERROR_KEYS
-    assert body["error_code"] == code
-    return body
 
 
 def assert_compute_config(config: dict) -> None:

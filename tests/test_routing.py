@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from conftest import add_replica, add_version
 from django.utils import timezone
 
 from endpoints import services
@@ -15,33 +16,20 @@ from endpoints.kv import bump_generation, redis_client
 from endpoints.models import (
     AccessToken,
     ComputeConfig,
-    EndpointVersion,
     PermissionLevel,
-    Replica,
     ReplicaState,
     ServiceState,
     ServingEndpoint,
-    StageAlias,
     hash_token,
 )
 
 pytestmark = pytest.mark.django_db
 
 
-def _version(endpoint, number, stage, state=ServiceState.READY, *, ports=(), alias=False):
-    version = EndpointVersion.objects.create(
-        endpoint=endpoint, version=str(number), registry_stage=stage, service_state=state
-    )
-    for i, port in enumerate(ports):
-        Replica.objects.create(
-            version=version,
-            replica_id=f"r-{endpoint.pk}-{number}-{i}",
-            port=port,
-            state=ReplicaState.RUNNING,
-        )
-    if alias:
-        StageAlias.objects.create(endpoint=endpoint, stage=stage, version=version)
-    return version
+def _version(endpoint, number, stage, state=ServiceState.READY, *, ports=()):
+    """Version ``number`` in ``stage`` with RUNNING replicas on loopback ``ports``."""
+    addresses = [("127.0.0.1", port) for port in ports]
+    return add_version(endpoint, str(number), stage, state=state, replicas=addresses)
 
 
 @pytest.fixture
@@ -53,8 +41,8 @@ def endpoint(owner):
 
 
 def test_stage_url_follows_the_alias_and_version_url_the_number(endpoint):
-    _version(endpoint, 1, "Production", ports=(20001, 20002), alias=True)
-    _version(endpoint, 2, "Staging", ports=(20003,), alias=True)
+    _version(endpoint, 1, "Production", ports=(20001, 20002))
+    _version(endpoint, 2, "Staging", ports=(20003,))
     table = build_table()
     production = table.resolve("iris", "Production")
     assert (production.version, production.replicas) == (
@@ -67,14 +55,14 @@ def test_stage_url_follows_the_alias_and_version_url_the_number(endpoint):
 
 
 def test_only_running_replicas_are_routed_to(endpoint):
-    version = _version(endpoint, 1, "Production", ports=(20001,), alias=True)
+    version = _version(endpoint, 1, "Production", ports=(20001,))
     for state, port in [(ReplicaState.PENDING, 20002), (ReplicaState.TERMINATING, 20003)]:
-        Replica.objects.create(version=version, replica_id=f"x{port}", port=port, state=state)
+        add_replica(version, ("127.0.0.1", port), state=state)
     assert build_table().resolve("iris", "1").replicas == (("127.0.0.1", 20001),)
 
 
 def test_unknown_model_stage_or_version_is_not_found(endpoint):
-    _version(endpoint, 1, "Production", ports=(20001,), alias=True)
+    _version(endpoint, 1, "Production", ports=(20001,))
     table = build_table()
     for name, selector in [("nope", "1"), ("iris", "7"), ("iris", "Staging"), ("iris", "latest")]:
         with pytest.raises(NotFound):
@@ -82,7 +70,7 @@ def test_unknown_model_stage_or_version_is_not_found(endpoint):
 
 
 def test_disabled_serving_is_not_found(endpoint):
-    _version(endpoint, 1, "Production", ports=(20001,), alias=True)
+    _version(endpoint, 1, "Production", ports=(20001,))
     endpoint.enabled = False
     endpoint.save()
     with pytest.raises(NotFound):
@@ -107,8 +95,8 @@ def test_a_failed_version_says_so(endpoint):
 
 
 def test_a_ready_version_without_replicas_is_routable_and_may_scale_to_zero(endpoint):
-    _version(endpoint, 1, "Production", alias=True)
-    _version(endpoint, 2, "Staging", alias=True)
+    _version(endpoint, 1, "Production")
+    _version(endpoint, 2, "Staging")
     table = build_table()
     production, staging = table.resolve("iris", "Production"), table.resolve("iris", "Staging")
     assert production.routable and staging.routable
@@ -117,7 +105,7 @@ def test_a_ready_version_without_replicas_is_routable_and_may_scale_to_zero(endp
 
 
 def test_the_newest_stage_config_decides_scale_to_zero(endpoint):
-    _version(endpoint, 1, "Production", alias=True)
+    _version(endpoint, 1, "Production")
     ComputeConfig.objects.create(
         endpoint=endpoint,
         stage="Production",
@@ -193,11 +181,11 @@ def generation(redis_server):
 
 
 def test_the_snapshot_is_kept_until_the_generation_moves(endpoint, generation):
-    _version(endpoint, 1, "Production", ports=(20001,), alias=True)
+    _version(endpoint, 1, "Production", ports=(20001,))
     cache = RoutingCache()
     first = cache.current()
     assert cache.current() is first
-    _version(endpoint, 2, "Staging", ports=(20002,), alias=True)
+    _version(endpoint, 2, "Staging", ports=(20002,))
     assert cache.current() is first  # not yet told
     generation()
     second = cache.current()
@@ -214,7 +202,7 @@ def test_an_old_snapshot_is_rebuilt_even_without_a_generation_change(endpoint, g
 
 
 def test_routing_survives_redis_being_unreachable(endpoint, generation, settings):
-    _version(endpoint, 1, "Production", ports=(20001,), alias=True)
+    _version(endpoint, 1, "Production", ports=(20001,))
     cache = RoutingCache()
     first = cache.current()
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import add_version
 from django.conf import settings
 from django.test import Client
 
@@ -18,14 +19,12 @@ from endpoints import services
 from endpoints.kv import bump_generation
 from endpoints.models import (
     ComputeConfig,
-    EndpointVersion,
     Event,
     EventType,
     Replica,
     ReplicaState,
     ServiceState,
     ServingEndpoint,
-    StageAlias,
 )
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
@@ -42,28 +41,6 @@ def logged_in(user) -> Client:
 @pytest.fixture
 def endpoint(model_name, owner) -> ServingEndpoint:
     return services.endpoint_enable(name=model_name, user=owner)
-
-
-def add_version(
-    endpoint: ServingEndpoint,
-    version: str,
-    stage: str,
-    state: str = ServiceState.READY,
-    model_path: str = "",
-) -> EndpointVersion:
-    config = endpoint.current_compute_config(stage)
-    v = EndpointVersion.objects.create(
-        endpoint=endpoint,
-        version=version,
-        registry_stage=stage,
-        service_state=state,
-        service_message="Ready" if state == ServiceState.READY else "Starting",
-        service_config=config,
-        model_path=model_path,
-    )
-    if state == ServiceState.READY:
-        StageAlias.objects.update_or_create(endpoint=endpoint, stage=stage, defaults={"version": v})
-    return v
 
 
 def ready(endpoint: ServingEndpoint) -> ServingEndpoint:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import free_port, serve_product, wait_for
+from conftest import add_replica, add_version, free_port, serve_product, wait_for
 from django.conf import settings
 
 from endpoints import load, metrics, registry, services
@@ -30,11 +30,8 @@ from endpoints.kv import bump_generation
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,
-    Replica,
-    ReplicaState,
     ServiceState,
     ServingEndpoint,
-    StageAlias,
 )
 from endpoints.runtime import ReplicaSpec, get_runtime
 
@@ -44,7 +41,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reconcile_paused
 Address = tuple[str, int]
 IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 
-# SPEC §4, verbatim.
+# The documented scoring request examples, verbatim.
 DATAFRAME_SPLIT = {
     "dataframe_split": {
         "index": [0, 1],
@@ -85,7 +82,7 @@ INPUTS_TENSORS = {
 }
 
 
-# The reference Python client of SPEC §4, unchanged.
+# The documented Python scoring client, unchanged.
 def create_tf_serving_json(data):
     return {
         "inputs": {name: data[name].tolist() for name in data.keys()}  # noqa: SIM118
@@ -242,28 +239,7 @@ def serve(owner, name: str, stage: str, addresses: list[Address], *, version: st
     endpoint, _ = ServingEndpoint.objects.get_or_create(
         registered_model_name=name, defaults={"creator": owner, "state": "READY"}
     )
-    config = ComputeConfig.objects.create(endpoint=endpoint, stage=stage)
-    row = EndpointVersion.objects.create(
-        endpoint=endpoint,
-        version=version,
-        registry_stage=stage,
-        service_state=ServiceState.READY,
-        service_config=config,
-    )
-    StageAlias.objects.create(endpoint=endpoint, stage=stage, version=row)
-    for host, port in addresses:
-        add_replica(row, (host, port))
-    return row
-
-
-def add_replica(version: EndpointVersion, address: Address) -> Replica:
-    return Replica.objects.create(
-        version=version,
-        replica_id=f"row-{uuid.uuid4().hex[:8]}",
-        host=address[0],
-        port=address[1],
-        state=ReplicaState.RUNNING,
-    )
+    return add_version(endpoint, version, stage, replicas=addresses)
 
 
 @pytest.fixture
@@ -355,7 +331,7 @@ def test_missing_content_type_is_taken_as_json(served):
     assert response.json() == {"predictions": [0, 0]}
 
 
-# --- the reference client --------------------------------------------------------------------
+# --- the documented Python client -------------------------------------------------------------
 
 
 def test_reference_client_scores_a_dataframe(served):
@@ -712,13 +688,7 @@ def test_a_stage_scaled_to_zero_wakes_and_the_request_waits_for_it(served, owner
     ComputeConfig.objects.create(
         endpoint=iris.endpoint, stage="Staging", scale_to_zero_enabled=True
     )
-    cold = EndpointVersion.objects.create(
-        endpoint=iris.endpoint,
-        version="2",
-        registry_stage="Staging",
-        service_state=ServiceState.READY,
-    )
-    StageAlias.objects.create(endpoint=iris.endpoint, stage="Staging", version=cold)
+    cold = add_version(iris.endpoint, "2", "Staging")
     bump_generation()
     results: list = [None]
     thread = _in_thread(

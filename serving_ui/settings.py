@@ -37,6 +37,13 @@ def envint(name: str, default: str) -> int:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
+def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def envfloat(name: str, default: str) -> float:
     value = os.environ.get(name, default)
     try:
@@ -201,6 +208,9 @@ SERVING = {
         "SERVING_MAX_REPLICAS_PER_VERSION", os.environ.get("SERVING_MAX_REPLICAS_PER_HOST", "16")
     ),
     "REPLICA_CONCURRENCY": 4,
+    # The HTTP server in each replica: the product's own ("serving-ui", same answers as
+    # MLflow's with less overhead per request) or MLflow's FastAPI app ("mlflow").
+    "REPLICA_SERVER": envchoice("SERVING_REPLICA_SERVER", "serving-ui", ("serving-ui", "mlflow")),
     "REQUEST_TIMEOUT_SECONDS": envfloat("SERVING_REQUEST_TIMEOUT_SECONDS", "120"),
     "MAX_PAYLOAD_BYTES": envint("SERVING_MAX_PAYLOAD_BYTES", str(16 * 1024 * 1024)),
     # Requests a replica may have waiting beyond its concurrency before 429.

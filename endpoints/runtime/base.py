@@ -16,6 +16,8 @@ class ReplicaSpec:
     # The interpreter that runs the model server: the product's own, or a per-model venv's.
     python: str
     request_timeout_seconds: float = 120.0
+    # Which HTTP server answers: "serving-ui" (the product's own) or "mlflow" (MLflow's).
+    server: str = "serving-ui"
     extra_env: dict[str, str] = field(default_factory=dict)
 
 

@@ -62,6 +62,8 @@ class LocalRuntime:
             spec.host,
             "--port",
             str(spec.port),
+            "--server",
+            spec.server,
         ]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(

@@ -1,6 +1,9 @@
-"""A replica: MLflow's own pyfunc scoring server app, run under uvicorn in this process.
+"""A replica: one loaded model answering MLflow's scoring protocol over HTTP, under uvicorn.
 
-Launched directly rather than through ``mlflow models serve`` (which keeps a CLI parent
+``--server serving-ui`` (the default) runs the product's own app (``runtime.server``),
+which answers exactly what MLflow's scoring server answers with far less overhead per
+request; ``--server mlflow`` runs MLflow's own FastAPI app, kept for comparison. Both are
+launched directly rather than through ``mlflow models serve`` (which keeps a CLI parent
 alive and takes about twice as long to start). The ``--replica-id`` argument is not used
 here: it marks the process so the runtime can find it again (see ``local.discover``).
 """
@@ -10,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 
+SERVERS = ("serving-ui", "mlflow")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run one model server replica.")
@@ -17,17 +22,18 @@ def main() -> None:
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--server", choices=SERVERS, default=SERVERS[0])
     args = parser.parse_args()
-
-    from mlflow.pyfunc import scoring_server
-
-    os.environ[scoring_server._SERVER_MODEL_PATH] = args.model_path
-    print(f"replica {args.replica_id}: loading model from {args.model_path}", flush=True)
+    print(
+        f"replica {args.replica_id}: loading model from {args.model_path} ({args.server} server)",
+        flush=True,
+    )
+    app = _app(args.server, args.model_path)
 
     import uvicorn
 
     uvicorn.run(
-        "mlflow.pyfunc.scoring_server.app:app",
+        app,
         host=args.host,
         port=args.port,
         workers=1,
@@ -35,6 +41,21 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=60,
     )
+
+
+def _app(server: str, model_path: str):
+    if server == "serving-ui":
+        try:
+            from endpoints.runtime.server import load_app
+        except ImportError as exc:
+            # A per-model environment may hold an MLflow without what the app reuses.
+            print(f"falling back to MLflow's scoring server: {exc}", flush=True)
+        else:
+            return load_app(model_path)
+    from mlflow.pyfunc import scoring_server
+
+    os.environ[scoring_server._SERVER_MODEL_PATH] = model_path
+    return "mlflow.pyfunc.scoring_server.app:app"
 
 
 if __name__ == "__main__":

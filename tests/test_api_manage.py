@@ -349,16 +349,15 @@ def test_transition_stage_without_archiving_keeps_other_versions(as_user, owner,
     assert stages == {"1": "Production", "2": "Production"}
 
 
-def test_transition_stage_unknown_version_or_model(as_user, owner, model_name):
-    api = as_user(owner)
-    missing_version = api.post(
-        TRANSITIONS[0], {"name": model_name, "version": "9", "stage": "Staging"}, format="json"
-    )
-    assert_error(missing_version, 404, "RESOURCE_DOES_NOT_EXIST")
-    missing_model = api.post(
-        TRANSITIONS[1], {"name": "no-such-model", "version": "1", "stage": "Staging"}, format="json"
-    )
-    assert_error(missing_model, 404, "RESOURCE_DOES_NOT_EXIST")
+@pytest.mark.parametrize(
+    ("path", "name", "version"),
+    [(TRANSITIONS[0], None, "9"), (TRANSITIONS[1], "no-such-model", "1")],
+    ids=["unknown-version", "unknown-model"],
+)
+def test_transition_stage_unknown_version_or_model(as_user, owner, model_name, path, name, version):
+    payload = {"name": name or model_name, "version": version, "stage": "Staging"}
+    response = as_user(owner).post(path, payload, format="json")
+    assert_error(response, 404, "RESOURCE_DOES_NOT_EXIST")
 
 
 @pytest.mark.parametrize(

@@ -118,13 +118,27 @@ def test_get_status_takes_a_json_body_sent_as_a_form_like_curl_does(as_user, own
     assert response.status_code == 200
 
 
-def test_get_status_of_unknown_model_is_not_found(as_user, owner, served):
-    body = assert_error(
-        get(as_user(owner), "get-status", registered_model_name="nope"),
-        404,
-        "RESOURCE_DOES_NOT_EXIST",
-    )
-    assert "nope" in body["message"]
+@pytest.mark.parametrize(
+    ("call", "args", "unknown"),
+    [
+        ("get-status", {"registered_model_name": "nope"}, "nope"),
+        (
+            "get-version-status",
+            {"registered_model_name": "iris-classifier", "endpoint_version_name": "7"},
+            "7",
+        ),
+        (
+            "get-version-replicas",
+            {"registered_model_name": "iris-classifier", "endpoint_version_name": "9"},
+            "9",
+        ),
+    ],
+)
+def test_reads_of_an_unknown_model_or_version_are_not_found(
+    as_user, owner, served, call, args, unknown
+):
+    body = assert_error(get(as_user(owner), call, **args), 404, "RESOURCE_DOES_NOT_EXIST")
+    assert unknown in body["message"]
 
 
 def test_get_status_without_name_names_the_missing_parameter(as_user, owner):
@@ -142,9 +156,24 @@ def test_get_status_of_disabled_endpoint_is_not_found(as_user, owner, served):
     )
 
 
-def test_endpoint_hidden_from_user_without_view_permission(as_user, outsider, served):
+@pytest.mark.parametrize(
+    ("method", "call", "args"),
+    [
+        ("get", "get-status", {}),
+        ("get", "list-version-aliases", {}),
+        ("post", "get-version-logs", {"endpoint_version_name": "1"}),
+    ],
+)
+def test_endpoint_hidden_from_user_without_view_permission(
+    as_user, outsider, served, method, call, args
+):
     """Someone without CAN_VIEW cannot even learn the endpoint exists."""
-    response = get(as_user(outsider), "get-status", registered_model_name="iris-classifier")
+    api = as_user(outsider)
+    args = {"registered_model_name": "iris-classifier", **args}
+    if method == "get":
+        response = get(api, call, **args)
+    else:
+        response = api.post(V2 + call, args, format="json")
     assert_error(response, 404, "RESOURCE_DOES_NOT_EXIST")
 
 
@@ -245,16 +274,6 @@ def test_get_version_status_has_the_exact_shape(as_user, owner, served):
     assert body["endpoint_status"]["service_status"]["message"] == "Ready"
 
 
-def test_get_version_status_of_unknown_version_is_not_found(as_user, owner, served):
-    response = get(
-        as_user(owner),
-        "get-version-status",
-        registered_model_name="iris-classifier",
-        endpoint_version_name="7",
-    )
-    assert_error(response, 404, "RESOURCE_DOES_NOT_EXIST")
-
-
 def test_get_version_status_needs_a_version_number(as_user, owner, served):
     response = get(
         as_user(owner),
@@ -280,11 +299,6 @@ def test_list_version_aliases(as_user, owner, served):
             {"alias": "Staging", "endpoint_version_name": "2"},
         ]
     }
-
-
-def test_list_version_aliases_of_hidden_endpoint_is_not_found(as_user, member, served):
-    response = get(as_user(member), "list-version-aliases", registered_model_name="iris-classifier")
-    assert_error(response, 404, "RESOURCE_DOES_NOT_EXIST")
 
 
 # --- get-supported-workload-sizes ---------------------------------------------------------
@@ -343,16 +357,6 @@ def test_get_version_replicas(as_user, owner, served):
     }
     assert replicas[0]["state"] == "Running"
     assert replicas[0]["address"] == "127.0.0.1:23001"
-
-
-def test_get_version_replicas_of_unknown_version(as_user, owner, served):
-    response = get(
-        as_user(owner),
-        "get-version-replicas",
-        registered_model_name="iris-classifier",
-        endpoint_version_name="9",
-    )
-    assert_error(response, 404, "RESOURCE_DOES_NOT_EXIST")
 
 
 # --- get-event-history ---------------------------------------------------------------------
@@ -504,15 +508,6 @@ def test_get_version_logs_merges_replicas_or_reads_one(as_user, owner, served, t
     assert one.json() == {"logs": "listening too\n"}
     missing = api.post(V2 + "get-version-logs", {**args, "replica_id": "r-zzz"}, format="json")
     assert_error(missing, 404, "RESOURCE_DOES_NOT_EXIST")
-
-
-def test_get_version_logs_is_hidden_from_outsiders(as_user, outsider, served):
-    response = as_user(outsider).post(
-        V2 + "get-version-logs",
-        {"registered_model_name": "iris-classifier", "endpoint_version_name": "1"},
-        format="json",
-    )
-    assert_error(response, 404, "RESOURCE_DOES_NOT_EXIST")
 
 
 def test_get_version_build_logs(as_user, owner, served, tmp_path):

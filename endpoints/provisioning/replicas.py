@@ -114,6 +114,7 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         log_path=replica.log_path,
         python=version.environment_path or sys.executable,
         request_timeout_seconds=serving("REQUEST_TIMEOUT_SECONDS"),
+        server=serving("REPLICA_SERVER"),
     )
     try:
         replica.pid = runtime.start(spec)

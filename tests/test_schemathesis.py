@@ -3,20 +3,24 @@
 schemathesis generates requests for every operation of ``/api/schema/`` (valid and
 invalid ones) and runs all its checks on the answers: no server error, status codes and
 bodies as documented, invalid data rejected, valid data accepted, authentication enforced.
-A second user, who holds no permission on the owner's endpoint, then replays every
-operation against the owner's objects: none may be seen or changed.
+After every generated call the token it was sent with must still authenticate, and a read
+sent again must answer with the same status. A second user, who holds no permission on the
+owner's endpoint, then replays every operation against the owner's objects: none may be
+seen or changed.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import schemathesis
+from conftest import add_version
 from django.conf import settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
@@ -27,10 +31,7 @@ from endpoints.models import (
     AccessToken,
     ComputeConfig,
     EndpointPermission,
-    EndpointVersion,
-    ServiceState,
     ServingEndpoint,
-    StageAlias,
 )
 
 # The endpoint rows are written by hand: the reconcile loop must not correct them meanwhile.
@@ -59,16 +60,8 @@ def api_world(transactional_db, web_server, owner, member, outsider, admin_user)
     endpoint = ServingEndpoint.objects.create(
         registered_model_name=MODEL, creator=owner, state="READY", state_message="Ready"
     )
-    config = ComputeConfig.objects.create(endpoint=endpoint, stage="Staging", user_id="alice")
-    version = EndpointVersion.objects.create(
-        endpoint=endpoint,
-        version="1",
-        registry_stage="Staging",
-        service_state=ServiceState.READY,
-        service_message="Ready",
-        service_config=config,
-    )
-    StageAlias.objects.create(endpoint=endpoint, stage="Staging", version=version)
+    ComputeConfig.objects.create(endpoint=endpoint, stage="Staging", user_id="alice")
+    add_version(endpoint, "1", "Staging")
     services.service_principal_create(username="ci-bot", by=admin_user)
     owner_token, owner_secret = _token(owner, 1)
     _, outsider_secret = _token(outsider, 2)
@@ -104,6 +97,33 @@ FUZZ = hypothesis_settings(
 )
 
 
+LIST = "/api/2.0/preview/mlflow/endpoints-v2/list"
+
+
+def assert_still_authenticates(base: str, headers: dict[str, str]) -> None:
+    response = requests.get(base + LIST, headers=headers, timeout=30)
+    assert response.status_code == 200, ("the token no longer authenticates", response.text)
+
+
+def fuzz(
+    case: schemathesis.Case,
+    world: dict[str, Any],
+    identity: str,
+    excluded_checks: Sequence[Callable] = (),
+) -> None:
+    """Send one generated call and validate the answer against the schema; then check the
+    state it left: the token it was sent with still authenticates, and a read repeated with
+    that token answers with the same status (reads change nothing)."""
+    headers = world[identity]
+    response = case.call_and_validate(
+        base_url=world["base"], headers=headers, excluded_checks=list(excluded_checks), timeout=30
+    )
+    assert_still_authenticates(world["base"], headers)
+    if case.method.upper() == "GET":
+        again = case.call(base_url=world["base"], headers=headers, timeout=30)
+        assert again.status_code == response.status_code, (case.path, again.text)
+
+
 def test_the_server_serves_the_schema_that_is_fuzzed(web_server):
     served = requests.get(web_server + "/api/schema/?format=json", timeout=30)
     assert served.status_code == 200
@@ -117,28 +137,28 @@ def test_api_conforms_to_its_schema_as_the_owner(case, api_world):
     if case.operation.path.endswith("/restart-compute-config-update"):
         # Valid arguments, but the stage has no failed rollout to retry: a documented 400.
         excluded.append(positive_data_acceptance)
-    case.call_and_validate(
-        base_url=api_world["base"],
-        headers=api_world["owner"],
-        excluded_checks=excluded,
-        timeout=30,
-    )
+    fuzz(case, api_world, "owner", excluded)
 
 
 @schema.include(tag="Service principals").parametrize()
 @FUZZ
 def test_service_principal_calls_conform_to_the_schema_as_an_admin(case, api_world):
-    case.call_and_validate(base_url=api_world["base"], headers=api_world["admin"], timeout=30)
+    fuzz(case, api_world, "admin")
 
 
-def test_fuzzing_left_the_owners_access_intact(api_world):
-    """Run after the fuzz tests in the same file: the tokens they used still work."""
-    response = requests.get(
-        api_world["base"] + "/api/2.0/preview/mlflow/endpoints-v2/list",
+def test_the_check_after_each_fuzzed_call_fails_once_its_token_is_revoked(api_world):
+    """What the fuzz tests check after every call is able to fail: a token revoked on the
+    server no longer authenticates there."""
+    assert_still_authenticates(api_world["base"], api_world["owner"])
+    revoked = requests.post(
+        api_world["base"] + "/api/2.0/token/delete",
+        json={"token_id": str(api_world["owner_token"].pk)},
         headers=api_world["owner"],
         timeout=30,
     )
-    assert response.status_code == 200
+    assert revoked.status_code == 200, revoked.text
+    with pytest.raises(AssertionError, match="no longer authenticates"):
+        assert_still_authenticates(api_world["base"], api_world["owner"])
 
 
 # --- object-level authorization ------------------------------------------------------------

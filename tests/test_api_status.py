@@ -97,7 +97,7 @@ def test_get_status_has_the_exact_shape(as_user, owner, served):
     assert production == {"workload_size_id": "Medium", "scale_to_zero_enabled": True}
 
 
-def test_get_status_takes_a_json_body_like_the_reference(as_user, owner, served):
+def test_get_status_takes_a_json_body_as_mlflow_clients_send_it(as_user, owner, served):
     response = as_user(owner).generic(
         "GET",
         V2 + "get-status",

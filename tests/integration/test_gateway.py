@@ -334,13 +334,13 @@ def test_missing_content_type_is_taken_as_json(served):
 # --- the documented Python client -------------------------------------------------------------
 
 
-def test_reference_client_scores_a_dataframe(served):
+def test_documented_python_client_scores_a_dataframe(served):
     frame = pd.DataFrame(DATAFRAME_RECORDS["dataframe_records"])
     url = served.url("iris-classifier", "Production", "model")
     assert score_model(url, served.token, frame) == {"predictions": [0, 0]}
 
 
-def test_reference_client_scores_tensors(served):
+def test_documented_python_client_scores_tensors(served):
     rows = np.array([[5.1, 3.5, 1.4, 0.2]])
     assert score_model(served.url("iris-tensor", "Production"), served.token, rows) == (
         served.direct("iris-tensor", INPUTS_LIST).json()

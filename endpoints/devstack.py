@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
@@ -116,15 +117,17 @@ class ManagedProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> ManagedProcess:
-        log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(
-            self.cmd,
-            cwd=self.cwd,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT if log else None,
-            start_new_session=self.new_session,
-        )
+        # The child holds a descriptor of the log of its own: this process closes its copy.
+        sink = open(self.log_path, "ab") if self.log_path else nullcontext()  # noqa: SIM115
+        with sink as log:
+            self.process = subprocess.Popen(
+                self.cmd,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT if log else None,
+                start_new_session=self.new_session,
+            )
         return self
 
     def send_signal(self, sig: int) -> None:

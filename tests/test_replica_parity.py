@@ -28,6 +28,7 @@ from mlflow.pyfunc import scoring_server
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from sklearn.linear_model import LogisticRegression
 
+from endpoints.runtime import fastpath
 from endpoints.runtime.server import ReplicaApp
 
 JSON_TYPE = "application/json"
@@ -355,3 +356,105 @@ def test_a_request_over_the_timeout_gets_the_same_504(tmp_path, monkeypatch):
         GATE.set()
     assert ours == theirs
     assert theirs[0] == 504
+
+
+# --- the scikit-learn shortcut ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def estimators(tmp_path_factory) -> dict[str, tuple[Any, ReplicaApp]]:
+    """Scikit-learn models of several families, fitted on four named double columns."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    root = tmp_path_factory.mktemp("parity-sklearn")
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.normal(0, 3, size=(60, 4)), columns=["w", "x", "y", "z"])
+    label = (frame["w"] + frame["x"] > 0).astype(int)
+    fitted = {
+        "logistic": LogisticRegression().fit(frame, label),
+        "forest": RandomForestClassifier(n_estimators=5, random_state=0).fit(frame, label),
+        "linear": LinearRegression().fit(frame, frame["y"] * 1.5 - frame["z"]),
+        "pipeline": make_pipeline(StandardScaler(), LogisticRegression()).fit(frame, label),
+    }
+    return {
+        name: _pair(
+            _save(
+                root,
+                name,
+                sk_model=estimator,
+                signature=infer_signature(frame, estimator.predict(frame)),
+                skops_trusted_types=["sklearn.tree._tree.Tree"] if name == "forest" else None,
+            )
+        )
+        for name, estimator in fitted.items()
+    }
+
+
+def _pair(model) -> tuple[Any, ReplicaApp]:
+    return scoring_server.init(model), ReplicaApp(model)
+
+
+def test_the_shortcut_is_taken_only_by_numeric_estimator_families(estimators):
+    taken = {name: ours.fast_path is not None for name, (_, ours) in estimators.items()}
+    assert taken == {"logistic": True, "forest": True, "linear": True, "pipeline": False}
+
+
+@pytest.mark.parametrize("model", ["logistic", "forest", "linear", "pipeline"])
+@GENERATED
+@given(
+    rows=st.lists(
+        st.lists(st.floats(-1e6, 1e6, allow_subnormal=False), min_size=4, max_size=4),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_shortcut_answers_equal_mlflows(estimators, model, rows):
+    payload = json.dumps({"dataframe_split": {"columns": ["w", "x", "y", "z"], "data": rows}})
+    status, body, _ = assert_same(estimators, model, payload)
+    assert status == 200
+    assert len(json.loads(body)["predictions"]) == len(rows)
+    shortcut = estimators[model][1].fast_path
+    if shortcut is not None:  # small batches: the answer above came from the shortcut
+        expected = body if len(rows) <= fastpath.MAX_ROWS else None
+        assert shortcut.answer(payload.encode(), JSON_TYPE) == expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"dataframe_split": {"columns": ["x", "w", "y", "z"], "data": [[1.0, 2.0, 3.0, 4.0]]}},
+        {"dataframe_split": {"columns": ["w", "x", "y", "z"], "data": [[1, 2.0, 3.0, 4.0]]}},
+        {"dataframe_split": {"columns": ["w", "x", "y"], "data": [[1.0, 2.0, 3.0]]}},
+        {"dataframe_split": {"columns": ["w", "x", "y", "z"], "data": [[1.0, None, 3.0, 4.0]]}},
+        {"dataframe_split": {"columns": ["w", "x", "y", "z"], "data": [[1.0, 2.0, 3.0]]}},
+        {"dataframe_split": {"columns": ["w", "x", "y", "z"], "data": []}},
+        {"dataframe_split": {"columns": ["w", "x", "y", "z"], "data": [[1.0, 2.0, 3.0, True]]}},
+        {
+            "dataframe_split": {
+                "columns": ["w", "x", "y", "z"],
+                "data": [[1.0, 2.0, 3.0, 4.0]],
+                "index": [7],
+            }
+        },
+        {
+            "dataframe_split": {"columns": ["w", "x", "y", "z"], "data": [[1.0, 2.0, 3.0, 4.0]]},
+            "params": {"a": 1},
+        },
+    ],
+)
+@pytest.mark.parametrize("model", ["logistic", "forest"])
+def test_requests_beside_the_shortcut_get_mlflows_answer(estimators, model, payload):
+    assert estimators[model][1].fast_path.answer(json.dumps(payload).encode(), JSON_TYPE) is None
+    assert_same(estimators, model, json.dumps(payload))
+
+
+@pytest.mark.parametrize("model", ["logistic", "forest"])
+def test_non_finite_values_get_mlflows_answer(estimators, model):
+    for token in ("NaN", "Infinity", "-Infinity", "1e999"):
+        body = (
+            '{"dataframe_split": {"columns": ["w", "x", "y", "z"], "data": [[1.0, %s, 2.0, 3.0]]}}'
+        )
+        assert_same(estimators, model, body % token)

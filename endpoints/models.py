@@ -31,7 +31,7 @@ class WorkloadSize(models.TextChoices):
     LARGE = "Large"
 
 
-# Concurrency (min, max) per workload size, as the reference platform documents it.
+# Concurrency (min, max) per workload size: Small 4/4, Medium 8/16, Large 16/64 requests.
 # One replica carries a concurrency of settings.SERVING["REPLICA_CONCURRENCY"] (4).
 WORKLOAD_CONCURRENCY: dict[str, tuple[int, int]] = {
     WorkloadSize.SMALL: (4, 4),

@@ -64,7 +64,7 @@ def inputs(draw):
 @st.composite
 def odd_bodies(draw):
     """Several format keys at once, none, params, or the body as a JSON string (what the
-    reference Python client sends)."""
+    documented Python scoring client sends)."""
     keys = draw(
         st.lists(
             st.sampled_from(

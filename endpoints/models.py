@@ -12,6 +12,7 @@ import secrets
 import time
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -38,6 +39,11 @@ WORKLOAD_CONCURRENCY: dict[str, tuple[int, int]] = {
     WorkloadSize.MEDIUM: (8, 16),
     WorkloadSize.LARGE: (16, 64),
 }
+
+# Micro-batching bounds: rows merged into one predict call, and how long the first request
+# of a batch may wait for others (beyond that, latency costs more than merging saves).
+MAX_BATCH_SIZE_RANGE = (1, 256)
+MAX_WAIT_MS_RANGE = (0, 100)
 
 
 class EndpointState(models.TextChoices):
@@ -113,16 +119,54 @@ class ComputeConfig(models.Model):
         max_length=8, choices=WorkloadSize.choices, default=WorkloadSize.SMALL
     )
     scale_to_zero_enabled = models.BooleanField(default=False)
+    # Micro-batching, off (both null) unless asked for: merging requests is only correct
+    # for a model whose answer for a row does not depend on the other rows.
+    max_batch_size = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(MAX_BATCH_SIZE_RANGE[0]),
+            MaxValueValidator(MAX_BATCH_SIZE_RANGE[1]),
+        ],
+    )
+    max_wait_ms = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[
+            MinValueValidator(MAX_WAIT_MS_RANGE[0]),
+            MaxValueValidator(MAX_WAIT_MS_RANGE[1]),
+        ],
+    )
     user_id = models.CharField(max_length=254, blank=True, default="")
     creation_timestamp = models.BigIntegerField(default=now_ms)
 
     class Meta:
         ordering = ["-creation_timestamp", "-pk"]
         indexes = [models.Index(fields=["endpoint", "stage", "-creation_timestamp"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(max_batch_size__isnull=True, max_wait_ms__isnull=True)
+                | models.Q(max_batch_size__isnull=False, max_wait_ms__isnull=False),
+                name="batching_set_together",
+            )
+        ]
 
     def __str__(self) -> str:
-        zero = ", scale to zero" if self.scale_to_zero_enabled else ""
-        return f"{self.endpoint} {self.stage}: {self.workload_size}{zero}"
+        return f"{self.endpoint} {self.stage}: {self.summary}"
+
+    @property
+    def batching_enabled(self) -> bool:
+        return self.max_batch_size is not None
+
+    @property
+    def summary(self) -> str:
+        """The settings in words, as events and pages show them."""
+        parts = [self.workload_size]
+        if self.scale_to_zero_enabled:
+            parts.append("scale to zero")
+        if self.batching_enabled:
+            parts.append(f"batching up to {self.max_batch_size} rows / {self.max_wait_ms} ms")
+        return ", ".join(parts)
 
     @property
     def concurrency_range(self) -> tuple[int, int]:
@@ -130,10 +174,15 @@ class ComputeConfig(models.Model):
         return (0 if self.scale_to_zero_enabled else low, high)
 
     def same_spec(self, other: ComputeConfig | None) -> bool:
-        return other is not None and (
+        return other is not None and self._spec() == other._spec()
+
+    def _spec(self) -> tuple[object, ...]:
+        return (
             self.workload_size,
             self.scale_to_zero_enabled,
-        ) == (other.workload_size, other.scale_to_zero_enabled)
+            self.max_batch_size,
+            self.max_wait_ms,
+        )
 
 
 class EndpointVersion(models.Model):

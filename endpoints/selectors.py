@@ -39,10 +39,17 @@ DEFAULT_METRICS_WINDOW_MS = 3600 * 1000
 
 
 def workload_spec_json(config: ComputeConfig) -> dict[str, Any]:
-    return {
+    spec: dict[str, Any] = {
         "workload_size_id": config.workload_size,
         "scale_to_zero_enabled": config.scale_to_zero_enabled,
     }
+    # Present only when on, so the shape of a config without batching is unchanged.
+    if config.batching_enabled:
+        spec["batching"] = {
+            "max_batch_size": config.max_batch_size,
+            "max_wait_ms": config.max_wait_ms,
+        }
+    return spec
 
 
 def compute_config_json(config: ComputeConfig | None) -> dict[str, Any] | None:

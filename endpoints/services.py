@@ -30,6 +30,8 @@ from .errors import (
 )
 from .kv import bump_generation
 from .models import (
+    MAX_BATCH_SIZE_RANGE,
+    MAX_WAIT_MS_RANGE,
     AccessToken,
     ComputeConfig,
     EndpointPermission,
@@ -91,6 +93,18 @@ def _check_workload_size(size: str) -> str:
             f"Invalid workload_size_id '{size}': must be one of {', '.join(WorkloadSize.values)}."
         )
     return size
+
+
+def _check_batching(max_batch_size: int | None, max_wait_ms: int | None) -> None:
+    """Batching is both settings or neither, each within its documented range."""
+    if (max_batch_size is None) != (max_wait_ms is None):
+        raise InvalidParameter("Batching needs both max_batch_size and max_wait_ms.")
+    for name, value, (low, high) in (
+        ("max_batch_size", max_batch_size, MAX_BATCH_SIZE_RANGE),
+        ("max_wait_ms", max_wait_ms, MAX_WAIT_MS_RANGE),
+    ):
+        if value is not None and not low <= value <= high:
+            raise InvalidParameter(f"Invalid {name} {value}: must be between {low} and {high}.")
 
 
 def _registered_model(name: str) -> registry.RegisteredModelInfo:
@@ -171,9 +185,14 @@ def compute_config_update(
     workload_size: str,
     scale_to_zero_enabled: bool,
     user: AbstractBaseUser,
+    max_batch_size: int | None = None,
+    max_wait_ms: int | None = None,
 ) -> ComputeConfig:
+    """A new compute config for ``stage``; batching is on when both of its settings are
+    given (the caller vouches that the model answers each row independently)."""
     _check_stage(stage)
     _check_workload_size(workload_size)
+    _check_batching(max_batch_size, max_wait_ms)
     endpoint = get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
     in_progress = EndpointVersion.objects.filter(
         endpoint=endpoint,
@@ -190,13 +209,18 @@ def compute_config_update(
         stage=stage,
         workload_size=workload_size,
         scale_to_zero_enabled=scale_to_zero_enabled,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
         user_id=user_label(user),
     )
+    extras = ["scale to zero"] if scale_to_zero_enabled else []
+    if config.batching_enabled:
+        extras.append(f"batching up to {max_batch_size} rows / {max_wait_ms} ms")
+    with_extras = f" with {' and '.join(extras)}" if extras else ""
     Event.record(
         endpoint,
         EventType.COMPUTE_CONFIG_UPDATED,
-        f"{stage} compute config set to {config.workload_size}"
-        f"{' with scale to zero' if scale_to_zero_enabled else ''} by {user_label(user)}.",
+        f"{stage} compute config set to {config.workload_size}{with_extras} by {user_label(user)}.",
     )
     request_reconcile(endpoint)
     return config

@@ -227,6 +227,46 @@ def test_update_compute_config_rejects_bad_stage_or_size(
     assert fragment in body["message"]
 
 
+def test_update_compute_config_with_batching_shows_it_in_the_status(as_user, owner, model_name):
+    api = as_user(owner)
+    enable(api, model_name)
+    batching = {"max_batch_size": 32, "max_wait_ms": 5}
+    response = update(api, model_name, batching=batching)
+    assert response.status_code == 200, response.content
+    assert response.json()["compute_config"]["workload_spec"]["batching"] == batching
+    config = ComputeConfig.objects.filter(endpoint__registered_model_name=model_name).first()
+    assert (config.max_batch_size, config.max_wait_ms) == (32, 5)
+    status = api.get(V2 + "get-status", {"registered_model_name": model_name}).json()
+    production = status["endpoint_status"]["compute_config"][1]["workload_spec"]
+    assert production["batching"] == batching
+    event = Event.objects.filter(type=EventType.COMPUTE_CONFIG_UPDATED).first()
+    assert "batching up to 32 rows / 5 ms" in event.message
+    # Null (or leaving it out) turns batching off again.
+    response = update(api, model_name, batching=None)
+    assert "batching" not in response.json()["compute_config"]["workload_spec"]
+
+
+@pytest.mark.parametrize(
+    ("batching", "fragment"),
+    [
+        ({"max_batch_size": 0, "max_wait_ms": 5}, "batching.max_batch_size"),
+        ({"max_batch_size": 257, "max_wait_ms": 5}, "batching.max_batch_size"),
+        ({"max_batch_size": 8, "max_wait_ms": 101}, "batching.max_wait_ms"),
+        ({"max_batch_size": 8, "max_wait_ms": -1}, "batching.max_wait_ms"),
+        ({"max_batch_size": "8", "max_wait_ms": 5}, "batching.max_batch_size"),
+        ({"max_batch_size": 8}, "batching.max_wait_ms"),
+        (True, "Expected a dictionary"),
+    ],
+)
+def test_update_compute_config_rejects_bad_batching(as_user, owner, model_name, batching, fragment):
+    api = as_user(owner)
+    enable(api, model_name)
+    response = update(api, model_name, batching=batching)
+    body = assert_error(response, 400, "INVALID_PARAMETER_VALUE")
+    assert fragment in body["message"]
+    assert not ComputeConfig.objects.filter(max_batch_size__isnull=False).exists()
+
+
 def test_update_compute_config_needs_the_spec(as_user, owner, model_name):
     api = as_user(owner)
     enable(api, model_name)

@@ -259,6 +259,26 @@ def test_list_versions_has_the_exact_shape(as_user, owner, served):
     assert set(by_name["1"]["config_update_status"]) == {"state", "message"}
 
 
+def test_version_status_shows_a_rolling_out_batching_config(as_user, owner, served):
+    target = ComputeConfig.objects.create(
+        endpoint=served, stage="Staging", max_batch_size=16, max_wait_ms=2
+    )
+    EndpointVersion.objects.filter(endpoint=served, version="2").update(
+        config_update_state=ServiceState.PENDING, target_config=target
+    )
+    body = get(
+        as_user(owner),
+        "get-version-status",
+        registered_model_name="iris-classifier",
+        endpoint_version_name="2",
+    ).json()
+    status = body["endpoint_status"]
+    assert "batching" not in status["service_status"]["config"]["workload_spec"]
+    spec = status["config_update_status"]["config"]["workload_spec"]
+    assert set(spec) == {*WORKLOAD_SPEC_KEYS, "batching"}
+    assert spec["batching"] == {"max_batch_size": 16, "max_wait_ms": 2}
+
+
 def test_get_version_status_has_the_exact_shape(as_user, owner, served):
     response = get(
         as_user(owner),

@@ -19,6 +19,8 @@ from rest_framework import serializers
 
 from endpoints import registry
 from endpoints.models import (
+    MAX_BATCH_SIZE_RANGE,
+    MAX_WAIT_MS_RANGE,
     AccessToken,
     EventLevel,
     EventType,
@@ -154,9 +156,37 @@ class RestartComputeConfigRequest(ModelNameRequest):
     stage = Choice(choices=Stage.choices)
 
 
+def max_batch_size_field(field: type[serializers.IntegerField]) -> serializers.IntegerField:
+    return field(
+        min_value=MAX_BATCH_SIZE_RANGE[0],
+        max_value=MAX_BATCH_SIZE_RANGE[1],
+        help_text="Most rows merged into one predict call.",
+    )
+
+
+def max_wait_ms_field(field: type[serializers.IntegerField]) -> serializers.IntegerField:
+    return field(
+        min_value=MAX_WAIT_MS_RANGE[0],
+        max_value=MAX_WAIT_MS_RANGE[1],
+        help_text="Longest time the first request of a batch waits for others.",
+    )
+
+
+class BatchingRequest(serializers.Serializer):
+    max_batch_size = max_batch_size_field(Number)
+    max_wait_ms = max_wait_ms_field(Number)
+
+
 class WorkloadSpecRequest(serializers.Serializer):
     workload_size_id = Choice(choices=WorkloadSize.choices)
     scale_to_zero_enabled = Flag(required=False, default=False)
+    batching = BatchingRequest(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Merge concurrent requests into one predict call. Only for models whose "
+        "answer for a row does not depend on the other rows. Absent or null: off.",
+    )
 
 
 class UpdateComputeConfigRequest(ModelNameRequest):
@@ -232,9 +262,15 @@ class ErrorResponse(serializers.Serializer):
     message = serializers.CharField()
 
 
+class Batching(serializers.Serializer):
+    max_batch_size = max_batch_size_field(serializers.IntegerField)
+    max_wait_ms = max_wait_ms_field(serializers.IntegerField)
+
+
 class WorkloadSpec(serializers.Serializer):
     workload_size_id = serializers.ChoiceField(choices=WorkloadSize.choices)
     scale_to_zero_enabled = serializers.BooleanField()
+    batching = Batching(required=False, help_text="Present only when batching is on.")
 
 
 class ComputeConfig(serializers.Serializer):

@@ -283,22 +283,27 @@ class RestartComputeConfigUpdateView(ManageView):
 class UpdateComputeConfigView(ManageView):
     @doc(
         "endpointsV2UpdateComputeConfig",
-        "Set a stage's workload size and scale to zero",
+        "Set a stage's workload size, scale to zero and batching",
         tag=ENDPOINTS_V2,
         request=s.UpdateComputeConfigRequest,
         response=s.ComputeConfigResponse,
         errors=(409, 429),
         description="Needs CAN_MANAGE. The change rolls out asynchronously: follow "
-        "config_update_status in list-versions. 409 while a rollout of the stage runs.",
+        "config_update_status in list-versions. 409 while a rollout of the stage runs. "
+        "batching (off unless given) merges concurrent requests to a replica into one "
+        "predict call: only for models that answer each row independently.",
     )
     def put(self, request: Request) -> Response:
         args = parse(request, s.UpdateComputeConfigRequest)
         spec = args["desired_workload_config_spec"]
+        batching = spec["batching"] or {}
         config = services.compute_config_update(
             name=args["registered_model_name"],
             stage=args["stage"],
             workload_size=spec["workload_size_id"],
             scale_to_zero_enabled=spec["scale_to_zero_enabled"],
+            max_batch_size=batching.get("max_batch_size"),
+            max_wait_ms=batching.get("max_wait_ms"),
             user=request.user,
         )
         return Response({"compute_config": selectors.compute_config_json(config)})

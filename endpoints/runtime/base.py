@@ -19,6 +19,11 @@ class ReplicaSpec:
     # Which HTTP server answers: "serving-ui" (the product's own) or "mlflow" (MLflow's).
     server: str = "serving-ui"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # "zygote": forked from a pre-warmed interpreter of ``python`` (imports already done),
+    # a fresh one when that cannot be reached; "spawn": always a fresh interpreter.
+    start_mode: str = "zygote"
+    # Where zygotes keep their sockets and logs (under the data directory); "": spawn.
+    zygote_dir: str = ""
 
 
 class Runtime(Protocol):

@@ -5,12 +5,20 @@ its command line is how ``discover`` finds it again after the worker that starte
 gone (replicas live in their own session, so they outlive a worker restart). Its output
 goes to one log file per replica, opened in append mode so that ``rotate_log`` can copy and
 truncate it in place while it runs.
+
+With ``start_mode="zygote"`` the process is forked from the pre-warmed interpreter of its
+environment (``zygote``) and carries the same command line as its title; when no zygote
+can be reached it is launched as above, so starting never fails because of a zygote.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import http.client
+import json
+import logging
 import os
 import shutil
 import signal
@@ -18,10 +26,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from .base import ReplicaSpec
+
+log = logging.getLogger(__name__)
 
 LAUNCHER_MODULE = "endpoints.runtime.replica"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -31,52 +42,81 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 _PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "HF_HOME", "HF_HUB_OFFLINE")
 
 
-def replica_environment(spec: ReplicaSpec) -> dict[str, str]:
+def base_environment() -> dict[str, str]:
+    """What every replica and zygote gets, whatever its model."""
     env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
     env.update(
         {
             "PYTHONPATH": str(PROJECT_ROOT),
             "PYTHONUNBUFFERED": "1",
-            "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(int(spec.request_timeout_seconds)),
             # Replicas score; they never need to reach a tracking server.
             "MLFLOW_TRACKING_URI": "file:///nonexistent-tracking-disabled",
         }
     )
+    return env
+
+
+def replica_environment(spec: ReplicaSpec) -> dict[str, str]:
+    env = base_environment()
+    env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(int(spec.request_timeout_seconds))
     env.update(spec.extra_env)
     return env
 
 
+def replica_command(spec: ReplicaSpec) -> list[str]:
+    return [
+        spec.python,
+        "-m",
+        LAUNCHER_MODULE,
+        "--replica-id",
+        spec.replica_id,
+        "--model-path",
+        spec.model_path,
+        "--host",
+        spec.host,
+        "--port",
+        str(spec.port),
+        "--server",
+        spec.server,
+    ]
+
+
 class LocalRuntime:
+    def __init__(self) -> None:
+        self.zygotes = Zygotes(base_environment(), str(PROJECT_ROOT))
+
     def start(self, spec: ReplicaSpec) -> int:
-        log_path = Path(spec.log_path)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            spec.python,
-            "-m",
-            LAUNCHER_MODULE,
-            "--replica-id",
-            spec.replica_id,
-            "--model-path",
-            spec.model_path,
-            "--host",
-            spec.host,
-            "--port",
-            str(spec.port),
-            "--server",
-            spec.server,
-        ]
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(PROJECT_ROOT),
-                env=replica_environment(spec),
-                start_new_session=True,
-                close_fds=True,
-            )
-        return process.pid
+        Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
+        cmd, env = replica_command(spec), replica_environment(spec)
+        if spec.start_mode == "zygote" and spec.zygote_dir:
+            message = {
+                "op": "start",
+                "argv": cmd,
+                "env": env,
+                "cwd": str(PROJECT_ROOT),
+                "log_path": spec.log_path,
+            }
+            try:
+                return self.zygotes.start_replica(spec.python, Path(spec.zygote_dir), message)
+            except ZygoteUnavailable as exc:
+                log.warning("runtime: launching %s without a zygote: %s", spec.replica_id, exc)
+        return _launch(cmd, env, spec.log_path)
+
+    def take_zygote_starts(self) -> list[str]:
+        """The interpreters whose zygote was (re)started since the last call."""
+        started, self.zygotes.started = self.zygotes.started, []
+        return started
+
+    def discover_zygotes(self, within: str = "") -> dict[str, int]:
+        """{socket path: pid} of the zygotes (``discover`` lists replicas only)."""
+        return discover_zygotes(within)
+
+    def stop_zygotes(self, within: str) -> int:
+        """Stop the zygotes under ``within``; the replicas they forked keep running."""
+        found = discover_zygotes(within)
+        for path in found:
+            stop_zygote(Path(path))
+        return len(found)
 
     def stop(self, pid: int, replica_id: str, *, grace_seconds: float) -> None:
         process = self._process(pid, replica_id)
@@ -193,6 +233,21 @@ class LocalRuntime:
         return process
 
 
+def _launch(cmd: list[str], env: dict[str, str], log_path: str) -> int:
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(PROJECT_ROOT),
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return process.pid
+
+
 def _reap(pid: int) -> None:
     """Collect an exited child so it does not linger as a zombie (no-op for non-children)."""
     with contextlib.suppress(ChildProcessError, OSError):
@@ -206,3 +261,148 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+# --- zygotes: pre-warmed interpreters that fork replicas (the process is ``zygote``) ----------
+
+ZYGOTE_MODULE = "endpoints.runtime.zygote"
+# Marks a zygote's command line: ``discover`` never takes one for a replica, and
+# ``discover_zygotes`` finds them.
+MARKER = "--zygote"
+# One BLAS/OpenMP thread: a thread pool started before fork would not exist in the child.
+SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Room in the zygote's environment block for a child's process title: the title is written
+# over the argv and environment strings the interpreter started with.
+TITLE_ROOM = {"SERVING_ZYGOTE_TITLE_ROOM": " " * 4096}
+# A Unix socket path longer than this cannot be bound (sun_path is 108 bytes).
+MAX_SOCKET_PATH = 100
+MAX_REQUEST_BYTES = 1024 * 1024
+PING_TIMEOUT_SECONDS = 2.0
+START_TIMEOUT_SECONDS = 10.0
+WARM_UP_TIMEOUT_SECONDS = 60.0
+
+
+class ZygoteUnavailable(Exception):
+    """No zygote could take the request: the caller starts the replica itself."""
+
+
+def socket_path(zygote_dir: Path, python: str) -> Path:
+    """One zygote per interpreter (the product's own, or a per-model environment's)."""
+    return zygote_dir / f"{hashlib.sha256(python.encode()).hexdigest()[:12]}.sock"
+
+
+def request(path: Path, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """Send one request; raises ConnectionError (nobody listens) or TimeoutError (hung)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        try:
+            conn.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ConnectionError(str(exc)) from exc
+        conn.sendall(json.dumps(message).encode() + b"\n")
+        answer = conn.makefile("rb").readline()
+    if not answer:
+        raise ConnectionError("the zygote closed the connection")
+    return json.loads(answer)
+
+
+class Zygotes:
+    """The zygotes this process uses, started on demand and recreated when dead or hung."""
+
+    def __init__(self, base_env: dict[str, str], cwd: str) -> None:
+        # The environment a zygote starts with: what every replica gets, nothing secret.
+        self.base_env = base_env
+        self.cwd = cwd
+        # Interpreters whose zygote this object (re)started: the caller reports them.
+        self.started: list[str] = []
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    def start_replica(self, python: str, zygote_dir: Path, message: dict[str, Any]) -> int:
+        path = socket_path(zygote_dir, python)
+        if len(str(path)) > MAX_SOCKET_PATH:
+            raise ZygoteUnavailable(f"the socket path {path} is too long")
+        try:
+            return _started_pid(request(path, message, timeout=START_TIMEOUT_SECONDS))
+        except (OSError, ValueError):
+            pass  # dead, hung or never started: (re)start it below
+        self._ensure(python, path)
+        try:
+            return _started_pid(request(path, message, timeout=START_TIMEOUT_SECONDS))
+        except (OSError, ValueError) as exc:
+            raise ZygoteUnavailable(f"the zygote did not start the replica: {exc}") from exc
+
+    def _ensure(self, python: str, path: Path) -> None:
+        """Make a zygote answer at ``path`` (one process at a time decides, under a lock)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _answers(path):
+                return  # another process just started it
+            stop_zygote(path)
+            self._launch(python, path)
+            deadline = time.monotonic() + WARM_UP_TIMEOUT_SECONDS
+            while not _answers(path):
+                if time.monotonic() > deadline or self._processes[-1].poll() is not None:
+                    stop_zygote(path)
+                    raise ZygoteUnavailable(f"the zygote for {python} did not come up")
+                time.sleep(0.05)
+        self.started.append(python)
+
+    def _launch(self, python: str, path: Path) -> None:
+        self._reap()
+        with open(path.with_suffix(".log"), "ab") as log:
+            process = subprocess.Popen(
+                [python, "-m", ZYGOTE_MODULE, MARKER, "--socket", str(path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env={**self.base_env, **SINGLE_THREADED, **TITLE_ROOM},
+                start_new_session=True,
+                close_fds=True,
+            )
+        self._processes.append(process)
+
+    def _reap(self) -> None:
+        """Collect zygotes of ours that exited, so none lingers as a zombie."""
+        self._processes = [p for p in self._processes if p.poll() is None]
+
+
+def _started_pid(answer: dict[str, Any]) -> int:
+    if not answer.get("ok"):
+        raise ValueError(answer.get("error") or "the zygote refused")
+    return int(answer["pid"])
+
+
+def _answers(path: Path) -> bool:
+    try:
+        return bool(request(path, {"op": "ping"}, timeout=PING_TIMEOUT_SECONDS).get("ok"))
+    except (OSError, ValueError):
+        return False
+
+
+def discover_zygotes(within: str = "") -> dict[str, int]:
+    """Every zygote process on this host: {socket path: pid}; with ``within``, only those
+    whose socket lies under it (this installation's data directory)."""
+    found: dict[str, int] = {}
+    for process in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmdline = process.info.get("cmdline") or []
+        if process.info.get("status") == psutil.STATUS_ZOMBIE or MARKER not in cmdline:
+            continue
+        with contextlib.suppress(ValueError, IndexError):
+            path = cmdline[cmdline.index("--socket") + 1]
+            if ZYGOTE_MODULE in cmdline and within in path:
+                found[path] = process.info["pid"]
+    return found
+
+
+def stop_zygote(path: Path) -> None:
+    """Stop the zygote serving ``path`` (its replicas keep running) and remove its socket."""
+    for _, pid in discover_zygotes(str(path)).items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(pid)
+            process.kill()
+            psutil.wait_procs([process], timeout=5)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+    path.unlink(missing_ok=True)

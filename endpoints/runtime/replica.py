@@ -6,6 +6,7 @@ request; ``--server mlflow`` runs MLflow's own FastAPI app, kept for comparison.
 launched directly rather than through ``mlflow models serve`` (which keeps a CLI parent
 alive and takes about twice as long to start). The ``--replica-id`` argument is not used
 here: it marks the process so the runtime can find it again (see ``local.discover``).
+A replica forked from a zygote (``zygote``) runs the same ``serve`` with the same arguments.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import os
 SERVERS = ("serving-ui", "mlflow")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run one model server replica.")
     parser.add_argument("--replica-id", required=True)
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--server", choices=SERVERS, default=SERVERS[0])
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Load the model and answer requests until SIGTERM (a launched or a forked replica)."""
     print(
         f"replica {args.replica_id}: loading model from {args.model_path} ({args.server} server)",
         flush=True,
@@ -41,6 +46,10 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=60,
     )
+
+
+def main() -> None:
+    serve(parse_args())
 
 
 def _app(server: str, model_path: str):

@@ -1,0 +1,273 @@
+"""A zygote: a pre-warmed interpreter per environment that forks replicas.
+
+Starting a replica from scratch spends most of its time importing MLflow, pandas and
+scikit-learn. A zygote (``python -m endpoints.runtime.zygote --zygote --socket <path>``,
+run by the environment's own interpreter, started by ``local.Zygotes``) imports them once,
+then waits on a Unix socket (mode 0600) for start requests and forks a replica for each:
+the child only loads its model. Imported code is shared copy-on-write between the zygote
+and its replicas.
+
+A forked replica looks like a launched one: its own session, its own log file, the short
+explicit environment the runtime gives every replica, the launcher's command line as its
+process title (so ``LocalRuntime.discover`` finds it by its replica id), freshly seeded
+random generators. When its title cannot be set the child execs the launcher instead, so
+a replica is never unfindable. Replicas outlive their zygote: it only forks them, and
+reaps them when they exit.
+
+Protocol: one JSON line per connection, one JSON line back. ``{"op": "ping"}`` answers
+``{"ok": true, "pid": …}``; ``{"op": "start", "argv": […], "env": {…}, "cwd": …,
+"log_path": …}`` answers ``{"ok": true, "pid": <replica pid>}`` or ``{"ok": false,
+"error": …}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from . import replica
+from .local import MARKER, MAX_REQUEST_BYTES
+
+# Imported before the first fork; a module missing from an environment is skipped.
+WARM_MODULES = (
+    "numpy",
+    "pandas",
+    "mlflow",
+    "mlflow.pyfunc",
+    "mlflow.pyfunc.scoring_server",
+    "sklearn",
+    "mlflow.sklearn",
+    "sklearn.linear_model",
+    "sklearn.ensemble",
+    "sklearn.pipeline",
+    "sklearn.preprocessing",
+    # MLflow loads scikit-learn models saved with skops through it; importing it walks
+    # every scikit-learn estimator (seconds).
+    "skops.io",
+    "uvicorn",
+    "endpoints.runtime.server",
+)
+# How long a client may take to send its request.
+READ_TIMEOUT_SECONDS = 2.0
+# How often the zygote checks that it is still wanted (its parent and its socket).
+WATCH_SECONDS = 1.0
+
+
+# --- the zygote process ----------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Fork replicas from a pre-warmed interpreter.")
+    parser.add_argument(MARKER, action="store_true", help="marks the process as a zygote")
+    parser.add_argument("--socket", required=True)
+    path = Path(parser.parse_args().socket)
+    started = time.monotonic()
+    warmed = _warm_up()
+    print(
+        f"zygote {os.getpid()}: imported {', '.join(warmed)} in {time.monotonic() - started:.2f} s"
+    )
+    listener = _listen(path)
+    inode = os.stat(path).st_ino
+    signal.signal(signal.SIGCHLD, _reap_children)
+    signal.signal(signal.SIGTERM, _exit)
+    print(f"zygote {os.getpid()}: listening on {path}", flush=True)
+    try:
+        _serve(listener, path, inode, os.getppid())
+    finally:
+        if _still_ours(path, inode):
+            path.unlink(missing_ok=True)
+
+
+def _warm_up() -> list[str]:
+    import importlib
+
+    import setproctitle
+
+    warmed = []
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            print(f"zygote: not preloading {name}: {exc}", flush=True)
+        else:
+            warmed.append(name)
+    _prime_caches()
+    # Claim the argv and environment area now, while the environment is still the one the
+    # interpreter started with; a child then sets its title over it.
+    setproctitle.getproctitle()
+    return warmed
+
+
+def _prime_caches() -> None:
+    """Work every model load repeats, done once: MLflow maps every installed package to
+    its modules to compare them with the model's requirements (seconds on this product's
+    environment). The map depends only on the environment, which a zygote never changes."""
+    with contextlib.suppress(Exception):  # a private helper of MLflow: optional
+        from mlflow.utils import requirements_utils
+
+        requirements_utils._init_modules_to_packages_map()
+
+
+def _listen(path: Path) -> socket.socket:
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Created 0600 (not chmod-ed after bind): no moment where another user could connect.
+    old_umask = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    listener.listen(16)
+    listener.settimeout(WATCH_SECONDS)
+    return listener
+
+
+def _serve(listener: socket.socket, path: Path, inode: int, parent: int) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            if os.getppid() != parent or not _still_ours(path, inode):
+                print(f"zygote {os.getpid()}: no longer wanted, exiting", flush=True)
+                return
+            continue
+        with conn:
+            conn.settimeout(READ_TIMEOUT_SECONDS)
+            try:
+                _handle(listener, conn)
+            except (OSError, ValueError) as exc:
+                print(f"zygote: a request failed: {exc}", flush=True)
+
+
+def _still_ours(path: Path, inode: int) -> bool:
+    """Exit once the worker that started us is gone (a restarted worker warms a fresh
+    zygote, with its code) or our socket was removed or taken over."""
+    try:
+        return os.stat(path).st_ino == inode
+    except OSError:
+        return False
+
+
+def _handle(listener: socket.socket, conn: socket.socket) -> None:
+    message = json.loads(_read_line(conn) or b"{}")
+    if message.get("op") == "ping":
+        answer: dict[str, Any] = {"ok": True, "pid": os.getpid()}
+    elif message.get("op") == "start":
+        answer = _fork_replica(listener, conn, message)
+    else:
+        answer = {"ok": False, "error": f"unknown request {message.get('op')!r}"}
+    conn.sendall(json.dumps(answer).encode() + b"\n")
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    # recv, not makefile: a file object would keep the connection open in the child.
+    data = b""
+    while not data.endswith(b"\n") and len(data) < MAX_REQUEST_BYTES:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _fork_replica(
+    listener: socket.socket, conn: socket.socket, message: dict[str, Any]
+) -> dict[str, Any]:
+    # A thread running at fork time would be missing in the child, with its locks held.
+    if threading.active_count() != 1:
+        return {"ok": False, "error": f"{threading.active_count()} threads run in the zygote"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(listener, conn, message)  # never returns
+    return {"ok": True, "pid": pid}
+
+
+def _child(listener: socket.socket, conn: socket.socket, message: dict[str, Any]) -> None:
+    code = 1
+    try:
+        os.setsid()
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        listener.close()
+        conn.close()
+        _redirect_output(message["log_path"])
+        os.environ.clear()
+        os.environ.update(message["env"])
+        os.chdir(message["cwd"])
+        _reseed()
+        argv = [str(arg) for arg in message["argv"]]
+        _take_title(argv, message["env"])
+        replica.serve(replica.parse_args(argv[3:]))
+        code = 0
+    except BaseException:  # the child must never return into the zygote's loop
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _redirect_output(log_path: str) -> None:
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+
+
+def _reseed() -> None:
+    """Every child would otherwise draw the same random numbers as its siblings."""
+    import random
+
+    random.seed()
+    with contextlib.suppress(ImportError):
+        import numpy
+
+        numpy.random.seed()
+
+
+def _take_title(argv: list[str], env: dict[str, str]) -> None:
+    """Carry the launcher's command line, or become a launched replica (exec) if that fails:
+    the runtime finds replicas by their command line."""
+    import setproctitle
+
+    setproctitle.setproctitle(" ".join(argv))
+    if psutil.Process().cmdline() != argv:
+        print("the process title could not be set: starting the launcher instead", flush=True)
+        os.execve(argv[0], argv, env)  # noqa: S606 (the launcher's own argv, no shell)
+
+
+def _reap_children(signum: int, frame: object) -> None:
+    """Collect exited replicas at once: none stays a zombie while the zygote lives."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -323,6 +323,7 @@ class EventType(models.TextChoices):
     REPLICA_RESTARTED = "REPLICA_RESTARTED"
     REPLICA_STOPPED = "REPLICA_STOPPED"
     REPLICA_ADOPTED = "REPLICA_ADOPTED"
+    ZYGOTE_STARTED = "ZYGOTE_STARTED", "Replica environment warmed up"
 
 
 class EventLevel(models.TextChoices):

@@ -211,6 +211,9 @@ SERVING = {
     # The HTTP server in each replica: the product's own ("serving-ui", same answers as
     # MLflow's with less overhead per request) or MLflow's FastAPI app ("mlflow").
     "REPLICA_SERVER": envchoice("SERVING_REPLICA_SERVER", "serving-ui", ("serving-ui", "mlflow")),
+    # How a replica starts: forked from a pre-warmed interpreter of its environment
+    # ("zygote": imports done once, sub-second starts) or as a fresh process ("spawn").
+    "REPLICA_START": envchoice("SERVING_REPLICA_START", "zygote", ("zygote", "spawn")),
     "REQUEST_TIMEOUT_SECONDS": envfloat("SERVING_REQUEST_TIMEOUT_SECONDS", "120"),
     "MAX_PAYLOAD_BYTES": envint("SERVING_MAX_PAYLOAD_BYTES", str(16 * 1024 * 1024)),
     # Requests a replica may have waiting beyond its concurrency before 429.

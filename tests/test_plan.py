@@ -106,6 +106,44 @@ def test_a_prepared_new_version_starts_one_replica_then_waits_for_it():
     assert of(version_plan(pending), a.MarkReady) == []
 
 
+@pytest.mark.parametrize(
+    ("start_wait", "version", "expected"),
+    [
+        # Forked from a warm interpreter: the pass that starts replicas waits for them.
+        (2.0, VersionView("1", stage="Production"), [a.StartReplica("1"), a.AwaitStarted(2.0)]),
+        # Launched afresh (seconds to load): follow-up passes probe it instead.
+        (0.0, VersionView("1", stage="Production"), [a.StartReplica("1")]),
+        # Nothing started: nothing to wait for.
+        (2.0, VersionView("1", stage="Production", replicas=(starting("v1-a"),)), []),
+    ],
+)
+def test_a_pass_waits_for_the_replicas_it_starts_only_when_they_start_fast(
+    start_wait, version, expected
+):
+    planned = version_plan(version, start_wait=start_wait)
+    assert of(planned, a.StartReplica) + of(planned, a.AwaitStarted) == expected
+
+
+def test_scaling_up_waits_once_for_all_new_replicas():
+    planned = version_plan(serving("1"), config=MEDIUM, start_wait=2.0)
+    assert of(planned, a.StartReplica) == [a.StartReplica("1")]
+    assert of(planned, a.AwaitStarted) == [a.AwaitStarted(2.0)]
+    assert planned.index(a.AwaitStarted(2.0)) > planned.index(a.StartReplica("1"))
+
+
+@pytest.mark.parametrize(
+    ("starting_follow_up", "age", "expected"),
+    [(0.5, 1, [a.FollowUp(0.5)]), (1.0, 1, [a.FollowUp(1.0)]), (0.5, 119, [a.FollowUp(0.5)])],
+)
+def test_a_loading_replica_is_probed_again_sooner_than_other_follow_ups(
+    starting_follow_up, age, expected
+):
+    replica = starting("v1-a", created_at=NOW - age)
+    limits = Limits(starting_follow_up=starting_follow_up)
+    planned = plan_replica(replica=replica, health=Health(healthy=False), now=NOW, limits=limits)
+    assert planned == expected
+
+
 def test_the_first_running_replica_makes_the_version_ready():
     version = VersionView("1", stage="Production", replicas=(running("v1-a"),))
     planned = version_plan(version)

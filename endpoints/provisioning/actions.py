@@ -18,7 +18,18 @@ class Action:
 
 @dataclass(frozen=True)
 class FollowUp(Action):
-    """Something is starting or stopping: run another pass soon."""
+    """Something is starting or stopping: run another pass in ``seconds``."""
+
+    seconds: float = 1.0
+
+
+@dataclass(frozen=True)
+class AwaitStarted(Action):
+    """The replicas started in this pass come up within moments (forked from a warm
+    interpreter): wait up to ``seconds`` for them to answer, then settle them (Running,
+    version READY, alias) in the same pass instead of the next one."""
+
+    seconds: float
 
 
 @dataclass(frozen=True)

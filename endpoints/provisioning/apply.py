@@ -44,6 +44,9 @@ class Pass:
         self.replaced: dict[str, int] = {}  # version → restarts of the replica replaced
         self.build_errors: dict[str, str] = {}  # version → why preparing it failed
         self.pending = False
+        self.follow_up_seconds = 1.0  # the soonest follow-up asked for
+        self.started: list[Replica] = []  # replicas started in this pass
+        self.await_seconds = 0.0  # how long to wait for them to answer
         self._versions: dict[str, EndpointVersion] = {}
         self._replicas: dict[str, Replica] = {}
 
@@ -108,6 +111,11 @@ def _save(version: EndpointVersion, **fields: Any) -> None:
 
 def _follow_up(run: Pass, action: a.FollowUp) -> None:
     run.pending = True
+    run.follow_up_seconds = min(run.follow_up_seconds, action.seconds)
+
+
+def _await_started(run: Pass, action: a.AwaitStarted) -> None:
+    run.await_seconds = max(run.await_seconds, action.seconds)
 
 
 def _publish_routing(run: Pass, action: a.PublishRouting) -> None:
@@ -180,6 +188,10 @@ def _start_replica(run: Pass, action: a.StartReplica) -> None:
         replicas.count_start_failure(version)
         return
     run.remember(replica)
+    run.started.append(replica)
+    for python in replicas.zygote_starts(run.runtime):
+        text = f"Replica environment warmed up: {python} now forks replicas with imports done."
+        _record_event(run, a.RecordEvent(EventType.ZYGOTE_STARTED, text, version.version))
     rid = replica.replica_id
     if action.restarts:
         text = f"Replica {rid} replaces a failed replica (restart {action.restarts})."
@@ -416,6 +428,7 @@ def _set_endpoint_message(run: Pass, action: a.SetEndpointMessage) -> None:
 
 HANDLERS: dict[type[Action], Callable[[Pass, Any], None]] = {
     a.FollowUp: _follow_up,
+    a.AwaitStarted: _await_started,
     a.PublishRouting: _publish_routing,
     a.RecordEvent: _record_event,
     a.AdoptProcess: _adopt_process,

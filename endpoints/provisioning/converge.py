@@ -3,7 +3,9 @@
 Each step reads fresh state (``observe``), asks the pure planner what to do (``health``,
 ``plan``) and executes it (``apply``), so a later step sees what an earlier one did: a
 replica found healthy makes its version READY in the same pass, and that version gets
-its stage alias in the same pass too.
+its stage alias in the same pass too. Replicas forked from a warm interpreter answer
+within moments: when the plan asks for it (``AwaitStarted``), the pass waits for the ones
+it started and goes through the steps once more, so they serve when the pass ends.
 """
 
 from __future__ import annotations
@@ -11,25 +13,37 @@ from __future__ import annotations
 from endpoints.models import ComputeConfig, EndpointVersion, ServingEndpoint, Stage
 from endpoints.runtime import get_runtime
 
-from . import observe, plan
+from . import observe, plan, replicas
 from .actions import Action, PrepareVersion
 from .apply import Pass, execute
 from .health import plan_replica
 
 
-def run_pass(pk: int) -> bool:
-    """One reconcile pass; True when a follow-up pass should come soon."""
+def run_pass(pk: int) -> float | None:
+    """One reconcile pass; the seconds until a follow-up pass, None when none is needed."""
     endpoint = ServingEndpoint.objects.filter(pk=pk).first()
     if endpoint is None:
-        return False
+        return None
     run = Pass(endpoint, get_runtime())
     check_replicas(run)
     if endpoint.enabled:
         converge(run)
+        if run.await_seconds:
+            settle_started(run)
     else:
         teardown(run)
     run.finish()
-    return run.pending
+    return run.follow_up_seconds if run.pending else None
+
+
+def settle_started(run: Pass) -> None:
+    """Wait (bounded) for the replicas this pass started, then observe and plan again:
+    the ones that answer become Running, their versions READY, the aliases move."""
+    replicas.await_answers(run.runtime, run.started, seconds=run.await_seconds)
+    run.started.clear()
+    run.await_seconds = 0.0  # once per pass: what starts now is probed by a follow-up
+    check_replicas(run)
+    converge(run)
 
 
 def check_replicas(run: Pass) -> None:

@@ -59,6 +59,11 @@ def replica_log_path(name: str, version: str, replica_id: str) -> Path:
     return data_dir() / "logs" / _safe(name) / _safe(version) / f"{replica_id}.log"
 
 
+def zygote_dir() -> Path:
+    """Sockets and logs of the pre-warmed interpreters that fork replicas."""
+    return data_dir() / "zygotes"
+
+
 def is_prepared(path: str) -> bool:
     return bool(path) and (Path(path) / "MLmodel").exists()
 

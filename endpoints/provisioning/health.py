@@ -2,7 +2,8 @@
 
 Policy:
 - A *Pending* replica that answers ``/ping`` becomes Running (routing changes). One that
-  does not answer within ``replica_start_timeout`` is killed and counts as a failed start.
+  does not answer within ``replica_start_timeout`` is killed and counts as a failed start;
+  until then the next pass comes after ``starting_follow_up`` (sooner than other ones).
 - A *Running* replica that fails ``probe_failures_before_restart`` probes in a row (not
   one) is killed and replaced; a healthy probe resets the count.
 - A process that exited is an Error with the tail of its output: while loading the model
@@ -115,7 +116,7 @@ def _starting(replica: ReplicaView, health: Health, now: float, limits: Limits) 
         ]
     age = now - replica.created_at
     if age < limits.replica_start_timeout:
-        return [FollowUp()]
+        return [FollowUp(limits.starting_follow_up)]
     return [
         KillProcess(replica.replica_id),
         CountStartFailure(replica.version),

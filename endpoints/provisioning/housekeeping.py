@@ -1,14 +1,16 @@
-"""Installation-wide chores of the periodic pass: stop orphan processes, rotate logs."""
+"""Installation-wide chores of the periodic pass: stop orphan processes, rotate logs,
+keep the interpreters that fork replicas warm."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import suppress
 
 from django.conf import settings
 
-from endpoints.models import Replica
-from endpoints.runtime import Runtime
+from endpoints.models import EndpointVersion, Replica
+from endpoints.runtime import LocalRuntime, Runtime
 
 from . import environments
 from .observe import NOT_STOPPED
@@ -42,3 +44,27 @@ def rotate_logs(runtime: Runtime) -> None:
         if path:
             with suppress(OSError):
                 runtime.rotate_log(path, max_bytes=limit)
+
+
+def warm_zygotes(runtime: Runtime) -> None:
+    """Start warming the zygote of the product's own environment, and of each per-model
+    environment a desired version runs in, before a replica needs it: the first start
+    after the worker comes up is then as fast as the next ones."""
+    if settings.SERVING["REPLICA_START"] != "zygote" or not isinstance(runtime, LocalRuntime):
+        return
+    environments_in_use = (
+        EndpointVersion.objects.filter(desired=True)
+        .exclude(environment_path="")
+        .values_list("environment_path", flat=True)
+        .distinct()
+    )
+    for python in {sys.executable, *environments_in_use}:
+        if runtime.warm_zygote(python, str(environments.zygote_dir())):
+            log.info("reconcile: warming the replica environment of %s", python)
+
+
+def stop_zygotes(runtime: Runtime) -> int:
+    """Stop this installation's zygotes (the replicas they forked are stopped apart)."""
+    if not isinstance(runtime, LocalRuntime):
+        return 0
+    return runtime.stop_zygotes(within=str(environments.zygote_dir()))

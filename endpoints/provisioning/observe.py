@@ -39,6 +39,10 @@ LIVE = (ReplicaState.PENDING, ReplicaState.RUNNING)
 NOT_STOPPED = (ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING)
 SCALE_DOWN_AFTER_SECONDS = 60.0
 UNSTARTED_ROW_SECONDS = 30.0
+# A replica forked from a zygote answers in a fraction of a second: the pass that starts
+# it waits this long for it. One launched afresh takes seconds: follow-up passes probe it.
+START_WAIT_SECONDS = 2.0
+STARTING_FOLLOW_UP_SECONDS = 0.5
 
 
 def limits() -> Limits:
@@ -53,6 +57,8 @@ def limits() -> Limits:
         scale_to_zero_after=serving["SCALE_TO_ZERO_AFTER_SECONDS"],
         scale_down_after=SCALE_DOWN_AFTER_SECONDS,
         unstarted_row_seconds=UNSTARTED_ROW_SECONDS,
+        start_wait=START_WAIT_SECONDS if serving["REPLICA_START"] == "zygote" else 0.0,
+        starting_follow_up=STARTING_FOLLOW_UP_SECONDS,
     )
 
 

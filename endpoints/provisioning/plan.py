@@ -12,7 +12,9 @@ Policy, step by step (each step is one function; ``converge`` calls them in this
   before it is READY); ``start_failures_before_failed`` failed starts make it FAILED, or
   fail only the config update of a READY version, which keeps serving; otherwise replicas
   are started or stopped (not-ready ones first, then the newest) to reach the count, and
-  the first Running replica makes the version READY.
+  the first Running replica makes the version READY. With ``limits.start_wait`` (replicas
+  forked from a warm interpreter) the pass waits that long for the replicas it started, so
+  they become Running and the version READY in the same pass.
 - ``plan_heal``: a version that left its stage but still answers it keeps one replica.
 - ``plan_serving``: each stage's alias points at the newest READY desired version of the
   stage, so it moves only once the new version is READY; a version neither desired nor an
@@ -32,6 +34,7 @@ from . import autoscale
 from .actions import (
     Action,
     ApplyConfigUpdate,
+    AwaitStarted,
     CreateVersion,
     DisableVersions,
     FailConfigUpdate,
@@ -145,7 +148,7 @@ def plan_version(
     if version.start_failures >= limits.start_failures_before_failed:
         return actions + _start_failed(version, config)
     stops = _scale_down(version, count)
-    actions += _scale_up(version, count) + stops
+    actions += _scale_up(version, count, limits) + stops
     stopped = {a.replica_id for a in stops}
     running = sum(1 for r in version.replicas if r.running and r.replica_id not in stopped)
     return actions + _settle(version, config, count, running)
@@ -254,12 +257,15 @@ def _scaling_event(
     return [RecordEvent(kind, text, version=version.version)]
 
 
-def _scale_up(version: VersionView, count: int) -> list[Action]:
+def _scale_up(version: VersionView, count: int, limits: Limits) -> list[Action]:
     missing = count - len(version.replicas)
     # The first new replica is the one that replaces a failed replica.
-    return [
+    starts: list[Action] = [
         StartReplica(version.version, version.replacing if i == 0 else 0) for i in range(missing)
     ]
+    if starts and limits.start_wait > 0:
+        starts.append(AwaitStarted(limits.start_wait))
+    return starts
 
 
 def _scale_down(version: VersionView, count: int) -> list[Action]:

@@ -14,8 +14,10 @@ Safety:
   leaves a row that the next pass adopts (the process is found by its replica id) or
   expires, never an unknown process; processes of this installation without a live row
   are stopped (``collect_orphans``).
-- A pass never waits for a model to load: it starts replicas and returns, and a follow-up
-  pass a second later probes them.
+- A pass never waits long for a model to load: it starts replicas and returns, and a
+  follow-up pass probes them (every half second while they load). Replicas forked from a
+  warm interpreter (``SERVING_REPLICA_START=zygote``) are waited for, two seconds at most,
+  so a cold start is answered by the pass that started it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from endpoints.runtime import get_runtime
 
 from . import environments, replicas
 from .converge import run_pass
-from .housekeeping import collect_orphans, rotate_logs
+from .housekeeping import collect_orphans, rotate_logs, stop_zygotes, warm_zygotes
 from .observe import NOT_STOPPED
 from .plan import choose_alias
 
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 LOCK_TIMEOUT_SECONDS = 20
 # A burst of triggers while a pass runs costs one extra pass, not one per trigger.
 MAX_PASSES_PER_CALL = 5
-FOLLOW_UP_SECONDS = 1.0
 
 
 @contextmanager
@@ -76,7 +77,7 @@ def _held(name: str) -> Iterator[bool]:
 def reconcile_endpoint(pk: int, *, triggered: bool = True) -> None:
     """Converge one endpoint. Safe to call any number of times, from any worker."""
     client = redis_client()
-    follow_up = False
+    follow_up: float | None = None
     with _held(kv.reconcile_lock_key(pk)) as held:
         if not held:
             if triggered:
@@ -87,8 +88,8 @@ def reconcile_endpoint(pk: int, *, triggered: bool = True) -> None:
             follow_up = run_pass(pk)
             if not client.exists(kv.reconcile_dirty_key(pk)):
                 break
-    if follow_up:
-        _schedule_follow_up(pk)
+    if follow_up is not None:
+        _schedule_follow_up(pk, follow_up)
 
 
 def reconcile_all() -> None:
@@ -96,6 +97,9 @@ def reconcile_all() -> None:
     with _held(kv.RECONCILE_ALL_LOCK_KEY) as held:
         if not held:
             return  # the previous periodic pass is still running
+        runtime = get_runtime()
+        # First, and without waiting: a replica started below finds its zygote warming.
+        warm_zygotes(runtime)
         pks = (
             ServingEndpoint.objects.filter(
                 Q(enabled=True)
@@ -110,12 +114,13 @@ def reconcile_all() -> None:
                 reconcile_endpoint(pk, triggered=False)
             except Exception:  # one broken endpoint must not stop the others
                 log.exception("reconcile: endpoint %s failed", pk)
-        collect_orphans(get_runtime())
-        rotate_logs(get_runtime())
+        collect_orphans(runtime)
+        rotate_logs(runtime)
 
 
 def stop_all_replicas() -> int:
-    """Stop every replica of this installation (the product is shutting down).
+    """Stop every replica of this installation, and the zygotes that fork them (the
+    product is shutting down).
 
     Desired state is untouched: the next start brings the replicas back."""
     runtime = get_runtime()
@@ -128,18 +133,19 @@ def stop_all_replicas() -> int:
     for replica_id, pid in runtime.discover(within=str(environments.data_dir())).items():
         runtime.stop(pid, replica_id, grace_seconds=5)
         stopped += 1
+    stop_zygotes(runtime)
     with suppress(RedisError):
         bump_generation()
     return stopped
 
 
-def _schedule_follow_up(pk: int) -> None:
+def _schedule_follow_up(pk: int, seconds: float) -> None:
     try:
         # One follow-up at a time per endpoint.
         # (redis-py takes whole seconds for ex: the expiry is in milliseconds.)
-        expiry_ms = int(FOLLOW_UP_SECONDS * 1000)
+        expiry_ms = max(1, int(seconds * 1000))
         if redis_client().set(kv.follow_up_key(pk), "1", nx=True, px=expiry_ms):
-            triggers.reconcile_soon(pk, countdown=FOLLOW_UP_SECONDS)
+            triggers.reconcile_soon(pk, countdown=seconds)
     except RedisError as exc:  # the periodic pass gets there anyway
         log.warning("reconcile: could not schedule a follow-up for %s: %s", pk, exc)
 

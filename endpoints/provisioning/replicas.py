@@ -11,6 +11,7 @@ import random
 import secrets
 import socket
 import sys
+import time
 from contextlib import suppress
 
 from django.conf import settings
@@ -20,13 +21,15 @@ from redis.exceptions import RedisError
 
 from endpoints import kv
 from endpoints.models import EndpointVersion, Replica, ReplicaState
-from endpoints.runtime import ReplicaSpec, Runtime
+from endpoints.runtime import LocalRuntime, ReplicaSpec, Runtime
 
 from . import environments
 from .observe import NOT_STOPPED
 
 PORT_RESERVATION_SECONDS = 60
 PORTS_TRIED = 200
+# While a pass waits for the replicas it started, it probes them this often.
+START_POLL_SECONDS = 0.03
 
 
 def serving(key: str):
@@ -115,6 +118,8 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         python=version.environment_path or sys.executable,
         request_timeout_seconds=serving("REQUEST_TIMEOUT_SECONDS"),
         server=serving("REPLICA_SERVER"),
+        start_mode=serving("REPLICA_START"),
+        zygote_dir=str(environments.zygote_dir()),
     )
     try:
         replica.pid = runtime.start(spec)
@@ -122,3 +127,22 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         return f"Could not start the model server: {exc}"
     replica.save(update_fields=["pid"])
     return ""
+
+
+def zygote_starts(runtime: Runtime) -> list[str]:
+    """Interpreters whose zygote the runtime (re)started since it was last asked."""
+    return runtime.take_zygote_starts() if isinstance(runtime, LocalRuntime) else []
+
+
+def await_answers(runtime: Runtime, started: list[Replica], *, seconds: float) -> None:
+    """Wait until every replica in ``started`` answers ``/ping`` or exits, ``seconds`` at most."""
+    deadline = time.monotonic() + seconds
+    waiting = [r for r in started if r.pid]
+    while waiting and time.monotonic() < deadline:
+        time.sleep(START_POLL_SECONDS)
+        waiting = [
+            r
+            for r in waiting
+            if not runtime.probe(r.host, r.port, timeout=0.5)
+            and runtime.is_alive(r.pid, r.replica_id)
+        ]

@@ -26,6 +26,11 @@ class Limits:
     scale_down_after: float = 60.0
     # A row whose process never showed up (the worker died before starting it) expires.
     unstarted_row_seconds: float = 30.0
+    # How long a pass waits for the replicas it started to answer (0: not at all, the
+    # follow-up pass probes them).
+    start_wait: float = 0.0
+    # How soon the next pass comes while a replica is loading.
+    starting_follow_up: float = 1.0
 
     @property
     def terminate_grace(self) -> float:

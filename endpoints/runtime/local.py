@@ -102,6 +102,10 @@ class LocalRuntime:
                 log.warning("runtime: launching %s without a zygote: %s", spec.replica_id, exc)
         return _launch(cmd, env, spec.log_path)
 
+    def warm_zygote(self, python: str, zygote_dir: str) -> bool:
+        """Start warming the zygote of ``python`` now, without waiting for it."""
+        return self.zygotes.warm(python, Path(zygote_dir))
+
     def take_zygote_starts(self) -> list[str]:
         """The interpreters whose zygote was (re)started since the last call."""
         started, self.zygotes.started = self.zygotes.started, []
@@ -331,22 +335,31 @@ class Zygotes:
         except (OSError, ValueError) as exc:
             raise ZygoteUnavailable(f"the zygote did not start the replica: {exc}") from exc
 
-    def _ensure(self, python: str, path: Path) -> None:
-        """Make a zygote answer at ``path`` (one process at a time decides, under a lock)."""
+    def warm(self, python: str, zygote_dir: Path) -> bool:
+        """Start the zygote of ``python`` unless one answers or is warming up; returns at
+        once (True when it started one), so the first replica does not wait for imports."""
+        path = socket_path(zygote_dir, python)
+        if len(str(path)) > MAX_SOCKET_PATH or _answers(path):
+            return False
+        return self._ensure(python, path, wait=False)
+
+    def _ensure(self, python: str, path: Path, *, wait: bool = True) -> bool:
+        """Make a zygote answer at ``path`` (one process at a time decides, under a lock);
+        True when this call started it. One that neither answers nor is still warming up
+        (dead, or hung) is replaced."""
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if _answers(path):
-                return  # another process just started it
-            stop_zygote(path)
-            self._launch(python, path)
-            deadline = time.monotonic() + WARM_UP_TIMEOUT_SECONDS
-            while not _answers(path):
-                if time.monotonic() > deadline or self._processes[-1].poll() is not None:
-                    stop_zygote(path)
-                    raise ZygoteUnavailable(f"the zygote for {python} did not come up")
-                time.sleep(0.05)
-        self.started.append(python)
+            started = False
+            if not _answers(path) and _warming(path) is None:
+                stop_zygote(path)
+                self._launch(python, path)
+                self.started.append(python)
+                started = True
+            if wait and not _wait_for_zygote(path):
+                stop_zygote(path)
+                raise ZygoteUnavailable(f"the zygote for {python} did not come up")
+        return started
 
     def _launch(self, python: str, path: Path) -> None:
         self._reap()
@@ -372,6 +385,24 @@ def _started_pid(answer: dict[str, Any]) -> int:
     if not answer.get("ok"):
         raise ValueError(answer.get("error") or "the zygote refused")
     return int(answer["pid"])
+
+
+def _warming(path: Path) -> int | None:
+    """The pid of a zygote for ``path`` still within its warm-up time, if one runs."""
+    for pid in discover_zygotes(str(path)).values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if time.time() - psutil.Process(pid).create_time() < WARM_UP_TIMEOUT_SECONDS:
+                return pid
+    return None
+
+
+def _wait_for_zygote(path: Path) -> bool:
+    """Wait until the zygote answers; False once no zygote for ``path`` is warming up."""
+    while not _answers(path):
+        if _warming(path) is None:
+            return _answers(path)
+        time.sleep(0.05)
+    return True
 
 
 def _answers(path: Path) -> bool:

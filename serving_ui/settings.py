@@ -218,6 +218,13 @@ SERVING = {
     "MAX_PAYLOAD_BYTES": envint("SERVING_MAX_PAYLOAD_BYTES", str(16 * 1024 * 1024)),
     # Requests a replica may have waiting beyond its concurrency before 429.
     "QUEUE_PER_REPLICA": envint("SERVING_QUEUE_PER_REPLICA", "16"),
+    # Requests one endpoint may have in flight per web process before 429: one busy
+    # endpoint cannot take every upstream connection and event-loop turn from the others.
+    "MAX_IN_FLIGHT_PER_ENDPOINT": envint("SERVING_MAX_IN_FLIGHT_PER_ENDPOINT", "256"),
+    # A replica answer larger than this is refused (502) instead of held in memory.
+    "MAX_RESPONSE_BYTES": envint("SERVING_MAX_RESPONSE_BYTES", str(64 * 1024 * 1024)),
+    # A connection that has not sent a complete request head by then is closed.
+    "HEADER_TIMEOUT_SECONDS": envfloat("SERVING_HEADER_TIMEOUT_SECONDS", "30"),
     "SCALE_TO_ZERO_AFTER_SECONDS": envfloat("SERVING_SCALE_TO_ZERO_AFTER_SECONDS", "900"),
     "COLD_START_TIMEOUT_SECONDS": envfloat("SERVING_COLD_START_TIMEOUT_SECONDS", "180"),
     "REPLICA_START_TIMEOUT_SECONDS": envfloat("SERVING_REPLICA_START_TIMEOUT_SECONDS", "120"),

@@ -1,7 +1,8 @@
-"""WSGI entry point: the scoring gateway in front of Django.
+"""WSGI entry point for the Django part only (UI, API, admin).
 
-Scoring requests (``/model/…`` and ``/model-endpoint/…``) are answered by the gateway's
-own lean WSGI callable; everything else goes to Django. See docs/performance.md.
+The product serves everything through the ASGI front door (``serving_ui.asgi``, see
+``endpoints.gateway.server``), which also answers scoring URLs; this entry point is for
+running the web pages under a WSGI server of one's own, without scoring.
 """
 
 from __future__ import annotations
@@ -12,8 +13,4 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "serving_ui.settings")
 
-django_application = get_wsgi_application()
-
-from endpoints.gateway.app import GatewayApplication  # noqa: E402  (needs Django set up)
-
-application = GatewayApplication(django_application)
+application = get_wsgi_application()

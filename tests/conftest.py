@@ -1,7 +1,7 @@
 """Shared fixtures: users and tokens, and the real stack for integration tests.
 
 The stack fixtures start real processes: ``redis-server``, a Celery worker (with beat) and
-gunicorn serving the product, all configured by the environment that
+the web server (the front door) serving the product, all configured by the environment that
 ``serving_ui.settings_test`` exported, so they share this run's database and registry.
 Integration tests that use them must use ``transactional_db`` (the worker writes too).
 """
@@ -171,13 +171,13 @@ def _stop_leftover_replicas() -> None:
 def serve_product(
     name: str, log_dir: Path, *, workers: int = 2, env: dict[str, str] | None = None
 ) -> Iterator[str]:
-    """Run the product under gunicorn exactly as `make run` does (``env`` may change its
+    """Run the product's web server exactly as `make run` does (``env`` may change its
     settings), yield its base URL, stop it afterwards."""
-    from endpoints.management.commands.run_product import gunicorn_command
+    from endpoints.management.commands.run_product import web_command
 
     port = free_port()
     server = ManagedProcess(
-        name, gunicorn_command(host="127.0.0.1", port=port, workers=workers), log_dir, env=env
+        name, web_command(host="127.0.0.1", port=port, processes=workers), log_dir, env=env
     ).start()
     base = f"http://127.0.0.1:{port}"
     _until_up(server, lambda: devstack.http_status(base + "/login/") == 200, timeout=60, what=name)
@@ -187,7 +187,7 @@ def serve_product(
 
 @pytest.fixture(scope="session")
 def web_server(django_db_setup, redis_server, stack_log_dir: Path) -> Iterator[str]:
-    """The product under gunicorn, as `make run` serves it. Yields its base URL."""
+    """The product's web server, as `make run` serves it. Yields its base URL."""
     yield from serve_product("web", stack_log_dir)
 
 

@@ -4,7 +4,7 @@ local fake server."""
 
 from __future__ import annotations
 
-import io
+import asyncio
 import json
 import socket
 import threading
@@ -12,16 +12,26 @@ import threading
 import pytest
 
 from endpoints.errors import BadRequest, PayloadTooLarge, RateLimited, Unauthenticated
+from endpoints.gateway.admission import EndpointLimit
 from endpoints.gateway.app import (
     error_answer,
     normalise_request,
     parse_path,
-    read_body,
     status_line,
     translate_answer,
 )
+from endpoints.gateway.front import ClientGone, origin_path, read_body
 from endpoints.gateway.reporting import LoadTracker
-from endpoints.gateway.upstream import JSON, ReplicaTimeout, ReplicaUnreachable, Upstream
+from endpoints.gateway.streams import StreamUpstream
+from endpoints.gateway.upstream import (
+    JSON,
+    ReplicaTimeout,
+    ReplicaUnreachable,
+    ResponseTooLarge,
+    Upstream,
+)
+
+MIB = 1024 * 1024
 
 # --- URLs --------------------------------------------------------------------------------------
 
@@ -36,8 +46,8 @@ from endpoints.gateway.upstream import JSON, ReplicaTimeout, ReplicaUnreachable,
         ("/model/iris-classifier/Production/invocations", ("iris-classifier", "Production")),
         ("/model/iris-classifier/2/invocations", ("iris-classifier", "2")),
         ("/model-endpoint/ElasticNet/1/invocations/", ("ElasticNet", "1")),
-        # Names are UTF-8; WSGI hands the path over as latin-1 decoded bytes.
-        ("/model/modèle/1/invocations".encode().decode("latin-1"), ("modèle", "1")),
+        # ASGI hands the path over decoded as UTF-8.
+        ("/model/modèle/1/invocations", ("modèle", "1")),
     ],
 )
 def test_scoring_urls_give_model_and_selector(path, expected):
@@ -54,7 +64,6 @@ def test_scoring_urls_give_model_and_selector(path, expected):
         "/model/iris-classifier/1/invocations/extra",
         "/models/iris-classifier/1/invocations",
         "/api/2.0/preview/mlflow/endpoints-v2/list",
-        "/model/\xff/1/invocations",
     ],
 )
 def test_other_paths_are_not_scoring_urls(path):
@@ -107,47 +116,70 @@ def test_a_content_type_with_control_characters_is_refused():
         normalise_request(b"{}", "application/json\r\nX-Injected: 1")
 
 
-def _environ(body: bytes, *, length: bool = True) -> dict:
-    environ = {"wsgi.input": io.BytesIO(body)}
-    if length:
-        environ["CONTENT_LENGTH"] = str(len(body))
-    return environ
+def _receiver(*chunks: bytes, disconnect: bool = False):
+    """An ASGI ``receive`` handing out ``chunks``; it counts how many were taken."""
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+    if disconnect:
+        messages[-1]["more_body"] = True
+        messages.append({"type": "http.disconnect"})
+    taken = []
+
+    async def receive():
+        taken.append(1)
+        return messages[len(taken) - 1]
+
+    receive.taken = taken
+    return receive
 
 
 def test_body_is_read_up_to_the_limit():
-    assert read_body(_environ(b"x" * 100), limit=100) == b"x" * 100
-    assert read_body(_environ(b"x" * 100, length=False), limit=100) == b"x" * 100
+    assert asyncio.run(read_body(_receiver(b"x" * 100), "100", 100)) == b"x" * 100
+    assert asyncio.run(read_body(_receiver(b"x" * 60, b"x" * 40), None, 100)) == b"x" * 100
 
 
-def test_body_over_the_limit_is_refused_by_its_length():
+def test_body_over_the_limit_is_refused_by_its_length_without_reading_it():
+    receive = _receiver(b"x" * 101)
     with pytest.raises(PayloadTooLarge):
-        read_body(_environ(b"x" * 101), limit=100)
+        asyncio.run(read_body(receive, "101", limit=100))
+    assert receive.taken == []
 
 
-def test_chunked_body_over_the_limit_is_refused_while_reading():
+def test_chunked_body_over_the_limit_is_refused_while_reading_and_the_rest_left_unread():
+    receive = _receiver(*[b"x" * 50_000] * 10)
     with pytest.raises(PayloadTooLarge):
-        read_body(_environ(b"x" * 200_000, length=False), limit=100_000)
+        asyncio.run(read_body(receive, None, limit=100_000))
+    assert len(receive.taken) == 3
 
 
-def test_an_oversized_body_is_drained_so_the_client_reads_the_413():
-    stream = io.BytesIO(b"x" * 300)
-    with pytest.raises(PayloadTooLarge) as caught:
-        read_body({"wsgi.input": stream, "CONTENT_LENGTH": "300"}, limit=100)
-    assert stream.read() == b""  # all of it read: the connection stays usable
-    assert not caught.value.close_connection
-    assert not any(h == "Connection" for h, _ in error_answer(caught.value).headers)
+def test_a_413_closes_the_connection():
+    assert ("Connection", "close") in error_answer(PayloadTooLarge("big")).headers
 
 
-def test_a_huge_body_closes_the_connection_instead():
-    with pytest.raises(PayloadTooLarge) as caught:
-        read_body(_environ(b"x" * 1_000_000, length=False), limit=1000)
-    assert caught.value.close_connection
-    assert ("Connection", "close") in error_answer(caught.value).headers
+def test_a_client_that_leaves_mid_body_gets_no_answer():
+    with pytest.raises(ClientGone):
+        asyncio.run(read_body(_receiver(b"x", disconnect=True), None, limit=100))
 
 
 def test_invalid_content_length_is_a_bad_request():
     with pytest.raises(BadRequest):
-        read_body({"wsgi.input": io.BytesIO(b""), "CONTENT_LENGTH": "ten"}, limit=100)
+        asyncio.run(read_body(_receiver(b""), "ten", limit=100))
+
+
+def test_absolute_form_targets_are_routed_by_their_path():
+    assert origin_path("http://127.0.0.1:6379/model/a/1/invocations") == "/model/a/1/invocations"
+    assert origin_path("/model/a/1/invocations") == "/model/a/1/invocations"
+
+
+def test_the_endpoint_limit_is_per_endpoint():
+    limit = EndpointLimit(2)
+    assert limit.acquire(1) and limit.acquire(1)
+    assert not limit.acquire(1)
+    assert limit.acquire(2)
+    limit.release(1)
+    assert limit.acquire(1)
 
 
 # --- answers ---------------------------------------------------------------------------------
@@ -289,6 +321,9 @@ class FakeReplica:
                     return
                 if answer == b"CLOSE":
                     return
+                if answer.startswith(b"LAST:"):  # an answer that ends with the connection
+                    conn.sendall(answer[5:])
+                    return
                 conn.sendall(answer)
 
     def close(self) -> None:
@@ -305,7 +340,7 @@ def _http(status: str, body: bytes, extra: str = "") -> bytes:
 
 def test_upstream_sends_only_content_type_and_reuses_the_connection():
     fake = FakeReplica([_http("200 OK", b'{"predictions": [1]}')] * 2)
-    upstream = Upstream(read_timeout=5)
+    upstream = Upstream(5, MIB)
     try:
         for _ in range(2):
             assert upstream.post(fake.address, b"{}", JSON) == (200, JSON, b'{"predictions": [1]}')
@@ -325,7 +360,7 @@ def test_upstream_reads_chunked_answers():
     )
     fake = FakeReplica([answer + body])
     try:
-        assert Upstream(read_timeout=5).post(fake.address, b"{}", JSON)[2] == b'{"a": 1}'
+        assert Upstream(5, MIB).post(fake.address, b"{}", JSON)[2] == b'{"a": 1}'
     finally:
         fake.close()
 
@@ -334,7 +369,7 @@ def test_upstream_times_out_on_a_silent_replica():
     fake = FakeReplica([b"HANG"])
     try:
         with pytest.raises(ReplicaTimeout):
-            Upstream(read_timeout=0.3).post(fake.address, b"{}", JSON)
+            Upstream(0.3, MIB).post(fake.address, b"{}", JSON)
     finally:
         fake.close()
 
@@ -343,11 +378,86 @@ def test_upstream_reports_a_closed_connection_and_a_refused_one():
     fake = FakeReplica([b"CLOSE"])
     try:
         with pytest.raises(ReplicaUnreachable):
-            Upstream(read_timeout=5).post(fake.address, b"{}", JSON)
+            Upstream(5, MIB).post(fake.address, b"{}", JSON)
     finally:
         fake.close()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()
     with pytest.raises(ReplicaUnreachable):
-        Upstream(read_timeout=5).post(free, b"{}", JSON)
+        Upstream(5, MIB).post(free, b"{}", JSON)
+
+
+# --- the event loop's stream client against a fake replica ---------------------------------------
+
+
+def _stream_post(fake: FakeReplica, *, max_bytes: int = MIB, timeout: float = 5, times: int = 1):
+    async def run():
+        upstream = StreamUpstream(timeout, max_bytes)
+        return [await upstream.post(fake.address, b"{}", JSON) for _ in range(times)]
+
+    try:
+        return asyncio.run(run())
+    finally:
+        fake.close()
+
+
+def test_streams_reuse_the_connection_and_send_no_credentials():
+    fake = FakeReplica([_http("200 OK", b'{"predictions": [1]}')] * 2)
+    assert _stream_post(fake, times=2) == [(200, JSON, b'{"predictions": [1]}')] * 2
+    assert len(fake.requests) == 2  # both on the one connection the fake accepts
+    head = fake.requests[0].split(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("post /invocations http/1.1")
+    assert "authorization" not in head and "cookie" not in head
+
+
+def test_streams_read_chunked_and_close_delimited_answers():
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n"
+        b'4\r\n{"a"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\n\r\n'
+    )
+    assert _stream_post(FakeReplica([chunked]))[0][2] == b'{"a": 1}'
+    to_close = b"LAST:HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n[1, 2]"
+    assert _stream_post(FakeReplica([to_close]))[0][2] == b"[1, 2]"
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_streams_refuse_an_answer_over_the_cap(framing):
+    body = b"x" * 5000
+    if framing == "length":
+        answer = _http("200 OK", body)
+    elif framing == "chunked":
+        answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        answer += b"".join(b"3e8\r\n" + b"x" * 1000 + b"\r\n" for _ in range(5)) + b"0\r\n\r\n"
+    else:
+        answer = b"LAST:HTTP/1.1 200 OK\r\n\r\n" + body
+    with pytest.raises(ResponseTooLarge) as caught:
+        _stream_post(FakeReplica([answer]), max_bytes=4000)
+    assert caught.value.status == 502
+    assert error_answer(caught.value).status == 502
+
+
+def test_a_large_answer_is_read_in_linear_time():
+    body = b"x" * (64 * MIB)
+    fake = FakeReplica([_http("200 OK", body)])
+    [(status, _, data)] = _stream_post(fake, max_bytes=64 * MIB, timeout=20)
+    assert (status, len(data)) == (200, len(body))
+
+
+def test_the_thread_client_refuses_an_answer_over_the_cap_too():
+    fake = FakeReplica([_http("200 OK", b"x" * 5000)])
+    try:
+        with pytest.raises(ResponseTooLarge):
+            Upstream(5, 4000).post(fake.address, b"{}", JSON)
+    finally:
+        fake.close()
+
+
+def test_streams_time_out_on_a_silent_replica_and_report_a_refused_one():
+    with pytest.raises(TimeoutError):
+        _stream_post(FakeReplica([b"HANG"]), timeout=0.3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()
+    with pytest.raises(ReplicaUnreachable):
+        asyncio.run(StreamUpstream(5, MIB).post(free, b"{}", JSON))

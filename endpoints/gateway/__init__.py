@@ -1,10 +1,15 @@
 """The data plane: scoring requests routed to replicas.
 
-- ``app``: the front door, the WSGI application that answers ``/model-endpoint/…`` and
-  ``/model/…`` (path, token, permission, the answer written back);
+- ``server``: the web server process (single-worker uvicorn processes on one socket);
+- ``front``: the front door, the ASGI application on the public port: scoring URLs are
+  answered on the event loop, everything else goes to Django;
+- ``app``: the logic both the front door and the web UI's request sender share (path,
+  token, permission, answers), and ``invoke`` for that sender;
 - ``routing``: the per-process snapshot of routes, tokens and permissions it reads;
-- ``admission``: each version's queue limit, and holding requests while a version wakes;
-- ``upstream``: pooled keep-alive connections to replicas, forwarding, one retry;
+- ``admission``: each endpoint's and version's limits, and holding requests while a
+  version wakes;
+- ``streams`` / ``upstream``: pooled keep-alive connections to replicas (asyncio streams
+  for the event loop, sockets for threads), forwarding, one retry;
 - ``reporting``: in-flight counters, and the thread that reports load, metrics and
   token use.
 """

@@ -1,17 +1,18 @@
-"""The scoring gateway's front door: ``/model-endpoint/<name>/<stage|version>/invocations``
+"""The scoring gateway's shared logic: ``/model-endpoint/<name>/<stage|version>/invocations``
 and ``/model/<name>/<stage|version>/invocations``.
 
-A plain WSGI callable placed in front of Django (see serving_ui/wsgi.py): scoring requests
-never pay for Django's middleware, request objects or SQL. Per request the gateway
+The front door (``front``, an ASGI app under uvicorn) answers these URLs from its event
+loop; the web UI's request sender calls ``invoke`` from a Django view thread. Both go
+through one ``Gateway`` per process, which
 
 1. authenticates the token and checks CAN_QUERY from caches in memory (``routing``),
 2. resolves the URL to a version and its Running replicas (same snapshot; Redis pushes
    changes, so usually no round trip),
-3. admits the request against the version's queue limit (per process), holding it while
-   a scaled-to-zero version wakes up (``admission``),
-4. forwards the body unchanged (MLflow's scoring server parses the four JSON formats and
-   CSV) over pooled keep-alive connections to the least-loaded replica, retrying once on
-   another replica when a connection fails (``upstream``), and
+3. admits the request against its endpoint's and version's limits (per process),
+   holding it while a scaled-to-zero version wakes up (``admission``),
+4. forwards the body unchanged (the replica parses the four JSON formats and CSV) over
+   pooled keep-alive connections to the least-loaded replica, retrying once on another
+   replica when a connection fails (``streams`` from the loop, ``upstream`` from threads),
 5. returns the replica's answer; every error of its own is ``{"error_code", "message"}``.
 
 Each process counts in-flight requests per version; a background thread (one per process)
@@ -24,19 +25,17 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 
-from endpoints import errors
 from endpoints.auth import token_from_authorization
 from endpoints.errors import (
     BadRequest,
     NotFound,
+    PayloadTooLarge,
     PermissionDenied,
     RateLimited,
     ServingError,
@@ -49,21 +48,11 @@ from endpoints.models import PermissionLevel
 from .admission import Admission
 from .reporting import Flusher, LoadTracker, TokenUse, send_reports
 from .routing import RoutingCache, Snapshot, Target
+from .streams import StreamUpstream
 from .upstream import INVOCATIONS, JSON, Upstream
 
 GATEWAY_PREFIXES = ("/model-endpoint/", "/model/")
 RETRY_AFTER_SECONDS = "1"
-# An oversized body is read and dropped up to this multiple of the limit, then the
-# connection is closed instead.
-DRAIN_FACTOR = 4
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-class PayloadTooLarge(errors.PayloadTooLarge):
-    def __init__(self, message: str, *, close_connection: bool = False) -> None:
-        super().__init__(message)
-        self.close_connection = close_connection
 
 
 class MethodNotAllowed(ServingError):
@@ -87,8 +76,8 @@ def error_answer(exc: ServingError) -> Answer:
         headers = (("WWW-Authenticate", 'Bearer realm="model serving"'),)
     elif isinstance(exc, MethodNotAllowed):
         headers = (("Allow", "POST"),)
-    elif getattr(exc, "close_connection", False):
-        # The rest of a huge body is not worth reading to keep the connection.
+    elif isinstance(exc, PayloadTooLarge):
+        # The rest of the body is never read: the connection cannot carry another request.
         headers = (("Connection", "close"),)
     return Answer(exc.status, json.dumps(exc.as_json()).encode(), JSON, headers)
 
@@ -107,28 +96,6 @@ def status_line(code: int) -> str:
     return line
 
 
-# --- the WSGI application ------------------------------------------------------------------
-
-
-class GatewayApplication:
-    def __init__(self, django_app: WSGIApp) -> None:
-        self.django_app = django_app
-
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        if not environ.get("PATH_INFO", "").startswith(GATEWAY_PREFIXES):
-            return self.django_app(environ, start_response)
-        answer = gateway().handle(environ)
-        headers = [
-            ("Content-Type", answer.content_type),
-            ("Content-Length", str(len(answer.body))),
-            *answer.headers,
-        ]
-        start_response(status_line(answer.status), headers)
-        return [answer.body]
-
-
 def parse_path(path_info: str) -> tuple[str, str] | None:
     """``(model name, stage or version)`` of a scoring URL, None when it is not one.
 
@@ -142,11 +109,6 @@ def parse_path(path_info: str) -> tuple[str, str] | None:
             break
     else:
         return None
-    # WSGI passes the path as latin-1 decoded bytes; names are UTF-8.
-    try:
-        rest = rest.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        return None
     if rest.endswith("/"):
         rest = rest[:-1]
     if not rest.endswith(INVOCATIONS):
@@ -157,42 +119,7 @@ def parse_path(path_info: str) -> tuple[str, str] | None:
     return name, selector
 
 
-def read_body(environ: dict[str, Any], limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (also without Content-Length).
-
-    The rest of an oversized body is read and dropped (up to a bound) before the 413 goes
-    out: most HTTP clients only look for an answer once they have sent everything, and
-    would see a reset connection instead of the 413."""
-    stream = environ["wsgi.input"]
-    length = environ.get("CONTENT_LENGTH")
-    if length:
-        try:
-            expected = int(length)
-        except ValueError:
-            raise BadRequest("Invalid Content-Length header.") from None
-        if expected > limit:
-            raise _too_large(stream, limit)
-        return stream.read(expected)
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := stream.read(65536):
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(stream, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(stream: Any, limit: int) -> PayloadTooLarge:
-    drained = 0
-    while chunk := stream.read(65536):
-        drained += len(chunk)
-        if drained > DRAIN_FACTOR * limit:
-            return PayloadTooLarge(_too_large_message(limit), close_connection=True)
-    return PayloadTooLarge(_too_large_message(limit))
-
-
-def _too_large_message(limit: int) -> str:
+def too_large_message(limit: int) -> str:
     return f"The request body exceeds the limit of {limit // (1024 * 1024)} MB."
 
 
@@ -240,34 +167,29 @@ class Gateway:
         self.max_payload = int(serving["MAX_PAYLOAD_BYTES"])
         self.routing = RoutingCache()
         self.load = LoadTracker()
-        self.upstream = Upstream(float(serving["REQUEST_TIMEOUT_SECONDS"]))
+        timeout = float(serving["REQUEST_TIMEOUT_SECONDS"])
+        max_response = int(serving["MAX_RESPONSE_BYTES"])
+        self.upstream = Upstream(timeout, max_response)
+        self.streams = StreamUpstream(timeout, max_response)
         self.admission = Admission(
             self.routing,
             self.load,
             per_replica=int(serving["REPLICA_CONCURRENCY"]) + int(serving["QUEUE_PER_REPLICA"]),
+            per_endpoint=int(serving["MAX_IN_FLIGHT_PER_ENDPOINT"]),
             cold_start_timeout=float(serving["COLD_START_TIMEOUT_SECONDS"]),
         )
         self.token_use = TokenUse()
         self.flusher = Flusher(self.flush)
 
-    # --- HTTP -----------------------------------------------------------------------------
+    # --- who may call what ----------------------------------------------------------------
 
-    def handle(self, environ: dict[str, Any]) -> Answer:
-        try:
-            if environ.get("REQUEST_METHOD") != "POST":
-                raise MethodNotAllowed("Scoring URLs accept POST only.")
-            parsed = parse_path(environ.get("PATH_INFO", ""))
-            if parsed is None:
-                raise NotFound(
-                    "Not a scoring URL: use /model-endpoint/<model>/<stage or version>/invocations."
-                )
-            snapshot = self.routing.current()
-            user = self._authenticate(snapshot, environ.get("HTTP_AUTHORIZATION"))
-            target = self.authorize(snapshot, parsed[0], parsed[1], user)
-            body = read_body(environ, self.max_payload)
-            return self.score(target, body, environ.get("CONTENT_TYPE"))
-        except ServingError as exc:
-            return error_answer(exc)
+    def resolve(
+        self, snapshot: Snapshot, authorization: str | None, name: str, selector: str
+    ) -> Target:
+        """The version a request with this Authorization header may score, or a
+        ServingError (401, 404, 403, 503)."""
+        user = self._authenticate(snapshot, authorization)
+        return self.authorize(snapshot, name, selector, user)
 
     def _authenticate(self, snapshot: Snapshot, header: str | None) -> AbstractBaseUser:
         raw = token_from_authorization(header)
@@ -296,20 +218,28 @@ class Gateway:
 
     # --- scoring --------------------------------------------------------------------------
 
+    def admit(self, target: Target, body: bytes) -> float:
+        """Count one request for ``target``; its start time for ``finish``. Raises
+        PayloadTooLarge or RateLimited instead when it may not go on."""
+        if len(body) > self.max_payload:
+            raise PayloadTooLarge(too_large_message(self.max_payload))
+        self.flusher.ensure_running()
+        self.admission.admit(target)
+        return time.perf_counter()
+
+    def finish(self, target: Target, started: float, status: int) -> None:
+        # Counted against the admitted target, even if routing replaced it meanwhile.
+        self.admission.finish(target, status, (time.perf_counter() - started) * 1000)
+
     def score(self, target: Target, body: bytes, content_type: str | None) -> Answer:
-        """Admit, forward and count one request for ``target``.
+        """Admit, forward and count one request for ``target``, from a thread.
 
         Raises PayloadTooLarge or RateLimited before the request is admitted; afterwards
         every outcome is an Answer."""
-        if len(body) > self.max_payload:
-            raise PayloadTooLarge(_too_large_message(self.max_payload))
-        self.flusher.ensure_running()
-        self.admission.admit(target)
-        started = time.perf_counter()
+        started = self.admit(target, body)
         answer = Answer(500, b"")
         try:
             body, content_type = normalise_request(body, content_type)
-            # Counted against the admitted target, even if routing replaces it meanwhile.
             serving = self.admission.await_replica(target)
             answer = translate_answer(
                 *self.upstream.forward(
@@ -319,8 +249,7 @@ class Gateway:
         except ServingError as exc:
             answer = error_answer(exc)
         finally:
-            latency_ms = (time.perf_counter() - started) * 1000
-            self.load.finish(target.version_pk, answer.status, latency_ms)
+            self.finish(target, started, answer.status)
         return answer
 
     def flush(self) -> None:

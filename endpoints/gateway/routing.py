@@ -302,6 +302,23 @@ class Snapshot:
     def may(self, user: AbstractBaseUser, routes: EndpointRoutes, level: str) -> bool:
         return level_allows(self.permission(user, routes), level)
 
+    def needs_db(self, raw_token: str | None, name: str) -> bool:
+        """Whether authenticating ``raw_token`` for model ``name`` would query the
+        database (a token or permission not cached yet): the event loop then does it in a
+        thread instead of blocking."""
+        if raw_token is None:
+            return False
+        cached = self._tokens.get(hash_token(raw_token), _MISSING)
+        if cached is _MISSING:
+            return True
+        if cached is None or not cached.usable():
+            return False
+        routes = self.table.endpoints.get(name)
+        return routes is not None and (cached.user.pk, routes.endpoint.pk) not in self._permissions
+
+
+_MISSING = object()
+
 
 def run_db(fn: Callable[..., T], *args: Any) -> T:
     """Run database work from a gateway thread and close the thread's connection after.
@@ -414,6 +431,21 @@ class RoutingCache:
         if changes is not None:
             snapshot.changes = changes
         return snapshot
+
+    def peek(self) -> Snapshot | None:
+        """The snapshot when it is known to be current without a round trip (one poll of
+        the invalidation socket), else None: ``current`` would then ask Redis or rebuild,
+        which the event loop runs in a thread."""
+        snapshot = self._snapshot
+        changes = self.watcher.poll()
+        if snapshot is not None and changes is not None and snapshot.changes == changes:
+            return snapshot
+        return None
+
+    @property
+    def latest(self) -> Snapshot | None:
+        """The snapshot as it is, without checking that it is current."""
+        return self._snapshot
 
     def refresh_if_old(self) -> None:
         snapshot = self._snapshot

@@ -1,4 +1,6 @@
-"""Forwarding to replicas: pooled keep-alive connections, one retry on another replica.
+"""Forwarding to replicas from threads (the web UI's request sender): pooled keep-alive
+connections, one retry on another replica. The front door's event loop uses the async
+twin in ``streams``; both share the request head, answer parsing and size cap here.
 
 Replicas are MLflow's scoring server; the gateway only ever sends it ``POST /invocations``
 and reads one answer, so the client here does only that (see docs/performance.md).
@@ -11,7 +13,7 @@ import socket
 import threading
 import time
 
-from endpoints.errors import Timeout, Unavailable
+from endpoints.errors import ServingError, Timeout, Unavailable
 
 from .reporting import LoadTracker
 from .routing import Address, RoutingCache, Target
@@ -32,6 +34,25 @@ class ReplicaTimeout(Exception):
     pass
 
 
+class ResponseTooLarge(ServingError):
+    """A replica answered more than the gateway holds in memory for one request."""
+
+    error_code = "BAD_GATEWAY"
+    status = 502
+
+
+def too_large(limit: int) -> ResponseTooLarge:
+    return ResponseTooLarge(f"The model's answer exceeds the limit of {limit} bytes.")
+
+
+def request_head(address: Address, content_type: str, length: int) -> bytes:
+    # Built from scratch: the caller's Authorization and cookies never go on.
+    return (
+        f"POST {INVOCATIONS} HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode("latin-1")
+
+
 class ReplicaConnection:
     """One keep-alive HTTP/1.1 connection to a replica.
 
@@ -44,7 +65,8 @@ class ReplicaConnection:
         self.address = address
         self.sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT_SECONDS)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buffer = b""
+        # A bytearray: appending and cutting the front stay linear in the answer's size.
+        self.buffer = bytearray()
 
     def idle_and_open(self) -> bool:
         """False when the replica closed this kept connection (or sent something unasked)."""
@@ -55,9 +77,12 @@ class ReplicaConnection:
     def close(self) -> None:
         self.sock.close()
 
-    def exchange(self, head: bytes, body: bytes, timeout: float) -> tuple[int, str, bytes, bool]:
+    def exchange(
+        self, head: bytes, body: bytes, timeout: float, max_bytes: int
+    ) -> tuple[int, str, bytes, bool]:
         """Send one request, return ``(status, content type, body, keep-alive)``."""
         deadline = time.monotonic() + timeout
+        self.max_bytes = max_bytes
         if len(body) <= 65536:
             self.sock.sendall(head + body)
         else:
@@ -67,8 +92,8 @@ class ReplicaConnection:
             if len(self.buffer) > MAX_ANSWER_HEAD:
                 raise ReplicaUnreachable("oversized answer headers")
             self._receive(deadline)
-        status, headers = _parse_head(self.buffer[:end])
-        self.buffer = self.buffer[end + 4 :]
+        status, headers = parse_head(bytes(self.buffer[:end]))
+        del self.buffer[: end + 4]
         if headers.get("transfer-encoding", "").lower() == "chunked":
             data = self._read_chunked(deadline)
         elif "content-length" in headers:
@@ -88,22 +113,32 @@ class ReplicaConnection:
         if not chunk:
             raise ReplicaUnreachable("the replica closed the connection")
         self.buffer += chunk
+        if len(self.buffer) > self.max_bytes + MAX_ANSWER_HEAD:
+            raise too_large(self.max_bytes)
 
     def _read_exactly(self, length: int, deadline: float) -> bytes:
+        if length > self.max_bytes:
+            raise too_large(self.max_bytes)
         while len(self.buffer) < length:
             self._receive(deadline)
-        data, self.buffer = self.buffer[:length], self.buffer[length:]
+        data = bytes(self.buffer[:length])
+        del self.buffer[:length]
         return data
 
     def _read_line(self, deadline: float) -> bytes:
         while (end := self.buffer.find(b"\r\n")) < 0:
             self._receive(deadline)
-        line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 2]
         return line
 
     def _read_chunked(self, deadline: float) -> bytes:
         parts = []
+        total = 0
         while size := int(self._read_line(deadline).split(b";", 1)[0], 16):
+            total += size
+            if total > self.max_bytes:
+                raise too_large(self.max_bytes)
             parts.append(self._read_exactly(size, deadline))
             self._read_line(deadline)
         while self._read_line(deadline):  # trailers, up to the empty line
@@ -115,11 +150,12 @@ class ReplicaConnection:
             while True:
                 self._receive(deadline)
         except ReplicaUnreachable:
-            data, self.buffer = self.buffer, b""
+            data = bytes(self.buffer)
+            self.buffer.clear()
             return data
 
 
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
     try:
         status = int(lines[0].split(" ", 2)[1])
@@ -135,10 +171,11 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 class Upstream:
     """Keep-alive connections to replicas, shared by the threads of one process."""
 
-    def __init__(self, read_timeout: float) -> None:
+    def __init__(self, read_timeout: float, max_response_bytes: int) -> None:
         self._idle: dict[Address, list[ReplicaConnection]] = {}
         self._lock = threading.Lock()
         self._read_timeout = read_timeout
+        self._max_response = max_response_bytes
 
     def forward(
         self,
@@ -177,14 +214,15 @@ class Upstream:
                 load.release(address)
 
     def post(self, address: Address, body: bytes, content_type: str) -> tuple[int, str, bytes]:
-        # Built from scratch: the caller's Authorization and cookies never go on.
-        head = (
-            f"POST {INVOCATIONS} HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode("latin-1")
+        head = request_head(address, content_type, len(body))
         conn = self._checkout(address)
         try:
-            status, answer_type, data, keep = conn.exchange(head, body, self._read_timeout)
+            status, answer_type, data, keep = conn.exchange(
+                head, body, self._read_timeout, self._max_response
+            )
+        except ResponseTooLarge:
+            conn.close()
+            raise
         except TimeoutError as exc:  # socket.timeout is TimeoutError
             conn.close()
             raise ReplicaTimeout(str(exc)) from exc

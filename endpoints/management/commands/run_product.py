@@ -1,10 +1,11 @@
 """``manage.py run_product``: the whole product in the foreground (what ``make run`` runs).
 
 Starts Redis (when none answers at REDIS_URL on loopback), migrates, registers the demo
-models, makes sure an ``admin`` login exists, then runs the web server (gunicorn: UI, API,
-admin and the scoring gateway), a Celery worker and Celery beat. Ctrl-C or SIGTERM stops
-every process it started, model server replicas included; the next start brings the
-replicas back from the desired state kept in the database.
+models, makes sure an ``admin`` login exists, then runs the web server (uvicorn: the
+scoring gateway's front door, with UI, API and admin beside it on the same port), a Celery
+worker and Celery beat. Ctrl-C or SIGTERM stops every process it started, model server
+replicas included; the next start brings the replicas back from the desired state kept in
+the database.
 """
 
 from __future__ import annotations
@@ -30,32 +31,13 @@ from endpoints.models import AccessToken
 AUTO_TOKEN_NAME = "printed by make run"  # noqa: S105 - a label, not a secret
 
 
-# Measured with `make bench` (docs/performance.md): gthread workers, each thread one
-# request at a time; threads above the replicas' concurrency let requests queue and wait
-# for a cold start without blocking others.
-WEB_THREADS = 16
-
-
-def gunicorn_command(
-    *, host: str, port: int, workers: int, threads: int = WEB_THREADS
-) -> list[str]:
-    """The web server (UI, API, admin and the scoring gateway) as `make run` starts it."""
-    return [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "serving_ui.wsgi:application",
-        "--bind",
-        f"{host}:{port}",
-        "--worker-class",
-        "gthread",
-        "--workers",
-        str(workers),
-        "--threads",
-        str(threads),
-        "--timeout",
-        str(int(settings.SERVING["REQUEST_TIMEOUT_SECONDS"]) + 60),
-        "--graceful-timeout",
-        "20",
-    ]
+def web_command(*, host: str, port: int, processes: int, access_log: bool = False) -> list[str]:
+    """The web server as `make run` starts it: the front door (scoring on the event loop,
+    UI, API and admin through Django's ASGI handler) in ``processes`` single-worker
+    uvicorn processes on one socket (see endpoints/gateway/server.py)."""
+    command = [sys.executable, "-m", "endpoints.gateway.server"]
+    command += ["--host", host, "--port", str(port), "--processes", str(processes)]
+    return [*command, "--access-log"] if access_log else command
 
 
 class Command(BaseCommand):
@@ -139,11 +121,7 @@ class Command(BaseCommand):
         var = Path(settings.VAR_DIR)
         self._spawn(
             "web",
-            [
-                *gunicorn_command(host=host, port=port, workers=web_workers),
-                "--access-logfile",
-                "-",
-            ],
+            web_command(host=host, port=port, processes=web_workers, access_log=True),
         )
         self._spawn(
             "worker",

@@ -1,0 +1,173 @@
+"""The web server: ``python -m endpoints.gateway.server --host H --port P --processes N``.
+
+One listening socket is bound here, then N processes are forked, each running the front
+door (``serving_ui.asgi``) under a single-worker uvicorn on that socket. uvicorn's own
+multi-worker mode is not used: on Linux its workers lose TCP_NODELAY, which costs ~45 ms
+per keep-alive request (docs/performance.md). This parent only supervises: a worker that
+dies is replaced; SIGTERM or SIGINT stops them all.
+
+A connection that has not sent a complete request head within
+``SERVING_HEADER_TIMEOUT_SECONDS`` is closed: it holds no thread meanwhile, but without
+a bound enough of them would exhaust the process's file descriptors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+import traceback
+
+from uvicorn import Config, Server
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+# A stopping worker finishes requests in flight for up to this long.
+GRACEFUL_SECONDS = 20
+BACKLOG = 2048
+
+
+class HeadDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose first request head does not
+    arrive in time (uvicorn itself only times out idle connections after an answer)."""
+
+    head_timeout = 30.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_deadline = self.loop.call_later(self.head_timeout, self._head_overdue)
+
+    def _head_overdue(self) -> None:
+        if self.cycle is None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_deadline.cancel()
+        super().connection_lost(exc)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(sock: socket.socket, *, access_log: bool) -> None:
+    """One worker: uvicorn with the front door on ``sock`` (in a forked child)."""
+    # Imported (Django set up) by the parent before forking: pages are shared.
+    from serving_ui.asgi import application
+
+    config = Config(
+        application,
+        http=HeadDeadlineProtocol,
+        lifespan="on",
+        access_log=access_log,
+        log_level="info" if access_log else "warning",
+        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        backlog=BACKLOG,
+    )
+    Server(config).run(sockets=[sock])
+
+
+def fork_worker(sock: socket.socket, access_log: bool) -> int:
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        code = 0
+        try:
+            serve(sock, access_log=access_log)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+class Supervisor:
+    def __init__(self, sock: socket.socket, processes: int, access_log: bool) -> None:
+        self.sock = sock
+        self.access_log = access_log
+        self.processes = processes
+        self.stopping = False
+        self.workers: set[int] = set()
+
+    def stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        self.workers = {fork_worker(self.sock, self.access_log) for _ in range(self.processes)}
+        while not self.stopping:
+            pid, _ = _reap(block_seconds=0.5)
+            if pid and pid in self.workers:
+                self.workers.discard(pid)
+                print(f"web worker {pid} exited; starting another", file=sys.stderr)
+                self.workers.add(fork_worker(self.sock, self.access_log))
+        self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        for pid in self.workers:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + GRACEFUL_SECONDS + 5
+        while self.workers and time.monotonic() < deadline:
+            pid, _ = _reap(block_seconds=0.1)
+            self.workers.discard(pid)
+        for pid in self.workers:
+            _signal(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _reap(block_seconds: float) -> tuple[int, int]:
+    try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        pid, status = 0, 0
+    if pid == 0:
+        time.sleep(block_seconds)
+    return pid, status
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _raise_file_limit() -> None:
+    # Every open connection is a descriptor; the soft limit is often only 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--access-log", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "serving_ui.settings")
+    _raise_file_limit()
+    from django.conf import settings
+
+    import serving_ui.asgi  # noqa: F401  (Django set up once, before the workers fork)
+
+    HeadDeadlineProtocol.head_timeout = float(settings.SERVING["HEADER_TIMEOUT_SECONDS"])
+    sock = bind(args.host, args.port)
+    supervisor = Supervisor(sock, args.processes, args.access_log)
+    signal.signal(signal.SIGTERM, supervisor.stop)
+    signal.signal(signal.SIGINT, supervisor.stop)
+    supervisor.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Forwarding to replicas from the event loop: pooled asyncio streams, one retry on
+another replica.
+
+The async twin of ``upstream``: the same single exchange (``POST /invocations``, one
+answer framed by Content-Length, chunked encoding or the end of the connection), written
+by hand on asyncio streams because a general-purpose async client costs several times
+what the whole hop costs here (see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from endpoints.errors import Timeout, Unavailable
+
+from .reporting import LoadTracker
+from .routing import Address, Target
+from .upstream import (
+    CONNECT_TIMEOUT_SECONDS,
+    MAX_ANSWER_HEAD,
+    POOL_CONNECTIONS,
+    ReplicaUnreachable,
+    ResponseTooLarge,
+    parse_head,
+    request_head,
+    too_large,
+)
+
+READ_SIZE = 65536
+
+Refresh = Callable[[Target], Awaitable[Target | None]]
+
+
+class StreamConnection:
+    """One keep-alive HTTP/1.1 connection to a replica on asyncio streams."""
+
+    def __init__(
+        self, address: Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.address = address
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, address: Address) -> StreamConnection:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                reader, writer = await asyncio.open_connection(*address, limit=MAX_ANSWER_HEAD)
+        except (OSError, TimeoutError) as exc:
+            raise ReplicaUnreachable(f"cannot connect to {address[0]}:{address[1]}: {exc}") from exc
+        return cls(address, reader, writer)
+
+    def idle_and_open(self) -> bool:
+        """False when the replica closed this kept connection (or sent something unasked)."""
+        return not (self.reader.at_eof() or self.reader._buffer or self.writer.is_closing())
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def exchange(
+        self, head: bytes, body: bytes, max_bytes: int
+    ) -> tuple[int, str, bytes, bool]:
+        """Send one request, return ``(status, content type, body, keep-alive)``."""
+        self.writer.write(head + body if len(body) <= READ_SIZE else head)
+        if len(body) > READ_SIZE:
+            self.writer.write(body)
+        await self.writer.drain()
+        try:
+            raw_head = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise ReplicaUnreachable("oversized answer headers") from None
+        except asyncio.IncompleteReadError:
+            raise ReplicaUnreachable("the replica closed the connection") from None
+        status, headers = parse_head(raw_head[:-4])
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            data = await self._read_chunked(max_bytes)
+        elif "content-length" in headers:
+            data = await self._read_exactly(int(headers["content-length"]), max_bytes)
+        else:
+            data = await self._read_to_close(max_bytes)
+            headers["connection"] = "close"
+        keep = headers.get("connection", "").lower() != "close"
+        return status, headers.get("content-type", "application/json"), data, keep
+
+    async def _read_exactly(self, length: int, max_bytes: int) -> bytes:
+        if length > max_bytes:
+            raise too_large(max_bytes)
+        try:
+            return await self.reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise ReplicaUnreachable("the replica closed the connection") from None
+
+    async def _read_line(self) -> bytes:
+        try:
+            return (await self.reader.readuntil(b"\r\n"))[:-2]
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            raise ReplicaUnreachable("malformed chunked answer") from None
+
+    async def _read_chunked(self, max_bytes: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while size := int((await self._read_line()).split(b";", 1)[0], 16):
+            total += size
+            if total > max_bytes:
+                raise too_large(max_bytes)
+            parts.append(await self._read_exactly(size, max_bytes))
+            await self._read_line()
+        while await self._read_line():  # trailers, up to the empty line
+            pass
+        return b"".join(parts)
+
+    async def _read_to_close(self, max_bytes: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while chunk := await self.reader.read(READ_SIZE):
+            total += len(chunk)
+            if total > max_bytes:
+                raise too_large(max_bytes)
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class StreamUpstream:
+    """Keep-alive stream connections to replicas, for one event loop."""
+
+    def __init__(self, read_timeout: float, max_response_bytes: int) -> None:
+        self._idle: dict[Address, list[StreamConnection]] = {}
+        self._read_timeout = read_timeout
+        self._max_response = max_response_bytes
+
+    async def forward(
+        self, target: Target, body: bytes, content_type: str, *, load: LoadTracker, refresh: Refresh
+    ) -> tuple[int, str, bytes]:
+        """Post to the least-loaded replica of ``target``; when it cannot be reached, once
+        more to another one from the newest routing (it may just have been replaced).
+
+        Raises Timeout, Unavailable, or ResponseTooLarge (a BAD_GATEWAY ServingError)."""
+        tried: set[Address] = set()
+        while True:
+            address = load.pick(target.replicas, tried)
+            try:
+                return await self.post(address, body, content_type)
+            except TimeoutError as exc:
+                raise Timeout(
+                    f"The model did not answer within {self._read_timeout:g} seconds."
+                ) from exc
+            except ReplicaUnreachable as exc:
+                if tried:
+                    raise Unavailable(
+                        f"Version {target.version} of model '{target.model_name}' could not "
+                        "be reached; retry shortly."
+                    ) from exc
+                tried.add(address)
+                fresh = await refresh(target)
+                if fresh is not None and fresh.replicas:
+                    target = fresh
+            finally:
+                load.release(address)
+
+    async def post(
+        self, address: Address, body: bytes, content_type: str
+    ) -> tuple[int, str, bytes]:
+        conn = await self._checkout(address)
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                status, answer_type, data, keep = await conn.exchange(
+                    request_head(address, content_type, len(body)), body, self._max_response
+                )
+        except (TimeoutError, ResponseTooLarge, asyncio.CancelledError):
+            conn.close()
+            raise
+        except (ReplicaUnreachable, OSError, ValueError) as exc:
+            conn.close()
+            raise ReplicaUnreachable(str(exc) or type(exc).__name__) from exc
+        if keep:
+            self._checkin(conn)
+        else:
+            conn.close()
+        return status, answer_type, data
+
+    async def _checkout(self, address: Address) -> StreamConnection:
+        idle = self._idle.get(address)
+        while idle:
+            conn = idle.pop()
+            if conn.idle_and_open():
+                return conn
+            conn.close()
+        return await StreamConnection.open(address)
+
+    def _checkin(self, conn: StreamConnection) -> None:
+        idle = self._idle.setdefault(conn.address, [])
+        if len(idle) < POOL_CONNECTIONS:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    def prune(self, keep: set[Address]) -> None:
+        """Close the connections to replicas that are gone (their ports may be reused)."""
+        for address in [a for a in self._idle if a not in keep]:
+            for conn in self._idle.pop(address):
+                conn.close()

@@ -14,17 +14,30 @@ answers the same four routes with the same status codes, bodies and content type
 
 ``tests/test_replica_parity.py`` sends generated requests to this app and to MLflow's
 FastAPI app and requires identical answers.
+
+With batching on (``runtime.batching``: the stage opted in), concurrent requests that
+``request_shape`` finds mergeable are parsed one by one with MLflow's parser, concatenated,
+predicted in one call and split back by row counts; each part is encoded with MLflow's
+encoder, so every caller gets the body it would have got alone. Whatever cannot be proven
+that way (frames of different dtypes, an output without one row per input row, an error
+while parsing or predicting) is answered request by request, MLflow's way.
+``tests/test_batching.py`` holds batched answers to the unbatched app's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import astuple
+from io import StringIO
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from mlflow.environment_variables import (
     _MLFLOW_IS_IN_SERVING_ENVIRONMENT,
     MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT,
@@ -34,6 +47,7 @@ from mlflow.pyfunc import PyFuncModel
 from mlflow.pyfunc import scoring_server as mlflow_server
 from mlflow.version import VERSION
 
+from .batching import BatchSettings, MicroBatcher, Pending, request_shape
 from .fastpath import SklearnFastPath
 
 log = logging.getLogger(__name__)
@@ -73,11 +87,18 @@ class ReplicaApp:
     """An ASGI application serving one loaded pyfunc model."""
 
     def __init__(
-        self, model: PyFuncModel, *, timeout_seconds: float | None = None, fast_path: bool = True
+        self,
+        model: PyFuncModel,
+        *,
+        timeout_seconds: float | None = None,
+        fast_path: bool = True,
+        batching: BatchSettings | None = None,
     ) -> None:
         self.model = model
         self.input_schema = model.metadata.get_input_schema()
         self.fast_path = SklearnFastPath.for_model(model) if fast_path else None
+        self.batcher = MicroBatcher(batching, self._run_batch) if batching else None
+        self.predict_takes_params = "params" in inspect.signature(model.predict).parameters
         self.timeout = (
             timeout_seconds
             if timeout_seconds is not None
@@ -125,6 +146,14 @@ class ReplicaApp:
             fast = self._fast(body, content_type)
             if fast is not None:
                 return Answer(200, fast)
+        if self.batcher is not None:
+            shape = request_shape(body, content_type)
+            if shape is not None:
+                return await self.batcher.submit(shape, body)
+        return await self._alone(body, content_type)
+
+    async def _alone(self, body: bytes, content_type: str | None) -> Answer:
+        """MLflow's answer to this request on its own."""
         try:
             result = await asyncio.to_thread(
                 mlflow_server.invocations, body, content_type, self.model, self.input_schema
@@ -138,6 +167,49 @@ class ReplicaApp:
         content_type = TEXT if result.mimetype == "text/plain" else result.mimetype.encode()
         return Answer(result.status, result.response.encode(), content_type)
 
+    async def _run_batch(self, items: list[Pending]) -> list[Answer]:
+        if len(items) > 1:
+            payloads = [item.shape.payload for item in items]
+            merged = await asyncio.to_thread(self._predict_merged, payloads)
+            if merged is not None:
+                return merged
+        # One bad request must not fail the others: each gets MLflow's answer for itself.
+        content_type = "application/json"
+        return list(await asyncio.gather(*(self._alone(i.body, content_type) for i in items)))
+
+    def _predict_merged(self, payloads: list[dict[str, Any]]) -> list[Answer] | None:
+        """One predict call for every request, split back; None where that is not proven
+        to give each request its own answer."""
+        try:
+            return self._merged_answers(payloads)
+        except Exception:
+            # A bad request (or a model that fails on the merged input): each request is
+            # then answered on its own, MLflow's way, error included.
+            log.debug("a merged batch failed; answering its requests one by one", exc_info=True)
+            return None
+
+    def _merged_answers(self, payloads: list[dict[str, Any]]) -> list[Answer] | None:
+        # A copy each: MLflow's parser pops ``params`` off the dictionary it is given.
+        metadata, schema = self.model.metadata, self.input_schema
+        parsed = [mlflow_server._parse_json_data(dict(p), metadata, schema) for p in payloads]
+        if any(p.is_unified_llm_input for p in parsed):
+            return None
+        inputs = [p.data for p in parsed]
+        merged = _concat(inputs)
+        if merged is None:
+            return None
+        parts = _split(self._predict(merged, parsed[0].params), [len(i) for i in inputs])
+        if parts is None:
+            return None
+        return [Answer(200, _encode(part)) for part in parts]
+
+    def _predict(self, data: Any, params: dict[str, Any] | None) -> Any:
+        """``model.predict`` called the way MLflow's ``invocations`` calls it."""
+        if self.predict_takes_params:
+            return self.model.predict(data, params=params)
+        mlflow_server._log_warning_if_params_not_in_predict_signature(log, params)
+        return self.model.predict(data)
+
     def _fast(self, body: bytes, content_type: str | None) -> bytes | None:
         """The shortcut's answer, computed on the event loop: it is bounded to small
         batches of a fast estimator, where a thread hop would cost more than the work."""
@@ -145,6 +217,57 @@ class ReplicaApp:
             return self.fast_path.answer(body, content_type)
         except Exception:  # whatever went wrong, MLflow's path decides the answer
             return None
+
+
+def _concat(frames: list[Any]) -> Any:
+    """The requests' inputs as one, when they line up exactly: then every row is the
+    value it was alone. None otherwise."""
+    if all(isinstance(f, pd.DataFrame) for f in frames):
+        return _concat_frames(frames)
+    if all(isinstance(f, np.ndarray) for f in frames):
+        return _concat_arrays(frames)
+    return None
+
+
+def _concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
+    # Equal dtypes: concatenating would otherwise promote a column (int to float, say).
+    first = frames[0]
+    for frame in frames[1:]:
+        if list(frame.columns) != list(first.columns) or not frame.dtypes.equals(first.dtypes):
+            return None
+    return pd.concat(frames, ignore_index=True)
+
+
+def _concat_arrays(arrays: list[np.ndarray]) -> np.ndarray | None:
+    first = arrays[0]
+    if first.ndim == 0:
+        return None
+    for array in arrays[1:]:
+        if array.dtype != first.dtype or array.shape[1:] != first.shape[1:]:
+            return None
+    return np.concatenate(arrays)
+
+
+def _split(predictions: Any, counts: list[int]) -> list[Any] | None:
+    """The predictions of each request, when there is one per input row."""
+    if not isinstance(predictions, pd.DataFrame | pd.Series | np.ndarray | list):
+        return None
+    if len(predictions) != sum(counts):
+        return None
+    parts, start = [], 0
+    for count in counts:
+        if isinstance(predictions, pd.DataFrame | pd.Series):
+            parts.append(predictions.iloc[start : start + count].reset_index(drop=True))
+        else:
+            parts.append(predictions[start : start + count])
+        start += count
+    return parts
+
+
+def _encode(predictions: Any) -> bytes:
+    out = StringIO()
+    mlflow_server.predictions_to_json(predictions, out)
+    return out.getvalue().encode()
 
 
 def _not_found(scope: Scope) -> Answer:
@@ -199,6 +322,10 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 def load_app(model_path: str, *, timeout_seconds: float | None = None) -> ReplicaApp:
-    """Load the model the way MLflow's server does (model config from the environment)."""
+    """Load the model the way MLflow's server does (model config from the environment);
+    batching as the environment sets it (provisioning passes the stage's settings)."""
     model = mlflow_server.load_model_with_mlflow_config(model_path)
-    return ReplicaApp(model, timeout_seconds=timeout_seconds)
+    batching = BatchSettings.from_env(os.environ)
+    if batching is not None:
+        log.info("batching up to %s rows, waiting up to %s ms", *astuple(batching))
+    return ReplicaApp(model, timeout_seconds=timeout_seconds, batching=batching)

@@ -1,0 +1,172 @@
+"""Micro-batching of a replica's scoring requests: which requests may merge, and when a
+batch leaves.
+
+A stage opts in with its compute config; provisioning passes the settings to the replica's
+environment (``BatchSettings.env``) and the replica's app reads them back (``from_env``).
+Merging is only correct for a model whose answer for a row does not depend on the other
+rows, which is why it is off unless asked for.
+
+This module decides *which* requests are merged and *when*; the app (``runtime.server``)
+parses, predicts and encodes them with MLflow's own functions. It imports only the
+standard library, so provisioning can use ``BatchSettings`` without loading MLflow.
+
+- ``request_shape`` reads a body and says whether it may merge with others, and with
+  which: JSON with exactly one format key (``dataframe_split`` with ``columns`` and
+  ``data`` only, ``dataframe_records``, or an ``inputs``/``instances`` list), at least one
+  row, and optionally ``params``. Requests merge only when their keys are equal: the same
+  format, the same ``columns``, identical ``params``.
+- ``MicroBatcher`` holds one open batch per key. A batch leaves when its rows reach
+  ``max_size`` or when its first request has waited ``max_wait_ms``; a request that would
+  overflow the open batch sends it off and starts the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_MAX_SIZE = "SERVING_BATCH_MAX_SIZE"
+ENV_MAX_WAIT_MS = "SERVING_BATCH_MAX_WAIT_MS"
+JSON_CONTENT_TYPE = "application/json"
+ROW_FORMATS = ("dataframe_records", "inputs", "instances")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_size: int
+    max_wait_ms: int
+
+    def env(self) -> dict[str, str]:
+        """The replica environment that turns these settings on."""
+        return {ENV_MAX_SIZE: str(self.max_size), ENV_MAX_WAIT_MS: str(self.max_wait_ms)}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> BatchSettings | None:
+        """The settings in ``environ``; None (batching off) when they are absent.
+
+        Raises ValueError for values that are not whole numbers in range, so a replica
+        never silently serves with settings nobody asked for."""
+        size, wait = environ.get(ENV_MAX_SIZE), environ.get(ENV_MAX_WAIT_MS)
+        if not size and not wait:
+            return None
+        settings = cls(int(size or ""), int(wait or ""))
+        if settings.max_size < 1 or settings.max_wait_ms < 0:
+            raise ValueError(f"invalid batching settings: {settings}")
+        return settings
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a mergeable request is: its merge key, its rows and its decoded JSON."""
+
+    key: tuple[str, ...]
+    rows: int
+    payload: dict[str, Any] = field(compare=False)
+
+
+def request_shape(body: bytes, content_type: str | None) -> Shape | None:
+    """The request's shape when it may be merged with others, else None."""
+    if content_type != JSON_CONTENT_TYPE:
+        return None
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None  # MLflow's path words the error
+    if not isinstance(payload, dict):
+        return None
+    formats = [key for key in payload if key != "params"]
+    if len(formats) != 1:
+        return None
+    found = _rows(formats[0], payload[formats[0]])
+    if found is None:
+        return None
+    rows, columns = found
+    params = json.dumps(payload["params"], sort_keys=True) if "params" in payload else ""
+    return Shape((formats[0], columns, params), rows, payload)
+
+
+def _rows(name: str, value: Any) -> tuple[int, str] | None:
+    """(row count, canonical columns) of one format's value; None when it is not merged."""
+    if name == "dataframe_split":
+        # An ``index`` is not merged: the rows of a merged frame are renumbered.
+        if not isinstance(value, dict) or value.keys() != {"columns", "data"}:
+            return None
+        columns, data = value["columns"], value["data"]
+        if not isinstance(columns, list) or not isinstance(data, list) or not data:
+            return None
+        return len(data), json.dumps(columns)
+    if name in ROW_FORMATS and isinstance(value, list) and value:
+        return len(value), ""
+    return None
+
+
+@dataclass
+class Pending:
+    shape: Shape
+    body: bytes
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class _Batch:
+    key: tuple[str, ...]
+    items: list[Pending] = field(default_factory=list)
+    rows: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+RunBatch = Callable[[list[Pending]], Awaitable[list[Any]]]
+
+
+class MicroBatcher:
+    """Collects concurrent requests into batches and hands each batch to ``run``, which
+    answers every request of it (in order)."""
+
+    def __init__(self, settings: BatchSettings, run: RunBatch) -> None:
+        self.settings = settings
+        self.run = run
+        self._open: dict[tuple[str, ...], _Batch] = {}
+        # Running batches, referenced so that the event loop does not collect them.
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, shape: Shape, body: bytes) -> Any:
+        """The answer to this request, once its batch has run."""
+        loop = asyncio.get_running_loop()
+        pending = Pending(shape, body, loop.create_future())
+        batch = self._open.get(shape.key)
+        if batch is not None and batch.rows + shape.rows > self.settings.max_size:
+            self._send(batch)
+            batch = None
+        if batch is None:
+            batch = self._open[shape.key] = _Batch(shape.key)
+            batch.timer = loop.call_later(self.settings.max_wait_ms / 1000, self._send, batch)
+        batch.items.append(pending)
+        batch.rows += shape.rows
+        if batch.rows >= self.settings.max_size:
+            self._send(batch)
+        return await pending.future
+
+    def _send(self, batch: _Batch) -> None:
+        if self._open.get(batch.key) is batch:
+            del self._open[batch.key]
+        if batch.timer is not None:
+            batch.timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._answer(batch.items))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _answer(self, items: list[Pending]) -> None:
+        try:
+            answers = await self.run(items)
+        except Exception as exc:
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, answer in zip(items, answers, strict=True):
+            # A caller that timed out has stopped waiting: its future is cancelled.
+            if not item.future.done():
+                item.future.set_result(answer)

@@ -19,9 +19,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import add_replica, add_version
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
+from endpoints.models import ComputeConfig, ServiceState, ServingEndpoint
+from endpoints.provisioning import replicas
+from endpoints.runtime import ReplicaSpec
 from endpoints.runtime.batching import (
     ENV_MAX_SIZE,
     ENV_MAX_WAIT_MS,
@@ -342,3 +346,36 @@ def test_settings_travel_through_the_environment():
 def test_request_shape_says_what_may_merge(body, content_type, rows):
     shape = request_shape(body, content_type)
     assert (shape.rows if shape else None) == rows
+
+
+class RecordingRuntime:
+    def __init__(self) -> None:
+        self.specs: list[ReplicaSpec] = []
+
+    def start(self, spec: ReplicaSpec) -> int:
+        self.specs.append(spec)
+        return 4242
+
+
+@pytest.mark.django_db
+def test_replicas_start_with_the_batching_of_their_config():
+    endpoint = ServingEndpoint.objects.create(registered_model_name="batched")
+    ComputeConfig.objects.create(endpoint=endpoint, stage="Staging")
+    plain = add_version(endpoint, "1", "Staging")
+    batched = ComputeConfig.objects.create(
+        endpoint=endpoint, stage="Staging", max_batch_size=32, max_wait_ms=2
+    )
+    runtime = RecordingRuntime()
+    replicas.launch(runtime, add_replica(plain, ("127.0.0.1", 20001)))
+    # A rollout to the batching config: replicas started for it batch.
+    plain.config_update_state, plain.target_config = ServiceState.PENDING, batched
+    replicas.launch(runtime, add_replica(plain, ("127.0.0.1", 20002)))
+    # A first deployment (no config yet): the stage's newest.
+    first = add_version(endpoint, "2", "Staging", state=ServiceState.PENDING)
+    first.service_config = None
+    replicas.launch(runtime, add_replica(first, ("127.0.0.1", 20003)))
+    assert [BatchSettings.from_env(s.extra_env) for s in runtime.specs] == [
+        None,
+        BatchSettings(32, 2),
+        BatchSettings(32, 2),
+    ]

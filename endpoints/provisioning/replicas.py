@@ -20,8 +20,9 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from endpoints import kv
-from endpoints.models import EndpointVersion, Replica, ReplicaState
+from endpoints.models import ComputeConfig, EndpointVersion, Replica, ReplicaState, ServiceState
 from endpoints.runtime import LocalRuntime, ReplicaSpec, Runtime
+from endpoints.runtime.batching import BatchSettings
 
 from . import environments
 from .observe import NOT_STOPPED
@@ -120,6 +121,7 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         server=serving("REPLICA_SERVER"),
         start_mode=serving("REPLICA_START"),
         zygote_dir=str(environments.zygote_dir()),
+        extra_env=batching_env(replica_config(version)),
     )
     try:
         replica.pid = runtime.start(spec)
@@ -127,6 +129,21 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         return f"Could not start the model server: {exc}"
     replica.save(update_fields=["pid"])
     return ""
+
+
+def replica_config(version: EndpointVersion) -> ComputeConfig | None:
+    """The compute config a replica started now serves: the one rolling out, else the one
+    serving, else (a first deployment) the stage's newest."""
+    if version.config_update_state == ServiceState.PENDING and version.target_config:
+        return version.target_config
+    return version.service_config or version.endpoint.current_compute_config(version.registry_stage)
+
+
+def batching_env(config: ComputeConfig | None) -> dict[str, str]:
+    """The replica environment that turns on the batching ``config`` asks for."""
+    if config is None or not config.batching_enabled:
+        return {}
+    return BatchSettings(config.max_batch_size, config.max_wait_ms).env()
 
 
 def zygote_starts(runtime: Runtime) -> list[str]:

@@ -276,6 +276,54 @@ def test_compute_update_saves_a_new_config_and_shows_rollout(owner, endpoint, mo
     assert "Medium" in html
 
 
+def test_compute_update_saves_batching_and_shows_it(owner, endpoint, model_name):
+    client = logged_in(owner)
+    html = client.get(serving_url(model_name) + "?tab=compute").content.decode()
+    assert "Batch concurrent requests" in html and "independently of the other rows" in html
+    response = client.post(
+        serving_url(model_name) + "compute/",
+        {
+            "stage": "Staging",
+            "workload_size": "Small",
+            "batching_enabled": "on",
+            "max_batch_size": "16",
+            "max_wait_ms": "0",
+        },
+    )
+    assert response.status_code == 302
+    config = endpoint.current_compute_config("Staging")
+    assert (config.max_batch_size, config.max_wait_ms) == (16, 0)
+    html = client.get(response["Location"]).content.decode()
+    staging = html[html.index('data-testid="compute-staging"') :]
+    assert "Current: Small, batching up to 16 rows / 0 ms" in staging
+    assert 'name="max_wait_ms" min="0" max="100" value="0"' in staging
+    # Unticked, the numbers are ignored and batching is off.
+    client.post(
+        serving_url(model_name) + "compute/",
+        {"stage": "Staging", "workload_size": "Small", "max_batch_size": "999"},
+    )
+    assert not endpoint.current_compute_config("Staging").batching_enabled
+
+
+def test_compute_update_rejects_batching_out_of_range(owner, endpoint, model_name):
+    client = logged_in(owner)
+    response = client.post(
+        serving_url(model_name) + "compute/",
+        {
+            "stage": "Staging",
+            "workload_size": "Small",
+            "batching_enabled": "on",
+            "max_batch_size": "8",
+            "max_wait_ms": "500",
+        },
+        follow=True,
+    )
+    assert "Max wait: Ensure this value is less than or equal to 100." in response.content.decode()
+    assert endpoint.current_compute_config("Staging") is None or not (
+        endpoint.current_compute_config("Staging").batching_enabled
+    )
+
+
 def test_compute_update_during_a_rollout_shows_the_conflict(owner, endpoint, model_name):
     v = add_version(endpoint, "2", "Staging")
     v.config_update_state = ServiceState.PENDING

@@ -4,14 +4,49 @@ from __future__ import annotations
 
 from django import forms
 
-from endpoints.models import PermissionLevel, Stage, WorkloadSize
+from endpoints.models import (
+    MAX_BATCH_SIZE_RANGE,
+    MAX_WAIT_MS_RANGE,
+    PermissionLevel,
+    Stage,
+    WorkloadSize,
+)
 from endpoints.registry import ALL_STAGES
+
+BATCHING_FIELDS = ("max_batch_size", "max_wait_ms")
 
 
 class ComputeConfigForm(forms.Form):
     stage = forms.ChoiceField(choices=Stage.choices)
     workload_size = forms.ChoiceField(choices=WorkloadSize.choices)
     scale_to_zero_enabled = forms.BooleanField(required=False)
+    batching_enabled = forms.BooleanField(required=False)
+    # Read only with batching on: the numbers of a switched-off setting stay on the page.
+    max_batch_size = forms.IntegerField(
+        min_value=MAX_BATCH_SIZE_RANGE[0], max_value=MAX_BATCH_SIZE_RANGE[1], required=False
+    )
+    max_wait_ms = forms.IntegerField(
+        min_value=MAX_WAIT_MS_RANGE[0], max_value=MAX_WAIT_MS_RANGE[1], required=False
+    )
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if not data.get("batching_enabled"):
+            for name in BATCHING_FIELDS:
+                self.errors.pop(name, None)
+                data[name] = None
+            return data
+        for name in BATCHING_FIELDS:
+            if data.get(name) is None and name not in self.errors:
+                self.add_error(name, "Required with batching on.")
+        return data
+
+    def problem(self) -> str:
+        """What to fix, in one sentence for the page's message."""
+        for name, label in (("max_batch_size", "Max batch size"), ("max_wait_ms", "Max wait")):
+            if name in self.errors:
+                return f"{label}: {' '.join(self.errors[name])}"
+        return "Choose a stage and a workload size."
 
 
 class StageForm(forms.Form):

@@ -45,6 +45,8 @@ SERVING_TABS = tuple(key for key, _ in PANEL_TABS)
 METRICS_WINDOW_MS = 15 * 60 * 1000
 EVENTS_SHOWN = 200
 BADGES = {"PENDING": "Pending", "READY": "Ready", "FAILED": "Failed"}
+# What the batching inputs propose before a stage turns batching on.
+SUGGESTED_BATCHING = {"max_batch_size": 32, "max_wait_ms": 5}
 
 AbsoluteUri = Callable[[str], str]
 
@@ -343,12 +345,24 @@ def compute_rows(endpoint: ServingEndpoint) -> list[dict[str, Any]]:
             {
                 "stage": stage,
                 "config": config,
+                "batching": batching_fields(config),
                 "versions": [{"v": v, "rollout": rollout_label(v, config)} for v in versions],
                 "updating": any(v.config_update_state == ServiceState.PENDING for v in versions),
                 "failed": any(v.config_update_state == ServiceState.FAILED for v in versions),
             }
         )
     return rows
+
+
+def batching_fields(config: ComputeConfig | None) -> dict[str, Any]:
+    """The batching inputs of a stage's form: its settings, or suggestions while off."""
+    if config is not None and config.batching_enabled:
+        return {
+            "enabled": True,
+            "max_batch_size": config.max_batch_size,
+            "max_wait_ms": config.max_wait_ms,
+        }
+    return {"enabled": False, **SUGGESTED_BATCHING}
 
 
 def rollout_label(version: EndpointVersion, config: ComputeConfig | None) -> str:

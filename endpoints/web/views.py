@@ -173,7 +173,7 @@ def compute_update(request: HttpRequest, name: str) -> HttpResponse:
     endpoint = services.get_endpoint_for_user(name, request.user, PermissionLevel.CAN_MANAGE)
     form = ComputeConfigForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Choose a stage and a workload size.")
+        messages.error(request, form.problem())
         return redirect(presenters.serving_url(name, tab="compute"))
     data = form.cleaned_data
     try:
@@ -182,6 +182,8 @@ def compute_update(request: HttpRequest, name: str) -> HttpResponse:
             stage=data["stage"],
             workload_size=data["workload_size"],
             scale_to_zero_enabled=data["scale_to_zero_enabled"],
+            max_batch_size=data["max_batch_size"],
+            max_wait_ms=data["max_wait_ms"],
             user=request.user,
         )
     except ServingError as exc:

@@ -56,6 +56,7 @@ format: install
 bench: install system-deps
 	$(PY) manage.py bench
 	$(PY) manage.py bench_provisioning
+	$(PY) manage.py bench_batching
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

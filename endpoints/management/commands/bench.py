@@ -153,10 +153,9 @@ class Bench:
         model_dir = registry.download_model(MODEL, "1", self.var / "models" / "v1")
         user = get_user_model().objects.create_superuser("bench", "bench@example.com", None)
         _, token = services.token_create(user=user, name="bench")
-        port = settings.SERVING["REPLICA_PORT_MIN"]
         self.replicas = {
-            "product": self._start_replica("serving-ui", model_dir, port),
-            "mlflow": self._start_replica("mlflow", model_dir, port + 1),
+            "product": self._start_replica("serving-ui", model_dir, devstack.free_port()),
+            "mlflow": self._start_replica("mlflow", model_dir, devstack.free_port()),
         }
         for name, replica in ((MODEL, "product"), (MLFLOW_MODEL, "mlflow")):
             _route(name, user, model_dir, self.replicas[replica], self.replica_pids[replica])

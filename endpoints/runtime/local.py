@@ -106,6 +106,9 @@ class LocalRuntime:
         """Start warming the zygote of ``python`` now, without waiting for it."""
         return self.zygotes.warm(python, Path(zygote_dir))
 
+    def zygote_answers(self, python: str, zygote_dir: str) -> bool:
+        return _answers(socket_path(Path(zygote_dir), python))
+
     def take_zygote_starts(self) -> list[str]:
         """The interpreters whose zygote was (re)started since the last call."""
         started, self.zygotes.started = self.zygotes.started, []

@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections import Counter
 
+import psutil
 import pytest
 import requests
 from conftest import wait_for
@@ -147,6 +148,10 @@ def test_enabling_reaches_ready_every_version_answers_and_disabling_stops_every_
     for replica in replicas:
         assert runtime.probe(replica.host, replica.port)
         assert runtime.is_alive(replica.pid, replica.replica_id)
+    if settings.SERVING["REPLICA_START"] == "zygote":
+        # Forked from the zygote of the product's environment, not launched afresh.
+        zygotes = runtime.discover_zygotes(str(environments.zygote_dir())).values()
+        assert {psutil.Process(r.pid).ppid() for r in replicas} <= set(zygotes)
     versions = EndpointVersion.objects.filter(endpoint=endpoint)
     assert {v.service_state for v in versions} == {ServiceState.READY}
     assert all(v.service_config_id for v in versions)

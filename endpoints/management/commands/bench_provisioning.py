@@ -8,15 +8,25 @@ the demo ``iris-classifier``:
 - seconds from the **first request after scale to zero** to its answer (a cold start),
   next to the same request while a replica runs (the warm baseline);
 - seconds from a **transition** of v2, already READY in Staging, into Production until
-  the stage answers (the alias moves at once: no new replica is needed).
+  the stage answers (the alias moves at once: no new replica is needed);
+- the **unique memory** (USS) of each replica once Production runs Medium (2 replicas):
+  what one more replica of an environment that already runs costs.
+
+It runs twice, each time in a fresh stack: with replicas forked from a zygote (the
+default) and with ``SERVING_REPLICA_START=spawn`` (fresh interpreters) as the baseline,
+then prints both against the targets (PASS/MISS).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -24,6 +34,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from .bench import BODY, ISOLATED_ENV, MODEL, Bench, _wait, run_isolated
 
 QUIET_SECONDS = 5
+RESULTS_ENV = "SERVING_BENCH_RESULTS"
+MODES = ("zygote", "spawn")
+# (figure, label, target, unit) in the summary.
+TARGETS = (
+    ("enable_seconds", "enable → READY (2 versions)", 3.0, "s"),
+    ("cold_seconds", "first request after scale to zero", 1.0, "s"),
+    ("replica_uss_mib", "unique memory per extra replica (USS)", 100.0, "MiB"),
+)
 
 
 class Command(BaseCommand):
@@ -33,18 +51,48 @@ class Command(BaseCommand):
         parser.add_argument("--rounds", type=int, default=3, help="Cold starts to measure.")
 
     def handle(self, *args: object, **options: object) -> None:
-        import os
-
         if os.environ.get(ISOLATED_ENV) != "1":
-            run_isolated(
-                "bench_provisioning",
-                {
-                    "SERVING_SCALE_TO_ZERO_AFTER_SECONDS": str(QUIET_SECONDS),
-                    "RECONCILE_INTERVAL_SECONDS": "1",
-                },
-            )
+            self._compare_modes()
             return
         ProvisioningBench(self, {"web_workers": 2, "web_threads": None, **options}).run()
+
+    def _compare_modes(self) -> None:
+        """One fresh stack per replica start mode, then both against the targets."""
+        load_before = os.getloadavg()[0]
+        results = {}
+        with tempfile.TemporaryDirectory(prefix="serving-bench-results-") as tmp:
+            for mode in MODES:
+                path = Path(tmp) / f"{mode}.json"
+                run_isolated(
+                    "bench_provisioning",
+                    {
+                        "SERVING_SCALE_TO_ZERO_AFTER_SECONDS": str(QUIET_SECONDS),
+                        "RECONCILE_INTERVAL_SECONDS": "1",
+                        "SERVING_REPLICA_START": mode,
+                        RESULTS_ENV: str(path),
+                    },
+                )
+                results[mode] = json.loads(path.read_text())
+        self._summary(results, load_before, os.getloadavg()[0])
+
+    def _summary(self, results: dict[str, dict], load_before: float, load_after: float) -> None:
+        say = self.stdout.write
+        say("")
+        say(f"Replica start ({os.cpu_count()} cores; load average {load_before:.1f} at the start,")
+        say(f"{load_after:.1f} at the end: above ~1 the machine was busy and figures are slower)")
+        say(f"  {'':40} {'zygote':>18} {'spawn (baseline)':>20}   target")
+        for key, label, target, unit in TARGETS:
+            cells = []
+            for mode in MODES:
+                value = results[mode][key]
+                verdict = "PASS" if value <= target else "MISS"
+                cells.append(f"{value:7.2f} {unit:<3} {verdict}")
+            say(f"  {label:40} {cells[0]:>18} {cells[1]:>20}   ≤ {target:g} {unit}")
+        zygote = results["zygote"]
+        say(
+            f"  zygote warm-up after the worker starts   {zygote['warm_up_seconds']:7.2f} s"
+            f"   (zygote RSS {zygote['zygote_rss_mib']:.0f} MiB, once per environment)"
+        )
 
 
 class ProvisioningBench(Bench):
@@ -57,9 +105,13 @@ class ProvisioningBench(Bench):
 
             registry.configure_mlflow()
             demo.seed(next(d for d in demo.DEMO_MODELS if d.name == MODEL))
+            worker_started = time.perf_counter()
             self._start_worker()
             self.port = self._start_gunicorn()
+            self.results = {"warm_up_seconds": self._wait_for_zygote(worker_started)}
             self._measure()
+            self._measure_memory()
+            self._write_results()
         finally:
             # The worker first: a running worker would start the replicas again.
             self._stop()
@@ -75,6 +127,74 @@ class ProvisioningBench(Bench):
             ],
         )
 
+    def _timeline(self, what: str, since: float) -> None:
+        """Where the time went: the events recorded since ``since``, in seconds from it."""
+        from endpoints.models import Event
+
+        self.say(f"  {what}: events")
+        events = Event.objects.filter(timestamp__gte=int(since * 1000)).order_by("timestamp", "pk")
+        for event in events:
+            self.say(
+                f"    +{event.timestamp / 1000 - since:6.2f} s  {event.type:20} {event.message}"
+            )
+
+    def _wait_for_zygote(self, since: float) -> float:
+        """Seconds from the worker's start until its zygote answers (0 in spawn mode): the
+        product warms it when it starts, before any endpoint needs it."""
+        from django.conf import settings
+
+        from endpoints.provisioning import environments
+        from endpoints.runtime import LocalRuntime
+
+        if settings.SERVING["REPLICA_START"] != "zygote":
+            return 0.0
+        runtime, zygote_dir = LocalRuntime(), str(environments.zygote_dir())
+        _wait(
+            lambda: runtime.zygote_answers(sys.executable, zygote_dir),
+            what="the zygote",
+            timeout=300,
+        )
+        return time.perf_counter() - since
+
+    def _measure_memory(self) -> None:
+        """USS of each replica once Production runs Medium (two replicas of one version)."""
+        import psutil
+        from django.contrib.auth import get_user_model
+
+        from endpoints import services
+        from endpoints.models import Replica, ReplicaState
+        from endpoints.provisioning import environments
+        from endpoints.runtime import LocalRuntime
+
+        services.compute_config_update(
+            name=MODEL,
+            stage="Production",
+            workload_size="Medium",
+            scale_to_zero_enabled=False,
+            user=get_user_model().objects.get(username="bench"),
+        )
+        running = Replica.objects.filter(
+            version__endpoint__registered_model_name=MODEL,
+            version__registry_stage="Production",
+            state=ReplicaState.RUNNING,
+        )
+        _wait(lambda: running.count() >= 2, what="two Production replicas", timeout=300)
+        uss = [_uss_mib(r.pid) for r in running]
+        zygotes = LocalRuntime().discover_zygotes(str(environments.zygote_dir()))
+        self.results["replica_uss_mib"] = statistics.median(uss)
+        # Its resident set: shared with its replicas, so their USS leaves it out.
+        self.results["zygote_rss_mib"] = sum(
+            psutil.Process(pid).memory_info().rss / 2**20 for pid in zygotes.values()
+        )
+        self.say(
+            f"  USS per replica (Medium)                  {', '.join(f'{u:.0f}' for u in uss)} MiB"
+        )
+
+    def _write_results(self) -> None:
+        path = os.environ.get(RESULTS_ENV)
+        if path:
+            Path(path).write_text(json.dumps(self.results))
+
     def _stop_replicas(self) -> None:
         from endpoints.provisioning.reconcile import stop_all_replicas
 
@@ -89,7 +209,7 @@ class ProvisioningBench(Bench):
         user = get_user_model().objects.create_superuser("bench", "bench@example.com", None)
         _, self.token = services.token_create(user=user, name="bench")
 
-        t0 = time.perf_counter()
+        t0, enabled_at = time.perf_counter(), time.time()
         services.endpoint_enable(name=MODEL, user=user)
         _wait(
             lambda: (
@@ -100,6 +220,7 @@ class ProvisioningBench(Bench):
             timeout=300,
         )
         enable_seconds = time.perf_counter() - t0
+        self._timeline("enable", enabled_at)
         warm = statistics.median(self._score_seconds() for _ in range(20))
 
         services.compute_config_update(
@@ -118,7 +239,9 @@ class ProvisioningBench(Bench):
         for round_no in range(1, self.options["rounds"] + 1):
             self.say(f"cold start {round_no}/{self.options['rounds']}: waiting for zero …")
             _wait(lambda: not production.filter(state__in=live).exists(), what="zero", timeout=120)
+            requested_at = time.time()
             cold.append(self._score_seconds(timeout=300))
+            self._timeline(f"cold start {round_no}", requested_at)
 
         t0 = time.perf_counter()
         services.model_version_transition(
@@ -127,8 +250,10 @@ class ProvisioningBench(Bench):
         _wait(lambda: self._answers_with_v2(), what="v2 in Production", timeout=300)
         transition_seconds = time.perf_counter() - t0
 
+        self.results.update(enable_seconds=enable_seconds, cold_seconds=statistics.median(cold))
+        mode = os.environ.get("SERVING_REPLICA_START", "zygote")
         self.say("")
-        self.say(f"Provisioning of {MODEL} (local runtime, MLflow scoring server replicas)")
+        self.say(f"Provisioning of {MODEL} (local runtime, replicas started by {mode})")
         self.say(f"  enable → READY (2 versions, 1 replica each) {enable_seconds:8.2f} s")
         self.say(f"  v2 (READY in Staging) → Production answers  {transition_seconds:8.2f} s")
         self.say(
@@ -164,3 +289,10 @@ class ProvisioningBench(Bench):
             endpoint__registered_model_name=MODEL, stage="Production"
         ).first()
         return bool(alias and alias.version.version == "2" and self._post(60)[0] == 200)
+
+
+def _uss_mib(pid: int) -> float:
+    """Memory only this process holds: shared pages (a zygote's imports) do not count."""
+    import psutil
+
+    return psutil.Process(pid).memory_full_info().uss / 2**20

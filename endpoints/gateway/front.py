@@ -2,8 +2,9 @@
 
 Scoring URLs are answered here, on the event loop: a connection costs a few kilobytes
 instead of a thread, so idle, slow or half-open connections cannot stop anything (see
-docs/performance.md). Everything else goes to Django's own ASGI handler, which reads a
-request's body on the loop before a view gets a thread.
+docs/performance.md). Everything else goes to Django (``serving_ui.asgi``: its WSGI app
+in a thread pool, behind ``WholeBody``, which reads a request's body on the loop before a
+thread is taken).
 
 Only I/O is async: token, permission and routing look-ups are the shared in-memory
 snapshot (``routing``); a look-up that would query the database, ask Redis or request a
@@ -65,6 +66,40 @@ class FrontDoor:
             await lifespan(receive, send)
             return
         await self.django_app(scope, receive, send)
+
+
+class WholeBody:
+    """Reads a request's whole body on the event loop before the wrapped app runs.
+
+    The web pages run as a WSGI app in a thread pool (``serving_ui.asgi``), where reading
+    the body would block a thread for as long as a client takes to send it: a few slow
+    clients would hold every thread. Read here, a slow body costs a coroutine only."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await read_body(receive, None, self.limit)
+        except ClientGone:
+            return
+        except PayloadTooLarge as exc:
+            await respond(send, error_answer(exc))
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # only a disconnect can follow
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def origin_path(path: str) -> str:

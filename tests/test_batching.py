@@ -341,6 +341,7 @@ def test_settings_travel_through_the_environment():
         (b'{"messages": []}', JSON_TYPE, None),
         (b"[1, 2]", JSON_TYPE, None),
         (b"{not json", JSON_TYPE, None),
+        (split(*[(1.0, 1)] * 10_000), JSON_TYPE, None),  # too large to look at
     ],
 )
 def test_request_shape_says_what_may_merge(body, content_type, rows):

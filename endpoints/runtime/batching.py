@@ -13,8 +13,9 @@ standard library, so provisioning can use ``BatchSettings`` without loading MLfl
 - ``request_shape`` reads a body and says whether it may merge with others, and with
   which: JSON with exactly one format key (``dataframe_split`` with ``columns`` and
   ``data`` only, ``dataframe_records``, or an ``inputs``/``instances`` list), at least one
-  row, and optionally ``params``. Requests merge only when their keys are equal: the same
-  format, the same ``columns``, identical ``params``.
+  row, optionally ``params``, in a body of at most ``MAX_BODY_BYTES``. Requests merge
+  only when their keys are equal: the same format, the same ``columns``, identical
+  ``params``.
 - ``MicroBatcher`` holds one open batch per key. A batch leaves when its rows reach
   ``max_size`` or when its first request has waited ``max_wait_ms``; a request that would
   overflow the open batch sends it off and starts the next one.
@@ -32,6 +33,9 @@ ENV_MAX_SIZE = "SERVING_BATCH_MAX_SIZE"
 ENV_MAX_WAIT_MS = "SERVING_BATCH_MAX_WAIT_MS"
 JSON_CONTENT_TYPE = "application/json"
 ROW_FORMATS = ("dataframe_records", "inputs", "instances")
+# Larger bodies are not merged: they are decoded on the event loop to be looked at, which
+# would stall every other request, and a request that size gains little from company.
+MAX_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class Shape:
 
 def request_shape(body: bytes, content_type: str | None) -> Shape | None:
     """The request's shape when it may be merged with others, else None."""
-    if content_type != JSON_CONTENT_TYPE:
+    if content_type != JSON_CONTENT_TYPE or len(body) > MAX_BODY_BYTES:
         return None
     try:
         payload = json.loads(body)

@@ -20,7 +20,7 @@ from endpoints.gateway.app import (
     status_line,
     translate_answer,
 )
-from endpoints.gateway.front import ClientGone, origin_path, read_body
+from endpoints.gateway.front import ClientGone, WholeBody, origin_path, read_body
 from endpoints.gateway.reporting import LoadTracker
 from endpoints.gateway.streams import StreamUpstream
 from endpoints.gateway.upstream import (
@@ -461,3 +461,31 @@ def test_streams_time_out_on_a_silent_replica_and_report_a_refused_one():
         free = s.getsockname()
     with pytest.raises(ReplicaUnreachable):
         asyncio.run(StreamUpstream(5, MIB).post(free, b"{}", JSON))
+
+
+# --- page requests: the body is read on the loop before the page app runs ----------------------
+
+
+def _run_whole_body(receive, limit: int = 100):
+    seen = {}
+    sent = []
+
+    async def page_app(scope, receive, send):
+        seen["message"] = await receive()
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(WholeBody(page_app, limit)({"type": "http"}, receive, send))
+    return seen, sent
+
+
+def test_a_page_app_gets_the_whole_body_at_once():
+    seen, _ = _run_whole_body(_receiver(b"a=1&", b"b=2"))
+    assert seen["message"] == {"type": "http.request", "body": b"a=1&b=2", "more_body": False}
+
+
+def test_a_page_body_over_the_limit_is_refused_before_the_app_runs():
+    seen, sent = _run_whole_body(_receiver(b"x" * 60, b"x" * 60))
+    assert seen == {}
+    assert sent[0]["status"] == 413

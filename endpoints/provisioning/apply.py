@@ -75,6 +75,13 @@ class Pass:
         self._versions.clear()
         self._replicas.clear()
 
+    def publish(self) -> None:
+        """Tell gateways now that routing changed (a replica they wait for serves)."""
+        if self.routing_changed:
+            with suppress(RedisError):
+                kv.bump_generation()
+            self.routing_changed = False
+
     def finish(self) -> None:
         """Publish routing changes, give gateways a moment, then stop what was drained."""
         if self.routing_changed or self.to_terminate:

@@ -43,6 +43,8 @@ def settle_started(run: Pass) -> None:
     run.started.clear()
     run.await_seconds = 0.0  # once per pass: what starts now is probed by a follow-up
     check_replicas(run)
+    # A request held for a woken version is answered as soon as its replica is Running.
+    run.publish()
     converge(run)
 
 

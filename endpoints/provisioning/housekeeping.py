@@ -1,5 +1,5 @@
 """Installation-wide chores of the periodic pass: stop orphan processes, rotate logs,
-keep the interpreters that fork replicas warm."""
+keep the interpreters that fork replicas and this worker's registry client warm."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import suppress
 
 from django.conf import settings
 
+from endpoints import registry
 from endpoints.models import EndpointVersion, Replica
 from endpoints.runtime import LocalRuntime, Runtime
 
@@ -61,6 +62,16 @@ def warm_zygotes(runtime: Runtime) -> None:
     for python in {sys.executable, *environments_in_use}:
         if runtime.warm_zygote(python, str(environments.zygote_dir())):
             log.info("reconcile: warming the replica environment of %s", python)
+
+
+def warm_registry() -> None:
+    """Open this worker process's registry client and store with one small read: the
+    first one costs seconds (MLflow's imports, the database schema check), which the
+    first pass after a user's change would otherwise pay."""
+    try:
+        registry.client().search_registered_models(max_results=1)
+    except Exception as exc:  # the passes that need the registry report it
+        log.warning("reconcile: the model registry cannot be read yet: %s", exc)
 
 
 def stop_zygotes(runtime: Runtime) -> int:

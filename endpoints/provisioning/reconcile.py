@@ -37,7 +37,13 @@ from endpoints.runtime import get_runtime
 
 from . import environments, replicas
 from .converge import run_pass
-from .housekeeping import collect_orphans, rotate_logs, stop_zygotes, warm_zygotes
+from .housekeeping import (
+    collect_orphans,
+    rotate_logs,
+    stop_zygotes,
+    warm_registry,
+    warm_zygotes,
+)
 from .observe import NOT_STOPPED
 from .plan import choose_alias
 
@@ -100,6 +106,7 @@ def reconcile_all() -> None:
         runtime = get_runtime()
         # First, and without waiting: a replica started below finds its zygote warming.
         warm_zygotes(runtime)
+        warm_registry()
         pks = (
             ServingEndpoint.objects.filter(
                 Q(enabled=True)

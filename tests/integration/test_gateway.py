@@ -1,4 +1,4 @@
-"""The scoring gateway under gunicorn in front of real MLflow scoring server replicas.
+"""The scoring gateway's front door (uvicorn, as `make run` starts it) in front of real replicas.
 
 Replicas are started once per module (the runtime's own launcher); the rows the gateway
 routes by (endpoint, versions, stage aliases, Running replicas) are written per test, as

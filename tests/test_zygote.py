@@ -75,8 +75,12 @@ def zygote_dir(tmp_path_factory) -> Iterator[Path]:
 
 
 @pytest.fixture
-def runtime() -> LocalRuntime:
-    return LocalRuntime()
+def runtime(model_path: str) -> Iterator[LocalRuntime]:
+    runtime = LocalRuntime()
+    yield runtime
+    # A test that failed half-way leaves no replica running.
+    for replica_id, pid in runtime.discover(within=model_path).items():
+        runtime.kill(pid, replica_id)
 
 
 def _free_port() -> int:

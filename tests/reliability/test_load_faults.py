@@ -38,6 +38,7 @@ def test_staging_transition_under_load_drops_no_request_and_switches_to_v2(deplo
     with PacedLoad(deployment, "Staging") as load:
         wait_for(lambda: load.count() >= 100, timeout=30, what="load on v1")
         v2 = register(name, constant_model("v2"))
+        switch_started_at = load.count()
         deployment.transition(v2, "Staging")
         wait_for(lambda: deployment.alias("Staging") == v2, timeout=READY_TIMEOUT, what="alias")
         moved_at = load.count()
@@ -53,7 +54,9 @@ def test_staging_transition_under_load_drops_no_request_and_switches_to_v2(deplo
     statuses = Counter(status for status, _ in load.answers)
     assert statuses == {200: load.count()}, statuses
     assert {value for _, value in load.answers} == {"v1", "v2"}
-    assert load.count() >= 300
+    # Requests kept arriving while v2 was deployed and the alias moved: the switch itself
+    # happened under load, however fast it was.
+    assert moved_at - switch_started_at >= 10
     ready = next(
         e for e in deployment.events(EventType.VERSION_READY) if e.endpoint_version_name == v2
     )

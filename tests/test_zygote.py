@@ -25,6 +25,8 @@ import pytest
 from endpoints.runtime.base import ReplicaSpec
 from endpoints.runtime.local import (
     LocalRuntime,
+    arguments,
+    base_environment,
     replica_command,
     replica_environment,
     socket_path,
@@ -136,7 +138,7 @@ def test_a_forked_replica_answers_and_is_found_like_a_launched_one(
     zygote = _zygote(zygote_dir)
     assert runtime.take_zygote_starts() == [sys.executable]
     assert psutil.Process(pid).ppid() == zygote.pid  # forked, not launched
-    assert psutil.Process(pid).cmdline() == replica_command(spec)
+    assert arguments(psutil.Process(pid).cmdline()) == replica_command(spec)
     assert runtime.discover(within=model_path)["v1-fork0001"] == pid
     assert os.getsid(pid) == pid  # its own session: a signal to the zygote's misses it
     seen = _seen(spec)
@@ -144,7 +146,11 @@ def test_a_forked_replica_answers_and_is_found_like_a_launched_one(
     assert set(seen["env"]) - {"_MLFLOW_IS_IN_SERVING_ENVIRONMENT"} == set(
         replica_environment(spec)
     )
-    assert "SERVING_ZYGOTE_TITLE_ROOM" not in seen["env"]
+    assert "SPT_NOENV" not in seen["env"]
+    # What /proc shows of its environment is the zygote's short one, never a title.
+    shown = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    shown_names = {item.decode().partition("=")[0] for item in shown if item}
+    assert set(base_environment()) <= shown_names
     assert "replica v1-fork0001: loading model" in Path(spec.log_path).read_text()
     assert runtime.discover_zygotes(str(zygote_dir)) == {
         str(socket_path(zygote_dir, sys.executable)): zygote.pid

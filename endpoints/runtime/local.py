@@ -174,7 +174,7 @@ class LocalRuntime:
         found: dict[str, int] = {}
         for process in psutil.process_iter(["pid", "cmdline", "status"]):
             info = process.info
-            cmdline = info.get("cmdline") or []
+            cmdline = arguments(info.get("cmdline") or [])
             if info.get("status") == psutil.STATUS_ZOMBIE or LAUNCHER_MODULE not in cmdline:
                 continue
             if within and not any(within in arg for arg in cmdline):
@@ -232,12 +232,21 @@ class LocalRuntime:
             process = psutil.Process(pid)
             if process.status() == psutil.STATUS_ZOMBIE:
                 return None
-            cmdline = process.cmdline()
+            cmdline = arguments(process.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
         if replica_id not in cmdline:
             return None
         return process
+
+
+def arguments(cmdline: list[str]) -> list[str]:
+    """A process's arguments, whether it was launched with them or a zygote's child carries
+    them as its title: one string (split here) followed by the empty rest of the area."""
+    parts = [part for part in cmdline if part]
+    if len(parts) == 1 and " " in parts[0]:
+        return parts[0].split(" ")
+    return parts
 
 
 def _launch(cmd: list[str], env: dict[str, str], log_path: str) -> int:
@@ -278,9 +287,11 @@ ZYGOTE_MODULE = "endpoints.runtime.zygote"
 MARKER = "--zygote"
 # One BLAS/OpenMP thread: a thread pool started before fork would not exist in the child.
 SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# Room in the zygote's environment block for a child's process title: the title is written
-# over the argv and environment strings the interpreter started with.
-TITLE_ROOM = {"SERVING_ZYGOTE_TITLE_ROOM": " " * 4096}
+# Room in the zygote's command line for a child's process title. With SPT_NOENV the title
+# is written over the argv strings only, so /proc/<pid>/environ of a forked replica still
+# shows the short environment the zygote started with (nothing secret), not a title.
+TITLE_ROOM = ("--title-room", " " * 4096)
+TITLE_IN_ARGV_ONLY = {"SPT_NOENV": "1"}
 # A Unix socket path longer than this cannot be bound (sun_path is 108 bytes).
 MAX_SOCKET_PATH = 100
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -368,12 +379,12 @@ class Zygotes:
         self._reap()
         with open(path.with_suffix(".log"), "ab") as log:
             process = subprocess.Popen(
-                [python, "-m", ZYGOTE_MODULE, MARKER, "--socket", str(path)],
+                [python, "-m", ZYGOTE_MODULE, MARKER, "--socket", str(path), *TITLE_ROOM],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.cwd,
-                env={**self.base_env, **SINGLE_THREADED, **TITLE_ROOM},
+                env={**self.base_env, **SINGLE_THREADED, **TITLE_IN_ARGV_ONLY},
                 start_new_session=True,
                 close_fds=True,
             )
@@ -420,7 +431,7 @@ def discover_zygotes(within: str = "") -> dict[str, int]:
     whose socket lies under it (this installation's data directory)."""
     found: dict[str, int] = {}
     for process in psutil.process_iter(["pid", "cmdline", "status"]):
-        cmdline = process.info.get("cmdline") or []
+        cmdline = arguments(process.info.get("cmdline") or [])
         if process.info.get("status") == psutil.STATUS_ZOMBIE or MARKER not in cmdline:
             continue
         with contextlib.suppress(ValueError, IndexError):

@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 
 from . import replica
-from .local import MARKER, MAX_REQUEST_BYTES
+from .local import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
 
 # Imported before the first fork; a module missing from an environment is skipped.
 WARM_MODULES = (
@@ -72,6 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Fork replicas from a pre-warmed interpreter.")
     parser.add_argument(MARKER, action="store_true", help="marks the process as a zygote")
     parser.add_argument("--socket", required=True)
+    # Blank room a child's process title is written over (see ``local.TITLE_ROOM``).
+    parser.add_argument(TITLE_ROOM[0], default="")
     path = Path(parser.parse_args().socket)
     started = time.monotonic()
     warmed = _warm_up()
@@ -249,7 +251,7 @@ def _take_title(argv: list[str], env: dict[str, str]) -> None:
     import setproctitle
 
     setproctitle.setproctitle(" ".join(argv))
-    if psutil.Process().cmdline() != argv:
+    if arguments(psutil.Process().cmdline()) != argv:
         print("the process title could not be set: starting the launcher instead", flush=True)
         os.execve(argv[0], argv, env)  # noqa: S606 (the launcher's own argv, no shell)
 

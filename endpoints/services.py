@@ -49,10 +49,6 @@ from .models import (
 
 log = logging.getLogger(__name__)
 
-# Not yet a member of EventType: the API's event schema lists it beside them.
-PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"
-
-
 # --- helpers ------------------------------------------------------------------------------
 
 
@@ -385,7 +381,7 @@ def permission_set(
             endpoint=endpoint, user=user, defaults={"level": level}
         )
         change = f"{name} granted {level}"
-    Event.record(endpoint, PERMISSIONS_CHANGED, f"{change} by {user_label(by)}.")
+    Event.record(endpoint, EventType.PERMISSIONS_CHANGED, f"{change} by {user_label(by)}.")
     return permission
 
 

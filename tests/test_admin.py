@@ -143,7 +143,7 @@ def test_permission_added_in_the_admin_records_an_event_and_bumps_the_generation
         )
     assert response.status_code == 302, response.content
     assert EndpointPermission.objects.get(endpoint=endpoint, user=member).level == "CAN_QUERY"
-    event = Event.objects.get(endpoint=endpoint, type=services.PERMISSIONS_CHANGED)
+    event = Event.objects.get(endpoint=endpoint, type=EventType.PERMISSIONS_CHANGED)
     assert "bob granted CAN_QUERY" in event.message
     assert kv.current_generation() > before
 
@@ -166,7 +166,7 @@ def test_permission_changed_and_deleted_in_the_admin_go_through_the_service(
     assert not EndpointPermission.objects.filter(pk=grant.pk).exists()
     assert kv.current_generation() > before
     messages = list(
-        Event.objects.filter(type=services.PERMISSIONS_CHANGED).values_list("message", flat=True)
+        Event.objects.filter(type=EventType.PERMISSIONS_CHANGED).values_list("message", flat=True)
     )
     assert any("removed" in m for m in messages) and len(messages) == 3
 

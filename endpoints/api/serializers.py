@@ -31,7 +31,6 @@ from endpoints.models import (
     Stage,
     WorkloadSize,
 )
-from endpoints.services import PERMISSIONS_CHANGED
 
 # Upper bound for timestamps in milliseconds: the largest integer a JSON number holds exactly.
 MAX_TIMESTAMP_MS = 2**53
@@ -351,9 +350,7 @@ class ReplicasResponse(serializers.Serializer):
 
 class EventInfo(serializers.Serializer):
     timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
-    type = serializers.ChoiceField(
-        choices=[*EventType.choices, (PERMISSIONS_CHANGED, "Permissions changed")]
-    )
+    type = serializers.ChoiceField(choices=EventType.choices)
     level = serializers.ChoiceField(choices=EventLevel.choices)
     message = serializers.CharField(allow_blank=True)
     endpoint_version_name = serializers.CharField(required=False)

@@ -5,24 +5,44 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('endpoints', '0001_initial'),
+        ("endpoints", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='computeconfig',
-            name='max_batch_size',
-            field=models.PositiveSmallIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(256)]),
+            model_name="computeconfig",
+            name="max_batch_size",
+            field=models.PositiveSmallIntegerField(
+                blank=True,
+                null=True,
+                validators=[
+                    django.core.validators.MinValueValidator(1),
+                    django.core.validators.MaxValueValidator(256),
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='computeconfig',
-            name='max_wait_ms',
-            field=models.PositiveSmallIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(0), django.core.validators.MaxValueValidator(100)]),
+            model_name="computeconfig",
+            name="max_wait_ms",
+            field=models.PositiveSmallIntegerField(
+                blank=True,
+                null=True,
+                validators=[
+                    django.core.validators.MinValueValidator(0),
+                    django.core.validators.MaxValueValidator(100),
+                ],
+            ),
         ),
         migrations.AddConstraint(
-            model_name='computeconfig',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('max_batch_size__isnull', True), ('max_wait_ms__isnull', True)), models.Q(('max_batch_size__isnull', False), ('max_wait_ms__isnull', False)), _connector='OR'), name='batching_set_together'),
+            model_name="computeconfig",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("max_batch_size__isnull", True), ("max_wait_ms__isnull", True)),
+                    models.Q(("max_batch_size__isnull", False), ("max_wait_ms__isnull", False)),
+                    _connector="OR",
+                ),
+                name="batching_set_together",
+            ),
         ),
     ]

@@ -295,6 +295,45 @@ def test_a_new_config_with_the_same_spec_rolls_nothing_out():
     assert of(planned, a.StartConfigUpdate) == []
 
 
+BATCHED = ConfigView(pk=4, workload_size="Small", created_at=NOW - 1_000, batching=(32, 5))
+
+
+def test_turning_batching_on_is_a_rollout_not_the_same_spec():
+    planned = version_plan(serving("1"), config=BATCHED)
+    assert a.StartConfigUpdate("1", BATCHED.pk) in planned
+    assert of(planned, a.KeepConfig) == []
+
+
+@pytest.mark.parametrize(
+    ("replicas", "starts", "stops", "applied"),
+    [
+        # Only the old replica: a new one starts beside it, nothing stops yet.
+        ((running("v1-old"),), 1, [], False),
+        # The new one is still loading: the old one keeps answering.
+        ((running("v1-old"), starting("v1-new", created_at=NOW - 10)), 0, [], False),
+        # The new one runs: the old one is replaced and the update applied.
+        ((running("v1-old"), running("v1-new", created_at=NOW - 10)), 0, ["v1-old"], True),
+    ],
+)
+def test_a_batching_rollout_replaces_old_replicas_only_once_new_ones_run(
+    replicas, starts, stops, applied
+):
+    version = serving(
+        "1", *replicas, config_update_state=PENDING, target_config=BATCHED, service_config=SMALL
+    )
+    planned = version_plan(version, config=BATCHED)
+    assert len(of(planned, a.StartReplica)) == starts
+    assert [stop.replica_id for stop in of(planned, a.StopReplica)] == stops
+    assert bool(of(planned, a.ApplyConfigUpdate)) == applied
+
+
+def test_a_size_only_rollout_keeps_the_replicas_it_has():
+    version = serving("1", running("v1-old"), config_update_state=PENDING, target_config=MEDIUM)
+    planned = version_plan(version, config=MEDIUM)
+    assert of(planned, a.StopReplica) == []
+    assert of(planned, a.StartReplica) == [a.StartReplica("1")]
+
+
 # --- replicas: crash, probes, start timeout, worker restart ------------------------------
 
 

@@ -122,6 +122,11 @@ def config_view(config: ComputeConfig) -> ConfigView:
         workload_size=config.workload_size,
         scale_to_zero=config.scale_to_zero_enabled,
         created_at=config.creation_timestamp / 1000,
+        batching=(
+            (config.max_batch_size, config.max_wait_ms)
+            if config.max_batch_size is not None and config.max_wait_ms is not None
+            else None
+        ),
     )
 
 

@@ -30,11 +30,10 @@ from typing import Protocol, TypeVar
 
 from endpoints.models import EndpointState, EventType, ServiceState, Stage
 
-from . import autoscale
+from . import sizing
 from .actions import (
     Action,
     ApplyConfigUpdate,
-    AwaitStarted,
     CreateVersion,
     DisableVersions,
     FailConfigUpdate,
@@ -55,14 +54,12 @@ from .actions import (
     RetryVersion,
     SetEndpointMessage,
     SetEndpointState,
-    SetReplicaTarget,
-    SetScaleTimer,
     SetStage,
     StartConfigUpdate,
     StartReplica,
     StopReplica,
 )
-from .snapshot import ConfigView, EndpointView, Limits, LoadView, VersionView
+from .snapshot import ConfigView, EndpointView, Limits, LoadView, ReplicaView, VersionView
 
 DISABLED_MESSAGE = "Serving is disabled."
 MODEL_DELETED_MESSAGE = "The registered model no longer exists in the model registry."
@@ -143,15 +140,40 @@ def plan_version(
     actions += steps
     if version.config_update_state == ServiceState.FAILED and version.service_config:
         config = version.service_config  # keep what serves until the update is retried
-    count, sizing = _size(version, config, load, now, limits)
-    actions += sizing
+    count, sized = sizing.size(version, config, load, now, limits)
+    actions += sized
     if version.start_failures >= limits.start_failures_before_failed:
         return actions + _start_failed(version, config)
-    stops = _scale_down(version, count)
-    actions += _scale_up(version, count, limits) + stops
+    stale = sizing.stale(version)
+    if stale:
+        return actions + _replace(version, config, count, stale, limits)
+    stops = sizing.scale_down(version, count)
+    actions += sizing.scale_up(version, count, limits) + stops
     stopped = {a.replica_id for a in stops}
     running = sum(1 for r in version.replicas if r.running and r.replica_id not in stopped)
     return actions + _settle(version, config, count, running)
+
+
+def _replace(
+    version: VersionView,
+    config: ConfigView,
+    count: int,
+    stale: list[ReplicaView],
+    limits: Limits,
+) -> list[Action]:
+    """Start replicas with the new config beside the old ones; stop the old ones only once
+    enough new ones run, so the version keeps answering throughout."""
+    fresh = replace(version, replicas=tuple(r for r in version.replicas if r not in stale))
+    actions = sizing.scale_up(fresh, count, limits)
+    running = sum(1 for r in fresh.replicas if r.running)
+    if running < count:
+        return actions
+    reason = "Replaced by a replica with the new compute config."
+    return [
+        *actions,
+        *(StopReplica(r.replica_id, reason) for r in stale),
+        *_settle(fresh, config, count, running),
+    ]
 
 
 def _retry(version: VersionView, config: ConfigView) -> list[Action]:
@@ -198,83 +220,6 @@ def _begin_config_update(
     )
     updated = replace(version, config_update_state=ServiceState.PENDING, target_config=config)
     return [StartConfigUpdate(version.version, config.pk), event], updated
-
-
-def _size(
-    version: VersionView, config: ConfigView, load: LoadView | None, now: float, limits: Limits
-) -> tuple[int, list[Action]]:
-    """The replica count (``autoscale.decide``) and the actions that record it."""
-    current = len(version.replicas)
-    if load is None:
-        return max(current, 0 if version.ready else 1), []
-    decision = autoscale.decide(
-        current=current,
-        workload_size=config.workload_size,
-        scale_to_zero=config.scale_to_zero,
-        peak_in_flight=load.peak_in_flight,
-        last_activity=_last_activity(version, config, load, now),
-        wake=load.wake,
-        low_since=load.low_since,
-        now=now,
-        per_replica=limits.replica_concurrency,
-        max_replicas=limits.max_replicas_per_version,
-        scale_to_zero_after=limits.scale_to_zero_after,
-        scale_down_after=limits.scale_down_after,
-    )
-    count = decision.replicas if version.ready else max(decision.replicas, 1)
-    actions: list[Action] = [SetScaleTimer(version.version, decision.low_since, load.wake)]
-    actions += _scaling_event(version, current, count, decision.reason, load.wake)
-    return count, [*actions, SetReplicaTarget(version.version, count)]
-
-
-def _last_activity(version: VersionView, config: ConfigView, load: LoadView, now: float) -> float:
-    activity = [load.last_request_at, config.created_at]
-    if version.ready_at is not None:
-        activity.append(version.ready_at)
-    activity += [r.started_at for r in version.replicas if r.started_at is not None]
-    if not version.ready or any(not r.running for r in version.replicas):
-        activity.append(now)  # never scale to zero something still coming up
-    return max(activity)
-
-
-def _scaling_event(
-    version: VersionView, current: int, count: int, reason: str, wake: bool
-) -> list[Action]:
-    if count == current or not version.ready:
-        return []
-    if version.replacing and count == current + 1:
-        return []  # replacing a failed replica, not scaling
-    because = f" ({reason})" if reason else ""
-    if count == 0:
-        kind, text = EventType.SCALED_TO_ZERO, f"Scaled to zero{because}."
-    elif current == 0 and wake:
-        kind, text = EventType.WOKEN_FROM_ZERO, "Starting a replica: a request is waiting."
-    elif count > current:
-        kind, text = EventType.SCALED_UP, f"Scaling up from {current} to {count} replicas{because}."
-    else:
-        kind = EventType.SCALED_DOWN
-        text = f"Scaling down from {current} to {count} replicas{because}."
-    return [RecordEvent(kind, text, version=version.version)]
-
-
-def _scale_up(version: VersionView, count: int, limits: Limits) -> list[Action]:
-    missing = count - len(version.replicas)
-    # The first new replica is the one that replaces a failed replica.
-    starts: list[Action] = [
-        StartReplica(version.version, version.replacing if i == 0 else 0) for i in range(missing)
-    ]
-    if starts and limits.start_wait > 0:
-        starts.append(AwaitStarted(limits.start_wait))
-    return starts
-
-
-def _scale_down(version: VersionView, count: int) -> list[Action]:
-    extra = len(version.replicas) - count
-    if extra <= 0:
-        return []
-    # Not-yet-ready ones first, then the newest.
-    order = sorted(version.replicas, key=lambda r: (r.running, -r.created_at))
-    return [StopReplica(r.replica_id, "Scaled down.") for r in order[:extra]]
 
 
 def _start_failed(version: VersionView, config: ConfigView) -> list[Action]:

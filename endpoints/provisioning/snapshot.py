@@ -46,12 +46,15 @@ class ConfigView:
     workload_size: str = "Small"
     scale_to_zero: bool = False
     created_at: float = 0.0
+    # (max batch size, max wait in ms), or None: what each replica is started with.
+    batching: tuple[int, int] | None = None
 
     def same_spec(self, other: ConfigView | None) -> bool:
-        return other is not None and (self.workload_size, self.scale_to_zero) == (
-            other.workload_size,
-            other.scale_to_zero,
-        )
+        return other is not None and (
+            self.workload_size,
+            self.scale_to_zero,
+            self.batching,
+        ) == (other.workload_size, other.scale_to_zero, other.batching)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The security tests share one real deployment of the demo iris model (``live``: enabled
 through the product's services, served by the worker, with users holding each permission)
-and score through the real gateway (gunicorn, the ``web_server`` fixture); a canary HTTP
+and score through the real gateway (the front door, the ``web_server`` fixture); a canary HTTP
 server records every request that reaches it, to show hostile paths reach nothing else.
 """
 

@@ -1,14 +1,15 @@
 """``manage.py bench_provisioning`` (part of ``make bench``): how long provisioning takes.
 
 In an isolated stack (temporary data directory, its own Redis, database and registry; a
-real Celery worker with beat and gunicorn, as ``make run`` starts them) it measures, for
+real Celery worker with beat and the front door, as ``make run`` starts them) it measures, for
 the demo ``iris-classifier``:
 
 - seconds from **enable** to the endpoint being READY (both versions up);
 - seconds from the **first request after scale to zero** to its answer (a cold start),
   next to the same request while a replica runs (the warm baseline);
 - seconds from a **transition** of v2, already READY in Staging, into Production until
-  the stage answers (the alias moves at once: no new replica is needed);
+  the stage answers (the alias moves at once: no new replica is needed), with clients
+  scoring Production throughout: every request must succeed;
 - the **unique memory** (USS) of each replica once Production runs Medium (2 replicas):
   what one more replica of an environment that already runs costs.
 
@@ -19,13 +20,16 @@ then prints both against the targets (PASS/MISS).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.core.management import call_command
@@ -41,7 +45,9 @@ TARGETS = (
     ("enable_seconds", "enable → READY (2 versions)", 3.0, "s"),
     ("cold_seconds", "first request after scale to zero", 1.0, "s"),
     ("replica_uss_mib", "unique memory per extra replica (USS)", 100.0, "MiB"),
+    ("transition_failed", "failed requests in a transition under load", 0.0, "req"),
 )
+LOAD_THREADS = 4
 
 
 class Command(BaseCommand):
@@ -250,19 +256,33 @@ class ProvisioningBench(Bench):
             cold.append(self._score_seconds(timeout=300))
             self._timeline(f"cold start {round_no}", requested_at)
 
-        t0 = time.perf_counter()
-        services.model_version_transition(
-            name=MODEL, version="2", stage="Production", archive_existing_versions=True, user=user
-        )
-        _wait(lambda: self._answers_with_v2(), what="v2 in Production", timeout=300)
-        transition_seconds = time.perf_counter() - t0
+        with self._load() as load:
+            t0 = time.perf_counter()
+            services.model_version_transition(
+                name=MODEL,
+                version="2",
+                stage="Production",
+                archive_existing_versions=True,
+                user=user,
+            )
+            _wait(lambda: self._answers_with_v2(), what="v2 in Production", timeout=300)
+            transition_seconds = time.perf_counter() - t0
+            load.until(count=load.sent() + 200)  # and a while on v2 alone
 
-        self.results.update(enable_seconds=enable_seconds, cold_seconds=statistics.median(cold))
+        self.results.update(
+            enable_seconds=enable_seconds,
+            cold_seconds=statistics.median(cold),
+            transition_failed=float(load.failed),
+        )
         mode = os.environ.get("SERVING_REPLICA_START", "zygote")
         self.say("")
         self.say(f"Provisioning of {MODEL} (local runtime, replicas started by {mode})")
         self.say(f"  enable → READY (2 versions, 1 replica each) {enable_seconds:8.2f} s")
         self.say(f"  v2 (READY in Staging) → Production answers  {transition_seconds:8.2f} s")
+        self.say(
+            f"  requests during the transition             {load.sent():8d}"
+            f"  ({load.failed} failed, {LOAD_THREADS} clients)"
+        )
         self.say(
             f"  first request after scale to zero          {statistics.median(cold):8.2f} s"
             f"  (median of {len(cold)}: {', '.join(f'{c:.2f}' for c in cold)})"
@@ -271,6 +291,14 @@ class ProvisioningBench(Bench):
         self.say(
             f"  cold start / warm request                  {statistics.median(cold) / warm:8.0f}x"
         )
+
+    @contextlib.contextmanager
+    def _load(self) -> Iterator[ClientLoad]:
+        load = ClientLoad(lambda: self._post(60)[0], threads=LOAD_THREADS)
+        try:
+            yield load
+        finally:
+            load.stop()
 
     def _score_seconds(self, timeout: float = 60) -> float:
         t0 = time.perf_counter()
@@ -296,6 +324,43 @@ class ProvisioningBench(Bench):
             endpoint__registered_model_name=MODEL, stage="Production"
         ).first()
         return bool(alias and alias.version.version == "2" and self._post(60)[0] == 200)
+
+
+class ClientLoad:
+    """Clients sending scoring requests back to back until stopped; counts the failures
+    (any answer but 200, or no answer)."""
+
+    def __init__(self, send: Callable[[], int], *, threads: int) -> None:
+        self._send = send
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._sent = 0
+        self.failed = 0
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            try:
+                ok = self._send() == 200
+            except (OSError, ValueError):  # urllib's HTTPError is an OSError
+                ok = False
+            with self._lock:
+                self._sent += 1
+                self.failed += not ok
+
+    def sent(self) -> int:
+        with self._lock:
+            return self._sent
+
+    def until(self, *, count: int) -> None:
+        _wait(lambda: self.sent() >= count, what=f"{count} requests", timeout=120)
+
+    def stop(self) -> None:
+        self._done.set()
+        for thread in self._threads:
+            thread.join(timeout=70)
 
 
 def _uss_mib(pid: int) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from datetime import datetime
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -406,8 +407,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def unexpired(expires_at: datetime | None) -> bool:
+    """The expiry rule of tokens, for a row in hand and for one cached by a gateway."""
+    return expires_at is None or expires_at > timezone.now()
+
+
 class AccessTokenQuerySet(models.QuerySet):
     def active(self) -> AccessTokenQuerySet:
+        """Not revoked and ``unexpired``, as a query."""
         return self.filter(revoked_at__isnull=True).filter(
             models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=timezone.now())
         )
@@ -442,9 +449,7 @@ class AccessToken(models.Model):
 
     @property
     def is_active(self) -> bool:
-        if self.revoked_at is not None:
-            return False
-        return self.expires_at is None or self.expires_at > timezone.now()
+        return self.revoked_at is None and unexpired(self.expires_at)
 
 
 class EndpointPermission(models.Model):

@@ -25,7 +25,6 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connections
-from django.utils import timezone
 
 from endpoints import kv
 from endpoints.auth import active_tokens, hash_token, level_allows, permission_level
@@ -38,6 +37,7 @@ from endpoints.models import (
     ServiceState,
     ServingEndpoint,
     StageAlias,
+    unexpired,
 )
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class CachedToken:
     expires_at: datetime | None
 
     def usable(self) -> bool:
-        return self.expires_at is None or self.expires_at > timezone.now()
+        return unexpired(self.expires_at)
 
 
 def _load_token(digest: str) -> CachedToken | None:

@@ -325,6 +325,9 @@ def test_a_batching_rollout_replaces_old_replicas_only_once_new_ones_run(
     assert len(of(planned, a.StartReplica)) == starts
     assert [stop.replica_id for stop in of(planned, a.StopReplica)] == stops
     assert bool(of(planned, a.ApplyConfigUpdate)) == applied
+    # Replacing is not scaling: no scaling event, the target stays one replica.
+    assert not {EventType.SCALED_UP, EventType.SCALED_DOWN} & set(event_types(planned))
+    assert of(planned, a.SetReplicaTarget) == [a.SetReplicaTarget("1", 1)]
 
 
 def test_a_size_only_rollout_keeps_the_replicas_it_has():

@@ -140,11 +140,14 @@ def plan_version(
     actions += steps
     if version.config_update_state == ServiceState.FAILED and version.service_config:
         config = version.service_config  # keep what serves until the update is retried
-    count, sized = sizing.size(version, config, load, now, limits)
+    stale = sizing.stale(version)
+    # While replicas are replaced, the old ones are the version's size: the new ones
+    # beside them are not a scale-up, nor is stopping the old ones a scale-down.
+    sized_as = replace(version, replicas=tuple(stale)) if stale else version
+    count, sized = sizing.size(sized_as, config, load, now, limits)
     actions += sized
     if version.start_failures >= limits.start_failures_before_failed:
         return actions + _start_failed(version, config)
-    stale = sizing.stale(version)
     if stale:
         return actions + _replace(version, config, count, stale, limits)
     stops = sizing.scale_down(version, count)

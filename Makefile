@@ -15,7 +15,7 @@ help:
 	@echo "make run    install everything and start the product (web, gateway, worker, beat)"
 	@echo "make test   install what the tests need and run the whole suite"
 	@echo "make lint   ruff check and format check"
-	@echo "make bench  gateway and provisioning benchmarks"
+	@echo "make bench  front door, replica, replica start and batching benchmarks (PASS/MISS)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from endpoints.errors import Timeout, Unavailable
-
 from .reporting import LoadTracker
 from .routing import Address, Target
 from .upstream import (
@@ -24,7 +22,10 @@ from .upstream import (
     ResponseTooLarge,
     parse_head,
     request_head,
+    retry_target,
     too_large,
+    too_slow,
+    unreachable,
 )
 
 READ_SIZE = 65536
@@ -142,19 +143,12 @@ class StreamUpstream:
             try:
                 return await self.post(address, body, content_type)
             except TimeoutError as exc:
-                raise Timeout(
-                    f"The model did not answer within {self._read_timeout:g} seconds."
-                ) from exc
+                raise too_slow(self._read_timeout) from exc
             except ReplicaUnreachable as exc:
                 if tried:
-                    raise Unavailable(
-                        f"Version {target.version} of model '{target.model_name}' could not "
-                        "be reached; retry shortly."
-                    ) from exc
+                    raise unreachable(target) from exc
                 tried.add(address)
-                fresh = await refresh(target)
-                if fresh is not None and fresh.replicas:
-                    target = fresh
+                target = retry_target(target, await refresh(target))
             finally:
                 load.release(address)
 

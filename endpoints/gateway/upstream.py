@@ -45,6 +45,24 @@ def too_large(limit: int) -> ResponseTooLarge:
     return ResponseTooLarge(f"The model's answer exceeds the limit of {limit} bytes.")
 
 
+def too_slow(read_timeout: float) -> Timeout:
+    return Timeout(f"The model did not answer within {read_timeout:g} seconds.")
+
+
+def unreachable(target: Target) -> Unavailable:
+    """The second replica tried could not be reached either: the caller may retry."""
+    return Unavailable(
+        f"Version {target.version} of model '{target.model_name}' could not "
+        "be reached; retry shortly."
+    )
+
+
+def retry_target(target: Target, fresh: Target | None) -> Target:
+    """What the one retry goes to: the newest routing's version when it has replicas (the
+    unreachable one may just have been replaced), else the same version."""
+    return fresh if fresh is not None and fresh.replicas else target
+
+
 def request_head(address: Address, content_type: str, length: int) -> bytes:
     # Built from scratch: the caller's Authorization and cookies never go on.
     return (
@@ -197,19 +215,12 @@ class Upstream:
             try:
                 return self.post(address, body, content_type)
             except ReplicaTimeout as exc:
-                raise Timeout(
-                    f"The model did not answer within {self._read_timeout:g} seconds."
-                ) from exc
+                raise too_slow(self._read_timeout) from exc
             except ReplicaUnreachable as exc:
                 if tried:
-                    raise Unavailable(
-                        f"Version {target.version} of model '{target.model_name}' could not "
-                        "be reached; retry shortly."
-                    ) from exc
+                    raise unreachable(target) from exc
                 tried.add(address)
-                fresh = routing.current().table.lookup(target)
-                if fresh is not None and fresh.replicas:
-                    target = fresh
+                target = retry_target(target, routing.current().table.lookup(target))
             finally:
                 load.release(address)
 

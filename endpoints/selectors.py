@@ -74,23 +74,25 @@ def endpoint_status_json(endpoint: ServingEndpoint) -> dict[str, Any]:
 
 
 def version_status_json(version: EndpointVersion) -> dict[str, Any]:
-    config_update: dict[str, Any] = {
-        "state": version.config_update_state,
-        "message": version.config_update_message,
-    }
-    if version.target_config_id:
-        config_update["config"] = compute_config_json(version.target_config)
-    service: dict[str, Any] = {
-        "state": version.service_state,
-        "message": version.service_message,
-    }
-    if version.service_config_id:
-        service["config"] = compute_config_json(version.service_config)
+    # ``config`` is always present, null until the version has a config of that kind, so
+    # clients read one shape whatever the state.
     return {
         "registered_model_name": version.endpoint.registered_model_name,
         "endpoint_version_name": version.version,
-        "service_status": service,
-        "config_update_status": config_update,
+        "service_status": {
+            "state": version.service_state,
+            "message": version.service_message,
+            "config": compute_config_json(version.service_config)
+            if version.service_config_id
+            else None,
+        },
+        "config_update_status": {
+            "state": version.config_update_state,
+            "message": version.config_update_message,
+            "config": compute_config_json(version.target_config)
+            if version.target_config_id
+            else None,
+        },
     }
 
 

@@ -162,6 +162,8 @@ def test_get_status_of_disabled_endpoint_is_not_found(as_user, owner, served):
         ("get", "get-status", {}),
         ("get", "list-version-aliases", {}),
         ("post", "get-version-logs", {"endpoint_version_name": "1"}),
+        ("get", "get-version-logs", {"endpoint_version_name": "1"}),
+        ("get", "get-version-build-logs", {"endpoint_version_name": "1"}),
     ],
 )
 def test_endpoint_hidden_from_user_without_view_permission(
@@ -256,7 +258,12 @@ def test_list_versions_has_the_exact_shape(as_user, owner, served):
     assert rolling["config_update_status"]["config"]["workload_spec"]["workload_size_id"] == (
         "Large"
     )
-    assert set(by_name["1"]["config_update_status"]) == {"state", "message"}
+    # No rollout yet: the key is there, null, so clients read one shape.
+    assert by_name["1"]["config_update_status"] == {
+        "state": "SERVICE_STATE_UNKNOWN",
+        "message": "",
+        "config": None,
+    }
 
 
 def test_version_status_shows_a_rolling_out_batching_config(as_user, owner, served):
@@ -543,10 +550,26 @@ def test_get_version_build_logs(as_user, owner, served, tmp_path):
     assert api.post(V2 + "get-version-build-logs", args, format="json").json() == {"logs": ""}
 
 
-def test_get_version_logs_is_a_post(as_user, owner, served):
-    response = as_user(owner).get(V2 + "get-version-logs")
-    assert_error(response, 405, "BAD_REQUEST")
-    assert "POST" in response["Allow"]
+def test_logs_are_read_with_get_and_query_parameters(as_user, owner, served, tmp_path):
+    log = tmp_path / "a.log"
+    log.write_text("listening\n")
+    _replica(served, "r-one", log)
+    build = tmp_path / "build.log"
+    build.write_text("creating environment\n")
+    served.versions.filter(version="1").update(build_log_path=str(build))
+    api = as_user(owner)
+    args = {"registered_model_name": "iris-classifier", "endpoint_version_name": "1"}
+    assert get(api, "get-version-logs", **args).json() == {"logs": "[r-one] listening"}
+    assert get(api, "get-version-logs", **args, replica_id="r-one").json() == {
+        "logs": "listening\n"
+    }
+    assert get(api, "get-version-build-logs", **args).json() == {
+        "logs": "creating environment\n"
+    }
+    assert_error(
+        get(api, "get-version-logs", **args, replica_id="r-zzz"), 404, "RESOURCE_DOES_NOT_EXIST"
+    )
+    assert_error(get(api, "get-version-build-logs"), 400, "INVALID_PARAMETER_VALUE")
 
 
 # --- generic errors -------------------------------------------------------------------------------
@@ -590,7 +613,9 @@ def test_schema_documents_every_call_with_its_errors(client):
         (v2 + "get-version-replicas", "get"),
         (v2 + "get-event-history", "get"),
         (v2 + "get-version-metrics", "get"),
+        (v2 + "get-version-logs", "get"),
         (v2 + "get-version-logs", "post"),
+        (v2 + "get-version-build-logs", "get"),
         (v2 + "get-version-build-logs", "post"),
         (v2 + "restart-compute-config-update", "post"),
         (v2 + "get-permissions", "get"),

@@ -240,7 +240,8 @@ def test_the_owner_reads_what_the_outsider_may_not(api_world):
         arguments = _arguments(operation, components)
         if method != "get" or "registered_model_name" not in arguments:
             continue
-        args = {k: v for k, v in VALID.items() if k in arguments}
+        # No replica_id: "r-none" names no replica, and the owner would rightly get a 404.
+        args = {k: v for k, v in VALID.items() if k in arguments and k != "replica_id"}
         response = _call(base, path, method, args, api_world["owner"])
         assert response.status_code == 200, (path, response.text)
 

@@ -289,7 +289,7 @@ class EndpointStatus(serializers.Serializer):
 class ServiceStatus(serializers.Serializer):
     state = serializers.ChoiceField(choices=ServiceState.choices)
     message = serializers.CharField(allow_blank=True)
-    config = ComputeConfig(required=False)
+    config = ComputeConfig(allow_null=True, help_text="null until there is one.")
 
 
 class EndpointVersionStatus(serializers.Serializer):

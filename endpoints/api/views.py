@@ -227,23 +227,50 @@ class VersionMetricsView(ApiView):
         return Response({"metrics": points})
 
 
+_LOGS_DESCRIPTION = (
+    "All replicas merged, each line prefixed with its replica id, or the output of the "
+    "replica named by replica_id."
+)
+
+
+def _service_logs(request: Request) -> Response:
+    args = parse(request, s.VersionLogsRequest)
+    version = _version_for(request, args)
+    replica_id = args.get("replica_id")
+    if replica_id:
+        selectors.version_replica(version, replica_id)
+    return Response({"logs": logs.service_logs(version, replica_id=replica_id)})
+
+
+def _build_logs(request: Request) -> Response:
+    version = _version_for(request, parse(request, s.VersionRequest))
+    return Response({"logs": logs.build_logs(version)})
+
+
 class VersionLogsView(ApiView):
+    """Reads, so GET like every other ``get-*`` call; POST stays for existing clients."""
+
     @doc(
         "endpointsV2GetVersionLogs",
         "Model server output of a version",
         tag=ENDPOINTS_V2,
+        query=s.VersionLogsRequest,
+        response=s.LogsResponse,
+        description=f"{_LOGS_DESCRIPTION} {GET_ARGS}",
+    )
+    def get(self, request: Request) -> Response:
+        return _service_logs(request)
+
+    @doc(
+        "endpointsV2GetVersionLogsPost",
+        "Model server output of a version (arguments as a JSON body)",
+        tag=ENDPOINTS_V2,
         request=s.VersionLogsRequest,
         response=s.LogsResponse,
-        description="All replicas merged, each line prefixed with its replica id, or the "
-        "output of the replica named by replica_id.",
+        description=_LOGS_DESCRIPTION,
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, s.VersionLogsRequest)
-        version = _version_for(request, args)
-        replica_id = args.get("replica_id")
-        if replica_id:
-            selectors.version_replica(version, replica_id)
-        return Response({"logs": logs.service_logs(version, replica_id=replica_id)})
+        return _service_logs(request)
 
 
 class VersionBuildLogsView(ApiView):
@@ -251,12 +278,22 @@ class VersionBuildLogsView(ApiView):
         "endpointsV2GetVersionBuildLogs",
         "Environment build output of a version",
         tag=ENDPOINTS_V2,
+        query=s.VersionRequest,
+        response=s.LogsResponse,
+        description=GET_ARGS,
+    )
+    def get(self, request: Request) -> Response:
+        return _build_logs(request)
+
+    @doc(
+        "endpointsV2GetVersionBuildLogsPost",
+        "Environment build output of a version (arguments as a JSON body)",
+        tag=ENDPOINTS_V2,
         request=s.VersionRequest,
         response=s.LogsResponse,
     )
     def post(self, request: Request) -> Response:
-        version = _version_for(request, parse(request, s.VersionRequest))
-        return Response({"logs": logs.build_logs(version)})
+        return _build_logs(request)
 
 
 # --- compute config ----------------------------------------------------------------------------

@@ -563,9 +563,7 @@ def test_logs_are_read_with_get_and_query_parameters(as_user, owner, served, tmp
     assert get(api, "get-version-logs", **args, replica_id="r-one").json() == {
         "logs": "listening\n"
     }
-    assert get(api, "get-version-build-logs", **args).json() == {
-        "logs": "creating environment\n"
-    }
+    assert get(api, "get-version-build-logs", **args).json() == {"logs": "creating environment\n"}
     assert_error(
         get(api, "get-version-logs", **args, replica_id="r-zzz"), 404, "RESOURCE_DOES_NOT_EXIST"
     )

@@ -18,6 +18,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 
 import numpy as np
 
@@ -54,6 +55,22 @@ class TensorEcho:
         return _TensorEcho()
 
 
+def pinned(*distributions: str) -> list[str]:
+    """``name==version`` of each installed distribution: a model's declared requirements.
+
+    Declared, not inferred: MLflow's inference records whatever the logging process has
+    imported (torch, pytest, rich, …), and a version served in its own virtualenv would then
+    install all of it. MLflow adds its own pin to the list. A local version label (``+cpu``)
+    is dropped so that the requirement installs from the package index."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in distributions]
+
+
+# skops is how MLflow 3 stores a scikit-learn model by default.
+SKLEARN_REQUIREMENTS = ("scikit-learn", "skops", "numpy", "pandas")
+# A custom pyfunc model is pickled with cloudpickle.
+PYFUNC_REQUIREMENTS = ("cloudpickle", "numpy")
+
+
 def _iris_frame():  # -> tuple[pd.DataFrame, pd.Series]
     from sklearn.datasets import load_iris
 
@@ -73,6 +90,7 @@ def _log_sklearn(model, X, *, registered_name: str, input_example) -> str:
             signature=signature,
             input_example=input_example,
             registered_model_name=registered_name,
+            pip_requirements=pinned(*SKLEARN_REQUIREMENTS),
         )
     return info.model_uri
 
@@ -132,7 +150,7 @@ def log_tensor_echo(version_index: int) -> str:
             signature=signature,
             input_example=example,
             registered_model_name="tensor-echo",
-            pip_requirements=["mlflow", "numpy"],
+            pip_requirements=pinned(*PYFUNC_REQUIREMENTS),
         )
     return info.model_uri
 

@@ -176,7 +176,7 @@ def test_the_cli_shows_the_error_message_not_a_traceback():
 class _Scripted(BaseHTTPRequestHandler):
     """Answers POSTs with the statuses in ``server.script``, then 200."""
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.seen.append(self.headers.get("Authorization"))
         status, retry_after = self.server.script.pop(0) if self.server.script else (200, None)
@@ -190,6 +190,15 @@ class _Scripted(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         if retry_after is not None:
             self.send_header("Retry-After", retry_after)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self):
+        """Not Serving UI: an HTML page, as another web server at the address would."""
+        payload = b"<html>Not Found</html>"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
@@ -243,3 +252,9 @@ def test_no_token_is_a_clear_error_before_any_request(scripted_server):
     with pytest.raises(MlflowException, match="set SERVING_UI_TOKEN"):
         connection.api("GET", "list")
     assert scripted_server.seen == []
+
+
+def test_an_address_that_is_not_serving_ui_is_named_as_such(scripted_server):
+    with pytest.raises(MlflowException, match=r"HTTP 404 \(text/html\), not Serving UI's") as e:
+        _connection(scripted_server, []).api("GET", "list")
+    assert "SERVING_UI_URL" in e.value.message

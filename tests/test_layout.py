@@ -133,3 +133,32 @@ def test_no_module_is_over_the_line_limit():
         if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}
+
+
+def _imported_top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+    return names
+
+
+def test_the_deployments_plugin_needs_only_mlflow_on_a_client_machine():
+    """The plugin runs in MLflow users' own environments: no Django, no other product
+    module (only its own package)."""
+    graph = import_graph()
+    plugin = "endpoints.deployments"
+    outside = {
+        (module, target)
+        for module, targets in graph.items()
+        if module == plugin or module.startswith(plugin + ".")
+        for target in targets
+        if not (target == plugin or target.startswith(plugin + "."))
+    }
+    assert outside == set()
+    for path in (PACKAGE / "deployments").glob("*.py"):
+        assert not {"django", "rest_framework", "celery", "serving_ui"} & (
+            _imported_top_level_names(path)
+        ), path

@@ -125,33 +125,85 @@ def _search_versions(name: str) -> list[ModelVersionInfo]:
     from mlflow.exceptions import MlflowException
 
     try:
-        found = client().search_model_versions(f"name = '{_quote(name)}'")
+        found = client().search_model_versions(f"name = {_literal(name)}")
     except MlflowException as exc:
         raise RegistryError(str(exc)) from exc
     versions = [_version_info(mv) for mv in found]
     return sorted(versions, key=lambda v: int(v.version))
 
 
-def _quote(name: str) -> str:
-    return name.replace("'", "\\'")
+def _literal(value: str) -> str:
+    """``value`` as a string literal of MLflow's search filters.
+
+    The filter parser takes no escapes inside a literal, but either quote delimits one: a
+    value with a single quote goes in double quotes."""
+    return f'"{value}"' if "'" in value else f"'{value}'"
 
 
-def list_models() -> list[RegisteredModelInfo]:
+@dataclass(frozen=True)
+class ModelPage:
+    """One page of registered models; ``versions`` holds each model's latest version per
+    stage. ``next_page_token`` is MLflow's opaque token for the next page (None: last)."""
+
+    models: list[RegisteredModelInfo]
+    next_page_token: str | None
+
+
+class InvalidPageToken(RegistryError):
+    pass
+
+
+def _latest_info(m: Any) -> RegisteredModelInfo:
+    latest = sorted(
+        (_version_info(v) for v in m.latest_versions or ()), key=lambda v: int(v.version)
+    )
+    return RegisteredModelInfo(
+        name=m.name,
+        description=m.description or "",
+        creation_timestamp=int(m.creation_timestamp or 0),
+        versions=latest,
+    )
+
+
+def search_models(
+    *,
+    name_contains: str = "",
+    names: list[str] | None = None,
+    max_results: int = 50,
+    page_token: str | None = None,
+) -> ModelPage:
+    """A page of registered models by name: those whose name contains ``name_contains``
+    (case-insensitive), or exactly ``names``.
+
+    One query for the page and one for the latest versions of all its models (MLflow
+    batches them), whatever the size of the registry."""
     from mlflow.exceptions import MlflowException
 
+    clauses = []
+    if name_contains:
+        # A literal cannot hold both quotes; '_' (any one character) stands in for one.
+        pattern = name_contains.replace("'", "_") if '"' in name_contains else name_contains
+        clauses.append(f"name ILIKE {_literal(f'%{pattern}%')}")
+    if names is not None:
+        if not names:
+            return ModelPage([], None)
+        clauses.append("name IN (" + ", ".join(_literal(n) for n in names) + ")")
     try:
-        models = list(client().search_registered_models(max_results=1000))
-    except MlflowException as exc:
-        raise RegistryError(str(exc)) from exc
-    return [
-        RegisteredModelInfo(
-            name=m.name,
-            description=m.description or "",
-            creation_timestamp=int(m.creation_timestamp or 0),
-            versions=_search_versions(m.name),
+        found = client().search_registered_models(
+            filter_string=" AND ".join(clauses) or None,
+            max_results=max_results,
+            order_by=["name ASC"],
+            page_token=page_token or None,
         )
-        for m in sorted(models, key=lambda m: m.name.lower())
-    ]
+    except MlflowException as exc:
+        if page_token and "page token" in str(exc).lower():
+            raise InvalidPageToken(str(exc)) from exc
+        raise RegistryError(str(exc)) from exc
+    token = found.token
+    # The SQL store hands out bytes, a tracking server a string; the page links need text.
+    if isinstance(token, bytes):
+        token = token.decode()
+    return ModelPage([_latest_info(m) for m in found], token or None)
 
 
 def get_model(name: str) -> RegisteredModelInfo:

@@ -56,7 +56,7 @@ def api_world(transactional_db, web_server, owner, member, outsider, admin_user)
     everyone's tokens. ``member`` is there as the user the schema's examples name."""
     # The registry database exists before gunicorn's threads first open it.
     (Path(settings.VAR_DIR) / "mlflow").mkdir(parents=True, exist_ok=True)
-    registry.list_models()
+    registry.search_models(max_results=1)
     endpoint = ServingEndpoint.objects.create(
         registered_model_name=MODEL, creator=owner, state="READY", state_message="Ready"
     )

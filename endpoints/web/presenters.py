@@ -77,18 +77,6 @@ def badge(endpoint: ServingEndpoint | None, level: str | None) -> str:
     return BADGES.get(endpoint.state, "Pending")
 
 
-def models_list(
-    *, models: list[registry.RegisteredModelInfo], user: AbstractBaseUser
-) -> dict[str, Any]:
-    endpoints = {e.registered_model_name: e for e in selectors.enabled_endpoints()}
-    rows = []
-    for model in models:
-        endpoint = endpoints.get(model.name)
-        level = permission_level(user, endpoint) if endpoint else None
-        rows.append({"model": model, "badge": badge(endpoint, level)})
-    return {"rows": rows}
-
-
 def model_header(
     *, model: registry.RegisteredModelInfo, user: AbstractBaseUser, tab: str
 ) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from endpoints.errors import PermissionDenied, ServingError
 from endpoints.gateway import app as gateway
 from endpoints.models import PermissionLevel, ServingEndpoint
 
-from . import presenters
+from . import listing, presenters
 from .forms import ComputeConfigForm, InvokeForm, StageForm, TransitionForm
 from .shortcuts import http_errors, registered_model, show_error
 
@@ -38,18 +38,22 @@ log = logging.getLogger(__name__)
 @login_required
 @require_GET
 def models_list(request: HttpRequest) -> HttpResponse:
+    """The registry a page at a time; htmx swaps only the results as the search changes."""
+    query = request.GET
+    template = "endpoints/models_list.html" + ("#results" if request.htmx else "")
     try:
-        models = registry.list_models()
+        context = listing.models_list(
+            user=request.user,
+            query=query.get("q", ""),
+            serving_only=query.get("serving") == "on",
+            page_token=query.get("page_token") or None,
+            trail=query.getlist("prev"),
+        )
     except registry.RegistryError as exc:
         log.warning("model registry unavailable: %s", exc)
-        return render(
-            request,
-            "endpoints/models_list.html",
-            {"rows": [], "registry_error": str(exc)},
-            status=503,
-        )
-    context = presenters.models_list(models=models, user=request.user)
-    return render(request, "endpoints/models_list.html", context)
+        context = {"rows": [], "registry_error": str(exc), "query": query.get("q", "")}
+        return render(request, template, context, status=503)
+    return render(request, template, context)
 
 
 @login_required

@@ -102,6 +102,17 @@ def test_serving_tab_from_enable_to_disable(stack: str, owner, page: Page, resto
     expect(row.get_by_test_id("serving-badge")).to_have_text("Off")
     shot(page, "01-models-list")
 
+    # The search box narrows the list as one types (htmx swaps the results, the URL follows).
+    search = page.get_by_role("searchbox", name="Search models by name")
+    search.fill("no-such-model-anywhere")
+    expect(page.get_by_text("No model has “no-such-model-anywhere” in its name.")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"q=no-such-model-anywhere"))
+    search.fill("IRIS-CLASS")
+    row = page.locator("tr", has=page.get_by_role("link", name=MODEL, exact=True))
+    expect(row).to_contain_text("v1 · Production")
+    expect(page.get_by_role("link", name="ElasticNet", exact=True)).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"q=IRIS-CLASS"))
+
     # Serving tab while off.
     row.get_by_role("link", name=MODEL, exact=True).click()
     page.get_by_role("link", name="Serving", exact=True).click()

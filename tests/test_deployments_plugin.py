@@ -258,3 +258,30 @@ def test_an_address_that_is_not_serving_ui_is_named_as_such(scripted_server):
     with pytest.raises(MlflowException, match=r"HTTP 404 \(text/html\), not Serving UI's") as e:
         _connection(scripted_server, []).api("GET", "list")
     assert "SERVING_UI_URL" in e.value.message
+
+
+def test_the_progress_bar_shows_on_a_terminal_only(monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with chunking.progress(600, 3) as bar:
+        for rows in (256, 256, 88):
+            bar.update(rows)
+    assert "Scoring" in terminal.getvalue()
+    assert "100%" in terminal.getvalue()
+
+    pipe = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", pipe)
+    with chunking.progress(600, 3) as bar:
+        bar.update(600)
+    # One request needs no bar either.
+    monkeypatch.setattr(sys, "stderr", terminal := Terminal())
+    with chunking.progress(10, 1) as bar:
+        bar.update(10)
+    assert pipe.getvalue() == terminal.getvalue() == ""

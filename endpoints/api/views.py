@@ -23,7 +23,7 @@ from rest_framework.response import Response
 
 from endpoints import logs, selectors, services
 from endpoints.errors import NotFound
-from endpoints.models import EndpointVersion
+from endpoints.models import EndpointVersion, PermissionLevel
 
 from . import serializers as s
 from .base import (
@@ -38,9 +38,15 @@ from .base import (
 )
 
 
-def _version_for(request: Request, args: dict) -> EndpointVersion:
-    endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
+def _version_for(
+    request: Request, args: dict, level: str = PermissionLevel.CAN_VIEW
+) -> EndpointVersion:
+    endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user, level)
     return selectors.endpoint_version(endpoint, args["endpoint_version_name"])
+
+
+# Service and build logs can hold request data a model printed: CAN_MANAGE reads them.
+LOGS_NEED = " Needs CAN_MANAGE: logs can hold request data the model printed."
 
 
 # --- endpoints-v2: enable / disable --------------------------------------------------------
@@ -235,11 +241,11 @@ class VersionLogsView(ApiView):
         request=s.VersionLogsRequest,
         response=s.LogsResponse,
         description="All replicas merged, each line prefixed with its replica id, or the "
-        "output of the replica named by replica_id.",
+        "output of the replica named by replica_id." + LOGS_NEED,
     )
     def post(self, request: Request) -> Response:
         args = parse(request, s.VersionLogsRequest)
-        version = _version_for(request, args)
+        version = _version_for(request, args, PermissionLevel.CAN_MANAGE)
         replica_id = args.get("replica_id")
         if replica_id:
             selectors.version_replica(version, replica_id)
@@ -253,9 +259,11 @@ class VersionBuildLogsView(ApiView):
         tag=ENDPOINTS_V2,
         request=s.VersionRequest,
         response=s.LogsResponse,
+        description="The output of preparing the version's model and environment." + LOGS_NEED,
     )
     def post(self, request: Request) -> Response:
-        version = _version_for(request, parse(request, s.VersionRequest))
+        args = parse(request, s.VersionRequest)
+        version = _version_for(request, args, PermissionLevel.CAN_MANAGE)
         return Response({"logs": logs.build_logs(version)})
 
 

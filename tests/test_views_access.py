@@ -171,6 +171,22 @@ def test_granting_to_an_unknown_user_says_so(owner, endpoint):
     assert b"No user with that name." in response.content
 
 
+def test_the_permissions_page_answers_alike_for_unknown_and_inactive_users(
+    owner, endpoint, django_user_model
+):
+    django_user_model.objects.create_user(
+        "gone", "gone@example.com", "pw-gone-123", is_active=False
+    )
+    client = logged_in(owner)
+    answers = [
+        client.post(perms_url(endpoint), {"username": name, "level": "CAN_VIEW"})
+        for name in ("nobody", "gone")
+    ]
+    assert [a.status_code for a in answers] == [400, 400]
+    assert all(b"No user with that name." in a.content for a in answers)
+    assert not EndpointPermission.objects.exists()
+
+
 def test_permissions_tab_is_shown_to_managers_only(owner, member, endpoint):
     serving = f"/models/{endpoint.registered_model_name}/serving/"
     assert b">Permissions</a>" in logged_in(owner).get(serving).content

@@ -98,6 +98,10 @@ def test_admin_creates_a_principal_and_a_token_for_it(admin_user):
     response = client.post(f"/service-principals/{principal.pk}/tokens/", {"name": "ci"})
     plaintext = TOKEN_RE.search(response.content.decode()).group(1)
     assert token_for(plaintext).user == principal.user
+    # It expires by default, and the page says when.
+    expires_at = token_for(plaintext).expires_at
+    assert expires_at is not None
+    assert f"It expires on {expires_at:%Y-%m-%d}." in response.content.decode()
     listed = client.get("/service-principals/").content.decode()
     assert "nightly-job" in listed and f"{plaintext[:12]}…" in listed and plaintext not in listed
 

@@ -278,3 +278,26 @@ def test_one_failing_step_does_not_stop_the_others():
         ("first", fails), ("second", lambda: ran.append(2)), ("third", lambda: ran.append(3))
     )
     assert failed == ["first"] and ran == [2, 3]
+
+
+@pytest.mark.django_db
+def test_gateway_refuses_when_neither_redis_nor_the_database_answers(
+    endpoint, member, make_token, own_redis, monkeypatch
+):
+    from django.db import OperationalError
+
+    from endpoints.errors import Unavailable
+
+    EndpointPermission.objects.create(endpoint=endpoint, user=member, level="CAN_QUERY")
+    raw = make_token(member)
+    cache = RoutingCache()
+    assert may_query(cache, raw)
+    own_redis.stop()
+
+    def no_database():
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(routing, "build_table", no_database)
+    cache.latest.built_at -= routing.UNCONFIRMED_MAX_AGE_SECONDS + 0.01
+    with pytest.raises(Unavailable):
+        may_query(cache, raw)

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from endpoints import kv
 from endpoints.auth import active_tokens, hash_token, level_allows, permission_level
@@ -449,8 +449,15 @@ class RoutingCache:
                 or (not force and not snapshot.unconfirmed and snapshot.generation == generation)
             ):
                 return snapshot  # another thread rebuilt it while this one waited
+            try:
+                table = run_db(build_table)
+            except DatabaseError as exc:
+                # Neither Redis nor the database can say who may do what: refuse (503)
+                # rather than answer from a memory nobody can vouch for.
+                log.warning("gateway: routing table unavailable (%s)", exc)
+                raise Unavailable("Serving cannot check tokens and routes right now.") from exc
             fresh = Snapshot(
-                table=run_db(build_table),
+                table=table,
                 generation=generation,
                 built_at=started,
                 changes=-1 if changes is None else changes,

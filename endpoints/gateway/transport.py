@@ -16,7 +16,7 @@ headers once.
 from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -25,6 +25,8 @@ from django.http.request import split_domain_port, validate_host
 from endpoints.errors import BadRequest, PermissionDenied, ServingError
 
 Header = tuple[bytes, bytes]
+# Bounds the per-process memory of Host values already judged.
+MAX_REMEMBERED_HOSTS = 1024
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Transport:
     proxy_ssl_header: Header | None
     secure_headers: tuple[Header, ...]
     plain_headers: tuple[Header, ...]
+    _hosts: dict[str, bool] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_settings(cls) -> Transport:
@@ -78,9 +81,7 @@ class Transport:
 
     def refusal(self, scope: MutableMapping[str, Any]) -> ServingError | None:
         """Why this scoring request may not go on (None: it may)."""
-        host = _host(scope)
-        domain, _port = split_domain_port(host)
-        if not domain or not validate_host(domain, self.allowed_hosts):
+        if not self.host_allowed(_host(scope)):
             return BadRequest("Invalid Host header: the host is not in ALLOWED_HOSTS.")
         if self.ssl_required and not self.is_secure(scope):
             return PermissionDenied(
@@ -88,6 +89,18 @@ class Transport:
                 "over HTTPS (and consider the token it carried exposed)."
             )
         return None
+
+    def host_allowed(self, host: str) -> bool:
+        """Django's own host validation, remembered per Host value (clients send the same
+        few): a look-up instead of a parse on every request."""
+        known = self._hosts.get(host)
+        if known is None:
+            domain, _port = split_domain_port(host)
+            known = bool(domain) and validate_host(domain, self.allowed_hosts)
+            if len(self._hosts) >= MAX_REMEMBERED_HOSTS:
+                self._hosts.clear()
+            self._hosts[host] = known
+        return known
 
     def headers(self, secure: bool) -> Iterable[Header]:
         return self.secure_headers if secure else self.plain_headers

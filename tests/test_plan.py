@@ -589,3 +589,18 @@ def test_a_model_deleted_from_the_registry_fails_the_endpoint():
 )
 def test_the_endpoint_is_ready_when_every_stage_with_versions_is_served(versions, served, state):
     assert endpoint_state(versions, served)[0] == state
+
+
+def test_a_replicas_last_output_reaches_its_message_only_if_it_never_served():
+    """A model's output may hold the requests it served: a replica that crashed while
+    serving is marked with its reason only (its output stays in the logs, CAN_MANAGE);
+    one that died loading the model, before any request, keeps its last lines (why the
+    version failed, for CAN_VIEW readers)."""
+    served = plan_replica(
+        replica=running("v1-a"), health=Health(alive=False), now=NOW, limits=LIMITS
+    )
+    loading = plan_replica(
+        replica=starting("v1-b"), health=Health(alive=False), now=NOW, limits=LIMITS
+    )
+    assert [m.with_log_tail for m in served if isinstance(m, a.MarkError)] == [False]
+    assert [m.with_log_tail for m in loading if isinstance(m, a.MarkError)] == [True]

@@ -6,3 +6,9 @@ from django.apps import AppConfig
 class EndpointsConfig(AppConfig):
     name = "endpoints"
     verbose_name = "Serving endpoints"
+
+    def ready(self) -> None:
+        # Any write that changes who may do what refreshes the gateways' caches.
+        from . import invalidation
+
+        invalidation.connect()

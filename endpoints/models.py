@@ -434,6 +434,11 @@ class AccessToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The token that authenticated the request creating this one: the child expires no
+    # later than its parent and is revoked (or deleted) with it.
+    parent = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children"
+    )
 
     objects = AccessTokenQuerySet.as_manager()
 
@@ -450,6 +455,21 @@ class AccessToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None and unexpired(self.expires_at)
+
+    @staticmethod
+    def revoke_children(token: AccessToken) -> int:
+        """Revoke every unrevoked descendant of ``token`` (children of children too), at
+        the parent's revocation time; the number revoked."""
+        when = token.revoked_at or timezone.now()
+        frontier, revoked = [token.pk], 0
+        while frontier:
+            frontier = list(
+                AccessToken.objects.filter(
+                    parent_id__in=frontier, revoked_at__isnull=True
+                ).values_list("pk", flat=True)
+            )
+            revoked += AccessToken.objects.filter(pk__in=frontier).update(revoked_at=when)
+        return revoked
 
 
 class EndpointPermission(models.Model):

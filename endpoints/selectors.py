@@ -232,11 +232,27 @@ def endpoints_visible_to(user: AbstractBaseUser) -> list[ServingEndpoint]:
     return [e for e in endpoints if has_permission(user, e, PermissionLevel.CAN_VIEW)]
 
 
-def user_named(user_name: str) -> AbstractBaseUser:
+def may_list_users(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Admins and staff granted ``auth.view_user`` see every account in the admin."""
+    return bool(
+        user.is_authenticated
+        and user.is_active
+        and (user.is_superuser or (user.is_staff and user.has_perm("auth.view_user")))
+    )
+
+
+def user_named(user_name: str, *, by: AbstractBaseUser | AnonymousUser) -> AbstractBaseUser:
+    """The active user ``user_name``, to be granted a permission by ``by``.
+
+    A caller who may not list users gets one answer for a name that does not exist and
+    for one that is not an active account, so set-permissions tells them nothing about
+    which accounts exist beyond the grants it makes."""
     user = get_user_model().objects.filter(username=user_name).first()
-    if user is None:
-        raise NotFound(f"User '{user_name}' does not exist.")
-    return user
+    if user is not None and user.is_active:
+        return user
+    if user is not None and may_list_users(by):
+        raise NotFound(f"User '{user_name}' is deactivated.")
+    raise NotFound(f"User '{user_name}' does not exist or is not active.")
 
 
 def access_control_list_json(endpoint: ServingEndpoint) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
@@ -28,7 +29,7 @@ from .errors import (
     PermissionDenied,
     Unavailable,
 )
-from .kv import bump_generation
+from .invalidation import invalidate_caches
 from .models import (
     MAX_BATCH_SIZE_RANGE,
     MAX_WAIT_MS_RANGE,
@@ -55,18 +56,6 @@ log = logging.getLogger(__name__)
 def request_reconcile(endpoint: ServingEndpoint) -> None:
     """Ask a worker to reconcile this endpoint right after the transaction commits."""
     triggers.reconcile_on_commit(endpoint.pk)
-
-
-def invalidate_caches() -> None:
-    """Tell gateway processes that routing, tokens or permissions changed (after commit)."""
-
-    def bump() -> None:
-        try:
-            bump_generation()
-        except Exception as exc:
-            log.warning("could not bump the cache generation: %s", exc)
-
-    transaction.on_commit(bump)
 
 
 def user_label(user: AbstractBaseUser | None) -> str:
@@ -293,11 +282,24 @@ def model_version_transition(
 
 
 def token_create(
-    *, user: AbstractBaseUser, name: str = "", expires_at: datetime | None = None
+    *,
+    user: AbstractBaseUser,
+    name: str = "",
+    expires_at: datetime | None = None,
+    parent: AccessToken | None = None,
 ) -> tuple[AccessToken, str]:
-    """Create a token and return it with its plaintext, which is never stored or shown again."""
+    """Create a token and return it with its plaintext, which is never stored or shown again.
+
+    ``parent`` is the token the request creating this one was authenticated with (None
+    for a browser session or the command line): the new token expires no later than it
+    and is revoked with it, so a leaked token cannot mint one that outlives it."""
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidParameter("The expiry must be in the future.")
+    if parent is not None:
+        if not parent.is_active:
+            raise PermissionDenied("The token used to create this one is no longer valid.")
+        if parent.expires_at is not None and (expires_at is None or expires_at > parent.expires_at):
+            expires_at = parent.expires_at
     plaintext = AccessToken.generate()
     token = AccessToken.objects.create(
         user=user,
@@ -305,6 +307,7 @@ def token_create(
         prefix=plaintext[:12],
         token_hash=hash_token(plaintext),
         expires_at=expires_at,
+        parent=parent,
     )
     return token, plaintext
 
@@ -322,9 +325,10 @@ def token_revoke(*, token_id: int, user: AbstractBaseUser) -> AccessToken:
     if token is None or (token.user_id != user.pk and not user.is_superuser):
         raise NotFound(f"Token {token_id} does not exist.")
     if token.revoked_at is None:
+        # Saving it revokes the tokens created with it and refreshes gateways' caches
+        # (``endpoints.invalidation``), as any other write of a revocation does.
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
-        invalidate_caches()
     return token
 
 
@@ -352,10 +356,16 @@ def service_principal_token_create(
     by: AbstractBaseUser,
     name: str = "",
     expires_at: datetime | None = None,
+    parent: AccessToken | None = None,
 ) -> tuple[AccessToken, str]:
-    """A token for ``principal``, created by an admin; returned with its plaintext."""
+    """A token for ``principal``, created by an admin; returned with its plaintext.
+
+    Without an expiry it expires after ``SERVICE_PRINCIPAL_TOKEN_DAYS`` (0: never)."""
     require_admin(by, "manage service principals")
-    return token_create(user=principal.user, name=name, expires_at=expires_at)
+    if expires_at is None:
+        days = int(settings.SERVING["SERVICE_PRINCIPAL_TOKEN_DAYS"])
+        expires_at = timezone.now() + timedelta(days=days) if days > 0 else None
+    return token_create(user=principal.user, name=name, expires_at=expires_at, parent=parent)
 
 
 @transaction.atomic
@@ -392,5 +402,7 @@ def access_control_set(
     """Apply (user name, level or None) pairs to endpoint ``name``: all of them, or none."""
     endpoint = get_endpoint_for_user(name, by, PermissionLevel.CAN_MANAGE)
     for user_name, level in entries:
-        permission_set(endpoint=endpoint, user=selectors.user_named(user_name), level=level, by=by)
+        permission_set(
+            endpoint=endpoint, user=selectors.user_named(user_name, by=by), level=level, by=by
+        )
     return endpoint

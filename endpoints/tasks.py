@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from endpoints.provisioning import reconcile
+from endpoints.provisioning import housekeeping, reconcile
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -20,3 +20,8 @@ def reconcile_endpoint(endpoint_pk: int) -> None:
 @shared_task(ignore_result=True)
 def reconcile_all() -> None:
     reconcile.reconcile_all()
+
+
+@shared_task(ignore_result=True)
+def apply_retention() -> None:
+    housekeeping.apply_retention()

@@ -24,3 +24,9 @@ def _schedule_reconcile(sender: Celery, **kwargs: object) -> None:
         sender.signature("endpoints.tasks.reconcile_all"),
         name="reconcile all endpoints",
     )
+    # Old replica rows and logs, build logs and events are deleted (their retention).
+    sender.add_periodic_task(
+        settings.SERVING["HOUSEKEEPING_INTERVAL_SECONDS"],
+        sender.signature("endpoints.tasks.apply_retention"),
+        name="apply retention",
+    )

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from serving_ui import private
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -53,21 +55,16 @@ def envfloat(name: str, default: str) -> float:
 
 
 VAR_DIR = Path(envstr("SERVING_VAR_DIR", str(BASE_DIR / "var"))).resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 DEBUG = envbool("DEBUG", "false")
 # The embedded default keeps a generated key under var/ so sessions survive restarts; a
 # deployment sets SECRET_KEY explicitly.
-_secret_file = VAR_DIR / "secret_key"
+# The file is created 0600 (see serving_ui.private).
 if "SECRET_KEY" in os.environ:
     SECRET_KEY = os.environ["SECRET_KEY"]
 else:
-    if not _secret_file.exists():
-        import secrets
-
-        _secret_file.write_text(secrets.token_urlsafe(50))
-        _secret_file.chmod(0o600)
-    SECRET_KEY = _secret_file.read_text().strip()
+    SECRET_KEY = private.secret_key(VAR_DIR / "secret_key")
 
 ALLOWED_HOSTS = [h.strip() for h in envstr("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")]
 CSRF_TRUSTED_ORIGINS = [
@@ -134,6 +131,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Sessions, token hashes and users: created 0600 before SQLite first opens it.
+    private.private_sqlite(str(DATABASES["default"]["NAME"]))
     DATABASES["default"]["TEST"] = {
         "NAME": envstr("TEST_DATABASE_PATH", str(VAR_DIR / "test-db.sqlite3"))
     }
@@ -235,7 +234,22 @@ SERVING = {
     # "local": the product's own Python environment; "virtualenv": one per model, built
     # from its declared requirements and cached by their hash.
     "ENVIRONMENT": envstr("SERVING_ENVIRONMENT", "local"),
+    # A service principal's token created without an expiry expires after this many days
+    # (0: never).
+    "SERVICE_PRINCIPAL_TOKEN_DAYS": envint("SERVING_SERVICE_PRINCIPAL_TOKEN_DAYS", "90"),
+    # Retention: rows and log files of replicas stopped longer ago than this, and the build
+    # logs of versions no longer served since then, are deleted.
+    "REPLICA_RETENTION_DAYS": envfloat("SERVING_REPLICA_RETENTION_DAYS", "7"),
+    # Events older than this are deleted.
+    "EVENT_RETENTION_DAYS": envfloat("SERVING_EVENT_RETENTION_DAYS", "90"),
+    # How often Celery beat runs the retention clean-up.
+    "HOUSEKEEPING_INTERVAL_SECONDS": envfloat("SERVING_HOUSEKEEPING_INTERVAL_SECONDS", "3600"),
+    # The token `make run` prints expires after this many days (then a new one is made).
+    "RUN_TOKEN_DAYS": envint("SERVING_RUN_TOKEN_DAYS", "30"),
 }
+
+# The largest JSON body the REST API reads (scoring bodies have SERVING_MAX_PAYLOAD_BYTES).
+API_MAX_BODY_BYTES = envint("API_MAX_BODY_BYTES", str(1024 * 1024))
 
 # --- REST framework -----------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -537,6 +537,26 @@ def test_get_version_logs_merges_replicas_or_reads_one(as_user, owner, served, t
     assert_error(missing, 404, "RESOURCE_DOES_NOT_EXIST")
 
 
+@pytest.mark.parametrize("call", ["get-version-logs", "get-version-build-logs"])
+def test_logs_need_can_manage(as_user, owner, member, served, tmp_path, call):
+    from endpoints import services
+
+    log = tmp_path / "a.log"
+    log.write_text("predict got {'ssn': '123-45-6789'}\n")
+    _replica(served, "r-one", log)
+    served.versions.filter(version="1").update(build_log_path=str(log))
+    args = {"registered_model_name": "iris-classifier", "endpoint_version_name": "1"}
+    for level in ("CAN_VIEW", "CAN_QUERY"):
+        services.permission_set(endpoint=served, user=member, level=level, by=owner)
+        body = assert_error(
+            as_user(member).post(V2 + call, args, format="json"), 403, "PERMISSION_DENIED"
+        )
+        assert "123-45-6789" not in body["message"]
+    services.permission_set(endpoint=served, user=member, level="CAN_MANAGE", by=owner)
+    allowed = as_user(member).post(V2 + call, args, format="json")
+    assert allowed.status_code == 200 and "123-45-6789" in allowed.json()["logs"]
+
+
 def test_get_version_build_logs(as_user, owner, served, tmp_path):
     log = tmp_path / "build.log"
     log.write_text("creating environment\ndone\n")

@@ -346,7 +346,9 @@ def test_a_crashed_serving_replica_is_replaced_with_one_more_restart():
     )
     assert a.NoteReplacement("1", 2) in planned
     assert a.PublishRouting() in planned
-    assert a.MarkError("v1-a", "The model server exited unexpectedly.", True) in planned
+    # Its last output may hold request data: it stays in the logs (CAN_MANAGE), out of
+    # the replica's message that CAN_VIEW reads.
+    assert a.MarkError("v1-a", "The model server exited unexpectedly.", False) in planned
     assert of(planned, a.CountStartFailure) == []
     # The next step of the pass starts the replacement, without a scaling event.
     replacing = serving("1", replicas=(), replacing=2)
@@ -587,3 +589,18 @@ def test_a_model_deleted_from_the_registry_fails_the_endpoint():
 )
 def test_the_endpoint_is_ready_when_every_stage_with_versions_is_served(versions, served, state):
     assert endpoint_state(versions, served)[0] == state
+
+
+def test_a_replicas_last_output_reaches_its_message_only_if_it_never_served():
+    """A model's output may hold the requests it served: a replica that crashed while
+    serving is marked with its reason only (its output stays in the logs, CAN_MANAGE);
+    one that died loading the model, before any request, keeps its last lines (why the
+    version failed, for CAN_VIEW readers)."""
+    served = plan_replica(
+        replica=running("v1-a"), health=Health(alive=False), now=NOW, limits=LIMITS
+    )
+    loading = plan_replica(
+        replica=starting("v1-b"), health=Health(alive=False), now=NOW, limits=LIMITS
+    )
+    assert [m.with_log_tail for m in served if isinstance(m, a.MarkError)] == [False]
+    assert [m.with_log_tail for m in loading if isinstance(m, a.MarkError)] == [True]

@@ -98,6 +98,10 @@ def test_admin_creates_a_principal_and_a_token_for_it(admin_user):
     response = client.post(f"/service-principals/{principal.pk}/tokens/", {"name": "ci"})
     plaintext = TOKEN_RE.search(response.content.decode()).group(1)
     assert token_for(plaintext).user == principal.user
+    # It expires by default, and the page says when.
+    expires_at = token_for(plaintext).expires_at
+    assert expires_at is not None
+    assert f"It expires on {expires_at:%Y-%m-%d}." in response.content.decode()
     listed = client.get("/service-principals/").content.decode()
     assert "nightly-job" in listed and f"{plaintext[:12]}…" in listed and plaintext not in listed
 
@@ -169,6 +173,22 @@ def test_granting_to_an_unknown_user_says_so(owner, endpoint):
     )
     assert response.status_code == 400
     assert b"No user with that name." in response.content
+
+
+def test_the_permissions_page_answers_alike_for_unknown_and_inactive_users(
+    owner, endpoint, django_user_model
+):
+    django_user_model.objects.create_user(
+        "gone", "gone@example.com", "pw-gone-123", is_active=False
+    )
+    client = logged_in(owner)
+    answers = [
+        client.post(perms_url(endpoint), {"username": name, "level": "CAN_VIEW"})
+        for name in ("nobody", "gone")
+    ]
+    assert [a.status_code for a in answers] == [400, 400]
+    assert all(b"No user with that name." in a.content for a in answers)
+    assert not EndpointPermission.objects.exists()
 
 
 def test_permissions_tab_is_shown_to_managers_only(owner, member, endpoint):

@@ -508,6 +508,28 @@ def test_logs_tab_merges_replicas_and_has_a_tab_per_replica(owner, endpoint, mod
     assert "hello from r-bbb" in one and "hello from r-aaa" not in one
 
 
+def test_logs_tab_is_for_managers_only(owner, member, endpoint, model_name, tmp_path):
+    v = add_version(endpoint, "1", "Production")
+    log = tmp_path / "r-aaa.log"
+    log.write_text("predict got secret-input-42\n")
+    Replica.objects.create(
+        version=v, replica_id="r-aaa", port=1, state=ReplicaState.RUNNING, log_path=str(log)
+    )
+    v.build_log_path = str(log)
+    v.save()
+    services.permission_set(endpoint=endpoint, user=member, level="CAN_QUERY", by=owner)
+    client = logged_in(member)
+    page = client.get(serving_url(model_name)).content.decode()
+    assert ">Logs</a>" not in page and ">Metrics</a>" in page
+    for query in ("?tab=logs", "?tab=logs&logs=build", "?tab=logs&replica=r-aaa"):
+        html = client.get(serving_url(model_name) + query).content.decode()
+        assert "secret-input-42" not in html
+        assert "Reading logs needs CAN_MANAGE" in html
+    manager = logged_in(owner)
+    assert ">Logs</a>" in manager.get(serving_url(model_name)).content.decode()
+    assert "secret-input-42" in manager.get(serving_url(model_name) + "?tab=logs").content.decode()
+
+
 def test_build_logs_tab(owner, endpoint, model_name, tmp_path):
     v = add_version(endpoint, "1", "Production")
     log = tmp_path / "build.log"

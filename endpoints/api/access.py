@@ -10,11 +10,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from endpoints import selectors, services
+from endpoints.models import AccessToken
 
 from . import serializers as s
 from .base import GET_ARGS, PERMISSIONS, PRINCIPALS, TOKENS, ApiView, ManageView, doc, parse
 
 # --- tokens ------------------------------------------------------------------------------------
+
+
+def calling_token(request: Request) -> AccessToken | None:
+    """The token this request was authenticated with (None for a browser session): a token
+    created with it never outlives it."""
+    return request.auth if isinstance(request.auth, AccessToken) else None
 
 
 class TokenCreateView(ManageView):
@@ -25,7 +32,9 @@ class TokenCreateView(ManageView):
         request=s.TokenCreateRequest,
         response=s.TokenCreateResponse,
         errors=(429,),
-        description="token_value is shown only in this answer; only its hash is stored.",
+        description="token_value is shown only in this answer; only its hash is stored. "
+        "A token created by a request authenticated with a token expires no later than "
+        "that token and is revoked with it.",
     )
     def post(self, request: Request) -> Response:
         args = parse(request, s.TokenCreateRequest)
@@ -33,6 +42,7 @@ class TokenCreateView(ManageView):
             user=request.user,
             name=args["comment"],
             expires_at=services.token_expiry(lifetime_seconds=args["lifetime_seconds"]),
+            parent=calling_token(request),
         )
         return Response({"token_value": plaintext, "token_info": s.TokenInfo(token).data})
 
@@ -140,7 +150,9 @@ class ServicePrincipalTokenView(ManageView):
         request=s.ServicePrincipalTokenRequest,
         response=s.TokenCreateResponse,
         errors=(429,),
-        description="token_value is shown only in this answer.",
+        description="token_value is shown only in this answer. Without lifetime_seconds "
+        "it expires after SERVING_SERVICE_PRINCIPAL_TOKEN_DAYS (90 days by default); a "
+        "request authenticated with a token caps it at that token's expiry.",
     )
     def post(self, request: Request) -> Response:
         args = parse(request, s.ServicePrincipalTokenRequest)
@@ -152,5 +164,6 @@ class ServicePrincipalTokenView(ManageView):
             by=request.user,
             name=args["comment"],
             expires_at=services.token_expiry(lifetime_seconds=args["lifetime_seconds"]),
+            parent=calling_token(request),
         )
         return Response({"token_value": plaintext, "token_info": s.TokenInfo(token).data})

@@ -47,7 +47,7 @@ def doc(
     """The OpenAPI description of one operation, every status it answers included."""
     codes = sorted({*_COMMON_ERRORS, *errors})
     if request is not None:
-        codes = sorted({*codes, 415})
+        codes = sorted({*codes, 413, 415})
     return extend_schema(
         operation_id=operation_id,
         summary=summary,

@@ -23,7 +23,7 @@ from rest_framework.response import Response
 
 from endpoints import logs, selectors, services
 from endpoints.errors import NotFound
-from endpoints.models import EndpointVersion
+from endpoints.models import EndpointVersion, PermissionLevel
 
 from . import serializers as s
 from .base import (
@@ -38,9 +38,15 @@ from .base import (
 )
 
 
-def _version_for(request: Request, args: dict) -> EndpointVersion:
-    endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
+def _version_for(
+    request: Request, args: dict, level: str = PermissionLevel.CAN_VIEW
+) -> EndpointVersion:
+    endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user, level)
     return selectors.endpoint_version(endpoint, args["endpoint_version_name"])
+
+
+# Service and build logs can hold request data a model printed: CAN_MANAGE reads them.
+LOGS_NEED = " Needs CAN_MANAGE: logs can hold request data the model printed."
 
 
 # --- endpoints-v2: enable / disable --------------------------------------------------------
@@ -229,13 +235,16 @@ class VersionMetricsView(ApiView):
 
 _LOGS_DESCRIPTION = (
     "All replicas merged, each line prefixed with its replica id, or the output of the "
-    "replica named by replica_id."
+    "replica named by replica_id." + LOGS_NEED
 )
+
+
+_BUILD_LOGS_DESCRIPTION = "The output of preparing the version's model and environment." + LOGS_NEED
 
 
 def _service_logs(request: Request) -> Response:
     args = parse(request, s.VersionLogsRequest)
-    version = _version_for(request, args)
+    version = _version_for(request, args, PermissionLevel.CAN_MANAGE)
     replica_id = args.get("replica_id")
     if replica_id:
         selectors.version_replica(version, replica_id)
@@ -243,7 +252,7 @@ def _service_logs(request: Request) -> Response:
 
 
 def _build_logs(request: Request) -> Response:
-    version = _version_for(request, parse(request, s.VersionRequest))
+    version = _version_for(request, parse(request, s.VersionRequest), PermissionLevel.CAN_MANAGE)
     return Response({"logs": logs.build_logs(version)})
 
 
@@ -280,7 +289,7 @@ class VersionBuildLogsView(ApiView):
         tag=ENDPOINTS_V2,
         query=s.VersionRequest,
         response=s.LogsResponse,
-        description=GET_ARGS,
+        description=_BUILD_LOGS_DESCRIPTION + " " + GET_ARGS,
     )
     def get(self, request: Request) -> Response:
         return _build_logs(request)
@@ -291,6 +300,7 @@ class VersionBuildLogsView(ApiView):
         tag=ENDPOINTS_V2,
         request=s.VersionRequest,
         response=s.LogsResponse,
+        description=_BUILD_LOGS_DESCRIPTION,
     )
     def post(self, request: Request) -> Response:
         return _build_logs(request)

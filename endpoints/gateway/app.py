@@ -46,9 +46,10 @@ from endpoints.errors import (
 from endpoints.models import PermissionLevel
 
 from .admission import Admission
-from .reporting import Flusher, LoadTracker, TokenUse, send_reports
+from .reporting import Flusher, LoadTracker, TokenUse, run_each, send_reports
 from .routing import RoutingCache, Snapshot, Target
 from .streams import StreamUpstream
+from .transport import Transport
 from .upstream import INVOCATIONS, JSON, Upstream
 
 GATEWAY_PREFIXES = ("/model-endpoint/", "/model/")
@@ -145,7 +146,9 @@ def normalise_request(body: bytes, content_type: str | None) -> tuple[bytes, str
 
 def translate_answer(status: int, content_type: str, data: bytes) -> Answer:
     """The replica's answer as the gateway returns it: unchanged, except that errors which
-    are not JSON get the MLflow REST error shape (same status, the replica's text)."""
+    are not JSON get the MLflow REST error shape (same status, the replica's text), and
+    JSON errors lose MLflow's ``stack_trace`` unless DEBUG is on (only error bodies are
+    looked at: a successful answer is passed through untouched)."""
     if status == 504:
         # MLflow's own timeout answer is plain text labelled as JSON.
         return error_answer(Timeout(data.decode(errors="replace") or "Request timed out."))
@@ -153,7 +156,28 @@ def translate_answer(status: int, content_type: str, data: bytes) -> Answer:
         code = "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
         text = data.decode(errors="replace").strip()
         return error_answer(ServingError(text, error_code=code, status=status))
+    if status >= 400 and STACK_TRACE in data and not settings.DEBUG:
+        data = without_stack_trace(data)
     return Answer(status, data, content_type)
+
+
+STACK_TRACE = b'"stack_trace"'
+
+
+def without_stack_trace(data: bytes) -> bytes:
+    """A replica's JSON error without MLflow's ``stack_trace`` field: the model's code,
+    paths and the request's values do not go back to the client (the replica's log keeps
+    them). A body that is not a JSON object is replaced by a generic error."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return json.dumps(
+            {"error_code": "INTERNAL_ERROR", "message": "The model server failed."}
+        ).encode()
+    body.pop("stack_trace", None)
+    return json.dumps(body).encode()
 
 
 # --- the gateway -----------------------------------------------------------------------------
@@ -180,6 +204,7 @@ class Gateway:
         )
         self.token_use = TokenUse()
         self.flusher = Flusher(self.flush)
+        self.transport = Transport.from_settings()
 
     # --- who may call what ----------------------------------------------------------------
 
@@ -253,12 +278,21 @@ class Gateway:
         return answer
 
     def flush(self) -> None:
-        """Once a second: report load and metrics, refresh an old routing table, close
-        connections to replicas that are gone, note token use."""
-        send_reports(self.load)
-        self.routing.refresh_if_old()
-        self.upstream.prune(self.routing.current().table.addresses())
-        self.token_use.flush()
+        """Once a second: refresh an old routing table (and its token and permission
+        caches), report load and metrics, close connections to replicas that are gone,
+        note token use. Each step runs whatever the others do: Redis being away stops
+        the reports, never the refresh."""
+        run_each(
+            ("refreshing the routing table", self.routing.refresh_if_old),
+            ("reporting load and metrics", lambda: send_reports(self.load)),
+            ("closing connections to replicas that left", self._prune),
+            ("noting token use", self.token_use.flush),
+        )
+
+    def _prune(self) -> None:
+        snapshot = self.routing.latest
+        if snapshot is not None:
+            self.upstream.prune(snapshot.table.addresses())
 
 
 _gateway: Gateway | None = None

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from endpoints.auth import token_from_authorization
@@ -37,6 +37,7 @@ from .app import (
     translate_answer,
 )
 from .routing import Snapshot, Target
+from .transport import Header
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,7 +61,13 @@ class FrontDoor:
         if scope["type"] == "http":
             path = origin_path(scope["path"])
             if path.startswith(GATEWAY_PREFIXES):
-                await Scoring(gateway(), scope, path).run(receive, send)
+                gw = gateway()
+                extra = gw.transport.headers(gw.transport.is_secure(scope))
+                refusal = gw.transport.refusal(scope)
+                if refusal is not None:
+                    await respond(send, error_answer(refusal), extra)
+                    return
+                await Scoring(gw, scope, path).run(receive, send, extra)
                 return
         elif scope["type"] == "lifespan":
             await lifespan(receive, send)
@@ -125,12 +132,12 @@ class Scoring:
             if name in (b"authorization", b"content-type", b"content-length")
         }
 
-    async def run(self, receive: Receive, send: Send) -> None:
+    async def run(self, receive: Receive, send: Send, extra: Iterable[Header] = ()) -> None:
         try:
             answer = await self._answer(receive)
         except ClientGone:
             return
-        await respond(send, answer)
+        await respond(send, answer, extra)
 
     async def _answer(self, receive: Receive) -> Answer:
         try:
@@ -231,11 +238,12 @@ async def read_body(receive: Receive, content_length: str | None, limit: int) ->
             return b"".join(chunks)
 
 
-async def respond(send: Send, answer: Answer) -> None:
+async def respond(send: Send, answer: Answer, extra: Iterable[Header] = ()) -> None:
     headers = [
         (b"content-type", answer.content_type.encode("latin-1")),
         (b"content-length", str(len(answer.body)).encode()),
         *((name.lower().encode(), value.encode("latin-1")) for name, value in answer.headers),
+        *extra,
     ]
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})

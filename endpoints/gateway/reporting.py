@@ -142,23 +142,49 @@ class LoadTracker:
 
 
 def send_reports(tracker: LoadTracker) -> None:
-    """Report each version's load for the autoscaler and add its requests to the metrics."""
+    """Report each version's load for the autoscaler and add its requests to the metrics.
+
+    One version's failing report does not stop the others'; the first failure is raised
+    once all were tried (these numbers are for one interval: the next one reports anew)."""
+    failure: Exception | None = None
     for report in tracker.take_reports():
-        load.report(
+        try:
+            _send(report)
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
+def _send(report: LoadReport) -> None:
+    load.report(
+        report.version_pk,
+        in_flight=report.in_flight,
+        peak_in_flight=report.peak,
+        last_request_at=report.last_request_at,
+    )
+    if report.requests:
+        metrics.record_requests(
             report.version_pk,
-            in_flight=report.in_flight,
-            peak_in_flight=report.peak,
-            last_request_at=report.last_request_at,
+            at=time.time(),
+            requests=report.requests,
+            errors=report.errors,
+            latency_ms_sum=report.latency_ms_sum,
+            latency_ms_max=report.latency_ms_max,
         )
-        if report.requests:
-            metrics.record_requests(
-                report.version_pk,
-                at=time.time(),
-                requests=report.requests,
-                errors=report.errors,
-                latency_ms_sum=report.latency_ms_sum,
-                latency_ms_max=report.latency_ms_max,
-            )
+
+
+def run_each(*steps: tuple[str, Callable[[], object]]) -> list[str]:
+    """Run every step, whatever the others do; a failure is logged. The names of the
+    steps that failed."""
+    failed = []
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:  # a Redis or database hiccup is temporary
+            log.warning("gateway: %s failed: %s", name, exc)
+            failed.append(name)
+    return failed
 
 
 class TokenUse:

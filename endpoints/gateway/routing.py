@@ -5,14 +5,18 @@ answer a model's stage or version URL) plus caches of token and permission look-
 is replaced when the cache *generation* in Redis changes (services and the reconcile loop
 bump it on every change of routing, tokens or permissions). Redis pushes the change to
 each process (``GenerationWatcher``), so a request costs no SQL and, unless something
-changed, no round trip to Redis either; without pushes it costs one GET. A snapshot older
-than ``MAX_AGE_SECONDS`` is rebuilt as well: a change made while Redis was unreachable is
-picked up a few seconds later anyway.
+changed, no round trip to Redis either; without pushes it costs one GET (``watcher``).
+
+A snapshot older than ``MAX_AGE_SECONDS`` is rebuilt as well. While Redis does not answer
+(so nobody can tell whether anything changed), a snapshot is trusted for at most
+``UNCONFIRMED_MAX_AGE_SECONDS`` (one second) and then rebuilt from the database, by the
+next request or the process's flusher, whichever comes first; the first snapshot once
+Redis answers again is rebuilt too. A revoked token or a removed grant therefore stops
+working within a second whatever state Redis is in.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -21,10 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-import redis
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from endpoints import kv
 from endpoints.auth import active_tokens, hash_token, level_allows, permission_level
@@ -40,14 +42,16 @@ from endpoints.models import (
     unexpired,
 )
 
+from .watcher import REDIS_RETRY_SECONDS, GenerationWatcher
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MAX_AGE_SECONDS = 5.0
-# After Redis failed to answer, the generation is not asked for again for this long, so an
-# outage costs one failed call per interval instead of one per request.
-REDIS_RETRY_SECONDS = 1.0
+# While Redis cannot tell whether anything changed, a snapshot is rebuilt from the database
+# when it is older than this: a revoked token or a removed grant stops working within it.
+UNCONFIRMED_MAX_AGE_SECONDS = 1.0
 # Bounds the per-snapshot token cache (unknown tokens are cached too, see ``user_for``).
 MAX_CACHED_TOKENS = 10_000
 
@@ -266,6 +270,9 @@ class Snapshot:
     built_at: float
     # The watcher's change count when the snapshot was built (-1: unknown).
     changes: int = -1
+    # Built while Redis could not be asked: it is rebuilt once Redis answers again (a
+    # change made meanwhile may have bumped nothing) and after UNCONFIRMED_MAX_AGE_SECONDS.
+    unconfirmed: bool = False
     _tokens: dict[str, CachedToken | None] = field(default_factory=dict)
     _permissions: dict[tuple[int, int], str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -337,71 +344,6 @@ def run_db(fn: Callable[..., T], *args: Any) -> T:
 # --- the per-process cache --------------------------------------------------------------------
 
 
-class GenerationWatcher:
-    """Learns that the generation moved without a round trip to Redis per request.
-
-    One RESP3 connection per process has CLIENT TRACKING on, in broadcast mode for the
-    generation key: when anyone changes the key, Redis pushes an invalidation onto this
-    connection before it answers the command that changed it. So once ``bump_generation``
-    has returned, every gateway process sees the push on its next check, and a check is a
-    poll of one socket (a few microseconds, against tens for a GET). Without tracking
-    (Redis older than 6, a failure) ``poll`` returns None and callers ask for the
-    generation on every request instead."""
-
-    def __init__(self) -> None:
-        self._conn: redis.connection.AbstractConnection | None = None
-        self._lock = threading.Lock()
-        self._failed_at = -REDIS_RETRY_SECONDS
-        # Grows by one for each batch of invalidations (and each new connection, which
-        # may have missed some): a snapshot is current while it has seen them all.
-        self.changes = 0
-
-    def poll(self) -> int | None:
-        with self._lock:
-            if self._conn is None and not self._connect():
-                return None
-            try:
-                if not self._conn.is_connected:
-                    # can_read would reconnect, without tracking: never let it.
-                    raise redis.ConnectionError("disconnected")
-                if self._conn.can_read(timeout=0):
-                    while self._conn.can_read(timeout=0):
-                        self._conn.read_response(push_request=True)
-                    self.changes += 1
-            except (redis.RedisError, OSError) as exc:
-                log.warning("gateway: invalidation connection lost (%s)", exc)
-                self._drop()
-                return None
-            return self.changes
-
-    def _connect(self) -> bool:
-        if time.monotonic() - self._failed_at < REDIS_RETRY_SECONDS:
-            return False
-        try:
-            pool = redis.ConnectionPool.from_url(
-                settings.REDIS_URL, protocol=3, socket_timeout=2, socket_connect_timeout=2
-            )
-            conn = pool.make_connection()
-            conn.connect()
-            conn.send_command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", kv.GENERATION_KEY)
-            if conn.read_response() not in (b"OK", "OK"):
-                raise redis.RedisError("CLIENT TRACKING was refused")
-        except (redis.RedisError, OSError) as exc:
-            self._failed_at = time.monotonic()
-            log.info("gateway: no invalidation pushes (%s); asking Redis per request", exc)
-            return False
-        self._conn = conn
-        self.changes += 1
-        return True
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.disconnect()
-        self._conn = None
-        self._failed_at = time.monotonic()
-
-
 class RoutingCache:
     """The current snapshot of one gateway process, replaced when the generation moves."""
 
@@ -424,10 +366,18 @@ class RoutingCache:
             return snapshot
         generation = self._generation()
         if snapshot is not None and generation is None:
-            # Redis is away: keep serving from memory; ``refresh_if_old`` bounds the age.
-            return snapshot
-        if snapshot is None or snapshot.generation != generation:
-            return self._rebuild(generation or 0, changes)
+            # Redis is away: nobody can say whether tokens or grants changed, so serve
+            # from memory for at most UNCONFIRMED_MAX_AGE_SECONDS, then re-read them.
+            if time.monotonic() - snapshot.built_at <= UNCONFIRMED_MAX_AGE_SECONDS:
+                return snapshot
+            return self._rebuild(snapshot.generation, None, force=True, unconfirmed=True)
+        if snapshot is None or snapshot.generation != generation or snapshot.unconfirmed:
+            return self._rebuild(
+                generation or 0,
+                changes,
+                force=snapshot is not None and snapshot.unconfirmed,
+                unconfirmed=generation is None,
+            )
         if changes is not None:
             snapshot.changes = changes
         return snapshot
@@ -448,14 +398,23 @@ class RoutingCache:
         return self._snapshot
 
     def refresh_if_old(self) -> None:
+        """Rebuild a snapshot older than MAX_AGE_SECONDS, or UNCONFIRMED_MAX_AGE_SECONDS
+        while Redis does not answer (run once a second by the flusher, so an idle
+        process's caches do not wait for the next request either)."""
         snapshot = self._snapshot
-        if snapshot is not None and time.monotonic() - snapshot.built_at > MAX_AGE_SECONDS:
-            changes = self.watcher.poll()
-            generation = self._generation()
+        if snapshot is None:
+            return
+        age = time.monotonic() - snapshot.built_at
+        if age <= UNCONFIRMED_MAX_AGE_SECONDS:
+            return
+        changes = self.watcher.poll()
+        generation = self._generation()
+        if generation is None or age > MAX_AGE_SECONDS:
             self._rebuild(
                 generation if generation is not None else snapshot.generation,
                 changes,
                 force=True,
+                unconfirmed=generation is None,
             )
 
     def wait_for_change(self, timeout: float) -> Snapshot:
@@ -474,16 +433,35 @@ class RoutingCache:
             log.warning("gateway: cache generation unavailable (%s); using routing in memory", exc)
             return None
 
-    def _rebuild(self, generation: int, changes: int | None, *, force: bool = False) -> Snapshot:
+    def _rebuild(
+        self,
+        generation: int,
+        changes: int | None,
+        *,
+        force: bool = False,
+        unconfirmed: bool = False,
+    ) -> Snapshot:
+        started = time.monotonic()
         with self._build_lock:
             snapshot = self._snapshot
-            if not force and snapshot is not None and snapshot.generation == generation:
+            if snapshot is not None and (
+                snapshot.built_at >= started
+                or (not force and not snapshot.unconfirmed and snapshot.generation == generation)
+            ):
                 return snapshot  # another thread rebuilt it while this one waited
+            try:
+                table = run_db(build_table)
+            except DatabaseError as exc:
+                # Neither Redis nor the database can say who may do what: refuse (503)
+                # rather than answer from a memory nobody can vouch for.
+                log.warning("gateway: routing table unavailable (%s)", exc)
+                raise Unavailable("Serving cannot check tokens and routes right now.") from exc
             fresh = Snapshot(
-                table=run_db(build_table),
+                table=table,
                 generation=generation,
-                built_at=time.monotonic(),
+                built_at=started,
                 changes=-1 if changes is None else changes,
+                unconfirmed=unconfirmed,
             )
             self._snapshot = fresh
         with self._changed:

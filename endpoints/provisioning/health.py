@@ -96,9 +96,12 @@ def _exited(replica: ReplicaView) -> list[Action]:
         actions = [CountStartFailure(replica.version)]
         message = "The model server exited while loading the model."
         when = "while loading the model."
+    # The output of a replica that never served holds no request: its last lines tell
+    # CAN_VIEW readers why the model did not load. A serving replica's output may hold
+    # request data a model printed, so it stays in the logs (CAN_MANAGE).
     return [
         *actions,
-        MarkError(replica.replica_id, message, with_log_tail=True),
+        MarkError(replica.replica_id, message, with_log_tail=not replica.running),
         _event(EventType.REPLICA_CRASHED, replica, f"Replica {replica.replica_id} exited {when}"),
     ]
 

@@ -1,16 +1,22 @@
 """Installation-wide chores of the periodic pass: stop orphan processes, rotate logs,
-keep the interpreters that fork replicas and this worker's registry client warm."""
+keep the interpreters that fork replicas and this worker's registry client warm; and the
+retention clean-up Celery beat runs apart (``apply_retention``)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from django.conf import settings
+from django.db.models import Max
+from django.utils import timezone
 
 from endpoints import registry
-from endpoints.models import EndpointVersion, Replica
+from endpoints.models import EndpointVersion, Event, Replica, ReplicaState
 from endpoints.runtime import LocalRuntime, Runtime
 
 from . import environments
@@ -79,3 +85,68 @@ def stop_zygotes(runtime: Runtime) -> int:
     if not isinstance(runtime, LocalRuntime):
         return 0
     return runtime.stop_zygotes(within=str(environments.zygote_dir()))
+
+
+# --- retention ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retained:
+    """What one clean-up deleted."""
+
+    replicas: int = 0
+    replica_logs: int = 0
+    build_logs: int = 0
+    events: int = 0
+
+
+def _delete_log(path: str) -> int:
+    """Delete a log file and its rotated part; how many files were there."""
+    deleted = 0
+    for candidate in (Path(path), Path(path + ".1")):
+        with suppress(FileNotFoundError):
+            candidate.unlink()
+            deleted += 1
+    return deleted
+
+
+def apply_retention(*, now: datetime | None = None) -> Retained:
+    """Delete what is older than its retention (``SERVING_REPLICA_RETENTION_DAYS``,
+    ``SERVING_EVENT_RETENTION_DAYS``):
+
+    - replicas stopped (Terminated or Error) before the cut-off: their log files, then
+      their rows;
+    - the build log of a version that is no longer desired and has had no live replica
+      since the cut-off (its row stays: the version's history is its events);
+    - events older than theirs.
+    """
+    now = now or timezone.now()
+    replica_cutoff = now - timedelta(days=float(settings.SERVING["REPLICA_RETENTION_DAYS"]))
+    event_cutoff = now - timedelta(days=float(settings.SERVING["EVENT_RETENTION_DAYS"]))
+
+    stopped = Replica.objects.filter(
+        state__in=(ReplicaState.TERMINATED, ReplicaState.ERROR), stopped_at__lt=replica_cutoff
+    )
+    replica_logs = sum(
+        _delete_log(path) for path in stopped.values_list("log_path", flat=True) if path
+    )
+    replicas, _ = stopped.delete()
+
+    build_logs = 0
+    idle = (
+        EndpointVersion.objects.filter(desired=False, created_at__lt=replica_cutoff)
+        .exclude(build_log_path="")
+        .exclude(replicas__state__in=NOT_STOPPED)
+        .annotate(last_stop=Max("replicas__stopped_at"))
+    )
+    for version in idle:
+        if version.last_stop is not None and version.last_stop >= replica_cutoff:
+            continue
+        build_logs += _delete_log(version.build_log_path)
+        EndpointVersion.objects.filter(pk=version.pk).update(build_log_path="")
+
+    events, _ = Event.objects.filter(timestamp__lt=int(event_cutoff.timestamp() * 1000)).delete()
+    retained = Retained(replicas, replica_logs, build_logs, events)
+    if replicas or build_logs or events:
+        log.info("retention: deleted %s", retained)
+    return retained

@@ -35,7 +35,7 @@ def permissions(request: HttpRequest, name: str) -> HttpResponse:
         try:
             services.permission_set(
                 endpoint=endpoint,
-                user=selectors.user_named(username),
+                user=selectors.user_named(username, by=request.user),
                 level=form.cleaned_data["level"] or None,
                 by=request.user,
             )

@@ -42,6 +42,8 @@ PANEL_TABS = (
     ("compute", "Compute Settings"),
 )
 SERVING_TABS = tuple(key for key, _ in PANEL_TABS)
+UNMANAGED_TABS = tuple((key, title) for key, title in PANEL_TABS if key != "logs")
+LOGS_REFUSED = "Reading logs needs CAN_MANAGE on this endpoint: logs can hold request data."
 METRICS_WINDOW_MS = 15 * 60 * 1000
 EVENTS_SHOWN = 200
 BADGES = {"PENDING": "Pending", "READY": "Ready", "FAILED": "Failed"}
@@ -140,6 +142,7 @@ def serving(
         else ""
     )
     example, example_reason = input_example(version) if tab == "call" else ("", "")
+    can_manage = has_permission(user, endpoint, PermissionLevel.CAN_MANAGE)
     context = {
         "name": name,
         "endpoint": endpoint,
@@ -154,9 +157,10 @@ def serving(
         "replicas": list(version.replicas.order_by("-created_at")[:20]) if version else [],
         "model_urls": model_urls(endpoint=endpoint, versions=versions, absolute_uri=absolute_uri),
         "tab": tab,
-        "panel_tabs": PANEL_TABS,
+        # Logs can hold request data a model printed: only CAN_MANAGE sees the tab.
+        "panel_tabs": PANEL_TABS if can_manage else UNMANAGED_TABS,
         "settled": settled(endpoint, versions),
-        "can_manage": has_permission(user, endpoint, PermissionLevel.CAN_MANAGE),
+        "can_manage": can_manage,
         "invocation_url": url,
         "snippets": snippets(url) if url else {},
         "example_reason": example_reason,
@@ -174,6 +178,7 @@ def serving(
                 replica_id=replica_id,
                 log_kind=log_kind,
                 event_scope=event_scope,
+                can_read_logs=can_manage,
             )
         )
     elif tab == "compute":
@@ -189,8 +194,11 @@ def panel_context(
     replica_id: str = "",
     log_kind: str = "service",
     event_scope: str = "",
+    can_read_logs: bool = False,
 ) -> dict[str, Any]:
     """What the selected tab needs; only that tab's data is read."""
+    if tab == "logs" and not can_read_logs:
+        return {"logs_refused": LOGS_REFUSED}
     if tab == "logs" and version is not None:
         if log_kind == "build":
             text = logs.build_logs(version)

@@ -34,6 +34,9 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "read_permissions": (401, 404, 200, 200, 200, 200, 200),
     "change_permissions": (401, 404, 403, 403, 200, 200, 403),
     "manage_service_principals": (401, 403, 403, 403, 403, 200, 403),
+    # Logs can hold request data a model printed: CAN_MANAGE reads them.
+    "read_service_logs": (401, 404, 403, 403, 200, 200, 403),
+    "read_build_logs": (401, 404, 403, 403, 200, 200, 403),
 }
 
 
@@ -99,6 +102,13 @@ def call(live: Live, action: str, identity: str) -> requests.Response:
             return requests.post(api + V2[5:] + "set-permissions", json=body, headers=headers)
         case "manage_service_principals":
             return requests.get(api + "2.0/service-principals/list", headers=headers)
+        case "read_service_logs":
+            body = {**name, "endpoint_version_name": "1"}
+            return requests.post(api + V2[5:] + "get-version-logs", json=body, headers=headers)
+        case "read_build_logs":
+            body = {**name, "endpoint_version_name": "1"}
+            url = api + V2[5:] + "get-version-build-logs"
+            return requests.post(url, json=body, headers=headers)
     raise AssertionError(action)
 
 

@@ -88,6 +88,43 @@ def test_production_answers_carry_security_headers_and_secure_cookies(tmp_path):
     assert seen["csrf_cookie_secure"]
 
 
+SCORING_SCRIPT = """
+import asyncio, json
+from serving_ui.asgi import application
+
+def call(host, scheme="http"):
+    scope = {"type": "http", "method": "POST", "scheme": scheme,
+             "path": "/model-endpoint/iris-classifier/Production/invocations",
+             "headers": [(b"host", host.encode()), (b"authorization", b"Bearer sui_x"),
+                         (b"content-type", b"application/json")]}
+    sent = []
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+    async def send(message):
+        sent.append(message)
+    asyncio.run(application(scope, receive, send))
+    return {"status": sent[0]["status"],
+            "headers": {k.decode(): v.decode() for k, v in sent[0]["headers"]},
+            "body": json.loads(sent[1]["body"])}
+
+print(json.dumps({"plain": call("serving.example.com"), "foreign": call("evil.example")}))
+"""
+
+
+def test_production_scoring_refuses_plain_http_and_unknown_hosts(tmp_path):
+    """The gateway answers scoring URLs without Django's middleware: it applies the same
+    settings itself."""
+    result = manage(production_env(tmp_path), "shell", "-c", SCORING_SCRIPT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    plain = seen["plain"]
+    assert plain["status"] == 403 and plain["body"]["error_code"] == "PERMISSION_DENIED"
+    assert "HTTPS" in plain["body"]["message"]
+    assert plain["headers"]["x-content-type-options"] == "nosniff"
+    foreign = seen["foreign"]
+    assert foreign["status"] == 400 and "ALLOWED_HOSTS" in foreign["body"]["message"]
+
+
 # --- CSRF ----------------------------------------------------------------------------------
 
 

@@ -177,7 +177,7 @@ def test_half_open_connections_stop_neither_the_ui_nor_scoring(db, web_server, f
 def test_a_413_closes_the_connection_without_reading_the_rest(db, small_front_door, fakes):
     head = (
         f"POST /model-endpoint/{fakes['names']['quick']}/Production/invocations HTTP/1.1\r\n"
-        f"Host: x\r\nAuthorization: Bearer {fakes['token']}\r\n"
+        f"Host: 127.0.0.1\r\nAuthorization: Bearer {fakes['token']}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {MAX_PAYLOAD * 50}\r\n\r\n"
     ).encode()
     with socket.create_connection(_address(small_front_door), timeout=WAIT) as sock:

@@ -15,20 +15,45 @@ import secrets
 import signal
 import sys
 import time
+from contextlib import suppress
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlparse
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 
 from endpoints import devstack, services
+from endpoints.auth import active_tokens
 from endpoints.devstack import ManagedProcess
-from endpoints.models import AccessToken
+from endpoints.models import AccessToken, hash_token
+from serving_ui import private
 
 AUTO_TOKEN_NAME = "printed by make run"  # noqa: S105 - a label, not a secret
+# Under VAR_DIR, mode 0600: the plaintext of the token the banner prints.
+RUN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
+
+
+def run_token(user: AbstractBaseUser, path: Path) -> str:
+    """The admin token ``make run`` prints: the one kept in ``path`` while it is still
+    valid, else a new one (expiring after ``SERVING_RUN_TOKEN_DAYS``) written there with
+    mode 0600, the previous printed tokens revoked. One token, not one per start."""
+    with suppress(FileNotFoundError):
+        plaintext = path.read_text().strip()
+        if active_tokens(hash_token(plaintext)).filter(user=user, name=AUTO_TOKEN_NAME).exists():
+            return plaintext
+    for old in AccessToken.objects.active().filter(user=user, name=AUTO_TOKEN_NAME):
+        services.token_revoke(token_id=old.pk, user=user)
+    days = int(settings.SERVING["RUN_TOKEN_DAYS"])
+    expires_at = timezone.now() + timedelta(days=days) if days > 0 else None
+    _, plaintext = services.token_create(user=user, name=AUTO_TOKEN_NAME, expires_at=expires_at)
+    private.replace_private(path, plaintext + "\n")
+    return plaintext
 
 
 def web_command(*, host: str, port: int, processes: int, access_log: bool = False) -> list[str]:
@@ -63,13 +88,13 @@ class Command(BaseCommand):
                 self.stdout.write("Registering the demo models (first start trains them)…")
                 call_command("seed_demo")
             login, password = self._ensure_admin()
-            token = self._fresh_token(login)
+            token, token_file = self._run_token(login)
             url = f"http://{options['host']}:{options['port']}/"
             self._start_services(
                 str(options["host"]), int(options["port"]), int(options["web_workers"])
             )
             self._wait_until_up(url)
-            self._banner(url, login, password, token)
+            self._banner(url, login, password, token, token_file)
             self._supervise()
         finally:
             self._shutdown()
@@ -108,13 +133,10 @@ class Command(BaseCommand):
             user.save(update_fields=["password"])
         return "admin", None
 
-    def _fresh_token(self, username: str) -> str:
-        """A new token for this run; the one printed by the previous run is revoked."""
+    def _run_token(self, username: str) -> tuple[str, Path]:
         user = get_user_model().objects.get(username=username)
-        for old in AccessToken.objects.active().filter(user=user, name=AUTO_TOKEN_NAME):
-            services.token_revoke(token_id=old.pk, user=user)
-        _, plaintext = services.token_create(user=user, name=AUTO_TOKEN_NAME)
-        return plaintext
+        path = Path(settings.VAR_DIR) / RUN_TOKEN_FILE
+        return run_token(user, path), path
 
     def _start_services(self, host: str, port: int, web_workers: int) -> None:
         py = sys.executable
@@ -179,7 +201,9 @@ class Command(BaseCommand):
         if self.stopping:
             raise SystemExit(f"The web server did not answer at {url} within 60 s.")
 
-    def _banner(self, url: str, login: str, password: str | None, token: str) -> None:
+    def _banner(
+        self, url: str, login: str, password: str | None, token: str, token_file: Path
+    ) -> None:
         shown = password or "(unchanged: as printed on first start, or DJANGO_SUPERUSER_PASSWORD)"
         self.stdout.write(
             "\n"
@@ -188,6 +212,7 @@ class Command(BaseCommand):
             f"   login:     {login}\n"
             f"   password:  {shown}\n"
             f"   API token: {token}\n"
+            f"              (the same at every start until it expires; kept in {token_file})\n"
             f"   try:       curl -u token:$TOKEN {url}api/2.0/preview/mlflow/endpoints-v2/list\n"
             " Stop with Ctrl-C.\n"
             "==================================================================\n"

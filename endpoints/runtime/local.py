@@ -27,7 +27,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -35,14 +34,14 @@ from . import sandbox
 from .base import ReplicaSpec
 from .zygotes import (
     Placement,
-    ZygoteUnavailable,
     Zygotes,
+    ZygoteUnavailable,
+    _answers,
     arguments,
     discover_zygotes,
     socket_path,
     stop_zygote,
 )
-from .zygotes import _answers
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class LocalRuntime:
                 "op": "start",
                 "argv": cmd,
                 "env": env,
-                "cwd": "/tmp" if sandboxed else str(PROJECT_ROOT),
+                "cwd": sandbox.TMP if sandboxed else str(PROJECT_ROOT),
                 "log_path": spec.log_path,
                 "model_path": spec.model_path,
             }
@@ -171,12 +170,14 @@ class LocalRuntime:
             raise OSError(f"the sandbox did not start the replica (exit code {process.poll()})")
         return found[-1]
 
-    def warm_zygote(self, python: str, zygote_dir: str, models_root: str = "") -> bool:
+    def warm_zygote(
+        self, python: str, zygote_dir: str, models_root: str = "", sandboxing: str = ""
+    ) -> bool:
         """Start warming the zygote of ``python`` now, without waiting for it."""
-        return self.zygotes.warm(_placement(python, zygote_dir, models_root))
+        return self.zygotes.warm(_placement(python, zygote_dir, models_root, sandboxing))
 
     def zygote_answers(self, python: str, zygote_dir: str, models_root: str = "") -> bool:
-        return _answers(_placement(python, zygote_dir, models_root).path)
+        return _answers(_placement(python, zygote_dir, models_root, "").path)
 
     def take_zygote_starts(self) -> list[str]:
         """The interpreters whose zygote was (re)started since the last call."""
@@ -334,8 +335,8 @@ def sandboxed_mode(requested: str) -> str:
     return requested or sandbox.mode()
 
 
-def _placement(python: str, zygote_dir: str, models_root: str) -> Placement:
-    sandboxed = sandbox.mode() == "bwrap"
+def _placement(python: str, zygote_dir: str, models_root: str, sandboxing: str) -> Placement:
+    sandboxed = sandboxed_mode(sandboxing) == "bwrap"
     root = models_root or str(Path(zygote_dir).parent / "models")
     return Placement(python, Path(zygote_dir), root, sandboxed, keyed=bool(models_root))
 
@@ -353,5 +354,3 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return predicate()
-
-

@@ -33,6 +33,7 @@ gets its own mount and process namespaces, sees its own model directory only, a 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -42,6 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MODES = ("bwrap", "off")
+# The sandbox's private temp (a fresh tmpfs of its own, never the host's /tmp).
+TMP = "/tmp"  # noqa: S108
+SHM = "/dev/shm"  # noqa: S108
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 # Only the replica code of the project is in view.
 RUNTIME_FILES = (PROJECT_ROOT / "endpoints" / "__init__.py", PROJECT_ROOT / "endpoints" / "runtime")
@@ -62,7 +66,7 @@ SYSTEM_FILES = (
     "/etc/mime.types",
 )
 # What a sandboxed process has instead of the host's home and temp.
-PRIVATE_ENV = {"HOME": "/tmp", "TMPDIR": "/tmp"}
+PRIVATE_ENV = {"HOME": TMP, "TMPDIR": TMP}
 # Capabilities a zygote keeps (it runs no model code): new namespaces and mounts for each
 # child, and switching the child to the unprivileged user.
 ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID")
@@ -104,8 +108,8 @@ class View:
     def args(self) -> list[str]:
         """A fresh root, ``/dev``, ``/proc`` and a private ``/tmp``, then the host's paths."""
         args = ["--perms", "0755", "--tmpfs", "/", "--dev", "/dev", "--proc", "/proc"]
-        args += ["--perms", "1777", "--tmpfs", "/tmp"]
-        made: set[str] = {"/", "/dev", "/proc", "/tmp"}
+        args += ["--perms", "1777", "--tmpfs", TMP]
+        made: set[str] = {"/", "/dev", "/proc", TMP}
         bound: list[str] = []
         mounts = {(os.path.realpath(p), "--ro-bind") for p in self.read_only}
         mounts |= {(os.path.realpath(p), "--bind") for p in self.writable}
@@ -228,14 +232,16 @@ def process_command(command: list[str], *, python: str, model_path: str) -> list
         *view.args(),
         *capability_args(DROP_CAPS if sandbox_uid() is not None else ()),
         "--chdir",
-        "/tmp",
+        TMP,
         "--",
         *drop_privileges_prefix(),
         *command,
     ]
 
 
-def zygote_command(command: list[str], *, python: str, models_root: str, zygote_dir: str) -> list[str]:
+def zygote_command(
+    command: list[str], *, python: str, models_root: str, zygote_dir: str
+) -> list[str]:
     """A zygote: every model read-only in view (each child keeps its own only), its socket
     directory writable (hidden from its children)."""
     view = View(
@@ -249,7 +255,7 @@ def zygote_command(command: list[str], *, python: str, models_root: str, zygote_
         *view.args(),
         *capability_args(ZYGOTE_CAPS),
         "--chdir",
-        "/tmp",
+        TMP,
         "--",
         *command,
     ]
@@ -260,20 +266,62 @@ def build_command(
 ) -> list[str]:
     """``pip install`` of a model's requirements: the environment being built writable,
     nothing else of the host; killed with its parent; the network is the host's."""
-    view = View(
-        read_only=[*system_paths(), *python_paths(python), *read_only], writable=writable
-    )
+    view = View(read_only=[*system_paths(), *python_paths(python), *read_only], writable=writable)
     return [
         *base_args(new_pid_namespace=True),
         "--die-with-parent",
         *view.args(),
         *capability_args(DROP_CAPS if sandbox_uid() is not None else ()),
         "--chdir",
-        "/tmp",
+        TMP,
         "--",
         *drop_privileges_prefix(),
         *command,
     ]
+
+
+# pip's own configuration, as the operator set it up for this host: where packages come
+# from (indexes, local wheels, constraints) and which certificates to trust.
+PIP_CONFIG_FILES = (
+    "/etc/pip.conf",
+    "/etc/xdg/pip/pip.conf",
+    "~/.config/pip/pip.conf",
+    "~/.pip/pip.conf",
+)
+CERTIFICATE_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+
+def pip_configuration() -> tuple[dict[str, str], list[str]]:
+    """What ``pip install`` in the sandbox is given of the host: the ``PIP_*``, certificate
+    and proxy variables, and read-only the configuration files and the local paths they
+    name. The product user's own pip.conf is passed as ``PIP_CONFIG_FILE`` (the sandbox
+    has another home)."""
+    import configparser
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("PIP_") or k in CERTIFICATE_ENV or k in PROXY_ENV
+    }
+    values = [v for k, v in env.items() if k not in PROXY_ENV]
+    files = [os.path.expanduser(p) for p in PIP_CONFIG_FILES]
+    files = [p for p in files if os.path.isfile(p)]
+    for path in files:
+        parser = configparser.RawConfigParser()
+        with contextlib.suppress(configparser.Error, OSError):
+            parser.read(path)
+            values += [v for section in parser.sections() for v in parser[section].values()]
+    user = [p for p in files if not p.startswith("/etc/")]
+    if user and "PIP_CONFIG_FILE" not in env:
+        env["PIP_CONFIG_FILE"] = user[0]
+    paths = set(files)
+    for value in values:
+        for token in value.split():
+            token = token.removeprefix("file://")
+            if token.startswith("/") and os.path.exists(token):
+                paths.add(token)
+    return env, sorted(paths)
 
 
 def environment(env: dict[str, str]) -> dict[str, str]:
@@ -341,20 +389,26 @@ def confine_child(model_path: str, hidden: list[str], uid: int | None) -> None:
     # The model directory, held open while what contains it is covered, is bound back from
     # the descriptor.
     model = os.open(model_path, os.O_PATH | os.O_DIRECTORY)
-    covers = ["/tmp"]
+    covers = [TMP]
     for path in sorted(hidden, key=len):
         if not any(_within(path, cover) for cover in covers):
             covers.append(path)
     for path in covers:
-        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" if path == "/tmp" else "mode=0755")
-    if os.path.isdir("/dev/shm"):
-        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        _mount(
+            "tmpfs",
+            path,
+            "tmpfs",
+            MS_NOSUID | MS_NODEV,
+            "mode=1777" if path == TMP else "mode=0755",
+        )
+    if os.path.isdir(SHM):
+        _mount("tmpfs", SHM, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     os.makedirs(model_path, mode=0o755, exist_ok=True)
     _mount(f"/proc/self/fd/{model}", model_path, None, MS_BIND | MS_REC)
     _mount(None, model_path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.close(model)
     for path in covers:
-        if path != "/tmp":
+        if path != TMP:
             _mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755")
     _drop(uid)
 

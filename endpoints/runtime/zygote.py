@@ -38,8 +38,7 @@ from typing import Any
 
 import psutil
 
-from . import replica
-from . import sandbox
+from . import replica, sandbox
 from .zygotes import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
 
 # Imported before the first fork; a module missing from an environment is skipped.

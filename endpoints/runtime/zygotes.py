@@ -35,6 +35,7 @@ def arguments(cmdline: list[str]) -> list[str]:
         return parts[0].split(" ")
     return parts
 
+
 ZYGOTE_MODULE = "endpoints.runtime.zygote"
 # Marks a zygote's command line: ``discover`` never takes one for a replica, and
 # ``discover_zygotes`` finds them.

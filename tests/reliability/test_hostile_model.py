@@ -259,8 +259,7 @@ def served_by_the_product(
 
 
 def test_a_hostile_model_forked_from_the_zygote_is_denied_everything(
-    db,
-    served_by_the_product, other_model, celery_worker_process, django_db_blocker
+    db, served_by_the_product, other_model, celery_worker_process, django_db_blocker
 ):
     import psutil
 

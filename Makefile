@@ -29,6 +29,8 @@ install: $(VENV)/.installed
 system-deps:
 	@command -v redis-server >/dev/null || { echo "Installing redis-server …"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	@command -v bwrap >/dev/null || { echo "Installing bubblewrap (the replicas' sandbox) …"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bubblewrap >/dev/null; }
 
 browser-deps:
 	@command -v chromium >/dev/null || { echo "Installing chromium …"; \

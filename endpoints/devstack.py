@@ -82,7 +82,7 @@ def redis_answers(url: str) -> bool:
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
         return bool(client.ping())
-    except redis.ConnectionError:
+    except (redis.ConnectionError, redis.ResponseError):
         return False
     finally:
         client.close()
@@ -185,11 +185,21 @@ def stop_all(
             process.kill()
 
 
-def redis_command(port: int, data_dir: Path) -> list[str]:
-    """redis-server on loopback without persistence, working in ``data_dir`` (created)."""
+def redis_command(port: int, data_dir: Path, password: str = "") -> list[str]:
+    """redis-server on loopback without persistence, working in ``data_dir`` (created);
+    with ``password``, clients must authenticate (it is kept in a 0600 configuration file
+    in ``data_dir``, never on the command line, which any local process can read)."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    config: list[str] = []
+    if password:
+        path = data_dir / "redis-auth.conf"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {password}\n")
+        config = [str(path)]
     return [
-        *("redis-server", "--bind", LOOPBACK, "--port", str(port)),
+        *("redis-server", *config, "--bind", LOOPBACK, "--port", str(port)),
         *("--save", "", "--appendonly", "no", "--dir", str(data_dir)),
     ]
 
@@ -199,8 +209,9 @@ def start_redis(
 ) -> ManagedProcess:
     """Start redis-server on the port of ``url`` and wait until it answers there
     (``kwargs`` go to ``ManagedProcess``)."""
-    port = urlparse(url).port or 6379
-    server = ManagedProcess("redis", redis_command(port, data_dir), log_dir, **kwargs).start()
+    parsed = urlparse(url)
+    command = redis_command(parsed.port or 6379, data_dir, parsed.password or "")
+    server = ManagedProcess("redis", command, log_dir, **kwargs).start()
     try:
         server.wait_until(lambda: redis_answers(url), timeout=timeout, what="redis-server")
     except StackError:

@@ -1,20 +1,26 @@
-"""Files only the product's own user may read: the generated secret key, the SQLite
-database, the token ``make run`` prints.
+"""Files only the product's own user may read: the generated secret key, the Redis
+password, the SQLite database, the token ``make run`` prints.
 
 Each is created with mode 0600 by ``os.open`` itself (``O_CREAT | O_EXCL``), so there is no
 moment at which it exists with the default permissions waiting for a ``chmod``, whatever
-the process's umask. SQLite creates its ``-wal`` and ``-shm`` files with the database
-file's permissions, so they are private too.
+the process's umask. A generated secret is written whole into a temporary file and linked
+into place, so two processes starting at once read the same complete value, never a partial
+one. SQLite creates its ``-wal`` and ``-shm`` files with the database file's permissions, so
+they are private too.
+
+Imported by the settings before Django is configured, so it imports nothing of the project.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 PRIVATE_MODE = 0o600
+REDIS_PASSWORD_FILE = "redis_password"  # noqa: S105 (a file name)
 
 
 def create_private(path: Path, content: str = "") -> bool:
@@ -35,16 +41,33 @@ def replace_private(path: Path, content: str) -> None:
     os.replace(temporary, path)
 
 
+def private_file(path: Path, make: Callable[[], str]) -> str:
+    """The content of ``path``, written first as ``make()`` when the file does not exist."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        create_private(temporary, make())
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)  # atomic; the first writer wins
+        finally:
+            temporary.unlink(missing_ok=True)
+    return path.read_text().strip()
+
+
 def secret_key(path: Path) -> str:
-    """The key kept in ``path``, generated (50 random characters) on first use. Two
-    processes starting at once agree: only one creates the file, both read it."""
-    if create_private(path, secrets.token_urlsafe(50)):
-        return path.read_text().strip()
-    key = path.read_text().strip()
-    if not key:  # another process created it and has not written yet
-        time.sleep(0.1)
-        key = path.read_text().strip()
-    return key
+    """The key kept in ``path``, generated (50 random characters) on first use."""
+    return private_file(path, lambda: secrets.token_urlsafe(50))
+
+
+def redis_password(var_dir: Path) -> str:
+    """The password of the Redis server this installation starts (generated once)."""
+    return private_file(var_dir / REDIS_PASSWORD_FILE, lambda: secrets.token_urlsafe(32))
+
+
+def default_redis_url(var_dir: Path, port: int = 6379) -> str:
+    """The embedded Redis on loopback, with this installation's password."""
+    return f"redis://:{redis_password(var_dir)}@127.0.0.1:{port}/0"
 
 
 def private_sqlite(database: str) -> None:

@@ -9,6 +9,7 @@ under ``var/mlflow``, Redis on loopback. ``docs/configuration.md`` lists every v
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import dj_database_url
@@ -176,7 +177,9 @@ SECURE_PROXY_SSL_HEADER = (
 )
 
 # --- Redis, Celery ---------------------------------------------------------------------
-REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
+# The embedded Redis requires a password generated once into var/redis_password (0600);
+# an operator's REDIS_URL is used exactly as given. Replicas never get either.
+REDIS_URL = os.environ.get("REDIS_URL") or private.default_redis_url(VAR_DIR)
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -246,7 +249,17 @@ SERVING = {
     "HOUSEKEEPING_INTERVAL_SECONDS": envfloat("SERVING_HOUSEKEEPING_INTERVAL_SECONDS", "3600"),
     # The token `make run` prints expires after this many days (then a new one is made).
     "RUN_TOKEN_DAYS": envint("SERVING_RUN_TOKEN_DAYS", "30"),
+    # How model code is confined (replicas, pip installs of their requirements): "bwrap"
+    # (bubblewrap; the default where it is installed) or "off" (as the product's own user,
+    # seeing what the product sees: only for trusted models).
+    "SANDBOX": envchoice(
+        "SERVING_SANDBOX", "bwrap" if shutil.which("bwrap") else "off", ("bwrap", "off")
+    ),
+    # A build of a per-model environment (pip install) is stopped after this long.
+    "BUILD_TIMEOUT_SECONDS": envfloat("SERVING_BUILD_TIMEOUT_SECONDS", "900"),
 }
+if SERVING["SANDBOX"] == "bwrap" and not shutil.which("bwrap"):
+    raise ValueError("SERVING_SANDBOX=bwrap but bubblewrap (bwrap) is not installed")
 
 # The largest JSON body the REST API reads (scoring bodies have SERVING_MAX_PAYLOAD_BYTES).
 API_MAX_BODY_BYTES = envint("API_MAX_BODY_BYTES", str(1024 * 1024))

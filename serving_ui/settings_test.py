@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from pathlib import Path
+
+from .private import default_redis_url
 
 
 def _free_port() -> int:
@@ -20,7 +23,9 @@ def _free_port() -> int:
 
 if "SERVING_VAR_DIR" not in os.environ:
     os.environ["SERVING_VAR_DIR"] = tempfile.mkdtemp(prefix="serving-ui-test-")
-os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:{_free_port()}/0")
+# The run's own Redis, with the run's own password (as the product's embedded one).
+if "REDIS_URL" not in os.environ:
+    os.environ["REDIS_URL"] = default_redis_url(Path(os.environ["SERVING_VAR_DIR"]), _free_port())
 os.environ.setdefault("RECONCILE_INTERVAL_SECONDS", "1")
 os.environ.setdefault("SERVING_DRAIN_SECONDS", "0.5")
 # Only versions whose stage has scale to zero on are affected: tests see it within seconds.

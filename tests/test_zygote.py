@@ -213,7 +213,8 @@ def test_without_a_reachable_zygote_the_replica_is_launched(runtime, model_path,
     too_long = tmp_path / ("z" * 120)
     spec = _spec(model_path, too_long, tmp_path, "v1-spawn001")
     pid = _start(runtime, spec)
-    assert psutil.Process(pid).ppid() == os.getpid()  # launched by this process
+    # Launched by this process (through the sandbox's launcher when there is one).
+    assert os.getpid() in {parent.pid for parent in psutil.Process(pid).parents()}
     assert runtime.take_zygote_starts() == []
     assert runtime.discover(within=model_path) == {"v1-spawn001": pid}
     _stop(runtime, pid, spec)

@@ -73,6 +73,7 @@ def converge(run: Pass) -> None:
         execute(run, plan.plan_registry_unavailable(error=registry.error))
         return
     execute(run, plan.plan_sync(stages=registry.stages, versions=observe.versions(endpoint)))
+    forget_stale_files(endpoint, registry.model_dirs)
     configs = {stage: _config_for(endpoint, stage) for stage in Stage.values}
     alias_targets = set(observe.aliases(endpoint).values())
     for version in observe.version_rows(endpoint):
@@ -123,3 +124,13 @@ def _plan_version(run: Pass, version: EndpointVersion, config: ComputeConfig) ->
         now=observe.now(),
         limits=observe.limits(),
     )
+
+
+def forget_stale_files(endpoint: ServingEndpoint, model_dirs: dict[str, str]) -> None:
+    """A version whose files are not the registry's version of that number now (the model
+    was deleted and registered again, or they predate keyed directories) is prepared
+    again: it is never served from another model's files."""
+    for version in endpoint.versions.exclude(model_path=""):
+        expected = model_dirs.get(version.version)
+        if expected and version.model_path != expected:
+            EndpointVersion.objects.filter(pk=version.pk).update(model_path="", environment_path="")

@@ -7,11 +7,23 @@ logged with, shared by every model with the same requirements (cached by their h
 layered over the product's packages (a ``.pth`` file puts them behind the environment's
 own), so only what differs is installed. Everything this does is written to the
 version's build log (the Build Logs tab).
+
+A model's files live in a directory keyed by the model's exact name (a readable slug plus
+a hash of the name: ``credit risk`` and ``credit_risk`` never share one), its version and
+the version's identity in the registry (source, run id, creation time): a model deleted and
+registered again never finds the old files. ``pip install`` of a model's requirements runs
+in the sandbox (``runtime.sandbox.build_command``: writable only the environment being
+built, a sanitized environment, a time limit), into a temporary directory renamed into
+place under a lock, so two versions sharing requirements never build over or delete each
+other's environment.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import secrets
 import shutil
 import site
 import subprocess
@@ -23,6 +35,7 @@ from pathlib import Path
 from django.conf import settings
 
 from endpoints import registry
+from endpoints.runtime import sandbox
 
 # A ready environment has this file; a half-built one (crash mid-install) is rebuilt.
 _ENV_DONE = ".serving-env-complete"
@@ -44,19 +57,38 @@ def data_dir() -> Path:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64]
 
 
-def model_dir(name: str, version: str) -> Path:
-    return data_dir() / "models" / _safe(name) / _safe(version)
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def name_key(name: str) -> str:
+    """One directory name per exact model name: readable, and never shared by two names."""
+    return f"{_safe(name)}-{_digest(name)}"
+
+
+def identity(info: registry.ModelVersionInfo) -> str:
+    """What makes a version's files these files: a version number comes back after the
+    model is deleted and registered again, its source, run and creation time do not."""
+    return "\n".join((info.source, info.run_id, str(info.creation_timestamp)))
+
+
+def models_root() -> Path:
+    return data_dir() / "models"
+
+
+def model_dir(name: str, version: str, version_identity: str) -> Path:
+    return models_root() / name_key(name) / f"{_safe(version)}-{_digest(version_identity)}"
 
 
 def build_log_path(name: str, version: str) -> Path:
-    return data_dir() / "build-logs" / _safe(name) / f"{_safe(version)}.log"
+    return data_dir() / "build-logs" / name_key(name) / f"{_safe(version)}.log"
 
 
 def replica_log_path(name: str, version: str, replica_id: str) -> Path:
-    return data_dir() / "logs" / _safe(name) / _safe(version) / f"{replica_id}.log"
+    return data_dir() / "logs" / name_key(name) / _safe(version) / f"{replica_id}.log"
 
 
 def zygote_dir() -> Path:
@@ -82,13 +114,18 @@ class BuildLog:
 def prepare(name: str, version: str) -> Prepared:
     """Download the version's model (unless already here) and choose its interpreter."""
     log = BuildLog(build_log_path(name, version))
-    target = model_dir(name, version)
+    try:
+        target = model_dir(name, version, identity(registry.get_version(name, version)))
+    except Exception as exc:  # any registry failure ends the build
+        log.write(f"Download failed: {exc}")
+        raise BuildError(f"Could not download model {name} v{version}: {exc}") from exc
     if is_prepared(str(target)):
         log.write(f"Model files for {name} v{version} are already at {target}.")
     else:
         log.write(f"Downloading model {name} v{version} from the registry…")
         try:
             registry.download_model(name, version, target)
+            _readable(target)
         except Exception as exc:  # any registry or storage failure ends the build
             log.write(f"Download failed: {exc}")
             raise BuildError(f"Could not download model {name} v{version}: {exc}") from exc
@@ -123,31 +160,97 @@ def requirements_hash(requirements: Path) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
+def _readable(path: Path) -> None:
+    """Model files readable (never writable) by the sandbox's unprivileged user."""
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)  # noqa: S103 (read-only view)
+        for name in files:
+            file = os.path.join(root, name)
+            if not os.path.islink(file):
+                os.chmod(file, os.stat(file).st_mode & 0o755 | 0o444)
+    os.chmod(path, 0o755)  # noqa: S103 (the replicas' user reads it, read-only)
+
+
 def _virtualenv(requirements: Path, log: BuildLog) -> Path:
-    env_dir = data_dir() / "envs" / requirements_hash(requirements)
+    """The environment of ``requirements``: reused when complete, else built by one process
+    at a time (a lock per requirements hash) in a temporary directory renamed into place
+    once complete. A complete environment is never removed: others may run from it."""
+    envs = data_dir() / "envs"
+    envs.mkdir(parents=True, exist_ok=True)
+    key = requirements_hash(requirements)
+    env_dir = envs / key
     python = env_dir / "bin" / "python"
-    if (env_dir / _ENV_DONE).exists():
-        log.write(f"Reusing the environment {env_dir} (same requirements).")
-        return python
-    shutil.rmtree(env_dir, ignore_errors=True)
-    log.write(f"Building an environment in {env_dir}…")
-    _run([sys.executable, "-m", "venv", str(env_dir)], log)
-    _layer_over_product(python)
-    _run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "-r",
-            str(requirements),
-        ],
-        log,
-    )
-    (env_dir / _ENV_DONE).write_text(requirements.read_text())
+    with open(envs / f"{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (env_dir / _ENV_DONE).exists():
+            log.write(f"Reusing the environment {env_dir} (same requirements).")
+            return python
+        # Under the lock, anything here without the marker is a build that died (an
+        # environment built before builds were renamed into place, or a crash).
+        shutil.rmtree(env_dir, ignore_errors=True)
+        for stale in envs.glob(f".build-{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        building = envs / f".build-{key}-{secrets.token_hex(4)}"
+        log.write(f"Building an environment for {env_dir}…")
+        try:
+            _build(building, requirements, log)
+            (building / _ENV_DONE).write_text(requirements.read_text())
+            os.rename(building, env_dir)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
     log.write("Environment ready.")
     return python
+
+
+def _build(env_dir: Path, requirements: Path, log: BuildLog) -> None:
+    python = env_dir / "bin" / "python"
+    _run([sys.executable, "-m", "venv", str(env_dir)], log)
+    _layer_over_product(python)
+    pip = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-r",
+        str(requirements),
+    ]
+    sandboxed = settings.SERVING["SANDBOX"] == "bwrap"
+    uid = sandbox.sandbox_uid() if sandboxed else None
+    pip_env, pip_paths = sandbox.pip_configuration()
+    if sandboxed:
+        if uid is not None:
+            _chown_tree(env_dir, uid, uid)
+        pip = sandbox.build_command(
+            pip,
+            python=str(python),
+            writable=[str(env_dir)],
+            read_only=[str(requirements), *pip_paths],
+        )
+    env = {**build_environment(), **pip_env}
+    try:
+        _run(pip, log, env=env, timeout=settings.SERVING["BUILD_TIMEOUT_SECONDS"])
+    finally:
+        if uid is not None:
+            _chown_tree(env_dir, 0, 0)  # the replicas' user can read it, never change it
+
+
+# What ``pip install`` is given of this process's environment besides pip's configuration.
+_BUILD_ENV = ("PATH", "LANG", "LC_ALL")
+
+
+def build_environment() -> dict[str, str]:
+    env = {k: os.environ[k] for k in _BUILD_ENV if k in os.environ}
+    return {**env, **sandbox.PRIVATE_ENV, "PIP_NO_CACHE_DIR": "1"}
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(root, name), uid, gid)
+    os.lchown(path, uid, gid)
 
 
 def _layer_over_product(python: Path) -> None:
@@ -164,10 +267,27 @@ def _layer_over_product(python: Path) -> None:
     (Path(own) / "_serving_product.pth").write_text("\n".join(product) + "\n")
 
 
-def _run(cmd: list[str], log: BuildLog) -> None:
-    log.write("$ " + " ".join(cmd))
+def _run(
+    cmd: list[str],
+    log: BuildLog,
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> None:
+    shown = cmd[cmd.index("--") + 1 :] if "--" in cmd else cmd
+    while "--" in shown:  # the sandbox's own prefix is not what the user wants to read
+        shown = shown[shown.index("--") + 1 :]
+    log.write("$ " + " ".join(shown))
     with open(log.path, "a", encoding="utf-8") as out:
-        result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+        try:
+            result = subprocess.run(
+                cmd, stdout=out, stderr=subprocess.STDOUT, check=False, env=env, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            log.write(f"Stopped after {timeout:.0f} seconds (SERVING_BUILD_TIMEOUT_SECONDS).")
+            raise BuildError(
+                f"Building the model's environment took longer than {timeout:.0f} seconds."
+            ) from exc
     if result.returncode != 0:
         log.write(f"Failed with exit code {result.returncode}.")
         raise BuildError(

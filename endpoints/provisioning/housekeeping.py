@@ -66,7 +66,8 @@ def warm_zygotes(runtime: Runtime) -> None:
         .distinct()
     )
     for python in {sys.executable, *environments_in_use}:
-        if runtime.warm_zygote(python, str(environments.zygote_dir())):
+        zygote_dir, models = str(environments.zygote_dir()), str(environments.models_root())
+        if runtime.warm_zygote(python, zygote_dir, models, settings.SERVING["SANDBOX"]):
             log.info("reconcile: warming the replica environment of %s", python)
 
 

@@ -197,7 +197,14 @@ def aliases(endpoint: ServingEndpoint) -> dict[str, str]:
 
 def registry_stages(name: str) -> RegistryStages:
     try:
-        return RegistryStages(registry.stage_versions(name))
+        served = [v for v in registry.get_model(name).versions if v.stage in registry.SERVED_STAGES]
+        return RegistryStages(
+            {v.version: v.stage for v in served},
+            model_dirs={
+                v.version: str(environments.model_dir(name, v.version, environments.identity(v)))
+                for v in served
+            },
+        )
     except registry.ModelNotFound:
         return RegistryStages({}, exists=False)
     except registry.RegistryError as exc:

@@ -7,6 +7,7 @@ adopts or expires, never an unknown process.
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 import socket
@@ -26,6 +27,8 @@ from endpoints.runtime.batching import BatchSettings
 
 from . import environments
 from .observe import NOT_STOPPED
+
+log = logging.getLogger(__name__)
 
 PORT_RESERVATION_SECONDS = 60
 PORTS_TRIED = 200
@@ -122,7 +125,15 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         start_mode=serving("REPLICA_START"),
         zygote_dir=str(environments.zygote_dir()),
         extra_env=batching_env(replica_config(version)),
+        sandbox=serving("SANDBOX"),
+        models_root=str(environments.models_root()),
     )
+    if spec.sandbox == "off":
+        log.warning(
+            "replica %s runs WITHOUT a sandbox (SERVING_SANDBOX=off): its model's code can "
+            "read and change everything the product's user can",
+            spec.replica_id,
+        )
     try:
         replica.pid = runtime.start(spec)
     except OSError as exc:

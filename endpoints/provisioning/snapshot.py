@@ -7,7 +7,7 @@ Unix seconds (floats).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from endpoints.models import ReplicaState, ServiceState
 
@@ -146,3 +146,6 @@ class RegistryStages:
     exists: bool = True
     # Not empty: the registry could not be asked (nothing is known).
     error: str = ""
+    # {version: the directory its files belong in}: keyed by the version's identity in the
+    # registry, so a version number registered again names another directory.
+    model_dirs: dict[str, str] = field(default_factory=dict)

@@ -24,6 +24,13 @@ class ReplicaSpec:
     start_mode: str = "zygote"
     # Where zygotes keep their sockets and logs (under the data directory); "": spawn.
     zygote_dir: str = ""
+    # "bwrap": the model runs in the sandbox of ``runtime.sandbox``; "off": as the product's
+    # own user with the product's view of the files; "": the host's default
+    # (``SERVING_SANDBOX``, else bwrap where installed).
+    sandbox: str = ""
+    # The directory holding every model a zygote may fork replicas of (in its sandbox,
+    # read-only; each replica keeps its own model only). "": the model's parent directory.
+    models_root: str = ""
 
 
 class Runtime(Protocol):

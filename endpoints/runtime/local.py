@@ -9,15 +9,16 @@ truncate it in place while it runs.
 With ``start_mode="zygote"`` the process is forked from the pre-warmed interpreter of its
 environment (``zygote``) and carries the same command line as its title; when no zygote
 can be reached it is launched as above, so starting never fails because of a zygote.
+
+Unless ``SERVING_SANDBOX=off``, a replica runs in the sandbox of ``sandbox``: a fresh one
+under ``bwrap`` (its pid is the replica's, not bwrap's), a forked one from a zygote that
+runs under ``bwrap`` and confines each child (see ``zygotes`` and ``zygote``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import http.client
-import json
 import logging
 import os
 import shutil
@@ -26,16 +27,41 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 
+from . import sandbox
 from .base import ReplicaSpec
+from .zygotes import (
+    Placement,
+    Zygotes,
+    ZygoteUnavailable,
+    _answers,
+    arguments,
+    discover_zygotes,
+    socket_path,
+    stop_zygote,
+)
 
 log = logging.getLogger(__name__)
 
+# Tests and tools find the zygote helpers here too.
+__all__ = [
+    "LocalRuntime",
+    "arguments",
+    "base_environment",
+    "discover_zygotes",
+    "replica_command",
+    "replica_environment",
+    "socket_path",
+    "stop_zygote",
+    "wait_until",
+]
+
 LAUNCHER_MODULE = "endpoints.runtime.replica"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+# How long a sandboxed replica may take to be exec'd by bwrap (not to load its model).
+START_IN_SANDBOX_SECONDS = 10.0
 
 # Only what a model server needs; never the product's secrets (SECRET_KEY, DATABASE_URL,
 # REDIS_URL, tokens) or the caller's credentials.
@@ -60,6 +86,8 @@ def replica_environment(spec: ReplicaSpec) -> dict[str, str]:
     env = base_environment()
     env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(int(spec.request_timeout_seconds))
     env.update(spec.extra_env)
+    if sandboxed_mode(spec.sandbox) == "bwrap":
+        env = sandbox.environment(env)
     return env
 
 
@@ -84,30 +112,72 @@ def replica_command(spec: ReplicaSpec) -> list[str]:
 class LocalRuntime:
     def __init__(self) -> None:
         self.zygotes = Zygotes(base_environment(), str(PROJECT_ROOT))
+        self._launched: list[subprocess.Popen[bytes]] = []
 
     def start(self, spec: ReplicaSpec) -> int:
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
         cmd, env = replica_command(spec), replica_environment(spec)
+        sandboxed = sandboxed_mode(spec.sandbox) == "bwrap"
         if spec.start_mode == "zygote" and spec.zygote_dir:
             message = {
                 "op": "start",
                 "argv": cmd,
                 "env": env,
-                "cwd": str(PROJECT_ROOT),
+                "cwd": sandbox.TMP if sandboxed else str(PROJECT_ROOT),
                 "log_path": spec.log_path,
+                "model_path": spec.model_path,
             }
+            where = Placement(
+                python=spec.python,
+                zygote_dir=Path(spec.zygote_dir),
+                models_root=spec.models_root or str(Path(spec.model_path).parent),
+                sandboxed=sandboxed,
+                keyed=bool(spec.models_root),
+            )
             try:
-                return self.zygotes.start_replica(spec.python, Path(spec.zygote_dir), message)
+                return self.zygotes.start_replica(where, message, spec.log_path)
             except ZygoteUnavailable as exc:
                 log.warning("runtime: launching %s without a zygote: %s", spec.replica_id, exc)
+        if sandboxed:
+            return self._launch_confined(cmd, env, spec)
         return _launch(cmd, env, spec.log_path)
 
-    def warm_zygote(self, python: str, zygote_dir: str) -> bool:
-        """Start warming the zygote of ``python`` now, without waiting for it."""
-        return self.zygotes.warm(python, Path(zygote_dir))
+    def _launch_confined(self, cmd: list[str], env: dict[str, str], spec: ReplicaSpec) -> int:
+        """A fresh replica under ``bwrap``; its pid is the replica's own (the first process
+        of its namespace), not bwrap's."""
+        self._launched = [p for p in self._launched if p.poll() is None]
+        confined = sandbox.process_command(cmd, python=spec.python, model_path=spec.model_path)
+        process = _popen(confined, env, spec.log_path, cwd="/")
+        self._launched.append(process)
 
-    def zygote_answers(self, python: str, zygote_dir: str) -> bool:
-        return _answers(socket_path(Path(zygote_dir), python))
+        def replica() -> int | None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for child in psutil.Process(process.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        if arguments(child.cmdline())[: len(cmd)] == cmd:
+                            return child.pid
+            return None
+
+        found: list[int] = []
+        wait_until(
+            lambda: bool(found.append(replica() or 0) or found[-1]) or process.poll() is not None,
+            timeout=START_IN_SANDBOX_SECONDS,
+            interval=0.01,
+        )
+        if not found or not found[-1]:
+            with contextlib.suppress(OSError):
+                process.kill()
+            raise OSError(f"the sandbox did not start the replica (exit code {process.poll()})")
+        return found[-1]
+
+    def warm_zygote(
+        self, python: str, zygote_dir: str, models_root: str = "", sandboxing: str = ""
+    ) -> bool:
+        """Start warming the zygote of ``python`` now, without waiting for it."""
+        return self.zygotes.warm(_placement(python, zygote_dir, models_root, sandboxing))
+
+    def zygote_answers(self, python: str, zygote_dir: str, models_root: str = "") -> bool:
+        return _answers(_placement(python, zygote_dir, models_root, "").path)
 
     def take_zygote_starts(self) -> list[str]:
         """The interpreters whose zygote was (re)started since the last call."""
@@ -172,11 +242,13 @@ class LocalRuntime:
 
     def discover(self, within: str = "") -> dict[str, int]:
         found: dict[str, int] = {}
-        for process in psutil.process_iter(["pid", "cmdline", "status"]):
+        for process in psutil.process_iter(["pid", "name", "cmdline", "status"]):
             info = process.info
             cmdline = arguments(info.get("cmdline") or [])
             if info.get("status") == psutil.STATUS_ZOMBIE or LAUNCHER_MODULE not in cmdline:
                 continue
+            if info.get("name") in sandbox.LAUNCHERS:
+                continue  # the sandbox's launcher, not the replica it runs
             if within and not any(within in arg for arg in cmdline):
                 continue
             with contextlib.suppress(ValueError, IndexError):
@@ -240,28 +312,33 @@ class LocalRuntime:
         return process
 
 
-def arguments(cmdline: list[str]) -> list[str]:
-    """A process's arguments, whether it was launched with them or a zygote's child carries
-    them as its title: one string (split here) followed by the empty rest of the area."""
-    parts = [part for part in cmdline if part]
-    if len(parts) == 1 and " " in parts[0]:
-        return parts[0].split(" ")
-    return parts
-
-
 def _launch(cmd: list[str], env: dict[str, str], log_path: str) -> int:
+    return _popen(cmd, env, log_path, cwd=str(PROJECT_ROOT)).pid
+
+
+def _popen(cmd: list[str], env: dict[str, str], log_path: str, *, cwd: str) -> subprocess.Popen:
     with open(log_path, "ab") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=str(PROJECT_ROOT),
+            cwd=cwd,
             env=env,
             start_new_session=True,
             close_fds=True,
         )
-    return process.pid
+
+
+def sandboxed_mode(requested: str) -> str:
+    """The sandbox a replica gets: the one asked for, else the host's default."""
+    return requested or sandbox.mode()
+
+
+def _placement(python: str, zygote_dir: str, models_root: str, sandboxing: str) -> Placement:
+    sandboxed = sandboxed_mode(sandboxing) == "bwrap"
+    root = models_root or str(Path(zygote_dir).parent / "models")
+    return Placement(python, Path(zygote_dir), root, sandboxed, keyed=bool(models_root))
 
 
 def _reap(pid: int) -> None:
@@ -277,177 +354,3 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return predicate()
-
-
-# --- zygotes: pre-warmed interpreters that fork replicas (the process is ``zygote``) ----------
-
-ZYGOTE_MODULE = "endpoints.runtime.zygote"
-# Marks a zygote's command line: ``discover`` never takes one for a replica, and
-# ``discover_zygotes`` finds them.
-MARKER = "--zygote"
-# One BLAS/OpenMP thread: a thread pool started before fork would not exist in the child.
-SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# Room in the zygote's command line for a child's process title. With SPT_NOENV the title
-# is written over the argv strings only, so /proc/<pid>/environ of a forked replica still
-# shows the short environment the zygote started with (nothing secret), not a title.
-TITLE_ROOM = ("--title-room", " " * 4096)
-TITLE_IN_ARGV_ONLY = {"SPT_NOENV": "1"}
-# A Unix socket path longer than this cannot be bound (sun_path is 108 bytes).
-MAX_SOCKET_PATH = 100
-MAX_REQUEST_BYTES = 1024 * 1024
-PING_TIMEOUT_SECONDS = 2.0
-START_TIMEOUT_SECONDS = 10.0
-WARM_UP_TIMEOUT_SECONDS = 60.0
-
-
-class ZygoteUnavailable(Exception):
-    """No zygote could take the request: the caller starts the replica itself."""
-
-
-def socket_path(zygote_dir: Path, python: str) -> Path:
-    """One zygote per interpreter (the product's own, or a per-model environment's)."""
-    return zygote_dir / f"{hashlib.sha256(python.encode()).hexdigest()[:12]}.sock"
-
-
-def request(path: Path, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
-    """Send one request; raises ConnectionError (nobody listens) or TimeoutError (hung)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(timeout)
-        try:
-            conn.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ConnectionError(str(exc)) from exc
-        conn.sendall(json.dumps(message).encode() + b"\n")
-        answer = conn.makefile("rb").readline()
-    if not answer:
-        raise ConnectionError("the zygote closed the connection")
-    return json.loads(answer)
-
-
-class Zygotes:
-    """The zygotes this process uses, started on demand and recreated when dead or hung."""
-
-    def __init__(self, base_env: dict[str, str], cwd: str) -> None:
-        # The environment a zygote starts with: what every replica gets, nothing secret.
-        self.base_env = base_env
-        self.cwd = cwd
-        # Interpreters whose zygote this object (re)started: the caller reports them.
-        self.started: list[str] = []
-        self._processes: list[subprocess.Popen[bytes]] = []
-
-    def start_replica(self, python: str, zygote_dir: Path, message: dict[str, Any]) -> int:
-        path = socket_path(zygote_dir, python)
-        if len(str(path)) > MAX_SOCKET_PATH:
-            raise ZygoteUnavailable(f"the socket path {path} is too long")
-        try:
-            return _started_pid(request(path, message, timeout=START_TIMEOUT_SECONDS))
-        except (OSError, ValueError):
-            pass  # dead, hung or never started: (re)start it below
-        self._ensure(python, path)
-        try:
-            return _started_pid(request(path, message, timeout=START_TIMEOUT_SECONDS))
-        except (OSError, ValueError) as exc:
-            raise ZygoteUnavailable(f"the zygote did not start the replica: {exc}") from exc
-
-    def warm(self, python: str, zygote_dir: Path) -> bool:
-        """Start the zygote of ``python`` unless one answers or is warming up; returns at
-        once (True when it started one), so the first replica does not wait for imports."""
-        path = socket_path(zygote_dir, python)
-        if len(str(path)) > MAX_SOCKET_PATH or _answers(path):
-            return False
-        return self._ensure(python, path, wait=False)
-
-    def _ensure(self, python: str, path: Path, *, wait: bool = True) -> bool:
-        """Make a zygote answer at ``path`` (one process at a time decides, under a lock);
-        True when this call started it. One that neither answers nor is still warming up
-        (dead, or hung) is replaced."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            started = False
-            if not _answers(path) and _warming(path) is None:
-                stop_zygote(path)
-                self._launch(python, path)
-                self.started.append(python)
-                started = True
-            if wait and not _wait_for_zygote(path):
-                stop_zygote(path)
-                raise ZygoteUnavailable(f"the zygote for {python} did not come up")
-        return started
-
-    def _launch(self, python: str, path: Path) -> None:
-        self._reap()
-        with open(path.with_suffix(".log"), "ab") as log:
-            process = subprocess.Popen(
-                [python, "-m", ZYGOTE_MODULE, MARKER, "--socket", str(path), *TITLE_ROOM],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.cwd,
-                env={**self.base_env, **SINGLE_THREADED, **TITLE_IN_ARGV_ONLY},
-                start_new_session=True,
-                close_fds=True,
-            )
-        self._processes.append(process)
-
-    def _reap(self) -> None:
-        """Collect zygotes of ours that exited, so none lingers as a zombie."""
-        self._processes = [p for p in self._processes if p.poll() is None]
-
-
-def _started_pid(answer: dict[str, Any]) -> int:
-    if not answer.get("ok"):
-        raise ValueError(answer.get("error") or "the zygote refused")
-    return int(answer["pid"])
-
-
-def _warming(path: Path) -> int | None:
-    """The pid of a zygote for ``path`` still within its warm-up time, if one runs."""
-    for pid in discover_zygotes(str(path)).values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if time.time() - psutil.Process(pid).create_time() < WARM_UP_TIMEOUT_SECONDS:
-                return pid
-    return None
-
-
-def _wait_for_zygote(path: Path) -> bool:
-    """Wait until the zygote answers; False once no zygote for ``path`` is warming up."""
-    while not _answers(path):
-        if _warming(path) is None:
-            return _answers(path)
-        time.sleep(0.05)
-    return True
-
-
-def _answers(path: Path) -> bool:
-    try:
-        return bool(request(path, {"op": "ping"}, timeout=PING_TIMEOUT_SECONDS).get("ok"))
-    except (OSError, ValueError):
-        return False
-
-
-def discover_zygotes(within: str = "") -> dict[str, int]:
-    """Every zygote process on this host: {socket path: pid}; with ``within``, only those
-    whose socket lies under it (this installation's data directory)."""
-    found: dict[str, int] = {}
-    for process in psutil.process_iter(["pid", "cmdline", "status"]):
-        cmdline = arguments(process.info.get("cmdline") or [])
-        if process.info.get("status") == psutil.STATUS_ZOMBIE or MARKER not in cmdline:
-            continue
-        with contextlib.suppress(ValueError, IndexError):
-            path = cmdline[cmdline.index("--socket") + 1]
-            if ZYGOTE_MODULE in cmdline and within in path:
-                found[path] = process.info["pid"]
-    return found
-
-
-def stop_zygote(path: Path) -> None:
-    """Stop the zygote serving ``path`` (its replicas keep running) and remove its socket."""
-    for _, pid in discover_zygotes(str(path)).items():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process = psutil.Process(pid)
-            process.kill()
-            psutil.wait_procs([process], timeout=5)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-    path.unlink(missing_ok=True)

@@ -32,13 +32,14 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from . import replica
-from .local import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
+from . import replica, sandbox
+from .zygotes import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
 
 # Imported before the first fork; a module missing from an environment is skipped.
 WARM_MODULES = (
@@ -74,7 +75,23 @@ def main() -> None:
     parser.add_argument("--socket", required=True)
     # Blank room a child's process title is written over (see ``local.TITLE_ROOM``).
     parser.add_argument(TITLE_ROOM[0], default="")
-    path = Path(parser.parse_args().socket)
+    # Sandboxed (``sandbox.zygote_command``): the process whose exit makes us unwanted (our
+    # parent is bwrap), and how each child confines itself.
+    parser.add_argument("--watch-pid", type=int, default=0)
+    parser.add_argument("--models-root", default="")
+    parser.add_argument("--confine", action="store_true")
+    parser.add_argument("--hide", action="append", default=[])
+    parser.add_argument("--sandbox-uid", type=int, default=-1)
+    args = parser.parse_args()
+    path = Path(args.socket)
+    global CONFINEMENT
+    if args.confine:
+        CONFINEMENT = Confinement(
+            models_root=args.models_root,
+            hidden=args.hide,
+            uid=args.sandbox_uid if args.sandbox_uid >= 0 else None,
+        )
+        sandbox.become_subreaper()
     started = time.monotonic()
     warmed = _warm_up()
     print(
@@ -86,7 +103,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit)
     print(f"zygote {os.getpid()}: listening on {path}", flush=True)
     try:
-        _serve(listener, path, inode, os.getppid())
+        _serve(listener, path, inode, args.watch_pid or os.getppid())
     finally:
         if _still_ours(path, inode):
             path.unlink(missing_ok=True)
@@ -141,7 +158,7 @@ def _serve(listener: socket.socket, path: Path, inode: int, parent: int) -> None
         try:
             conn, _ = listener.accept()
         except TimeoutError:
-            if os.getppid() != parent or not _still_ours(path, inode):
+            if not _parent_alive(parent) or not _still_ours(path, inode):
                 print(f"zygote {os.getpid()}: no longer wanted, exiting", flush=True)
                 return
             continue
@@ -151,6 +168,18 @@ def _serve(listener: socket.socket, path: Path, inode: int, parent: int) -> None
                 _handle(listener, conn)
             except (OSError, ValueError) as exc:
                 print(f"zygote: a request failed: {exc}", flush=True)
+
+
+def _parent_alive(parent: int) -> bool:
+    if CONFINEMENT is None:
+        return os.getppid() == parent
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _still_ours(path: Path, inode: int) -> bool:
@@ -163,42 +192,101 @@ def _still_ours(path: Path, inode: int) -> bool:
 
 
 def _handle(listener: socket.socket, conn: socket.socket) -> None:
-    message = json.loads(_read_line(conn) or b"{}")
-    if message.get("op") == "ping":
-        answer: dict[str, Any] = {"ok": True, "pid": os.getpid()}
-    elif message.get("op") == "start":
-        answer = _fork_replica(listener, conn, message)
-    else:
-        answer = {"ok": False, "error": f"unknown request {message.get('op')!r}"}
+    line, fds = _read_line(conn)
+    try:
+        message = json.loads(line or b"{}")
+        if message.get("op") == "ping":
+            answer: dict[str, Any] = {"ok": True, "pid": os.getpid()}
+        elif message.get("op") == "start":
+            answer = _fork_replica(listener, conn, message, fds[0] if fds else None)
+        else:
+            answer = {"ok": False, "error": f"unknown request {message.get('op')!r}"}
+    finally:
+        for fd in fds:
+            os.close(fd)
     conn.sendall(json.dumps(answer).encode() + b"\n")
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _read_line(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """The request line and the descriptors passed with it (the replica's log)."""
     # recv, not makefile: a file object would keep the connection open in the child.
-    data = b""
-    while not data.endswith(b"\n") and len(data) < MAX_REQUEST_BYTES:
+    data, fds, _, _ = socket.recv_fds(conn, 65536, 4)
+    while data and not data.endswith(b"\n") and len(data) < MAX_REQUEST_BYTES:
         chunk = conn.recv(65536)
         if not chunk:
             break
         data += chunk
-    return data
+    return data, list(fds)
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """How a sandboxed zygote's children confine themselves (``sandbox.confine_child``)."""
+
+    models_root: str
+    hidden: list[str]
+    uid: int | None
+
+
+CONFINEMENT: Confinement | None = None
 
 
 def _fork_replica(
-    listener: socket.socket, conn: socket.socket, message: dict[str, Any]
+    listener: socket.socket, conn: socket.socket, message: dict[str, Any], log: int | None
 ) -> dict[str, Any]:
     # A thread running at fork time would be missing in the child, with its locks held.
     if threading.active_count() != 1:
         return {"ok": False, "error": f"{threading.active_count()} threads run in the zygote"}
+    if CONFINEMENT is not None:
+        model = os.path.realpath(message.get("model_path") or "")
+        if log is None or not model.startswith(CONFINEMENT.models_root.rstrip("/") + "/"):
+            return {"ok": False, "error": "not a model of this zygote, or no log descriptor"}
     sys.stdout.flush()
     sys.stderr.flush()
+    if CONFINEMENT is not None:
+        return _fork_confined(listener, conn, message, log)
     pid = os.fork()
     if pid == 0:
-        _child(listener, conn, message)  # never returns
+        _child(listener, conn, message, log)  # never returns
     return {"ok": True, "pid": pid}
 
 
-def _child(listener: socket.socket, conn: socket.socket, message: dict[str, Any]) -> None:
+def _fork_confined(
+    listener: socket.socket, conn: socket.socket, message: dict[str, Any], log: int
+) -> dict[str, Any]:
+    """Fork through a short-lived intermediate that enters new mount and process
+    namespaces: the replica is process 1 of its own namespace (it sees no other process)
+    and this zygote, a subreaper, adopts and reaps it."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        code = 1
+        try:
+            sandbox.new_namespaces()
+            replica_pid = os.fork()
+            if replica_pid == 0:
+                os.close(write_end)
+                _child(listener, conn, message, log)  # never returns
+            os.write(write_end, str(replica_pid).encode())
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        replica_pid = answer.read()
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    if not replica_pid:
+        return {"ok": False, "error": "the replica could not enter its sandbox"}
+    return {"ok": True, "pid": int(replica_pid)}
+
+
+def _child(
+    listener: socket.socket, conn: socket.socket, message: dict[str, Any], log: int | None
+) -> None:
     code = 1
     try:
         os.setsid()
@@ -206,7 +294,10 @@ def _child(listener: socket.socket, conn: socket.socket, message: dict[str, Any]
             signal.signal(signum, signal.SIG_DFL)
         listener.close()
         conn.close()
-        _redirect_output(message["log_path"])
+        _redirect_output(message["log_path"], log)
+        if CONFINEMENT is not None:
+            model = os.path.realpath(message["model_path"])
+            sandbox.confine_child(model, CONFINEMENT.hidden, CONFINEMENT.uid)
         os.environ.clear()
         os.environ.update(message["env"])
         os.chdir(message["cwd"])
@@ -223,9 +314,12 @@ def _child(listener: socket.socket, conn: socket.socket, message: dict[str, Any]
         os._exit(code)
 
 
-def _redirect_output(log_path: str) -> None:
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+def _redirect_output(log_path: str, passed: int | None) -> None:
+    if passed is not None:
+        log = os.dup(passed)
+    else:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(log, 1)

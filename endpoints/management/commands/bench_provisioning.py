@@ -162,8 +162,9 @@ class ProvisioningBench(Bench):
         if settings.SERVING["REPLICA_START"] != "zygote":
             return 0.0
         runtime, zygote_dir = LocalRuntime(), str(environments.zygote_dir())
+        models = str(environments.models_root())
         _wait(
-            lambda: runtime.zygote_answers(sys.executable, zygote_dir),
+            lambda: runtime.zygote_answers(sys.executable, zygote_dir, models),
             what="the zygote",
             timeout=300,
         )

@@ -108,7 +108,9 @@ class Command(BaseCommand):
         if url.hostname not in ("127.0.0.1", "localhost"):
             raise SystemExit(f"Redis at {settings.REDIS_URL} does not answer.")
         data_dir = Path(settings.VAR_DIR) / "redis"
-        server = self._spawn("redis", devstack.redis_command(url.port or 6379, data_dir))
+        server = self._spawn(
+            "redis", devstack.redis_command(url.port or 6379, data_dir, url.password or "")
+        )
         try:
             server.wait_until(
                 lambda: devstack.redis_answers(settings.REDIS_URL),

@@ -1,0 +1,428 @@
+"""The sandbox a model's code runs in: the same rules for every runtime.
+
+A registered model is untrusted code. Whatever starts it (a replica launched as a fresh
+process, a replica forked from a zygote, ``pip install`` of its requirements) runs it in a
+filesystem view built by bubblewrap (``bwrap``) that holds only:
+
+- the system's programs and libraries (``/usr`` and the few ``/etc`` files a Python
+  process reads: the dynamic loader's cache, users and groups, time zone, name resolution,
+  CA certificates), read-only;
+- its Python: the interpreter's installation, the environment's packages and the
+  product's own (a per-model environment is layered over them), read-only;
+- the replica code only (``endpoints/__init__.py`` and ``endpoints/runtime/``), read-only:
+  nothing else of the project (settings, ``var/`` with the secret key, the database, other
+  models, logs);
+- its own model directory, read-only (a build: the environment being built, writable);
+- a private ``/tmp`` (also ``HOME`` and ``TMPDIR``), ``/dev`` with the usual devices and
+  ``/proc`` of its own process namespace only.
+
+Its environment is the short explicit one the runtime gives it (no ``DJANGO_*``, no
+``REDIS_URL``, no secrets), it runs as an unprivileged user (``SERVING_SANDBOX_UID``,
+``nobody`` by default) when the product runs as root, with ``no_new_privs``, and it shares
+the host's network (replicas listen on 127.0.0.1). Its output goes to a descriptor its
+parent opened: it cannot reopen its log, or any other.
+
+A fresh replica is ``bwrap … setpriv … python -m endpoints.runtime.replica``. A zygote runs
+under ``bwrap`` with every model of the installation read-only in view and keeps the
+capabilities it needs to confine its children (``confine_child``): each forked replica
+gets its own mount and process namespaces, sees its own model directory only, a fresh
+``/proc`` and ``/tmp``, and drops to the unprivileged user before any model code runs.
+
+``SERVING_SANDBOX=off`` turns all of this off (the runtime logs a warning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODES = ("bwrap", "off")
+# The sandbox's private temp (a fresh tmpfs of its own, never the host's /tmp).
+TMP = "/tmp"  # noqa: S108
+SHM = "/dev/shm"  # noqa: S108
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+# Only the replica code of the project is in view.
+RUNTIME_FILES = (PROJECT_ROOT / "endpoints" / "__init__.py", PROJECT_ROOT / "endpoints" / "runtime")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/resolv.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/mime.types",
+)
+# What a sandboxed process has instead of the host's home and temp.
+PRIVATE_ENV = {"HOME": TMP, "TMPDIR": TMP}
+# Capabilities a zygote keeps (it runs no model code): new namespaces and mounts for each
+# child, and switching the child to the unprivileged user.
+ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID")
+DROP_CAPS = ("CAP_SETUID", "CAP_SETGID")
+DEFAULT_UID = 65534
+# Processes that carry a sandboxed command line without being it.
+LAUNCHERS = ("bwrap", "setpriv")
+
+
+def mode() -> str:
+    """``SERVING_SANDBOX``: "bwrap" by default where bubblewrap is installed, else "off"."""
+    value = os.environ.get("SERVING_SANDBOX", "").strip()
+    if not value:
+        return "bwrap" if bwrap() else "off"
+    if value not in MODES:
+        raise ValueError(f"SERVING_SANDBOX must be one of {', '.join(MODES)}, got {value!r}")
+    return value
+
+
+def bwrap() -> str:
+    return shutil.which("bwrap") or ""
+
+
+def sandbox_uid() -> int | None:
+    """The user model code runs as when the product runs as root; None otherwise (the
+    product's own user, already unprivileged, inside a user namespace)."""
+    if os.geteuid() != 0:
+        return None
+    return int(os.environ.get("SERVING_SANDBOX_UID", str(DEFAULT_UID)))
+
+
+@dataclass
+class View:
+    """What a sandboxed process sees of the host's files, at the same paths."""
+
+    read_only: list[str] = field(default_factory=list)
+    writable: list[str] = field(default_factory=list)
+
+    def args(self) -> list[str]:
+        """A fresh root, ``/dev``, ``/proc`` and a private ``/tmp``, then the host's paths."""
+        args = ["--perms", "0755", "--tmpfs", "/", "--dev", "/dev", "--proc", "/proc"]
+        args += ["--perms", "1777", "--tmpfs", TMP]
+        made: set[str] = {"/", "/dev", "/proc", TMP}
+        bound: list[str] = []
+        mounts = {(os.path.realpath(p), "--ro-bind") for p in self.read_only}
+        mounts |= {(os.path.realpath(p), "--bind") for p in self.writable}
+        for real, how in sorted(mounts, key=lambda m: (len(m[0]), m[1] == "--ro-bind")):
+            if _covered(real, bound):
+                continue  # already visible through a parent
+            args += _dirs(os.path.dirname(real), made, bound)
+            args += [how, real, real]
+            bound.append(real)
+        for path in sorted({*self.read_only, *self.writable}):
+            args += _links(path, made, bound)
+        return args
+
+
+def _covered(path: str, bound: list[str]) -> bool:
+    return any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound)
+
+
+def _dirs(path: str, made: set[str], bound: list[str]) -> list[str]:
+    """``path`` and its parents as directories (0755) of the view, where not there yet."""
+    args: list[str] = []
+    current = "/"
+    for part in Path(path).parts[1:]:
+        current = os.path.join(current, part)
+        if current not in made and not _covered(current, bound):
+            args += ["--perms", "0755", "--dir", current]
+            made.add(current)
+    return args
+
+
+def _links(path: str, made: set[str], bound: list[str]) -> list[str]:
+    """The symbolic links on the way to ``path``, so it resolves in the view as on the
+    host (its real location is bound)."""
+    args: list[str] = []
+    current = "/"
+    for part in Path(path).parts[1:]:
+        following = os.path.join(current, part)
+        if os.path.islink(following):
+            if following not in made and not _covered(following, bound):
+                args += _dirs(current, made, bound)
+                args += ["--symlink", os.readlink(following), following]
+                made.add(following)
+            current = os.path.realpath(following)
+        else:
+            current = following
+    return args
+
+
+def system_paths() -> list[str]:
+    return [p for p in (*SYSTEM_DIRS, *SYSTEM_FILES) if os.path.lexists(p)]
+
+
+def python_paths(python: str) -> list[str]:
+    """The interpreter ``python`` runs with: its environment, its base installation, and the
+    product's own environment (per-model environments are layered over it)."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    env = Path(python).parent.parent
+    paths.add(str(env))
+    cfg = env / "pyvenv.cfg"
+    if cfg.exists():
+        for line in cfg.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home":
+                paths.add(str(Path(value.strip()).parent))
+    return sorted(p for p in paths if os.path.exists(p))
+
+
+def runtime_paths() -> list[str]:
+    return [str(p) for p in RUNTIME_FILES]
+
+
+def base_args(*, new_pid_namespace: bool) -> list[str]:
+    args = [
+        bwrap(),
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "replica",
+    ]
+    if new_pid_namespace:
+        args += ["--unshare-pid", "--as-pid-1"]
+    if os.geteuid() != 0:
+        args += ["--unshare-user"]
+    return args
+
+
+def drop_privileges_prefix() -> list[str]:
+    """Inside the view: become the unprivileged user, without a way back, then exec."""
+    uid = sandbox_uid()
+    if uid is None:
+        return []
+    return [
+        "/usr/bin/setpriv",
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--no-new-privs",
+        "--",
+    ]
+
+
+def capability_args(caps: Iterable[str]) -> list[str]:
+    caps = list(caps)
+    if not caps:
+        return []
+    # Not root: capabilities within a user namespace of its own, as its root.
+    args = [] if os.geteuid() == 0 else ["--uid", "0", "--gid", "0"]
+    for cap in caps:
+        args += ["--cap-add", cap]
+    return args
+
+
+def process_command(command: list[str], *, python: str, model_path: str) -> list[str]:
+    """``command`` (a fresh replica) confined to its model directory."""
+    view = View(read_only=[*system_paths(), *python_paths(python), *runtime_paths(), model_path])
+    return [
+        *base_args(new_pid_namespace=True),
+        *view.args(),
+        *capability_args(DROP_CAPS if sandbox_uid() is not None else ()),
+        "--chdir",
+        TMP,
+        "--",
+        *drop_privileges_prefix(),
+        *command,
+    ]
+
+
+def zygote_command(
+    command: list[str], *, python: str, models_root: str, zygote_dir: str
+) -> list[str]:
+    """A zygote: every model read-only in view (each child keeps its own only), its socket
+    directory writable (hidden from its children)."""
+    view = View(
+        read_only=[*system_paths(), *python_paths(python), *runtime_paths(), models_root],
+        writable=[zygote_dir],
+    )
+    return [
+        *base_args(new_pid_namespace=False),
+        # Stopping bwrap stops the zygote (the replicas it forked keep running).
+        "--die-with-parent",
+        *view.args(),
+        *capability_args(ZYGOTE_CAPS),
+        "--chdir",
+        TMP,
+        "--",
+        *command,
+    ]
+
+
+def build_command(
+    command: list[str], *, python: str, writable: list[str], read_only: list[str]
+) -> list[str]:
+    """``pip install`` of a model's requirements: the environment being built writable,
+    nothing else of the host; killed with its parent; the network is the host's."""
+    view = View(read_only=[*system_paths(), *python_paths(python), *read_only], writable=writable)
+    return [
+        *base_args(new_pid_namespace=True),
+        "--die-with-parent",
+        *view.args(),
+        *capability_args(DROP_CAPS if sandbox_uid() is not None else ()),
+        "--chdir",
+        TMP,
+        "--",
+        *drop_privileges_prefix(),
+        *command,
+    ]
+
+
+# pip's own configuration, as the operator set it up for this host: where packages come
+# from (indexes, local wheels, constraints) and which certificates to trust.
+PIP_CONFIG_FILES = (
+    "/etc/pip.conf",
+    "/etc/xdg/pip/pip.conf",
+    "~/.config/pip/pip.conf",
+    "~/.pip/pip.conf",
+)
+CERTIFICATE_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+
+def pip_configuration() -> tuple[dict[str, str], list[str]]:
+    """What ``pip install`` in the sandbox is given of the host: the ``PIP_*``, certificate
+    and proxy variables, and read-only the configuration files and the local paths they
+    name. The product user's own pip.conf is passed as ``PIP_CONFIG_FILE`` (the sandbox
+    has another home)."""
+    import configparser
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("PIP_") or k in CERTIFICATE_ENV or k in PROXY_ENV
+    }
+    values = [v for k, v in env.items() if k not in PROXY_ENV]
+    files = [os.path.expanduser(p) for p in PIP_CONFIG_FILES]
+    files = [p for p in files if os.path.isfile(p)]
+    for path in files:
+        parser = configparser.RawConfigParser()
+        with contextlib.suppress(configparser.Error, OSError):
+            parser.read(path)
+            values += [v for section in parser.sections() for v in parser[section].values()]
+    user = [p for p in files if not p.startswith("/etc/")]
+    if user and "PIP_CONFIG_FILE" not in env:
+        env["PIP_CONFIG_FILE"] = user[0]
+    paths = set(files)
+    for value in values:
+        for token in value.split():
+            token = token.removeprefix("file://")
+            if token.startswith("/") and os.path.exists(token):
+                paths.add(token)
+    return env, sorted(paths)
+
+
+def environment(env: dict[str, str]) -> dict[str, str]:
+    """A sandboxed process's environment: ``env`` with a private home and temp."""
+    return {**env, **PRIVATE_ENV}
+
+
+# --- confining a zygote's child (Linux system calls) ------------------------------------------
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWUSER = 0x10000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def become_subreaper() -> None:
+    """A zygote adopts the replicas its short-lived intermediate children leave behind."""
+    _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
+
+
+def new_namespaces() -> None:
+    """In a zygote's child, before it forks the replica: new mount and process namespaces
+    (the replica, forked next, is process 1 of its own namespace)."""
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID), "unshare")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+
+
+def confine_child(model_path: str, hidden: list[str], uid: int | None) -> None:
+    """In the replica, before any model code: only ``model_path`` of the ``hidden``
+    directories stays in view (read-only), a fresh ``/proc`` (its own processes) and
+    ``/tmp``, then the unprivileged user and ``no_new_privs`` (no capability left to undo
+    any of it)."""
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # The model directory, held open while what contains it is covered, is bound back from
+    # the descriptor.
+    model = os.open(model_path, os.O_PATH | os.O_DIRECTORY)
+    covers = [TMP]
+    for path in sorted(hidden, key=len):
+        if not any(_within(path, cover) for cover in covers):
+            covers.append(path)
+    for path in covers:
+        _mount(
+            "tmpfs",
+            path,
+            "tmpfs",
+            MS_NOSUID | MS_NODEV,
+            "mode=1777" if path == TMP else "mode=0755",
+        )
+    if os.path.isdir(SHM):
+        _mount("tmpfs", SHM, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    os.makedirs(model_path, mode=0o755, exist_ok=True)
+    _mount(f"/proc/self/fd/{model}", model_path, None, MS_BIND | MS_REC)
+    _mount(None, model_path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    os.close(model)
+    for path in covers:
+        if path != TMP:
+            _mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755")
+    _drop(uid)
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _drop(uid: int | None) -> None:
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # clears every capability
+    else:
+        # Not root: a user namespace of its own leaves it no capability over its mounts.
+        _check(_libc.unshare(CLONE_NEWUSER), "unshare(user)")
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")

@@ -1,0 +1,75 @@
+"""Redis requires the password generated for this installation; replicas never get it."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+from endpoints.runtime.base import ReplicaSpec
+from endpoints.runtime.local import base_environment, replica_environment
+from serving_ui.private import REDIS_PASSWORD_FILE, private_file
+
+
+def _password() -> str:
+    return (Path(settings.VAR_DIR) / REDIS_PASSWORD_FILE).read_text().strip()
+
+
+def test_the_password_file_is_readable_by_its_owner_only():
+    path = Path(settings.VAR_DIR) / REDIS_PASSWORD_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(_password()) >= 32
+    assert f":{_password()}@" in settings.REDIS_URL
+
+
+def test_a_private_file_is_created_with_mode_0600_whatever_the_umask(tmp_path):
+    previous = os.umask(0)
+    try:
+        value = private_file(tmp_path / "secret", lambda: "s3cret")
+    finally:
+        os.umask(previous)
+    assert value == "s3cret"
+    assert stat.S_IMODE((tmp_path / "secret").stat().st_mode) == 0o600
+    # Created once: a later call reads it, never replaces it.
+    assert private_file(tmp_path / "secret", lambda: "other") == "s3cret"
+    assert [p.name for p in tmp_path.iterdir()] == ["secret"]
+
+
+@pytest.mark.integration
+def test_an_unauthenticated_redis_connection_is_refused(redis_server):
+    url = redis.connection.parse_url(settings.REDIS_URL)
+    anonymous = redis.Redis(host=url["host"], port=url["port"], socket_connect_timeout=2)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    guessing = redis.Redis(host=url["host"], port=url["port"], password="guessed")
+    with pytest.raises(redis.AuthenticationError):
+        guessing.ping()
+    assert redis_server.ping()
+
+
+def test_a_replica_environment_has_no_redis_password():
+    spec = ReplicaSpec(
+        replica_id="r", model_path="/m", host="127.0.0.1", port=1, log_path="/l", python="p"
+    )
+    for env in (base_environment(), replica_environment(spec)):
+        assert not [k for k in env if "REDIS" in k or "DJANGO" in k]
+        assert not [k for k, v in env.items() if _password() in v]
+
+
+def test_a_redis_url_given_by_the_operator_is_used_as_given(tmp_path):
+    given = "redis://redis.internal:6390/3"
+    out = subprocess.run(
+        [sys.executable, "-c", "from serving_ui import settings; print(settings.REDIS_URL)"],
+        env={**os.environ, "REDIS_URL": given, "SERVING_VAR_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == given
+    assert not (tmp_path / REDIS_PASSWORD_FILE).exists()

@@ -237,6 +237,15 @@ SERVING = {
     "ENVIRONMENT": envstr("SERVING_ENVIRONMENT", "local"),
 }
 
+# --- /metrics (Prometheus) ------------------------------------------------------------------
+METRICS = {
+    # A scraper's bearer token; admins' access tokens work too. Empty: admins only.
+    "TOKEN": envstr("METRICS_TOKEN", ""),
+    # "host:port": serve /metrics there instead, without a token (a port only the
+    # scraper reaches); the public port then answers 404 for /metrics.
+    "LISTEN": envstr("METRICS_LISTEN", ""),
+}
+
 # --- REST framework -----------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -36,6 +36,8 @@ from .app import (
     too_large_message,
     translate_answer,
 )
+from .ops import OPS_PATHS
+from .ops import answer as ops_answer
 from .routing import Snapshot, Target
 
 Scope = MutableMapping[str, Any]
@@ -61,6 +63,11 @@ class FrontDoor:
             path = origin_path(scope["path"])
             if path.startswith(GATEWAY_PREFIXES):
                 await Scoring(gateway(), scope, path).run(receive, send)
+                return
+            if path in OPS_PATHS:
+                await respond(
+                    send, await ops_answer(gateway(), path, scope["method"], _authorization(scope))
+                )
                 return
         elif scope["type"] == "lifespan":
             await lifespan(receive, send)
@@ -100,6 +107,13 @@ class WholeBody:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
 
 
 def origin_path(path: str) -> str:

@@ -12,13 +12,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.utils import timezone
 
 from endpoints import load, metrics
 from endpoints.auth import last_use_due, touch_last_used
+from endpoints.metrics import latency_bucket
 
 from .routing import Address, run_db
 
@@ -38,6 +39,11 @@ class VersionLoad:
     errors: int = 0
     latency_ms_sum: float = 0.0
     latency_ms_max: float = 0.0
+    # For /metrics: answers by status code, latency histogram (bucket index → count),
+    # requests refused because the queue was full.
+    codes: dict[int, int] = field(default_factory=dict)
+    histogram: dict[int, int] = field(default_factory=dict)
+    rejected: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,9 @@ class LoadReport:
     errors: int
     latency_ms_sum: float
     latency_ms_max: float
+    codes: dict[int, int]
+    histogram: dict[int, int]
+    rejected: int
 
 
 class LoadTracker:
@@ -68,22 +77,36 @@ class LoadTracker:
             if entry is None:
                 entry = self._versions[version_pk] = VersionLoad()
             if entry.in_flight >= limit:
+                entry.rejected += 1
                 return False
             entry.in_flight += 1
             entry.peak = max(entry.peak, entry.in_flight)
             entry.last_request_at = time.time()
             return True
 
+    def reject(self, version_pk: int) -> None:
+        """A request for the version was refused before admission (its endpoint's limit)."""
+        with self._lock:
+            entry = self._versions.get(version_pk)
+            if entry is None:
+                entry = self._versions[version_pk] = VersionLoad()
+            entry.rejected += 1
+
     def finish(self, version_pk: int, status: int, latency_ms: float) -> None:
+        bucket = latency_bucket(latency_ms)
         with self._lock:
             entry = self._versions[version_pk]
             entry.in_flight -= 1
+            codes = entry.codes
+            codes[status] = codes.get(status, 0) + 1
             if status in NOT_COUNTED:
                 return
             entry.requests += 1
             entry.errors += status >= 400
             entry.latency_ms_sum += latency_ms
             entry.latency_ms_max = max(entry.latency_ms_max, latency_ms)
+            histogram = entry.histogram
+            histogram[bucket] = histogram.get(bucket, 0) + 1
 
     def in_flight(self, version_pk: int) -> int:
         with self._lock:
@@ -128,6 +151,9 @@ class LoadTracker:
                         entry.errors,
                         entry.latency_ms_sum,
                         entry.latency_ms_max,
+                        entry.codes,
+                        entry.histogram,
+                        entry.rejected,
                     )
                 )
                 if entry.peak == 0 and entry.in_flight == 0:
@@ -150,7 +176,7 @@ def send_reports(tracker: LoadTracker) -> None:
             peak_in_flight=report.peak,
             last_request_at=report.last_request_at,
         )
-        if report.requests:
+        if report.codes or report.rejected:
             metrics.record_requests(
                 report.version_pk,
                 at=time.time(),
@@ -158,6 +184,9 @@ def send_reports(tracker: LoadTracker) -> None:
                 errors=report.errors,
                 latency_ms_sum=report.latency_ms_sum,
                 latency_ms_max=report.latency_ms_max,
+                histogram=report.histogram,
+                codes=report.codes,
+                rejected=report.rejected,
             )
 
 

@@ -215,3 +215,7 @@ def test_a_chart_breaks_its_line_where_values_are_missing():
     assert len(line["dots"]) == 1  # the lone point at 30
     assert line["last"] == 4
     assert chart["y_labels"][-1]["text"] == "5"  # a round maximum above 4
+    replicas = charts.chart(
+        "Replicas", "replicas", [0, 10], [charts.Series("n", "s2", [1, 1])], integer=True
+    )
+    assert [label["text"] for label in replicas["y_labels"]] == ["0", "1"]

@@ -195,7 +195,9 @@ def chart(
         "has_data": bool(values),
         "y_labels": [
             {"y": f"{TOP + plot_h * (1 - f):.1f}", "text": _fmt(top * f, integer)}
+            # A count axis labels whole numbers only.
             for f in (0, 0.5, 1)
+            if not (integer and f == 0.5 and top % 2)
         ],
         "x_labels": [
             {

@@ -160,6 +160,8 @@ def test_status_poll_renders_the_partial_and_keeps_polling_while_pending(
     # The other live regions come along out of band.
     assert 'id="sidebar" class="sidebar" aria-label="Endpoint versions" hx-swap-oob="true"' in html
     assert 'id="call-controls"' in html
+    # Nothing being edited is swapped: not the request box, not the request form.
+    assert "<textarea" not in html and 'id="call-form"' not in html
 
 
 def test_status_poll_goes_on_once_settled_and_shows_the_next_change(owner, endpoint, model_name):
@@ -213,6 +215,7 @@ def test_status_poll_on_the_compute_tab_refreshes_the_rollout_state(owner, endpo
     assert 'id="rollout-staging" data-testid="rollout-staging" hx-swap-oob="true"' in html
     assert "Updating" in html
     assert 'id="call-controls"' not in html
+    assert 'name="workload_size"' not in html  # the compute form stays as the user left it
 
 
 def test_status_poll_reloads_the_page_when_versions_came(owner, endpoint, model_name):

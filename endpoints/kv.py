@@ -29,6 +29,16 @@ def redis_client() -> redis.Redis:
     return _client_for(settings.REDIS_URL)
 
 
+@cache
+def _probe_client_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+
+
+def probe_client() -> redis.Redis:
+    """A client with short timeouts, for health checks that must answer quickly."""
+    return _probe_client_for(settings.REDIS_URL)
+
+
 def bump_generation() -> int:
     return int(redis_client().incr(GENERATION_KEY))
 
@@ -90,3 +100,16 @@ def metrics_key(version_pk: int, bucket: int) -> str:
 
 def metrics_pattern(version_pk: int) -> str:
     return f"{PREFIX}metrics:{version_pk}:*"
+
+
+def metrics_totals_key(version_pk: int) -> str:
+    """A version's counters since the start (requests by code, latency histogram, queue
+    rejections, cold starts): what ``/metrics`` exposes. They only ever grow."""
+    return f"{PREFIX}metrics-totals:{version_pk}"
+
+
+# --- the worker and the reconcile loop, for /metrics and /readyz ----------------------------
+
+RECONCILE_TOTALS_KEY = f"{PREFIX}reconcile-totals"
+# A sorted set: Celery worker name → the Unix time of its last heartbeat.
+WORKER_HEARTBEATS_KEY = f"{PREFIX}worker-heartbeats"

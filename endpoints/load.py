@@ -66,6 +66,23 @@ def current(version_pk: int) -> Load:
     return Load(peak_in_flight=peak, in_flight=in_flight, last_request_at=float(last or 0))
 
 
+def in_flight(version_pks: list[int]) -> dict[int, int]:
+    """Requests in flight per version now, summed over the gateway processes that reported
+    recently (one round trip for all versions)."""
+    pipe = redis_client().pipeline(transaction=False)
+    for pk in version_pks:
+        pipe.hgetall(kv.load_key(pk))
+    now = time.time()
+    found = {}
+    for pk, reports in zip(version_pks, pipe.execute(), strict=True):
+        found[pk] = sum(
+            int(data["in_flight"])
+            for data in map(json.loads, reports.values())
+            if now - data["ts"] <= REPORT_TTL_SECONDS
+        )
+    return found
+
+
 def mark_request(version_pk: int, at: float | None = None) -> None:
     """Record activity directly (a wake-up counts as a request for the quiet period)."""
     redis_client().set(kv.last_request_key(version_pk), repr(at or time.time()))
@@ -76,6 +93,8 @@ def request_wake(version_pk: int, endpoint_pk: int) -> None:
     mark_request(version_pk)
     # NX: twenty waiting requests enqueue one reconcile, not twenty.
     if redis_client().set(kv.wake_key(version_pk), repr(time.time()), nx=True, ex=WAKE_TTL_SECONDS):
+        # A cold start for /metrics: one per wake-up, not one per waiting request.
+        redis_client().hincrby(kv.metrics_totals_key(version_pk), "cold_starts", 1)
         triggers.reconcile_soon(endpoint_pk)
 
 

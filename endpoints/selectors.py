@@ -194,14 +194,19 @@ def endpoint_events(
 
 def version_metrics(
     version: EndpointVersion, *, start_timestamp: int | None, end_timestamp: int | None
-) -> list[dict[str, Any]]:
-    """Metric points between the timestamps (ms); by default the hour up to now."""
+) -> dict[str, Any]:
+    """Metric points between the timestamps (ms; by default the hour up to now) and the
+    window's latency percentiles, from the buckets' histograms added up."""
     end = int(time.time() * 1000) if end_timestamp is None else end_timestamp
     start = max(0, end - DEFAULT_METRICS_WINDOW_MS) if start_timestamp is None else start_timestamp
     try:
-        return metrics.series(version.pk, start, end)
+        found = metrics.buckets(version.pk, start, end)
     except redis.RedisError as exc:
         raise Unavailable(f"Metrics are unavailable: {exc}") from exc
+    return {
+        "metrics": [metrics.point(b, data) for b, data in found],
+        **metrics.window_percentiles([data for _, data in found]),
+    }
 
 
 def event_json(event: Event) -> dict[str, Any]:

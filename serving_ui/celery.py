@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "serving_ui.settings")
 
@@ -30,3 +30,22 @@ def _schedule_reconcile(sender: Celery, **kwargs: object) -> None:
         sender.signature("endpoints.tasks.apply_retention"),
         name="apply retention",
     )
+
+
+_heartbeat = None
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: object, **kwargs: object) -> None:
+    # The front door's /readyz counts workers by this heartbeat (endpoints.readiness).
+    global _heartbeat
+    from endpoints.readiness import Heartbeat
+
+    _heartbeat = Heartbeat(str(sender.hostname))
+    _heartbeat.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(sender: object, **kwargs: object) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()

@@ -264,6 +264,15 @@ if SERVING["SANDBOX"] == "bwrap" and not shutil.which("bwrap"):
 # The largest JSON body the REST API reads (scoring bodies have SERVING_MAX_PAYLOAD_BYTES).
 API_MAX_BODY_BYTES = envint("API_MAX_BODY_BYTES", str(1024 * 1024))
 
+# --- /metrics (Prometheus) ------------------------------------------------------------------
+METRICS = {
+    # A scraper's bearer token; admins' access tokens work too. Empty: admins only.
+    "TOKEN": envstr("METRICS_TOKEN", ""),
+    # "host:port": serve /metrics there instead, without a token (a port only the
+    # scraper reaches); the public port then answers 404 for /metrics.
+    "LISTEN": envstr("METRICS_LISTEN", ""),
+}
+
 # --- REST framework -----------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

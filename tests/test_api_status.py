@@ -501,7 +501,50 @@ def test_get_version_metrics_window_backwards_is_empty(as_user, owner, served):
         start_timestamp=2000,
         end_timestamp=1000,
     )
-    assert response.json() == {"metrics": []}
+    assert response.json() == {
+        "metrics": [],
+        "latency_ms_p50": None,
+        "latency_ms_p95": None,
+        "latency_ms_p99": None,
+    }
+
+
+def test_get_version_metrics_has_percentiles_from_the_latency_histogram(as_user, owner, served):
+    version = served.versions.get(version="1")
+    now = time.time()
+    # 90 requests between 2.5 and 5 ms, 10 between 25 and 50 ms, in two buckets.
+    metrics.record_requests(
+        version.pk,
+        at=now - 10,
+        requests=90,
+        errors=0,
+        latency_ms_sum=270.0,
+        latency_ms_max=4.0,
+        histogram={metrics.latency_bucket(3.0): 90},
+    )
+    metrics.record_requests(
+        version.pk,
+        at=now,
+        requests=10,
+        errors=0,
+        latency_ms_sum=400.0,
+        latency_ms_max=45.0,
+        histogram={metrics.latency_bucket(40.0): 10},
+    )
+    body = get(
+        as_user(owner),
+        "get-version-metrics",
+        registered_model_name="iris-classifier",
+        endpoint_version_name="1",
+        start_timestamp=int((now - 60) * 1000),
+        end_timestamp=int((now + 1) * 1000),
+    ).json()
+    # Interpolated within the bucket the rank falls in, as histogram_quantile does.
+    assert body["latency_ms_p50"] == round(2.5 + 2.5 * 50 / 90, 3)
+    assert body["latency_ms_p95"] == 37.5
+    assert body["latency_ms_p99"] == 47.5
+    first, second = body["metrics"]
+    assert first["latency_ms_p99"] <= 5.0 and second["latency_ms_p50"] == 37.5
 
 
 def test_get_version_metrics_rejects_a_bad_timestamp(as_user, owner, served):

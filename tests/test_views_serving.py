@@ -81,6 +81,9 @@ def test_serving_requires_login(model_name):
     assert "/login/" in response["Location"]
 
 
+POLL = "hx-trigger=\"every 10s [document.visibilityState === 'visible']"
+
+
 # --- enable -------------------------------------------------------------------------------------
 
 
@@ -92,7 +95,7 @@ def test_enable_turns_serving_on_and_shows_pending(owner, model_name):
     page = client.get(response["Location"])
     assert b'data-testid="endpoint-status"' in page.content
     assert b"Pending" in page.content
-    assert b'hx-trigger="every 10s"' in page.content
+    assert POLL in page.content.decode()
     assert b"Disable Serving" in page.content
 
 
@@ -153,21 +156,37 @@ def test_status_poll_renders_the_partial_and_keeps_polling_while_pending(
     assert response.status_code == 200
     html = response.content.decode()
     assert "<html" not in html
-    assert 'id="status"' in html and 'hx-trigger="every 10s"' in html
+    assert 'id="status"' in html and POLL in html
     # The other live regions come along out of band.
     assert 'id="sidebar" class="sidebar" aria-label="Endpoint versions" hx-swap-oob="true"' in html
     assert 'id="call-controls"' in html
+    # Nothing being edited is swapped: not the request box, not the request form.
+    assert "<textarea" not in html and 'id="call-form"' not in html
 
 
-def test_status_poll_stops_once_settled(owner, endpoint, model_name):
+def test_status_poll_goes_on_once_settled_and_shows_the_next_change(owner, endpoint, model_name):
+    """A settled page keeps polling: a crash or a scale to zero later shows by itself."""
     ready(endpoint)
-    add_version(endpoint, "1", "Production")
-    response = logged_in(owner).get(
-        serving_url(model_name) + "?shown=1", HTTP_HX_TARGET="status", **HTMX
-    )
-    assert response.status_code == 286
-    assert b"every 10s" not in response.content
-    assert b"Ready" in response.content
+    v = add_version(endpoint, "1", "Production", replicas=[("127.0.0.1", 20001)])
+    client = logged_in(owner)
+    poll = serving_url(model_name) + "?shown=1"
+    response = client.get(poll, HTTP_HX_TARGET="status", **HTMX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert POLL in html and "Ready" in html
+    # The replica crashes: the next poll shows it in the version detail, out of band.
+    replica = v.replicas.get()
+    replica.state = ReplicaState.ERROR
+    replica.state_message = "Exited with code -9."
+    replica.save()
+    v.service_state = ServiceState.PENDING
+    v.service_message = "Restarting a replica that exited."
+    v.save()
+    html = client.get(poll, HTTP_HX_TARGET="status", **HTMX).content.decode()
+    detail = html[html.index('id="version-detail"') :]
+    assert 'hx-swap-oob="true"' in detail[:200]
+    assert "Exited with code -9." in detail and "Restarting a replica that exited." in detail
+    assert POLL in html
 
 
 def test_status_poll_goes_on_while_a_saved_config_waits_for_the_worker(owner, endpoint, model_name):
@@ -179,7 +198,7 @@ def test_status_poll_goes_on_while_a_saved_config_waits_for_the_worker(owner, en
     )
     response = client.get(serving_url(model_name) + "?shown=1", HTTP_HX_TARGET="status", **HTMX)
     assert response.status_code == 200
-    assert b'hx-trigger="every 10s"' in response.content
+    assert POLL in response.content.decode()
     html = client.get(serving_url(model_name) + "?tab=compute").content.decode()
     assert "Update queued" in html
 
@@ -196,6 +215,7 @@ def test_status_poll_on_the_compute_tab_refreshes_the_rollout_state(owner, endpo
     assert 'id="rollout-staging" data-testid="rollout-staging" hx-swap-oob="true"' in html
     assert "Updating" in html
     assert 'id="call-controls"' not in html
+    assert 'name="workload_size"' not in html  # the compute form stays as the user left it
 
 
 def test_status_poll_reloads_the_page_when_versions_came(owner, endpoint, model_name):
@@ -573,21 +593,76 @@ def test_events_tab_narrows_to_one_version(owner, endpoint, model_name):
     assert "Serving enabled by" not in html
 
 
-def test_metrics_tab_summarises_the_series(owner, endpoint, model_name):
+def forget_metrics(version_pk: int) -> None:
+    """Another test's version may have had the same primary key: start from no buckets."""
+    from endpoints.kv import metrics_pattern, redis_client
+
+    client = redis_client()
+    for key in client.scan_iter(metrics_pattern(version_pk)):
+        client.delete(key)
+
+
+def test_metrics_tab_draws_the_charts_of_the_window(owner, endpoint, model_name):
     import time
 
     from endpoints import metrics
 
     v = add_version(endpoint, "1", "Production")
+    forget_metrics(v.pk)
     now = time.time()
-    metrics.record_requests(
-        v.pk, at=now, requests=20, errors=2, latency_ms_sum=100.0, latency_ms_max=9.0
-    )
-    metrics.record_replicas(v.pk, 1, at=now)
+    for at, errors in ((now - 20, 0), (now - 10, 2), (now, 0)):
+        metrics.record_requests(
+            v.pk,
+            at=at,
+            requests=20,
+            errors=errors,
+            latency_ms_sum=100.0,
+            latency_ms_max=9.0,
+            histogram={metrics.latency_bucket(4.0): 20},
+        )
+    metrics.record_replicas(v.pk, 1, at=now - 20)
     html = logged_in(owner).get(serving_url(model_name) + "?tab=metrics").content.decode()
     assert "requests/s" in html
-    assert "5.0 ms" in html
-    assert "errors (10.0%)" in html
+    assert "errors (3.3%)" in html
+    for key in ("requests", "latency", "errors", "replicas"):
+        chart = html[html.index(f'data-testid="chart-{key}"') :]
+        chart = chart[: chart.index("</figure>")]
+        assert "<polyline" in chart, key
+        assert "No data in this window" not in chart
+    # p50/p95/p99 lines, each with the latest value in the legend.
+    latency = html[html.index('data-testid="chart-latency"') :]
+    assert latency.index("p50") < latency.index("p95") < latency.index("p99")
+    assert 'aria-current="page">15 min' in html
+
+
+def test_metrics_tab_window_choice_downsamples(owner, endpoint, model_name):
+    import time
+
+    from endpoints import metrics
+
+    v = add_version(endpoint, "1", "Production")
+    forget_metrics(v.pk)
+    metrics.record_requests(
+        v.pk, at=time.time() - 1800, requests=5, errors=0, latency_ms_sum=5.0, latency_ms_max=1.0
+    )
+    client = logged_in(owner)
+    short = client.get(serving_url(model_name) + "?tab=metrics&window=15m").content.decode()
+    assert "No data in this window" in short
+    hour = client.get(serving_url(model_name) + "?tab=metrics&window=1h").content.decode()
+    assert 'aria-current="page">1 hour' in hour
+    assert "one point per 30 s" in hour
+    chart = hour[hour.index('data-testid="chart-requests"') :]
+    assert "<polyline" in chart[: chart.index("</figure>")]
+
+
+def test_status_poll_on_the_metrics_tab_refreshes_the_charts(owner, endpoint, model_name):
+    add_version(endpoint, "1", "Production")
+    response = logged_in(owner).get(
+        serving_url(model_name) + "?shown=1&tab=metrics&window=6h", HTTP_HX_TARGET="status", **HTMX
+    )
+    html = response.content.decode()
+    assert 'id="metrics" hx-swap-oob="true"' in html
+    assert 'aria-current="page">6 hours' in html
 
 
 def test_panels_of_hidden_endpoint_are_404(outsider, endpoint, model_name):

@@ -370,11 +370,21 @@ class MetricsPoint(serializers.Serializer):
     error_rate = serializers.FloatField()
     latency_ms_avg = serializers.FloatField(allow_null=True)
     latency_ms_max = serializers.FloatField(allow_null=True)
+    latency_ms_p50 = serializers.FloatField(
+        allow_null=True, help_text="From the bucket's latency histogram (as Prometheus does)."
+    )
+    latency_ms_p95 = serializers.FloatField(allow_null=True)
+    latency_ms_p99 = serializers.FloatField(allow_null=True)
     replicas = serializers.IntegerField(allow_null=True)
 
 
 class MetricsResponse(serializers.Serializer):
     metrics = MetricsPoint(many=True)
+    latency_ms_p50 = serializers.FloatField(
+        allow_null=True, help_text="Over the whole window: the buckets' histograms added up."
+    )
+    latency_ms_p95 = serializers.FloatField(allow_null=True)
+    latency_ms_p99 = serializers.FloatField(allow_null=True)
 
 
 class LogsResponse(serializers.Serializer):

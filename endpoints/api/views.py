@@ -216,7 +216,7 @@ class EventHistoryView(ApiView):
 class VersionMetricsView(ApiView):
     @doc(
         "endpointsV2GetVersionMetrics",
-        "Requests, errors, latency and replicas over time, in 10-second buckets",
+        "Requests, errors, latency (with percentiles) and replicas over time, in 10-second buckets",
         tag=ENDPOINTS_V2,
         query=s.VersionMetricsRequest,
         response=s.MetricsResponse,
@@ -225,12 +225,13 @@ class VersionMetricsView(ApiView):
     )
     def get(self, request: Request) -> Response:
         args = parse(request, s.VersionMetricsRequest)
-        points = selectors.version_metrics(
-            _version_for(request, args),
-            start_timestamp=args.get("start_timestamp"),
-            end_timestamp=args.get("end_timestamp"),
+        return Response(
+            selectors.version_metrics(
+                _version_for(request, args),
+                start_timestamp=args.get("start_timestamp"),
+                end_timestamp=args.get("end_timestamp"),
+            )
         )
-        return Response({"metrics": points})
 
 
 _LOGS_DESCRIPTION = (

@@ -11,5 +11,6 @@
 - ``streams`` / ``upstream``: pooled keep-alive connections to replicas (asyncio streams
   for the event loop, sockets for threads), forwarding, one retry;
 - ``reporting``: in-flight counters, and the thread that reports load, metrics and
-  token use.
+  token use;
+- ``ops``: ``/healthz``, ``/readyz`` and ``/metrics``, answered on the event loop.
 """

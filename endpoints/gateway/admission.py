@@ -73,6 +73,7 @@ class Admission:
         endpoint or its version's queue is full (a version without replicas yet queues as
         much as one with one)."""
         if not self.endpoints.acquire(target.endpoint_pk):
+            self.tracker.reject(target.version_pk)
             raise RateLimited(
                 f"Too many requests in flight for model '{target.model_name}'; retry shortly."
             )

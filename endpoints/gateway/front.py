@@ -36,6 +36,8 @@ from .app import (
     too_large_message,
     translate_answer,
 )
+from .ops import OPS_PATHS
+from .ops import answer as ops_answer
 from .routing import Snapshot, Target
 from .transport import Header
 
@@ -68,6 +70,11 @@ class FrontDoor:
                     await respond(send, error_answer(refusal), extra)
                     return
                 await Scoring(gw, scope, path).run(receive, send, extra)
+                return
+            if path in OPS_PATHS:
+                await respond(
+                    send, await ops_answer(gateway(), path, scope["method"], _authorization(scope))
+                )
                 return
         elif scope["type"] == "lifespan":
             await lifespan(receive, send)
@@ -107,6 +114,13 @@ class WholeBody:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
 
 
 def origin_path(path: str) -> str:

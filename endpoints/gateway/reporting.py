@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.utils import timezone
 
 from endpoints import load, metrics
 from endpoints.auth import last_use_due, touch_last_used
+from endpoints.metrics import LATENCY_BOUNDS, latency_bucket
 
 from .routing import Address, run_db
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_SECONDS = 1.0
 # Requests refused for limits or failed authentication are not part of the metrics.
 NOT_COUNTED = frozenset({401, 403, 429})
+HISTOGRAM_SIZE = len(LATENCY_BOUNDS) + 1
 
 
 @dataclass
@@ -38,6 +41,12 @@ class VersionLoad:
     errors: int = 0
     latency_ms_sum: float = 0.0
     latency_ms_max: float = 0.0
+    # For /metrics: answers by status code, the latency histogram (a count per bucket of
+    # ``metrics.LATENCY_BOUNDS``, +Inf last), requests refused because the queue was full.
+    # A defaultdict and a list: the cheapest increments Python has, under the lock.
+    codes: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
+    histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_SIZE)
+    rejected: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,9 @@ class LoadReport:
     errors: int
     latency_ms_sum: float
     latency_ms_max: float
+    codes: dict[int, int]
+    histogram: list[int]
+    rejected: int
 
 
 class LoadTracker:
@@ -68,22 +80,34 @@ class LoadTracker:
             if entry is None:
                 entry = self._versions[version_pk] = VersionLoad()
             if entry.in_flight >= limit:
+                entry.rejected += 1
                 return False
             entry.in_flight += 1
             entry.peak = max(entry.peak, entry.in_flight)
             entry.last_request_at = time.time()
             return True
 
+    def reject(self, version_pk: int) -> None:
+        """A request for the version was refused before admission (its endpoint's limit)."""
+        with self._lock:
+            entry = self._versions.get(version_pk)
+            if entry is None:
+                entry = self._versions[version_pk] = VersionLoad()
+            entry.rejected += 1
+
     def finish(self, version_pk: int, status: int, latency_ms: float) -> None:
+        bucket = latency_bucket(latency_ms)
         with self._lock:
             entry = self._versions[version_pk]
             entry.in_flight -= 1
+            entry.codes[status] += 1
             if status in NOT_COUNTED:
                 return
             entry.requests += 1
             entry.errors += status >= 400
             entry.latency_ms_sum += latency_ms
             entry.latency_ms_max = max(entry.latency_ms_max, latency_ms)
+            entry.histogram[bucket] += 1
 
     def in_flight(self, version_pk: int) -> int:
         with self._lock:
@@ -128,6 +152,9 @@ class LoadTracker:
                         entry.errors,
                         entry.latency_ms_sum,
                         entry.latency_ms_max,
+                        entry.codes,
+                        entry.histogram,
+                        entry.rejected,
                     )
                 )
                 if entry.peak == 0 and entry.in_flight == 0:
@@ -163,7 +190,7 @@ def _send(report: LoadReport) -> None:
         peak_in_flight=report.peak,
         last_request_at=report.last_request_at,
     )
-    if report.requests:
+    if report.codes or report.rejected:
         metrics.record_requests(
             report.version_pk,
             at=time.time(),
@@ -171,6 +198,9 @@ def _send(report: LoadReport) -> None:
             errors=report.errors,
             latency_ms_sum=report.latency_ms_sum,
             latency_ms_max=report.latency_ms_max,
+            histogram={i: n for i, n in enumerate(report.histogram) if n},
+            codes=report.codes,
+            rejected=report.rejected,
         )
 
 

@@ -4,7 +4,8 @@ One listening socket is bound here, then N processes are forked, each running th
 door (``serving_ui.asgi``) under a single-worker uvicorn on that socket. uvicorn's own
 multi-worker mode is not used: on Linux its workers lose TCP_NODELAY, which costs ~45 ms
 per keep-alive request (docs/performance.md). This parent only supervises: a worker that
-dies is replaced; SIGTERM or SIGINT stops them all.
+dies is replaced; SIGTERM or SIGINT stops them all. With ``METRICS_LISTEN`` set, one more
+process serves ``/metrics`` on that address (``ops.metrics_wsgi_app``).
 
 A connection that has not sent a complete request head within
 ``SERVING_HEADER_TIMEOUT_SECONDS`` is closed: it holds no thread meanwhile, but without
@@ -23,6 +24,7 @@ import socket
 import sys
 import time
 import traceback
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from uvicorn import Config, Server
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -96,11 +98,51 @@ def fork_worker(sock: socket.socket, access_log: bool) -> int:
     return pid
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def bind_metrics(address: str) -> WSGIServer:
+    """The ``METRICS_LISTEN`` server (``host:port``), bound here so a replacement process
+    serves the same socket."""
+    from .ops import metrics_wsgi_app
+
+    host, _, port = address.rpartition(":")
+    return make_server(
+        host or "127.0.0.1", int(port), metrics_wsgi_app, handler_class=_QuietHandler
+    )
+
+
+def fork_metrics(server: WSGIServer) -> int:
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        code = 0
+        try:
+            server.serve_forever()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
 class Supervisor:
-    def __init__(self, sock: socket.socket, processes: int, access_log: bool) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        processes: int,
+        access_log: bool,
+        metrics: WSGIServer | None = None,
+    ) -> None:
         self.sock = sock
         self.access_log = access_log
         self.processes = processes
+        self.metrics = metrics
+        self.metrics_pid = 0
         self.stopping = False
         self.workers: set[int] = set()
 
@@ -109,12 +151,19 @@ class Supervisor:
 
     def run(self) -> None:
         self.workers = {fork_worker(self.sock, self.access_log) for _ in range(self.processes)}
+        if self.metrics is not None:
+            self.metrics_pid = fork_metrics(self.metrics)
+            self.workers.add(self.metrics_pid)
         while not self.stopping:
             pid, _ = _reap(block_seconds=0.5)
             if pid and pid in self.workers:
                 self.workers.discard(pid)
                 print(f"web worker {pid} exited; starting another", file=sys.stderr)
-                self.workers.add(fork_worker(self.sock, self.access_log))
+                if pid == self.metrics_pid and self.metrics is not None:
+                    self.metrics_pid = fork_metrics(self.metrics)
+                    self.workers.add(self.metrics_pid)
+                else:
+                    self.workers.add(fork_worker(self.sock, self.access_log))
         self._stop_workers()
 
     def _stop_workers(self) -> None:
@@ -166,7 +215,10 @@ def main(argv: list[str] | None = None) -> None:
 
     HeadDeadlineProtocol.head_timeout = float(settings.SERVING["HEADER_TIMEOUT_SECONDS"])
     sock = bind(args.host, args.port)
-    supervisor = Supervisor(sock, args.processes, args.access_log)
+    listen = settings.METRICS["LISTEN"]
+    supervisor = Supervisor(
+        sock, args.processes, args.access_log, bind_metrics(listen) if listen else None
+    )
     signal.signal(signal.SIGTERM, supervisor.stop)
     signal.signal(signal.SIGINT, supervisor.stop)
     supervisor.run()

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from django.db.models import Q
 from redis.exceptions import LockError, RedisError
 
-from endpoints import kv, triggers
+from endpoints import kv, metrics, triggers
 from endpoints.kv import bump_generation, redis_client
 from endpoints.models import Replica, ReplicaState, ServingEndpoint
 from endpoints.runtime import get_runtime
@@ -92,11 +93,24 @@ def reconcile_endpoint(pk: int, *, triggered: bool = True) -> None:
             return
         for _ in range(MAX_PASSES_PER_CALL):
             client.delete(kv.reconcile_dirty_key(pk))
-            follow_up = run_pass(pk)
+            follow_up = _timed_pass(pk)
             if not client.exists(kv.reconcile_dirty_key(pk)):
                 break
     if follow_up is not None:
         _schedule_follow_up(pk, follow_up)
+
+
+def _timed_pass(pk: int) -> float | None:
+    """One pass, its duration and outcome recorded for /metrics."""
+    started = time.perf_counter()
+    failed = True
+    try:
+        follow_up = run_pass(pk)
+        failed = False
+        return follow_up
+    finally:
+        with suppress(RedisError):
+            metrics.record_reconcile_pass(time.perf_counter() - started, failed=failed)
 
 
 def reconcile_all() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from endpoints import logs, metrics, registry, selectors
+from endpoints import logs, registry, selectors
 from endpoints.auth import can_create_endpoint, has_permission, permission_level
 from endpoints.models import (
     ComputeConfig,
@@ -31,6 +30,8 @@ from endpoints.models import (
     ServingEndpoint,
     Stage,
 )
+
+from . import charts
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ PANEL_TABS = (
 SERVING_TABS = tuple(key for key, _ in PANEL_TABS)
 UNMANAGED_TABS = tuple((key, title) for key, title in PANEL_TABS if key != "logs")
 LOGS_REFUSED = "Reading logs needs CAN_MANAGE on this endpoint: logs can hold request data."
-METRICS_WINDOW_MS = 15 * 60 * 1000
 EVENTS_SHOWN = 200
 BADGES = {"PENDING": "Pending", "READY": "Ready", "FAILED": "Failed"}
 # What the batching inputs propose before a stage turns batching on.
@@ -123,9 +123,11 @@ def serving(
     replica_id: str = "",
     log_kind: str = "service",
     event_scope: str = "",
+    window: str = "",
 ) -> dict[str, Any]:
     """Everything the Serving tab shows; ``panel=False`` for the status poll, which
-    refreshes the status, versions and live bits of the open tab, not its logs or events."""
+    refreshes the status, versions and live bits of the open tab (the rollout, the
+    charts), not its logs or events."""
     name = endpoint.registered_model_name
     versions = sorted(
         selectors.deployed_versions(endpoint), key=lambda v: v.version_number, reverse=True
@@ -179,10 +181,13 @@ def serving(
                 log_kind=log_kind,
                 event_scope=event_scope,
                 can_read_logs=can_manage,
+                window=window,
             )
         )
     elif tab == "compute":
         context["compute"] = compute_rows(endpoint)
+    elif tab == "metrics" and version is not None:
+        context.update(metrics_context(version, window))
     return context
 
 
@@ -195,6 +200,7 @@ def panel_context(
     log_kind: str = "service",
     event_scope: str = "",
     can_read_logs: bool = False,
+    window: str = "",
 ) -> dict[str, Any]:
     """What the selected tab needs; only that tab's data is read."""
     if tab == "logs" and not can_read_logs:
@@ -206,13 +212,7 @@ def panel_context(
             text = logs.service_logs(version, replica_id=replica_id or None)
         return {"log_kind": log_kind, "log_replica": replica_id, "log_text": text}
     if tab == "metrics" and version is not None:
-        now = int(time.time() * 1000)
-        try:
-            points = metrics.series(version.pk, now - METRICS_WINDOW_MS, now)
-        except Exception as exc:  # Redis away: the rest of the page is still useful
-            log.warning("metrics unavailable: %s", exc)
-            return {"metrics_error": "Metrics are unavailable right now."}
-        return {"metrics_points": points, "summary": metrics_summary(points)}
+        return metrics_context(version, window)
     if tab == "events":
         scope = "version" if version is not None and event_scope == "version" else ""
         events = selectors.endpoint_events(
@@ -225,6 +225,14 @@ def panel_context(
     if tab == "compute":
         return {"compute": compute_rows(endpoint), "sizes": selectors.supported_workload_sizes()}
     return {}
+
+
+def metrics_context(version: EndpointVersion, window: str) -> dict[str, Any]:
+    try:
+        return charts.metrics_charts(version.pk, window)
+    except Exception as exc:  # Redis away: the rest of the page is still useful
+        log.warning("metrics unavailable: %s", exc)
+        return {"metrics_error": "Metrics are unavailable right now.", "window": window}
 
 
 def stage_tags(endpoint: ServingEndpoint, versions: list[EndpointVersion]) -> dict[int, list[str]]:
@@ -304,30 +312,6 @@ def snippets(url: str) -> dict[str, str]:
     # A plain str (not the SafeString render_to_string returns): the page escapes it.
     python = str.__str__(render_to_string("endpoints/snippet_python.txt", {"url": url}))
     return {"curl": curl, "python": python}
-
-
-def metrics_summary(points: list[dict[str, Any]]) -> dict[str, Any]:
-    requests = sum(p["requests"] for p in points)
-    errors = sum(p["errors"] for p in points)
-    latencies = [p["latency_ms_avg"] for p in points if p["latency_ms_avg"] is not None]
-    replicas = [p["replicas"] for p in points if p["replicas"] is not None]
-    seconds = max(len(points), 1) * metrics.BUCKET_SECONDS
-    peak = max((p["requests_per_second"] for p in points), default=0)
-    return {
-        "requests": requests,
-        "requests_per_second": round(requests / seconds, 2) if points else 0,
-        "errors": errors,
-        "error_rate": round(100 * errors / requests, 1) if requests else 0,
-        "latency_ms_avg": round(sum(latencies) / len(latencies), 1) if latencies else None,
-        "replicas": replicas[-1] if replicas else None,
-        "bars": [
-            {
-                "height": round(100 * p["requests_per_second"] / peak) if peak else 0,
-                "point": p,
-            }
-            for p in points[-60:]
-        ],
-    }
 
 
 def compute_rows(endpoint: ServingEndpoint) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRefresh, HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRefresh
 
 from endpoints import registry, selectors, services
 from endpoints.errors import PermissionDenied, ServingError
@@ -110,6 +110,7 @@ def _serving_page(
         replica_id=query.get("replica", ""),
         log_kind="build" if query.get("logs") == "build" else "service",
         event_scope=query.get("scope", ""),
+        window=query.get("window", ""),
     )
 
 
@@ -133,10 +134,9 @@ def serving(request: HttpRequest, name: str) -> HttpResponse:
         if request.GET.get("shown", "") != context["shown"]:
             # Versions came or went: the tabs and the request sender need the whole page.
             return HttpResponseClientRefresh()
-        response_class = HttpResponseStopPolling if context["settled"] else HttpResponse
+        # The poll goes on while the page is open (crashes, scaling, traffic show up).
         context["oob"] = True
-        html = render(request, "endpoints/serving.html#status", context).content
-        return response_class(html)
+        return render(request, "endpoints/serving.html#status", context)
     if request.htmx and request.htmx.target == "panel":
         return render(request, "endpoints/serving.html#panel", context)
     return _render_serving(request, name, context)

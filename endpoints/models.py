@@ -17,6 +17,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from .targets import TARGET_MAX_LENGTH
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -94,6 +96,8 @@ class ServingEndpoint(models.Model):
     creator = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
+    # The MLflow aliases this endpoint serves; None: every alias of the model.
+    served_aliases = models.JSONField(null=True, blank=True, default=None)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -104,18 +108,23 @@ class ServingEndpoint(models.Model):
         return self.registered_model_name
 
     def current_compute_config(self, stage: str) -> ComputeConfig | None:
+        """The newest config of a target: a stage, or an alias as ``@<alias>``."""
         return (
             self.compute_configs.filter(stage=stage).order_by("-creation_timestamp", "-pk").first()
         )
 
+    def serves_alias(self, alias: str) -> bool:
+        return self.served_aliases is None or alias in self.served_aliases
+
 
 class ComputeConfig(models.Model):
-    """One compute setting for a stage. Rows are never updated: the newest one is desired."""
+    """One compute setting for a target (a stage, or an alias as ``@<alias>``). Rows are
+    never updated: the newest one is desired."""
 
     endpoint = models.ForeignKey(
         ServingEndpoint, on_delete=models.CASCADE, related_name="compute_configs"
     )
-    stage = models.CharField(max_length=16, choices=Stage.choices)
+    stage = models.CharField(max_length=TARGET_MAX_LENGTH)
     workload_size = models.CharField(
         max_length=8, choices=WorkloadSize.choices, default=WorkloadSize.SMALL
     )
@@ -193,6 +202,8 @@ class EndpointVersion(models.Model):
     version = models.CharField(max_length=32)
     # The version's stage in the registry as last seen ("" when not Staging/Production).
     registry_stage = models.CharField(max_length=16, blank=True, default="")
+    # The served MLflow aliases that point at it in the registry, as last seen.
+    registry_aliases = models.JSONField(default=list, blank=True)
     # True while the registry wants it served; a version leaving its stage stays served
     # (desired=False) until the stage's new version is ready, then drains and stops.
     desired = models.BooleanField(default=True)
@@ -238,10 +249,11 @@ class EndpointVersion(models.Model):
 
 
 class StageAlias(models.Model):
-    """Routing pointer: the version a stage URL answers with. Moves only to a READY version."""
+    """Routing pointer: the version a target's URL (a stage, or an MLflow alias as
+    ``@<alias>``) answers with. Moves only to a READY version."""
 
     endpoint = models.ForeignKey(ServingEndpoint, on_delete=models.CASCADE, related_name="aliases")
-    stage = models.CharField(max_length=16, choices=Stage.choices)
+    stage = models.CharField(max_length=TARGET_MAX_LENGTH)
     version = models.ForeignKey(EndpointVersion, on_delete=models.CASCADE, related_name="aliases")
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -300,12 +312,16 @@ class EventType(models.TextChoices):
     ENDPOINT_FAILED = "ENDPOINT_FAILED"
     COMPUTE_CONFIG_UPDATED = "COMPUTE_CONFIG_UPDATED"
     PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"
+    SERVED_ALIASES_CHANGED = "SERVED_ALIASES_CHANGED"
+    TRAFFIC_SPLIT_CHANGED = "TRAFFIC_SPLIT_CHANGED"
+    INFERENCE_TABLE_CHANGED = "INFERENCE_TABLE_CHANGED"
     # version level
     VERSION_DEPLOYING = "VERSION_DEPLOYING"
     VERSION_READY = "VERSION_READY"
     VERSION_FAILED = "VERSION_FAILED"
     VERSION_STAGE_CHANGED = "VERSION_STAGE_CHANGED"
     VERSION_ALIAS_MOVED = "VERSION_ALIAS_MOVED"
+    MODEL_ALIAS_SET = "MODEL_ALIAS_SET"
     VERSION_RETIRED = "VERSION_RETIRED"
     CONFIG_UPDATE_STARTED = "CONFIG_UPDATE_STARTED"
     CONFIG_UPDATE_APPLIED = "CONFIG_UPDATE_APPLIED"
@@ -344,6 +360,8 @@ class Event(models.Model):
     message = models.TextField()
     endpoint_version_name = models.CharField(max_length=32, blank=True, default="")
     stage = models.CharField(max_length=16, blank=True, default="")
+    # The MLflow alias the event is about (without "@"), when it is about one.
+    alias = models.CharField(max_length=255, blank=True, default="")
     replica_id = models.CharField(max_length=32, blank=True, default="")
 
     class Meta:
@@ -361,6 +379,7 @@ class Event(models.Model):
         *,
         version: EndpointVersion | None = None,
         replica: Replica | None = None,
+        alias: str = "",
     ) -> Event:
         level = (
             EventLevel.REPLICA if replica else EventLevel.VERSION if version else EventLevel.MODEL
@@ -373,6 +392,7 @@ class Event(models.Model):
             endpoint_version_name=version.version if version else "",
             stage=version.registry_stage if version else "",
             replica_id=replica.replica_id if replica else "",
+            alias=alias,
         )
 
 
@@ -470,3 +490,8 @@ class EndpointPermission(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} {self.level} on {self.endpoint}"
+
+
+# Traffic splits and inference tables live in their own module; importing them here makes
+# them models of this app like the others.
+from .traffic_models import InferenceTable, TrafficSplit  # noqa: E402, F401

@@ -151,8 +151,21 @@ class EventHistoryRequest(ModelNameRequest):
     max_results = Number(min_value=1, max_value=1000, required=False, default=100)
 
 
-class RestartComputeConfigRequest(ModelNameRequest):
-    stage = Choice(choices=Stage.choices)
+class TargetRequest(ModelNameRequest):
+    """A stage, or (instead) an MLflow alias served by the endpoint."""
+
+    stage = Choice(choices=Stage.choices, required=False)
+    alias = Text(max_length=255, required=False, help_text="An MLflow alias instead of a stage.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("stage" in attrs) == ("alias" in attrs):
+            raise serializers.ValidationError("Give exactly one of 'stage' and 'alias'.")
+        attrs["target"] = attrs.get("stage") or "@" + attrs["alias"].removeprefix("@")
+        return attrs
+
+
+class RestartComputeConfigRequest(TargetRequest):
+    pass
 
 
 def max_batch_size_field(field: type[serializers.IntegerField]) -> serializers.IntegerField:
@@ -188,8 +201,7 @@ class WorkloadSpecRequest(serializers.Serializer):
     )
 
 
-class UpdateComputeConfigRequest(ModelNameRequest):
-    stage = Choice(choices=Stage.choices)
+class UpdateComputeConfigRequest(TargetRequest):
     desired_workload_config_spec = WorkloadSpecRequest()
 
 
@@ -273,7 +285,8 @@ class WorkloadSpec(serializers.Serializer):
 
 
 class ComputeConfig(serializers.Serializer):
-    stage = serializers.ChoiceField(choices=Stage.choices)
+    stage = serializers.ChoiceField(choices=Stage.choices, required=False)
+    alias = serializers.CharField(required=False, help_text="An MLflow alias's config.")
     creation_timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
     user_id = serializers.CharField(allow_blank=True)
     workload_spec = WorkloadSpec()
@@ -284,6 +297,10 @@ class EndpointStatus(serializers.Serializer):
     state = serializers.ChoiceField(choices=["PENDING", "READY", "FAILED"])
     state_message = serializers.CharField(allow_blank=True)
     compute_config = ComputeConfig(many=True)
+    served_aliases = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="Absent: every alias."
+    )
+    traffic_splits = serializers.ListField(child=serializers.DictField(), required=False)
 
 
 class ServiceStatus(serializers.Serializer):
@@ -297,6 +314,7 @@ class EndpointVersionStatus(serializers.Serializer):
     endpoint_version_name = serializers.CharField()
     service_status = ServiceStatus()
     config_update_status = ServiceStatus()
+    aliases = serializers.ListField(child=serializers.CharField(), required=False)
 
 
 class EndpointStatusResponse(serializers.Serializer):
@@ -316,7 +334,7 @@ class VersionStatusResponse(serializers.Serializer):
 
 
 class Alias(serializers.Serializer):
-    alias = serializers.ChoiceField(choices=Stage.choices)
+    alias = serializers.CharField(help_text="A stage, or an MLflow alias as '@<alias>'.")
     endpoint_version_name = serializers.CharField()
 
 
@@ -355,6 +373,7 @@ class EventInfo(serializers.Serializer):
     message = serializers.CharField(allow_blank=True)
     endpoint_version_name = serializers.CharField(required=False)
     stage = serializers.CharField(required=False)
+    alias = serializers.CharField(required=False)
     replica_id = serializers.CharField(required=False)
 
 

@@ -6,14 +6,15 @@ loop; the web UI's request sender calls ``invoke`` from a Django view thread. Bo
 through one ``Gateway`` per process, which
 
 1. authenticates the token and checks CAN_QUERY from caches in memory (``routing``),
-2. resolves the URL to a version and its Running replicas (same snapshot; Redis pushes
-   changes, so usually no round trip),
+2. resolves the URL (a stage, an ``@alias`` or a version) to a version and its Running
+   replicas (same snapshot; Redis pushes changes, so usually no round trip),
 3. admits the request against its endpoint's and version's limits (per process),
    holding it while a scaled-to-zero version wakes up (``admission``),
 4. forwards the body unchanged (the replica parses the four JSON formats and CSV) over
    pooled keep-alive connections to the least-loaded replica, retrying once on another
    replica when a connection fails (``streams`` from the loop, ``upstream`` from threads),
-5. returns the replica's answer; every error of its own is ``{"error_code", "message"}``.
+5. returns the replica's answer, naming the version in ``X-Serving-Version``; every error
+   of its own is ``{"error_code", "message"}``.
 
 Each process counts in-flight requests per version; a background thread (one per process)
 reports them for the autoscaler and records metrics about once a second (``reporting``).
@@ -53,6 +54,8 @@ from .upstream import INVOCATIONS, JSON, Upstream
 
 GATEWAY_PREFIXES = ("/model-endpoint/", "/model/")
 RETRY_AFTER_SECONDS = "1"
+# Names the version whose replica answered (a stage, an alias or a split may have chosen it).
+VERSION_HEADER = "X-Serving-Version"
 
 
 class MethodNotAllowed(ServingError):
@@ -141,6 +144,16 @@ def normalise_request(body: bytes, content_type: str | None) -> tuple[bytes, str
         if isinstance(inner, str):
             return inner.encode(), content_type
     return body, content_type
+
+
+def answered_by(answer: Answer, target: Target) -> Answer:
+    """``answer`` naming the version that gave it."""
+    return Answer(
+        answer.status,
+        answer.body,
+        answer.content_type,
+        (*answer.headers, (VERSION_HEADER, target.version)),
+    )
 
 
 def translate_answer(status: int, content_type: str, data: bytes) -> Answer:
@@ -246,6 +259,7 @@ class Gateway:
                     serving, body, content_type, load=self.load, routing=self.routing
                 )
             )
+            answer = answered_by(answer, serving)
         except ServingError as exc:
             answer = error_answer(exc)
         finally:

@@ -29,6 +29,7 @@ from .app import (
     Answer,
     Gateway,
     MethodNotAllowed,
+    answered_by,
     error_answer,
     gateway,
     normalise_request,
@@ -172,6 +173,7 @@ class Scoring:
                     refresh=functools.partial(refreshed, self.gw),
                 )
             )
+            answer = answered_by(answer, serving)
         except ServingError as exc:
             answer = error_answer(exc)
         finally:

@@ -90,3 +90,8 @@ def metrics_key(version_pk: int, bucket: int) -> str:
 
 def metrics_pattern(version_pk: int) -> str:
     return f"{PREFIX}metrics:{version_pk}:*"
+
+
+def capture_dropped_key(endpoint: str) -> str:
+    """Requests of an endpoint left out of its inference table (gateways add to it)."""
+    return f"{PREFIX}capture:dropped:{endpoint}"

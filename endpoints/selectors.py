@@ -11,11 +11,12 @@ import time
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
-from . import metrics
+from . import inference, metrics
 from .auth import has_permission, require_admin
 from .errors import NotFound, Unavailable
 from .models import (
@@ -25,6 +26,7 @@ from .models import (
     EndpointPermission,
     EndpointVersion,
     Event,
+    InferenceTable,
     PermissionLevel,
     Replica,
     ReplicaState,
@@ -331,3 +333,27 @@ def service_principal_named(
     if principal is None:
         raise NotFound(f"Service principal '{user_name}' does not exist.")
     return principal
+
+
+def inference_table_json(endpoint: ServingEndpoint) -> dict[str, Any]:
+    """The endpoint's inference table: whether it captures, how much, where, and how many
+    requests the gateways had to leave out (their queue was full)."""
+    table = InferenceTable.objects.filter(endpoint=endpoint).first()
+    name = endpoint.registered_model_name
+    try:
+        dropped = inference.dropped(name)
+    except redis.RedisError:
+        dropped = None
+    return {
+        "enabled": bool(table and table.enabled),
+        "sample_rate": table.sample_rate if table else 1.0,
+        "retention_days": settings.SERVING["INFERENCE_RETENTION_DAYS"],
+        "location": str(inference.table_dir(name)),
+        "dropped_requests": dropped,
+    }
+
+
+def inference_rows(endpoint: ServingEndpoint, *, limit: int) -> list[dict[str, Any]]:
+    """The newest captured requests, newest first, timestamps in milliseconds."""
+    rows = inference.latest_rows(endpoint.registered_model_name, limit)
+    return [{**row, "timestamp": int(row["timestamp"].timestamp() * 1000)} for row in rows]

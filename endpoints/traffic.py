@@ -1,5 +1,5 @@
 """Writes of desired state about where traffic goes: which MLflow aliases an endpoint
-serves, where an alias points, and traffic splits between versions.
+serves, where an alias points, traffic splits between versions, and inference tables.
 
 Like ``services``: keyword-only functions that check permissions, write in one
 transaction, record an Event and ask a worker to reconcile once it commits. The gateway
@@ -20,6 +20,7 @@ from .errors import InvalidParameter, NotFound, PermissionDenied, Unavailable
 from .models import (
     Event,
     EventType,
+    InferenceTable,
     PermissionLevel,
     ServiceState,
     ServingEndpoint,
@@ -218,3 +219,34 @@ def traffic_split_rollback(*, name: str, target: str, user: AbstractBaseUser) ->
     back = f"version {pointer.version.version}" if pointer else "its version"
     _changed(endpoint, target, f"{target} split rolled back to {back} by {user_label(user)}.")
     return endpoint
+
+
+# --- inference tables --------------------------------------------------------------------------
+
+
+@transaction.atomic
+def inference_table_update(
+    *, name: str, enabled: bool, sample_rate: float = 1.0, user: AbstractBaseUser
+) -> InferenceTable:
+    """Turn capturing of the endpoint's requests on (``sample_rate``: the share kept, more
+    than 0 and at most 1) or off. Gateways follow at once."""
+    endpoint = get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
+    if isinstance(sample_rate, bool) or not 0.0 < float(sample_rate) <= 1.0:
+        raise InvalidParameter(f"Invalid sample_rate {sample_rate!r}: more than 0, at most 1.")
+    table, _ = InferenceTable.objects.update_or_create(
+        endpoint=endpoint,
+        defaults={
+            "enabled": enabled,
+            "sample_rate": float(sample_rate),
+            "user_id": user_label(user),
+            "updated_timestamp": now_ms(),
+        },
+    )
+    state = f"on, capturing {float(sample_rate):.0%} of requests" if enabled else "off"
+    Event.record(
+        endpoint,
+        EventType.INFERENCE_TABLE_CHANGED,
+        f"Inference table {state}, set by {user_label(user)}.",
+    )
+    invalidate_caches()
+    return table

@@ -600,6 +600,8 @@ def test_schema_documents_every_call_with_its_errors(client):
         (v2 + "update-traffic-split", "put"),
         (v2 + "promote-traffic-split", "post"),
         (v2 + "rollback-traffic-split", "post"),
+        (v2 + "get-inference-table", "get"),
+        (v2 + "update-inference-table", "put"),
         ("/api/2.0/mlflow/registered-models/alias", "post"),
         ("/api/2.0/mlflow/registered-models/alias", "delete"),
         ("/api/2.0/preview/model-serving-api/endpoints-v2/update-compute-config", "put"),

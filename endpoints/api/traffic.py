@@ -1,5 +1,5 @@
 """API calls about where traffic goes: MLflow aliases (set, delete, which ones an endpoint
-serves) and traffic splits (set, promote, roll back, read). Thin: parse, call
+serves), traffic splits (set, promote, roll back, read) and inference tables. Thin: parse, call
 ``endpoints.traffic``, answer with ``selectors``' shapes."""
 
 from __future__ import annotations
@@ -34,10 +34,14 @@ class ServedAliasesRequest(s.ModelNameRequest):
         help_text="The aliases to serve; null: every alias of the model (the default).",
     )
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if "served_aliases" not in self.initial_data:
-            raise serializers.ValidationError({"served_aliases": "This field is required."})
-        return attrs
+
+class Fraction(serializers.FloatField):
+    """A number that is not converted from other JSON types (not a boolean, not a string)."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if s._is_json(self) and (isinstance(data, bool) or not isinstance(data, int | float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class ModelAliasView(ManageView):
@@ -213,3 +217,92 @@ class RollbackTrafficSplitView(ManageView):
             name=args["registered_model_name"], target=args["target"], user=request.user
         )
         return Response({"traffic_splits": selectors.traffic_splits_json(endpoint)})
+
+
+# --- inference tables --------------------------------------------------------------------------
+
+
+class InferenceTableRequest(s.ModelNameRequest):
+    enabled = s.Flag()
+    sample_rate = Fraction(
+        min_value=0.0001,
+        max_value=1.0,
+        required=False,
+        default=1.0,
+        help_text="The share of requests captured (1: all of them).",
+    )
+
+
+class InferenceRowsRequest(s.ModelNameRequest):
+    max_results = s.Number(min_value=1, max_value=1000, required=False, default=100)
+
+
+class InferenceTableInfo(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    sample_rate = serializers.FloatField()
+    retention_days = serializers.IntegerField()
+    location = serializers.CharField()
+    dropped_requests = serializers.IntegerField(allow_null=True)
+
+
+class InferenceTableResponse(serializers.Serializer):
+    inference_table = InferenceTableInfo()
+
+
+class InferenceRow(serializers.Serializer):
+    timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
+    endpoint = serializers.CharField()
+    selector = serializers.CharField()
+    version = serializers.CharField()
+    status = serializers.IntegerField()
+    latency_ms = serializers.FloatField()
+    token_id = serializers.IntegerField(allow_null=True)
+    request = serializers.CharField(allow_blank=True)
+    response = serializers.CharField(allow_blank=True)
+
+
+class InferenceRowsResponse(InferenceTableResponse):
+    rows = InferenceRow(many=True)
+
+
+class GetInferenceTableView(ApiView):
+    @doc(
+        "endpointsV2GetInferenceTable",
+        "The inference table's settings and its newest captured requests",
+        tag=ENDPOINTS_V2,
+        query=InferenceRowsRequest,
+        response=InferenceRowsResponse,
+        description=GET_ARGS + " Rows newest first: request and response bodies, status, "
+        "latency, the version that answered, and the caller's token id.",
+    )
+    def get(self, request: Request) -> Response:
+        args = parse(request, InferenceRowsRequest)
+        endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
+        return Response(
+            {
+                "inference_table": selectors.inference_table_json(endpoint),
+                "rows": selectors.inference_rows(endpoint, limit=args["max_results"]),
+            }
+        )
+
+
+class UpdateInferenceTableView(ManageView):
+    @doc(
+        "endpointsV2UpdateInferenceTable",
+        "Turn the inference table on or off, with a sampling rate",
+        tag=ENDPOINTS_V2,
+        request=InferenceTableRequest,
+        response=InferenceTableResponse,
+        errors=(429,),
+        description="Needs CAN_MANAGE. Captured requests are written to Parquet files, "
+        "partitioned by endpoint and date, under the inference directory.",
+    )
+    def put(self, request: Request) -> Response:
+        args = parse(request, InferenceTableRequest)
+        table = traffic.inference_table_update(
+            name=args["registered_model_name"],
+            enabled=args["enabled"],
+            sample_rate=args["sample_rate"],
+            user=request.user,
+        )
+        return Response({"inference_table": selectors.inference_table_json(table.endpoint)})

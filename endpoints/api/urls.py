@@ -83,6 +83,16 @@ urlpatterns = [
         traffic.RollbackTrafficSplitView.as_view(),
         name="api-rollback-traffic-split",
     ),
+    path(
+        V2 + "get-inference-table",
+        traffic.GetInferenceTableView.as_view(),
+        name="api-get-inference-table",
+    ),
+    path(
+        V2 + "update-inference-table",
+        traffic.UpdateInferenceTableView.as_view(),
+        name="api-update-inference-table",
+    ),
     path(V2 + "get-permissions", access.GetPermissionsView.as_view(), name="api-get-permissions"),
     path(V2 + "set-permissions", access.SetPermissionsView.as_view(), name="api-set-permissions"),
     # model registry

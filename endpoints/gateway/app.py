@@ -47,8 +47,9 @@ from endpoints.errors import (
 from endpoints.models import PermissionLevel
 
 from .admission import Admission
+from .capture import Capture
 from .reporting import Flusher, LoadTracker, TokenUse, send_reports
-from .routing import RoutingCache, Snapshot, Target
+from .routing import CachedToken, RoutingCache, Snapshot, Target
 from .streams import StreamUpstream
 from .upstream import INVOCATIONS, JSON, Upstream
 
@@ -193,6 +194,7 @@ class Gateway:
         )
         self.token_use = TokenUse()
         self.flusher = Flusher(self.flush)
+        self.capture = Capture()
 
     # --- who may call what ----------------------------------------------------------------
 
@@ -201,10 +203,16 @@ class Gateway:
     ) -> Target:
         """The version a request with this Authorization header may score, or a
         ServingError (401, 404, 403, 503)."""
-        user = self._authenticate(snapshot, authorization)
-        return self.authorize(snapshot, name, selector, user)
+        return self.resolve_caller(snapshot, authorization, name, selector)[0]
 
-    def _authenticate(self, snapshot: Snapshot, header: str | None) -> AbstractBaseUser:
+    def resolve_caller(
+        self, snapshot: Snapshot, authorization: str | None, name: str, selector: str
+    ) -> tuple[Target, int]:
+        """``resolve``, with the id of the caller's token."""
+        token = self._authenticate(snapshot, authorization)
+        return self.authorize(snapshot, name, selector, token.user), token.token_pk
+
+    def _authenticate(self, snapshot: Snapshot, header: str | None) -> CachedToken:
         raw = token_from_authorization(header)
         if raw is None:
             raise Unauthenticated(
@@ -215,7 +223,7 @@ class Gateway:
         if token is None:
             raise Unauthenticated("Invalid, expired or revoked access token.")
         self.token_use.note(token.token_pk)
-        return token.user
+        return token
 
     def authorize(
         self, snapshot: Snapshot, name: str, selector: str, user: AbstractBaseUser

@@ -41,6 +41,7 @@ from endpoints.models import (
 )
 from endpoints.targets import is_alias, version_targets
 
+from .capture import rate_expression
 from .split import Split, build_splits, load_splits
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Target:
 
 @dataclass(frozen=True)
 class EndpointRoutes:
-    endpoint: ServingEndpoint  # only pk, name and creator_id are loaded
+    endpoint: ServingEndpoint  # only pk, name, creator_id and capture_rate are loaded
     versions: dict[str, Target]
     stages: dict[str, Target]
     # Stages whose versions are still being deployed (no alias yet): 503, not 404.
@@ -150,9 +151,9 @@ def build_table() -> RoutingTable:
     """Read the routing table from the database (six queries)."""
     endpoints = {
         e.pk: e
-        for e in ServingEndpoint.objects.filter(enabled=True).only(
-            "pk", "registered_model_name", "creator_id"
-        )
+        for e in ServingEndpoint.objects.filter(enabled=True)
+        .only("pk", "registered_model_name", "creator_id")
+        .annotate(capture_rate=rate_expression())
     }
     versions = list(
         EndpointVersion.objects.filter(endpoint_id__in=endpoints).select_related("service_config")

@@ -153,3 +153,12 @@ class TrafficSplitForm(forms.Form):
     def problem(self) -> str:
         errors = self.non_field_errors()
         return errors[0] if errors else "Choose a stage or alias and what to do."
+
+
+class InferenceTableForm(forms.Form):
+    enabled = forms.BooleanField(required=False)
+    sample_percent = forms.FloatField(min_value=0.01, max_value=100, required=False)
+
+    def clean_sample_percent(self) -> float:
+        value = self.cleaned_data.get("sample_percent")
+        return 100.0 if value is None else value

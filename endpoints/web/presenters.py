@@ -43,6 +43,7 @@ PANEL_TABS = (
     ("events", "Model Events"),
     ("compute", "Compute Settings"),
     ("traffic", "Traffic"),
+    ("inference", "Inference table"),
 )
 SERVING_TABS = tuple(key for key, _ in PANEL_TABS)
 METRICS_WINDOW_MS = 15 * 60 * 1000
@@ -236,6 +237,8 @@ def panel_context(
         return {"compute": compute_rows(endpoint), "sizes": selectors.supported_workload_sizes()}
     if tab == "traffic":
         return traffic_panel.traffic(endpoint=endpoint)
+    if tab == "inference":
+        return traffic_panel.inference_panel(endpoint=endpoint)
     return {}
 
 

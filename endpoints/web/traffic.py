@@ -1,22 +1,28 @@
 """The Serving tab's Traffic panel writes: point an MLflow alias at a version, choose
-which aliases the endpoint serves, split, promote and roll back a target's traffic.
-Thin: validate, call ``endpoints.traffic``, redirect back to the panel with a message."""
+which aliases the endpoint serves, split, promote and roll back a target's traffic, turn
+the inference table on or off and download it. Thin: validate, call
+``endpoints.traffic``, redirect back to the panel with a message."""
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
-from endpoints import services, traffic
+from endpoints import inference, services, traffic
 from endpoints.errors import ServingError
 from endpoints.models import PermissionLevel
 
 from . import presenters
-from .forms import ModelAliasForm, ServedAliasesForm, TrafficSplitForm
+from .forms import InferenceTableForm, ModelAliasForm, ServedAliasesForm, TrafficSplitForm
 from .shortcuts import http_errors, show_error
+
+# How many days of the inference table a download holds.
+DOWNLOAD_DAYS = 7
 
 
 def _back(name: str) -> HttpResponse:
@@ -95,3 +101,40 @@ def traffic_split(request: HttpRequest, name: str) -> HttpResponse:
     else:
         messages.success(request, done)
     return _back(name)
+
+
+@login_required
+@require_POST
+@http_errors
+def inference_update(request: HttpRequest, name: str) -> HttpResponse:
+    services.get_endpoint_for_user(name, request.user, PermissionLevel.CAN_MANAGE)
+    form = InferenceTableForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Sampling is a percent, more than 0 and at most 100.")
+    else:
+        data = form.cleaned_data
+        try:
+            traffic.inference_table_update(
+                name=name,
+                enabled=data["enabled"],
+                sample_rate=data["sample_percent"] / 100,
+                user=request.user,
+            )
+        except ServingError as exc:
+            show_error(request, exc)
+        else:
+            messages.success(request, "Inference table settings saved.")
+    return redirect(presenters.serving_url(name, tab="inference"))
+
+
+@login_required
+@require_GET
+@http_errors
+def inference_download(request: HttpRequest, name: str) -> HttpResponse:
+    """The last days of the endpoint's inference table as one Parquet file."""
+    endpoint = services.get_endpoint_for_user(name, request.user)
+    data = inference.as_parquet(endpoint.registered_model_name, DOWNLOAD_DAYS)
+    response = HttpResponse(data, content_type="application/vnd.apache.parquet")
+    filename = quote(f"{name}-inference.parquet")
+    response["Content-Disposition"] = f"attachment; filename*=UTF-8''{filename}"
+    return response

@@ -1,14 +1,19 @@
-"""The Serving tab's Traffic panel: the model's MLflow aliases (which are served, where
-each points, what its URL answers now) and the choice of which aliases to serve."""
+"""The Serving tab's Traffic and Inference table panels: the model's MLflow aliases
+(which are served, where each points, what its URL answers now), the choice of which
+aliases to serve, the traffic splits (and their metrics side by side), and the newest
+captured requests."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
-from endpoints import metrics, registry
+from endpoints import metrics, registry, selectors
 from endpoints.models import ServiceState, ServingEndpoint
 from endpoints.targets import alias_name, alias_target, is_alias, valid_alias
+
+INFERENCE_ROWS_SHOWN = 50
 
 
 def traffic(*, endpoint: ServingEndpoint) -> dict[str, Any]:
@@ -94,3 +99,22 @@ def split_metrics(
             columns.append({"version": version, "weight": weight, "summary": summarize(points)})
         rows.append({"target": split.target, "versions": columns})
     return rows
+
+
+def inference_panel(*, endpoint: ServingEndpoint) -> dict[str, Any]:
+    """The Inference table panel: its settings and the newest captured requests."""
+    table = selectors.inference_table_json(endpoint)
+    rows = selectors.inference_rows(endpoint, limit=INFERENCE_ROWS_SHOWN)
+    for row in rows:
+        row["when"] = datetime.fromtimestamp(row["timestamp"] / 1000, tz=UTC)
+        row["request_short"] = _short(row["request"])
+        row["response_short"] = _short(row["response"])
+    return {
+        "inference": table,
+        "inference_percent": round(table["sample_rate"] * 100, 2),
+        "inference_rows": rows,
+    }
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

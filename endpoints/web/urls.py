@@ -27,6 +27,16 @@ urlpatterns = [
         name="served-aliases",
     ),
     path("models/<str:name>/serving/split/", traffic.traffic_split, name="traffic-split"),
+    path(
+        "models/<str:name>/serving/inference/",
+        traffic.inference_update,
+        name="inference-update",
+    ),
+    path(
+        "models/<str:name>/serving/inference/download/",
+        traffic.inference_download,
+        name="inference-download",
+    ),
     path("models/<str:name>/serving/example/", views.serving_example, name="serving-example"),
     path("models/<str:name>/serving/invoke/", views.serving_invoke, name="serving-invoke"),
     path("models/<str:name>/permissions/", access.permissions, name="permissions"),

@@ -116,5 +116,5 @@ def inference_panel(*, endpoint: ServingEndpoint) -> dict[str, Any]:
     }
 
 
-def _short(text: str, limit: int = 120) -> str:
+def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -33,7 +33,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from endpoints import devstack
 from endpoints.devstack import ManagedProcess
 
-from ._bench_traffic import route_traffic_paths, traffic_rows, traffic_targets
+from ._bench_traffic import (
+    hot_path_costs,
+    hot_path_rows,
+    route_traffic_paths,
+    traffic_rows,
+    traffic_targets,
+)
 from ._load import BODY, HalfOpen, KeepAliveClient, Result, measure_in_subprocess, median
 
 ISOLATED_ENV = "SERVING_BENCH_ISOLATED"
@@ -334,7 +340,8 @@ class Bench:
             self.say(f"{label:46} {figure:>18} {baseline:>14}  {'PASS' if ok else 'MISS'}")
         self.say("")
         self.say(f"{'traffic (same run)':46} {'figure':>18} {'plain routing':>14}  result")
-        for label, figure, baseline, ok in traffic_rows(runs, path_seq):
+        costs = hot_path_rows(hot_path_costs(BODY))
+        for label, figure, baseline, ok in traffic_rows(runs, path_seq) + costs:
             result = "-" if ok is None else "PASS" if ok else "MISS"
             self.say(f"{label:46} {figure:>18} {baseline:>14}  {result}")
 

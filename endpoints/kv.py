@@ -113,3 +113,8 @@ def metrics_totals_key(version_pk: int) -> str:
 RECONCILE_TOTALS_KEY = f"{PREFIX}reconcile-totals"
 # A sorted set: Celery worker name → the Unix time of its last heartbeat.
 WORKER_HEARTBEATS_KEY = f"{PREFIX}worker-heartbeats"
+
+
+def capture_dropped_key(endpoint: str) -> str:
+    """Requests of an endpoint left out of its inference table (gateways add to it)."""
+    return f"{PREFIX}capture:dropped:{endpoint}"

@@ -7,15 +7,14 @@ registry and writes observed state: endpoint versions, replicas, routing and eve
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import time
-from datetime import datetime
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from .targets import TARGET_MAX_LENGTH
 
 
 def now_ms() -> int:
@@ -94,6 +93,8 @@ class ServingEndpoint(models.Model):
     creator = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
+    # The MLflow aliases this endpoint serves; None: every alias of the model.
+    served_aliases = models.JSONField(null=True, blank=True, default=None)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -104,18 +105,23 @@ class ServingEndpoint(models.Model):
         return self.registered_model_name
 
     def current_compute_config(self, stage: str) -> ComputeConfig | None:
+        """The newest config of a target: a stage, or an alias as ``@<alias>``."""
         return (
             self.compute_configs.filter(stage=stage).order_by("-creation_timestamp", "-pk").first()
         )
 
+    def serves_alias(self, alias: str) -> bool:
+        return self.served_aliases is None or alias in self.served_aliases
+
 
 class ComputeConfig(models.Model):
-    """One compute setting for a stage. Rows are never updated: the newest one is desired."""
+    """One compute setting for a target (a stage, or an alias as ``@<alias>``). Rows are
+    never updated: the newest one is desired."""
 
     endpoint = models.ForeignKey(
         ServingEndpoint, on_delete=models.CASCADE, related_name="compute_configs"
     )
-    stage = models.CharField(max_length=16, choices=Stage.choices)
+    stage = models.CharField(max_length=TARGET_MAX_LENGTH)
     workload_size = models.CharField(
         max_length=8, choices=WorkloadSize.choices, default=WorkloadSize.SMALL
     )
@@ -193,6 +199,8 @@ class EndpointVersion(models.Model):
     version = models.CharField(max_length=32)
     # The version's stage in the registry as last seen ("" when not Staging/Production).
     registry_stage = models.CharField(max_length=16, blank=True, default="")
+    # The served MLflow aliases that point at it in the registry, as last seen.
+    registry_aliases = models.JSONField(default=list, blank=True)
     # True while the registry wants it served; a version leaving its stage stays served
     # (desired=False) until the stage's new version is ready, then drains and stops.
     desired = models.BooleanField(default=True)
@@ -238,10 +246,11 @@ class EndpointVersion(models.Model):
 
 
 class StageAlias(models.Model):
-    """Routing pointer: the version a stage URL answers with. Moves only to a READY version."""
+    """Routing pointer: the version a target's URL (a stage, or an MLflow alias as
+    ``@<alias>``) answers with. Moves only to a READY version."""
 
     endpoint = models.ForeignKey(ServingEndpoint, on_delete=models.CASCADE, related_name="aliases")
-    stage = models.CharField(max_length=16, choices=Stage.choices)
+    stage = models.CharField(max_length=TARGET_MAX_LENGTH)
     version = models.ForeignKey(EndpointVersion, on_delete=models.CASCADE, related_name="aliases")
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -300,12 +309,16 @@ class EventType(models.TextChoices):
     ENDPOINT_FAILED = "ENDPOINT_FAILED"
     COMPUTE_CONFIG_UPDATED = "COMPUTE_CONFIG_UPDATED"
     PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"
+    SERVED_ALIASES_CHANGED = "SERVED_ALIASES_CHANGED"
+    TRAFFIC_SPLIT_CHANGED = "TRAFFIC_SPLIT_CHANGED"
+    INFERENCE_TABLE_CHANGED = "INFERENCE_TABLE_CHANGED"
     # version level
     VERSION_DEPLOYING = "VERSION_DEPLOYING"
     VERSION_READY = "VERSION_READY"
     VERSION_FAILED = "VERSION_FAILED"
     VERSION_STAGE_CHANGED = "VERSION_STAGE_CHANGED"
     VERSION_ALIAS_MOVED = "VERSION_ALIAS_MOVED"
+    MODEL_ALIAS_SET = "MODEL_ALIAS_SET"
     VERSION_RETIRED = "VERSION_RETIRED"
     CONFIG_UPDATE_STARTED = "CONFIG_UPDATE_STARTED"
     CONFIG_UPDATE_APPLIED = "CONFIG_UPDATE_APPLIED"
@@ -344,6 +357,8 @@ class Event(models.Model):
     message = models.TextField()
     endpoint_version_name = models.CharField(max_length=32, blank=True, default="")
     stage = models.CharField(max_length=16, blank=True, default="")
+    # The MLflow alias the event is about (without "@"), when it is about one.
+    alias = models.CharField(max_length=255, blank=True, default="")
     replica_id = models.CharField(max_length=32, blank=True, default="")
 
     class Meta:
@@ -361,6 +376,7 @@ class Event(models.Model):
         *,
         version: EndpointVersion | None = None,
         replica: Replica | None = None,
+        alias: str = "",
     ) -> Event:
         level = (
             EventLevel.REPLICA if replica else EventLevel.VERSION if version else EventLevel.MODEL
@@ -373,103 +389,8 @@ class Event(models.Model):
             endpoint_version_name=version.version if version else "",
             stage=version.registry_stage if version else "",
             replica_id=replica.replica_id if replica else "",
+            alias=alias,
         )
-
-
-class ServicePrincipal(models.Model):
-    """A non-human identity for automation. It is a user that cannot log in to the UI
-    (unusable password) so tokens and permissions treat both kinds alike."""
-
-    user = models.OneToOneField(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="service_principal"
-    )
-    display_name = models.CharField(max_length=256, blank=True, default="")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
-    created_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        ordering = ["user__username"]
-
-    def __str__(self) -> str:
-        return self.display_name or self.user.get_username()
-
-
-TOKEN_PREFIX = "sui_"  # noqa: S105 - the public prefix of every token
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def unexpired(expires_at: datetime | None) -> bool:
-    """The expiry rule of tokens, for a row in hand and for one cached by a gateway."""
-    return expires_at is None or expires_at > timezone.now()
-
-
-class AccessTokenQuerySet(models.QuerySet):
-    def active(self) -> AccessTokenQuerySet:
-        """Not revoked and ``unexpired``, as a query."""
-        return self.filter(revoked_at__isnull=True).filter(
-            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=timezone.now())
-        )
-
-
-class AccessToken(models.Model):
-    """A personal access token or a service principal's token. Only its SHA-256 is kept;
-    ``prefix`` (the first characters) lets a user recognise it in lists and scans."""
-
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens"
-    )
-    name = models.CharField(max_length=128, blank=True, default="")
-    prefix = models.CharField(max_length=16, db_index=True)
-    token_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    # The token that authenticated the request creating this one: the child expires no
-    # later than its parent and is revoked (or deleted) with it.
-    parent = models.ForeignKey(
-        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children"
-    )
-
-    objects = AccessTokenQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"{self.prefix}… ({self.name or 'unnamed'})"
-
-    @staticmethod
-    def generate() -> str:
-        return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None and unexpired(self.expires_at)
-
-    @staticmethod
-    def revoke_children(token: AccessToken) -> int:
-        """Revoke every unrevoked descendant of ``token`` (children of children too), at
-        the parent's revocation time; the number revoked."""
-        when = token.revoked_at or timezone.now()
-        frontier, revoked = [token.pk], 0
-        while frontier:
-            frontier = list(
-                AccessToken.objects.filter(
-                    parent_id__in=frontier, revoked_at__isnull=True
-                ).values_list("pk", flat=True)
-            )
-            revoked += AccessToken.objects.filter(pk__in=frontier).update(revoked_at=when)
-        return revoked
 
 
 class EndpointPermission(models.Model):
@@ -490,3 +411,16 @@ class EndpointPermission(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} {self.level} on {self.endpoint}"
+
+
+# Tokens and service principals, traffic splits and inference tables live in modules of
+# their own; importing them here makes them models of this app like the others.
+from .access_models import (  # noqa: E402, F401
+    TOKEN_PREFIX,
+    AccessToken,
+    AccessTokenQuerySet,
+    ServicePrincipal,
+    hash_token,
+    unexpired,
+)
+from .traffic_models import InferenceTable, TrafficSplit  # noqa: E402, F401

@@ -69,6 +69,8 @@ class RegisteredModelInfo:
     description: str = ""
     creation_timestamp: int = 0
     versions: list[ModelVersionInfo] = field(default_factory=list)
+    # {alias: version} of the model's MLflow aliases.
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 @cache
@@ -220,6 +222,7 @@ def get_model(name: str) -> RegisteredModelInfo:
         description=m.description or "",
         creation_timestamp=int(m.creation_timestamp or 0),
         versions=_search_versions(m.name),
+        aliases={alias: str(v) for alias, v in (getattr(m, "aliases", None) or {}).items()},
     )
 
 
@@ -245,7 +248,38 @@ def get_version(name: str, version: str) -> ModelVersionInfo:
 
 def stage_versions(name: str) -> dict[str, str]:
     """{version: stage} for every version now in Staging or Production."""
-    return {v.version: v.stage for v in get_model(name).versions if v.stage in SERVED_STAGES}
+    return serving_targets(name)[0]
+
+
+def serving_targets(name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """({version: stage} of the Staging/Production versions, {alias: version} of every
+    alias), from one read of the model."""
+    model = get_model(name)
+    stages = {v.version: v.stage for v in model.versions if v.stage in SERVED_STAGES}
+    return stages, dict(model.aliases)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point MLflow alias ``alias`` of model ``name`` at ``version``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().set_registered_model_alias(name, alias, str(version))
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            raise VersionNotFound(f"Model version '{name}' v{version} does not exist.") from exc
+        raise RegistryError(str(exc)) from exc
+
+
+def delete_alias(name: str, alias: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().delete_registered_model_alias(name, alias)
+    except MlflowException as exc:
+        if _is_not_found(exc):
+            raise ModelNotFound(f"Model '{name}' has no alias '{alias}'.") from exc
+        raise RegistryError(str(exc)) from exc
 
 
 def transition_stage(

@@ -11,11 +11,12 @@ import time
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
-from . import metrics
+from . import inference, metrics
 from .auth import has_permission, require_admin
 from .errors import NotFound, Unavailable
 from .models import (
@@ -25,6 +26,7 @@ from .models import (
     EndpointPermission,
     EndpointVersion,
     Event,
+    InferenceTable,
     PermissionLevel,
     Replica,
     ReplicaState,
@@ -33,6 +35,7 @@ from .models import (
     ServingEndpoint,
     Stage,
 )
+from .targets import ALIAS_PREFIX, alias_name, is_alias
 
 # The window get-version-metrics covers when the caller names no start.
 DEFAULT_METRICS_WINDOW_MS = 3600 * 1000
@@ -53,30 +56,69 @@ def workload_spec_json(config: ComputeConfig) -> dict[str, Any]:
 
 
 def compute_config_json(config: ComputeConfig | None) -> dict[str, Any] | None:
+    """A stage's config names its ``stage``; an MLflow alias's names its ``alias``."""
     if config is None:
         return None
     return {
-        "stage": config.stage,
+        **target_json(config.stage),
         "creation_timestamp": config.creation_timestamp,
         "user_id": config.user_id,
         "workload_spec": workload_spec_json(config),
     }
 
 
+def alias_config_targets(endpoint: ServingEndpoint) -> list[str]:
+    """``@<alias>`` targets with a compute config, of the aliases the endpoint serves."""
+    targets = endpoint.compute_configs.filter(stage__startswith=ALIAS_PREFIX).values_list(
+        "stage", flat=True
+    )
+    return sorted({t for t in targets if endpoint.serves_alias(alias_name(t))})
+
+
 def endpoint_status_json(endpoint: ServingEndpoint) -> dict[str, Any]:
-    configs = [endpoint.current_compute_config(stage) for stage in Stage.values]
-    return {
+    targets = [*Stage.values, *alias_config_targets(endpoint)]
+    configs = [endpoint.current_compute_config(target) for target in targets]
+    data = {
         "registered_model_name": endpoint.registered_model_name,
         "state": endpoint.state,
         "state_message": endpoint.state_message,
         "compute_config": [compute_config_json(c) for c in configs if c is not None],
     }
+    # Present only when the endpoint serves some aliases rather than all of them (the
+    # default), or splits some traffic, so the default shape is unchanged.
+    if endpoint.served_aliases is not None:
+        data["served_aliases"] = endpoint.served_aliases
+    splits = traffic_splits_json(endpoint)
+    if splits:
+        data["traffic_splits"] = splits
+    return data
+
+
+def target_json(target: str) -> dict[str, str]:
+    """``{"stage": …}`` or, for an MLflow alias, ``{"alias": …}``."""
+    return {"alias": alias_name(target)} if is_alias(target) else {"stage": target}
+
+
+def traffic_splits_json(endpoint: ServingEndpoint) -> list[dict[str, Any]]:
+    """Each split target with its versions' shares, largest first."""
+    return [
+        {
+            **target_json(split.target),
+            "traffic": [
+                {"endpoint_version_name": version, "traffic_percentage": weight}
+                for version, weight in sorted(split.weights.items(), key=lambda i: (-i[1], i[0]))
+            ],
+            "user_id": split.user_id,
+            "updated_timestamp": split.updated_timestamp,
+        }
+        for split in endpoint.traffic_splits.all()
+    ]
 
 
 def version_status_json(version: EndpointVersion) -> dict[str, Any]:
     # ``config`` is always present, null until the version has a config of that kind, so
     # clients read one shape whatever the state.
-    return {
+    data = {
         "registered_model_name": version.endpoint.registered_model_name,
         "endpoint_version_name": version.version,
         "service_status": {
@@ -94,6 +136,9 @@ def version_status_json(version: EndpointVersion) -> dict[str, Any]:
             else None,
         },
     }
+    if version.registry_aliases:
+        data["aliases"] = sorted(version.registry_aliases)
+    return data
 
 
 def deployed_versions(endpoint: ServingEndpoint) -> QuerySet[EndpointVersion]:
@@ -133,10 +178,13 @@ def enabled_endpoint(name: str) -> ServingEndpoint | None:
 
 
 def aliases_json(endpoint: ServingEndpoint) -> list[dict[str, str]]:
-    return [
-        {"alias": a.stage, "endpoint_version_name": a.version.version}
-        for a in endpoint.aliases.select_related("version").order_by("stage")
-    ]
+    """What each stage URL and each served MLflow alias (``@<alias>``) answers with:
+    stages first, then aliases by name."""
+    rows = sorted(
+        endpoint.aliases.select_related("version"),
+        key=lambda a: (is_alias(a.stage), a.stage),
+    )
+    return [{"alias": a.stage, "endpoint_version_name": a.version.version} for a in rows]
 
 
 def sidebar_label(version: EndpointVersion) -> str:
@@ -220,6 +268,8 @@ def event_json(event: Event) -> dict[str, Any]:
         data["endpoint_version_name"] = event.endpoint_version_name
     if event.stage:
         data["stage"] = event.stage
+    if event.alias:
+        data["alias"] = event.alias
     if event.replica_id:
         data["replica_id"] = event.replica_id
     return data
@@ -306,3 +356,27 @@ def service_principal_named(
     if principal is None:
         raise NotFound(f"Service principal '{user_name}' does not exist.")
     return principal
+
+
+def inference_table_json(endpoint: ServingEndpoint) -> dict[str, Any]:
+    """The endpoint's inference table: whether it captures, how much, where, and how many
+    requests the gateways had to leave out (their queue was full)."""
+    table = InferenceTable.objects.filter(endpoint=endpoint).first()
+    name = endpoint.registered_model_name
+    try:
+        dropped = inference.dropped(name)
+    except redis.RedisError:
+        dropped = None
+    return {
+        "enabled": bool(table and table.enabled),
+        "sample_rate": table.sample_rate if table else 1.0,
+        "retention_days": settings.SERVING["INFERENCE_RETENTION_DAYS"],
+        "location": str(inference.table_dir(name)),
+        "dropped_requests": dropped,
+    }
+
+
+def inference_rows(endpoint: ServingEndpoint, *, limit: int) -> list[dict[str, Any]]:
+    """The newest captured requests, newest first, timestamps in milliseconds."""
+    rows = inference.latest_rows(endpoint.registered_model_name, limit)
+    return [{**row, "timestamp": int(row["timestamp"].timestamp() * 1000)} for row in rows]

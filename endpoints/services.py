@@ -47,6 +47,7 @@ from .models import (
     WorkloadSize,
     hash_token,
 )
+from .targets import config_target, valid_target
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,24 @@ def user_label(user: AbstractBaseUser | None) -> str:
     return getattr(user, "email", "") or user.get_username()
 
 
-def _check_stage(stage: str) -> str:
-    if stage not in Stage.values:
+def _check_target(target: str) -> str:
+    """A stage, or an MLflow alias written ``@<alias>``."""
+    if not valid_target(target):
         raise InvalidParameter(
-            f"Invalid stage '{stage}': must be one of {', '.join(Stage.values)}."
+            f"Invalid stage '{target}': must be one of {', '.join(Stage.values)}, "
+            "or an alias as @<alias>."
         )
-    return stage
+    return target
+
+
+def _versions_of(endpoint: ServingEndpoint, target: str, **filters: object) -> list[int]:
+    """Primary keys of the desired versions whose compute config is ``target``'s."""
+    rows = EndpointVersion.objects.filter(endpoint=endpoint, desired=True, **filters)
+    return [
+        v.pk
+        for v in rows.only("pk", "registry_stage", "registry_aliases")
+        if config_target(v.registry_stage, v.registry_aliases) == target
+    ]
 
 
 def _check_workload_size(size: str) -> str:
@@ -173,18 +186,14 @@ def compute_config_update(
     max_batch_size: int | None = None,
     max_wait_ms: int | None = None,
 ) -> ComputeConfig:
-    """A new compute config for ``stage``; batching is on when both of its settings are
-    given (the caller vouches that the model answers each row independently)."""
-    _check_stage(stage)
+    """A new compute config for ``stage`` (a stage, or an alias as ``@<alias>``); batching
+    is on when both of its settings are given (the caller vouches that the model answers
+    each row independently)."""
+    _check_target(stage)
     _check_workload_size(workload_size)
     _check_batching(max_batch_size, max_wait_ms)
     endpoint = get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
-    in_progress = EndpointVersion.objects.filter(
-        endpoint=endpoint,
-        registry_stage=stage,
-        desired=True,
-        config_update_state=ServiceState.PENDING,
-    ).exists()
+    in_progress = _versions_of(endpoint, stage, config_update_state=ServiceState.PENDING)
     if in_progress:
         raise Conflict(
             f"A compute config update for {stage} is still rolling out; wait for it to finish."
@@ -213,14 +222,12 @@ def compute_config_update(
 
 @transaction.atomic
 def compute_config_restart(*, name: str, stage: str, user: AbstractBaseUser) -> ServingEndpoint:
-    """Retry a failed config rollout of ``stage``."""
-    _check_stage(stage)
+    """Retry a failed config rollout of ``stage`` (a stage, or an alias as ``@<alias>``)."""
+    _check_target(stage)
     endpoint = get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
     failed = EndpointVersion.objects.filter(
         Q(config_update_state=ServiceState.FAILED) | Q(service_state=ServiceState.FAILED),
-        endpoint=endpoint,
-        registry_stage=stage,
-        desired=True,
+        pk__in=_versions_of(endpoint, stage),
     )
     if not failed.exists():
         raise InvalidParameter(f"Nothing failed in {stage}: there is no deployment to restart.")

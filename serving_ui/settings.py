@@ -257,6 +257,13 @@ SERVING = {
     ),
     # A build of a per-model environment (pip install) is stopped after this long.
     "BUILD_TIMEOUT_SECONDS": envfloat("SERVING_BUILD_TIMEOUT_SECONDS", "900"),
+    # Inference tables: where captured requests are written (Parquet, by endpoint and
+    # day), how many days are kept, and each gateway process's bounded queue in front of
+    # its writer (a request that finds it full is dropped from the table and counted).
+    "INFERENCE_DIR": Path(envstr("SERVING_INFERENCE_DIR", str(VAR_DIR / "inference"))),
+    "INFERENCE_RETENTION_DAYS": envint("SERVING_INFERENCE_RETENTION_DAYS", "30"),
+    "CAPTURE_QUEUE_SIZE": envint("SERVING_CAPTURE_QUEUE_SIZE", "10000"),
+    "CAPTURE_FLUSH_SECONDS": envfloat("SERVING_CAPTURE_FLUSH_SECONDS", "1"),
 }
 if SERVING["SANDBOX"] == "bwrap" and not shutil.which("bwrap"):
     raise ValueError("SERVING_SANDBOX=bwrap but bubblewrap (bwrap) is not installed")

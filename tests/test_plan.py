@@ -195,7 +195,7 @@ def test_transition_moves_the_alias_once_the_new_version_is_ready_then_retires_t
     )
     assert planned.index(a.MoveAlias("Production", "2")) < planned.index(a.RetireVersion("1"))
     assert of(planned, a.StopReplica) == [
-        a.StopReplica("v1-a", "The version no longer serves a stage.")
+        a.StopReplica("v1-a", "The version no longer serves a stage or alias.")
     ]
     assert event_types(planned) == [EventType.VERSION_ALIAS_MOVED, EventType.VERSION_RETIRED]
 

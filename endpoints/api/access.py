@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from endpoints import selectors, services
 from endpoints.models import AccessToken
 
+from . import access_serializers as sa
 from . import serializers as s
 from .base import GET_ARGS, PERMISSIONS, PRINCIPALS, TOKENS, ApiView, ManageView, doc, parse
 
@@ -29,29 +30,29 @@ class TokenCreateView(ManageView):
         "tokenCreate",
         "Create a personal access token",
         tag=TOKENS,
-        request=s.TokenCreateRequest,
-        response=s.TokenCreateResponse,
+        request=sa.TokenCreateRequest,
+        response=sa.TokenCreateResponse,
         errors=(429,),
         description="token_value is shown only in this answer; only its hash is stored. "
         "A token created by a request authenticated with a token expires no later than "
         "that token and is revoked with it.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, s.TokenCreateRequest)
+        args = parse(request, sa.TokenCreateRequest)
         token, plaintext = services.token_create(
             user=request.user,
             name=args["comment"],
             expires_at=services.token_expiry(lifetime_seconds=args["lifetime_seconds"]),
             parent=calling_token(request),
         )
-        return Response({"token_value": plaintext, "token_info": s.TokenInfo(token).data})
+        return Response({"token_value": plaintext, "token_info": sa.TokenInfo(token).data})
 
 
 class TokenListView(ApiView):
-    @doc("tokenList", "The caller's active tokens", tag=TOKENS, response=s.TokenListResponse)
+    @doc("tokenList", "The caller's active tokens", tag=TOKENS, response=sa.TokenListResponse)
     def get(self, request: Request) -> Response:
         tokens = selectors.active_tokens(request.user)
-        return Response({"token_infos": s.TokenInfo(tokens, many=True).data})
+        return Response({"token_infos": sa.TokenInfo(tokens, many=True).data})
 
 
 class TokenDeleteView(ManageView):
@@ -59,12 +60,12 @@ class TokenDeleteView(ManageView):
         "tokenDelete",
         "Revoke one of the caller's tokens",
         tag=TOKENS,
-        request=s.TokenDeleteRequest,
+        request=sa.TokenDeleteRequest,
         response=s.EmptyResponse,
         errors=(429,),
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, s.TokenDeleteRequest)
+        args = parse(request, sa.TokenDeleteRequest)
         services.token_revoke(token_id=int(args["token_id"]), user=request.user)
         return Response({})
 
@@ -78,7 +79,7 @@ class GetPermissionsView(ApiView):
         "Who may view, query or manage an endpoint",
         tag=PERMISSIONS,
         query=s.ModelNameRequest,
-        response=s.PermissionsResponse,
+        response=sa.PermissionsResponse,
         description=GET_ARGS + " Admins hold CAN_MANAGE everywhere and are not listed.",
     )
     def get(self, request: Request) -> Response:
@@ -92,14 +93,14 @@ class SetPermissionsView(ManageView):
         "endpointsV2SetPermissions",
         "Grant or remove users' permissions on an endpoint",
         tag=PERMISSIONS,
-        request=s.SetPermissionsRequest,
-        response=s.PermissionsResponse,
+        request=sa.SetPermissionsRequest,
+        response=sa.PermissionsResponse,
         errors=(429,),
         description="Needs CAN_MANAGE. A null permission_level removes the user's grant. "
         "All entries apply, or none.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, s.SetPermissionsRequest)
+        args = parse(request, sa.SetPermissionsRequest)
         endpoint = services.access_control_set(
             name=args["registered_model_name"],
             entries=[(e["user_name"], e["permission_level"]) for e in args["access_control_list"]],
@@ -116,18 +117,18 @@ class ServicePrincipalCreateView(ManageView):
         "servicePrincipalCreate",
         "Create a service principal (admins)",
         tag=PRINCIPALS,
-        request=s.ServicePrincipalCreateRequest,
-        response=s.ServicePrincipalResponse,
+        request=sa.ServicePrincipalCreateRequest,
+        response=sa.ServicePrincipalResponse,
         errors=(409, 429),
         description="A non-human identity for automation: it cannot log in to the UI, it "
         "holds tokens and per-endpoint permissions like a user.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, s.ServicePrincipalCreateRequest)
+        args = parse(request, sa.ServicePrincipalCreateRequest)
         principal = services.service_principal_create(
             username=args["user_name"], display_name=args["display_name"], by=request.user
         )
-        return Response({"service_principal": s.ServicePrincipalInfo(principal).data})
+        return Response({"service_principal": sa.ServicePrincipalInfo(principal).data})
 
 
 class ServicePrincipalListView(ApiView):
@@ -135,11 +136,11 @@ class ServicePrincipalListView(ApiView):
         "servicePrincipalList",
         "Every service principal (admins)",
         tag=PRINCIPALS,
-        response=s.ServicePrincipalListResponse,
+        response=sa.ServicePrincipalListResponse,
     )
     def get(self, request: Request) -> Response:
         principals = selectors.service_principals(user=request.user)
-        return Response({"service_principals": s.ServicePrincipalInfo(principals, many=True).data})
+        return Response({"service_principals": sa.ServicePrincipalInfo(principals, many=True).data})
 
 
 class ServicePrincipalTokenView(ManageView):
@@ -147,15 +148,15 @@ class ServicePrincipalTokenView(ManageView):
         "servicePrincipalCreateToken",
         "Create a token for a service principal (admins)",
         tag=PRINCIPALS,
-        request=s.ServicePrincipalTokenRequest,
-        response=s.TokenCreateResponse,
+        request=sa.ServicePrincipalTokenRequest,
+        response=sa.TokenCreateResponse,
         errors=(429,),
         description="token_value is shown only in this answer. Without lifetime_seconds "
         "it expires after SERVING_SERVICE_PRINCIPAL_TOKEN_DAYS (90 days by default); a "
         "request authenticated with a token caps it at that token's expiry.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, s.ServicePrincipalTokenRequest)
+        args = parse(request, sa.ServicePrincipalTokenRequest)
         principal = selectors.service_principal_named(
             user=request.user, user_name=args["user_name"]
         )
@@ -166,4 +167,4 @@ class ServicePrincipalTokenView(ManageView):
             expires_at=services.token_expiry(lifetime_seconds=args["lifetime_seconds"]),
             parent=calling_token(request),
         )
-        return Response({"token_value": plaintext, "token_info": s.TokenInfo(token).data})
+        return Response({"token_value": plaintext, "token_info": sa.TokenInfo(token).data})

@@ -75,11 +75,12 @@ class ManageView(ApiView):
 
 
 def parse(request: Request, serializer_class: type[Serializer]) -> dict[str, Any]:
-    """Validated arguments: the JSON body, merged into the query parameters for a GET."""
+    """Validated arguments: the JSON body, merged into the query parameters for a GET or
+    a DELETE (OpenAPI documents their arguments as query parameters)."""
     body = request.data
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
-    if request.method == "GET":
+    if request.method in ("GET", "DELETE"):
         data: dict[str, Any] = {**request.query_params.dict(), **body}
         source = "query"
     else:

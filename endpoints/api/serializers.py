@@ -6,8 +6,8 @@ OpenAPI schema promises is exactly what is accepted. Arguments of GET calls arri
 parameters, which are always strings, so there the usual conversions apply.
 
 Response serializers describe the answers' shapes for the OpenAPI schema; the bodies
-themselves come from ``endpoints.selectors``. Tokens, permissions and service principals,
-which have no shape in the selectors, are shaped here.
+themselves come from ``endpoints.selectors``. Tokens, permissions and service principals
+are in ``access_serializers``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ from endpoints import registry
 from endpoints.models import (
     MAX_BATCH_SIZE_RANGE,
     MAX_WAIT_MS_RANGE,
-    AccessToken,
     EventLevel,
     EventType,
-    PermissionLevel,
     ReplicaState,
-    ServicePrincipal,
     ServiceState,
     Stage,
     WorkloadSize,
@@ -34,7 +31,6 @@ from endpoints.models import (
 
 # Upper bound for timestamps in milliseconds: the largest integer a JSON number holds exactly.
 MAX_TIMESTAMP_MS = 2**53
-MAX_TOKEN_LIFETIME_SECONDS = 10 * 365 * 24 * 3600
 
 # Every registry stage, None and Archived too (only Staging and Production are served).
 REGISTRY_STAGE_CHOICES = [(stage, stage) for stage in registry.ALL_STAGES]
@@ -151,8 +147,21 @@ class EventHistoryRequest(ModelNameRequest):
     max_results = Number(min_value=1, max_value=1000, required=False, default=100)
 
 
-class RestartComputeConfigRequest(ModelNameRequest):
-    stage = Choice(choices=Stage.choices)
+class TargetRequest(ModelNameRequest):
+    """A stage, or (instead) an MLflow alias served by the endpoint."""
+
+    stage = Choice(choices=Stage.choices, required=False)
+    alias = Text(max_length=255, required=False, help_text="An MLflow alias instead of a stage.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("stage" in attrs) == ("alias" in attrs):
+            raise serializers.ValidationError("Give exactly one of 'stage' and 'alias'.")
+        attrs["target"] = attrs.get("stage") or "@" + attrs["alias"].removeprefix("@")
+        return attrs
+
+
+class RestartComputeConfigRequest(TargetRequest):
+    pass
 
 
 def max_batch_size_field(field: type[serializers.IntegerField]) -> serializers.IntegerField:
@@ -188,8 +197,7 @@ class WorkloadSpecRequest(serializers.Serializer):
     )
 
 
-class UpdateComputeConfigRequest(ModelNameRequest):
-    stage = Choice(choices=Stage.choices)
+class UpdateComputeConfigRequest(TargetRequest):
     desired_workload_config_spec = WorkloadSpecRequest()
 
 
@@ -204,52 +212,6 @@ class TransitionStageRequest(serializers.Serializer):
         allow_blank=True,
         default="",
         example="Deploying version 1 to Staging",
-    )
-
-
-class TokenCreateRequest(serializers.Serializer):
-    comment = Text(max_length=128, required=False, allow_blank=True, default="", example="ci")
-    lifetime_seconds = Number(
-        min_value=1,
-        max_value=MAX_TOKEN_LIFETIME_SECONDS,
-        required=False,
-        allow_null=True,
-        default=None,
-        help_text="Seconds until the token expires; without it, it never expires.",
-    )
-
-
-class TokenDeleteRequest(serializers.Serializer):
-    token_id = Text(max_length=18, validators=[_DIGITS])
-
-
-class AccessControlEntryRequest(serializers.Serializer):
-    user_name = Text(max_length=150, example="bob")
-    permission_level = Choice(
-        choices=PermissionLevel.choices,
-        allow_null=True,
-        help_text="null removes the user's grant.",
-    )
-
-
-class SetPermissionsRequest(ModelNameRequest):
-    access_control_list = serializers.ListField(child=AccessControlEntryRequest(), max_length=100)
-
-
-class ServicePrincipalCreateRequest(serializers.Serializer):
-    user_name = Text(
-        max_length=150,
-        validators=[RegexValidator(r"^[\w.@+-]+$", "Letters, digits and @ . + - _ only.")],
-        example="ci-bot",
-    )
-    display_name = Text(
-        max_length=256, required=False, allow_blank=True, default="", example="CI deployments"
-    )
-
-
-class ServicePrincipalTokenRequest(TokenCreateRequest):
-    user_name = Text(
-        max_length=150, help_text="The service principal's user name.", example="ci-bot"
     )
 
 
@@ -273,7 +235,8 @@ class WorkloadSpec(serializers.Serializer):
 
 
 class ComputeConfig(serializers.Serializer):
-    stage = serializers.ChoiceField(choices=Stage.choices)
+    stage = serializers.ChoiceField(choices=Stage.choices, required=False)
+    alias = serializers.CharField(required=False, help_text="An MLflow alias's config.")
     creation_timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
     user_id = serializers.CharField(allow_blank=True)
     workload_spec = WorkloadSpec()
@@ -284,6 +247,10 @@ class EndpointStatus(serializers.Serializer):
     state = serializers.ChoiceField(choices=["PENDING", "READY", "FAILED"])
     state_message = serializers.CharField(allow_blank=True)
     compute_config = ComputeConfig(many=True)
+    served_aliases = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="Absent: every alias."
+    )
+    traffic_splits = serializers.ListField(child=serializers.DictField(), required=False)
 
 
 class ServiceStatus(serializers.Serializer):
@@ -297,6 +264,7 @@ class EndpointVersionStatus(serializers.Serializer):
     endpoint_version_name = serializers.CharField()
     service_status = ServiceStatus()
     config_update_status = ServiceStatus()
+    aliases = serializers.ListField(child=serializers.CharField(), required=False)
 
 
 class EndpointStatusResponse(serializers.Serializer):
@@ -316,7 +284,7 @@ class VersionStatusResponse(serializers.Serializer):
 
 
 class Alias(serializers.Serializer):
-    alias = serializers.ChoiceField(choices=Stage.choices)
+    alias = serializers.CharField(help_text="A stage, or an MLflow alias as '@<alias>'.")
     endpoint_version_name = serializers.CharField()
 
 
@@ -355,6 +323,7 @@ class EventInfo(serializers.Serializer):
     message = serializers.CharField(allow_blank=True)
     endpoint_version_name = serializers.CharField(required=False)
     stage = serializers.CharField(required=False)
+    alias = serializers.CharField(required=False)
     replica_id = serializers.CharField(required=False)
 
 
@@ -414,72 +383,3 @@ class ModelVersionResponse(serializers.Serializer):
 
 class EmptyResponse(serializers.Serializer):
     pass
-
-
-def _ms(value: Any) -> int | None:
-    return int(value.timestamp() * 1000) if value is not None else None
-
-
-class TokenInfo(serializers.Serializer):
-    token_id = serializers.SerializerMethodField()
-    comment = serializers.CharField(source="name", allow_blank=True)
-    prefix = serializers.CharField(help_text="The token's first characters, to recognise it.")
-    creation_time = serializers.SerializerMethodField()
-    expiry_time = serializers.SerializerMethodField()
-    last_used_time = serializers.SerializerMethodField()
-
-    def get_token_id(self, token: AccessToken) -> str:
-        return str(token.pk)
-
-    def get_creation_time(self, token: AccessToken) -> int:
-        return _ms(token.created_at) or 0
-
-    def get_expiry_time(self, token: AccessToken) -> int:
-        """Milliseconds since the epoch; -1 when the token never expires."""
-        return _ms(token.expires_at) or -1
-
-    def get_last_used_time(self, token: AccessToken) -> int | None:
-        return _ms(token.last_used_at)
-
-
-class TokenCreateResponse(serializers.Serializer):
-    token_value = serializers.CharField(help_text="The token itself, shown only this once.")
-    token_info = TokenInfo()
-
-
-class TokenListResponse(serializers.Serializer):
-    token_infos = TokenInfo(many=True)
-
-
-class AccessControlEntry(serializers.Serializer):
-    user_name = serializers.CharField()
-    permission_level = serializers.ChoiceField(choices=PermissionLevel.choices)
-    inherited = serializers.BooleanField(
-        help_text="True for the endpoint's creator, who always manages it."
-    )
-
-
-class PermissionsResponse(serializers.Serializer):
-    registered_model_name = serializers.CharField()
-    access_control_list = AccessControlEntry(many=True)
-
-
-class ServicePrincipalInfo(serializers.Serializer):
-    id = serializers.SerializerMethodField()
-    user_name = serializers.CharField(source="user.username")
-    display_name = serializers.CharField(allow_blank=True)
-    creation_time = serializers.SerializerMethodField()
-
-    def get_id(self, principal: ServicePrincipal) -> str:
-        return str(principal.pk)
-
-    def get_creation_time(self, principal: ServicePrincipal) -> int:
-        return _ms(principal.created_at) or 0
-
-
-class ServicePrincipalResponse(serializers.Serializer):
-    service_principal = ServicePrincipalInfo()
-
-
-class ServicePrincipalListResponse(serializers.Serializer):
-    service_principals = ServicePrincipalInfo(many=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from . import access, views
+from . import access, traffic, views
 
 V2 = "2.0/preview/mlflow/endpoints-v2/"
 
@@ -58,6 +58,41 @@ urlpatterns = [
         views.UpdateComputeConfigView.as_view(),
         name="api-update-compute-config",
     ),
+    path(
+        V2 + "update-served-aliases",
+        traffic.UpdateServedAliasesView.as_view(),
+        name="api-update-served-aliases",
+    ),
+    path(
+        V2 + "get-traffic-splits",
+        traffic.GetTrafficSplitsView.as_view(),
+        name="api-get-traffic-splits",
+    ),
+    path(
+        V2 + "update-traffic-split",
+        traffic.UpdateTrafficSplitView.as_view(),
+        name="api-update-traffic-split",
+    ),
+    path(
+        V2 + "promote-traffic-split",
+        traffic.PromoteTrafficSplitView.as_view(),
+        name="api-promote-traffic-split",
+    ),
+    path(
+        V2 + "rollback-traffic-split",
+        traffic.RollbackTrafficSplitView.as_view(),
+        name="api-rollback-traffic-split",
+    ),
+    path(
+        V2 + "get-inference-table",
+        traffic.GetInferenceTableView.as_view(),
+        name="api-get-inference-table",
+    ),
+    path(
+        V2 + "update-inference-table",
+        traffic.UpdateInferenceTableView.as_view(),
+        name="api-update-inference-table",
+    ),
     path(V2 + "get-permissions", access.GetPermissionsView.as_view(), name="api-get-permissions"),
     path(V2 + "set-permissions", access.SetPermissionsView.as_view(), name="api-set-permissions"),
     # model registry
@@ -70,6 +105,11 @@ urlpatterns = [
         "2.0/mlflow/model-versions/transition-stage",
         views.MlflowTransitionStageView.as_view(),
         name="api-transition-stage",
+    ),
+    path(
+        "2.0/mlflow/registered-models/alias",
+        traffic.ModelAliasView.as_view(),
+        name="api-registered-model-alias",
     ),
     # tokens
     path("2.0/token/create", access.TokenCreateView.as_view(), name="api-token-create"),

@@ -153,7 +153,7 @@ class GetVersionStatusView(ApiView):
 class ListVersionAliasesView(ApiView):
     @doc(
         "endpointsV2ListVersionAliases",
-        "Which version each stage URL answers with",
+        "Which version each stage URL and each served alias URL answers with",
         tag=ENDPOINTS_V2,
         query=s.ModelNameRequest,
         response=s.AliasesResponse,
@@ -323,7 +323,7 @@ class RestartComputeConfigUpdateView(ManageView):
     def post(self, request: Request) -> Response:
         args = parse(request, s.RestartComputeConfigRequest)
         endpoint = services.compute_config_restart(
-            name=args["registered_model_name"], stage=args["stage"], user=request.user
+            name=args["registered_model_name"], stage=args["target"], user=request.user
         )
         return Response({"endpoint_status": selectors.endpoint_status_json(endpoint)})
 
@@ -331,7 +331,7 @@ class RestartComputeConfigUpdateView(ManageView):
 class UpdateComputeConfigView(ManageView):
     @doc(
         "endpointsV2UpdateComputeConfig",
-        "Set a stage's workload size, scale to zero and batching",
+        "Set a stage's (or an alias's) workload size, scale to zero and batching",
         tag=ENDPOINTS_V2,
         request=s.UpdateComputeConfigRequest,
         response=s.ComputeConfigResponse,
@@ -347,7 +347,7 @@ class UpdateComputeConfigView(ManageView):
         batching = spec["batching"] or {}
         config = services.compute_config_update(
             name=args["registered_model_name"],
-            stage=args["stage"],
+            stage=args["target"],
             workload_size=spec["workload_size_id"],
             scale_to_zero_enabled=spec["scale_to_zero_enabled"],
             max_batch_size=batching.get("max_batch_size"),

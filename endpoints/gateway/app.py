@@ -6,14 +6,15 @@ loop; the web UI's request sender calls ``invoke`` from a Django view thread. Bo
 through one ``Gateway`` per process, which
 
 1. authenticates the token and checks CAN_QUERY from caches in memory (``routing``),
-2. resolves the URL to a version and its Running replicas (same snapshot; Redis pushes
-   changes, so usually no round trip),
+2. resolves the URL (a stage, an ``@alias`` or a version) to a version and its Running
+   replicas (same snapshot; Redis pushes changes, so usually no round trip),
 3. admits the request against its endpoint's and version's limits (per process),
    holding it while a scaled-to-zero version wakes up (``admission``),
 4. forwards the body unchanged (the replica parses the four JSON formats and CSV) over
    pooled keep-alive connections to the least-loaded replica, retrying once on another
    replica when a connection fails (``streams`` from the loop, ``upstream`` from threads),
-5. returns the replica's answer; every error of its own is ``{"error_code", "message"}``.
+5. returns the replica's answer, naming the version in ``X-Serving-Version``; every error
+   of its own is ``{"error_code", "message"}``.
 
 Each process counts in-flight requests per version; a background thread (one per process)
 reports them for the autoscaler and records metrics about once a second (``reporting``).
@@ -46,14 +47,17 @@ from endpoints.errors import (
 from endpoints.models import PermissionLevel
 
 from .admission import Admission
+from .capture import Capture
 from .reporting import Flusher, LoadTracker, TokenUse, run_each, send_reports
-from .routing import RoutingCache, Snapshot, Target
+from .routing import CachedToken, RoutingCache, Snapshot, Target
 from .streams import StreamUpstream
 from .transport import Transport
 from .upstream import INVOCATIONS, JSON, Upstream
 
 GATEWAY_PREFIXES = ("/model-endpoint/", "/model/")
 RETRY_AFTER_SECONDS = "1"
+# Names the version whose replica answered (a stage, an alias or a split may have chosen it).
+VERSION_HEADER = "X-Serving-Version"
 
 
 class MethodNotAllowed(ServingError):
@@ -144,6 +148,16 @@ def normalise_request(body: bytes, content_type: str | None) -> tuple[bytes, str
     return body, content_type
 
 
+def answered_by(answer: Answer, target: Target) -> Answer:
+    """``answer`` naming the version that gave it."""
+    return Answer(
+        answer.status,
+        answer.body,
+        answer.content_type,
+        (*answer.headers, (VERSION_HEADER, target.version)),
+    )
+
+
 def translate_answer(status: int, content_type: str, data: bytes) -> Answer:
     """The replica's answer as the gateway returns it: unchanged, except that errors which
     are not JSON get the MLflow REST error shape (same status, the replica's text), and
@@ -205,6 +219,7 @@ class Gateway:
         self.token_use = TokenUse()
         self.flusher = Flusher(self.flush)
         self.transport = Transport.from_settings()
+        self.capture = Capture()
 
     # --- who may call what ----------------------------------------------------------------
 
@@ -213,10 +228,16 @@ class Gateway:
     ) -> Target:
         """The version a request with this Authorization header may score, or a
         ServingError (401, 404, 403, 503)."""
-        user = self._authenticate(snapshot, authorization)
-        return self.authorize(snapshot, name, selector, user)
+        return self.resolve_caller(snapshot, authorization, name, selector)[0]
 
-    def _authenticate(self, snapshot: Snapshot, header: str | None) -> AbstractBaseUser:
+    def resolve_caller(
+        self, snapshot: Snapshot, authorization: str | None, name: str, selector: str
+    ) -> tuple[Target, int]:
+        """``resolve``, with the id of the caller's token."""
+        token = self._authenticate(snapshot, authorization)
+        return self.authorize(snapshot, name, selector, token.user), token.token_pk
+
+    def _authenticate(self, snapshot: Snapshot, header: str | None) -> CachedToken:
         raw = token_from_authorization(header)
         if raw is None:
             raise Unauthenticated(
@@ -227,7 +248,7 @@ class Gateway:
         if token is None:
             raise Unauthenticated("Invalid, expired or revoked access token.")
         self.token_use.note(token.token_pk)
-        return token.user
+        return token
 
     def authorize(
         self, snapshot: Snapshot, name: str, selector: str, user: AbstractBaseUser
@@ -271,6 +292,7 @@ class Gateway:
                     serving, body, content_type, load=self.load, routing=self.routing
                 )
             )
+            answer = answered_by(answer, serving)
         except ServingError as exc:
             answer = error_answer(exc)
         finally:

@@ -29,6 +29,7 @@ from .app import (
     Answer,
     Gateway,
     MethodNotAllowed,
+    answered_by,
     error_answer,
     gateway,
     normalise_request,
@@ -136,6 +137,10 @@ def origin_path(path: str) -> str:
 class Scoring:
     """One scoring request on the event loop."""
 
+    capture_rate = 0.0  # set by ``_resolve``: the share of requests to capture
+    token_pk = 0
+    selector = ""
+
     def __init__(self, gw: Gateway, scope: Scope, path: str) -> None:
         self.gw = gw
         self.scope = scope
@@ -173,10 +178,14 @@ class Scoring:
     async def _resolve(self, name: str, selector: str) -> Target:
         snapshot = await current_snapshot(self.gw)
         authorization = self.headers.get(b"authorization")
-        resolve = functools.partial(self.gw.resolve, snapshot, authorization, name, selector)
+        resolve = functools.partial(self.gw.resolve_caller, snapshot, authorization, name, selector)
         if snapshot.needs_db(token_from_authorization(authorization), name):
-            return await asyncio.to_thread(resolve)
-        return resolve()
+            target, self.token_pk = await asyncio.to_thread(resolve)
+        else:
+            target, self.token_pk = resolve()
+        self.selector = selector
+        self.capture_rate = capture_rate(snapshot, name)
+        return target
 
     async def _score(self, target: Target, body: bytes) -> Answer:
         started = self.gw.admit(target, body)
@@ -193,11 +202,30 @@ class Scoring:
                     refresh=functools.partial(refreshed, self.gw),
                 )
             )
+            answer = answered_by(answer, serving)
         except ServingError as exc:
             answer = error_answer(exc)
         finally:
             self.gw.finish(target, started, answer.status)
+        if self.capture_rate:
+            self.gw.capture.offer(
+                self.capture_rate,
+                endpoint=target.model_name,
+                selector=self.selector,
+                version=target.version,
+                status=answer.status,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                token_id=self.token_pk,
+                request=body,
+                response=answer.body,
+            )
         return answer
+
+
+def capture_rate(snapshot: Snapshot, name: str) -> float:
+    """The share of the endpoint's requests its inference table captures (0: off)."""
+    routes = snapshot.table.endpoints.get(name)
+    return getattr(routes.endpoint, "capture_rate", 0.0) if routes is not None else 0.0
 
 
 async def current_snapshot(gw: Gateway) -> Snapshot:

@@ -41,7 +41,10 @@ from endpoints.models import (
     StageAlias,
     unexpired,
 )
+from endpoints.targets import is_alias, version_targets
 
+from .capture import rate_expression
+from .split import Split, build_splits, load_splits
 from .watcher import REDIS_RETRY_SECONDS, GenerationWatcher
 
 log = logging.getLogger(__name__)
@@ -78,11 +81,12 @@ class Target:
 
 @dataclass(frozen=True)
 class EndpointRoutes:
-    endpoint: ServingEndpoint  # only pk, name and creator_id are loaded
+    endpoint: ServingEndpoint  # only pk, name, creator_id and capture_rate are loaded
     versions: dict[str, Target]
     stages: dict[str, Target]
     # Stages whose versions are still being deployed (no alias yet): 503, not 404.
     deploying_stages: frozenset[str]
+    splits: dict[str, Split] = field(default_factory=dict)  # by target: weighted versions
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,11 @@ class RoutingTable:
         return routes
 
     def resolve(self, name: str, selector: str) -> Target:
-        """The version a ``<name>/<stage|version>`` URL answers with.
-
-        Raises NotFound for an unknown model, stage or version, Unavailable for a known one
-        that cannot answer yet."""
+        """The version a ``<name>/<stage|@alias|version>`` URL answers with (by weight for
+        a split target). Raises NotFound for an unknown model, target or version,
+        Unavailable for a known one that cannot answer yet."""
         routes = self.endpoint(name)
-        stage = _STAGE_NAMES.get(selector.lower())
+        stage = _STAGE_NAMES.get(selector.lower()) or (selector if is_alias(selector) else None)
         if stage is not None:
             return _resolve_stage(routes, name, stage)
         target = routes.versions.get(selector)
@@ -126,6 +129,9 @@ class RoutingTable:
 
 
 def _resolve_stage(routes: EndpointRoutes, name: str, stage: str) -> Target:
+    split = routes.splits.get(stage)
+    if split is not None:
+        return split.pick()
     target = routes.stages.get(stage)
     if target is not None:
         return target
@@ -145,12 +151,12 @@ def _not_ready_message(target: Target) -> str:
 
 
 def build_table() -> RoutingTable:
-    """Read the routing table from the database (five queries)."""
+    """Read the routing table from the database (six queries)."""
     endpoints = {
         e.pk: e
-        for e in ServingEndpoint.objects.filter(enabled=True).only(
-            "pk", "registered_model_name", "creator_id"
-        )
+        for e in ServingEndpoint.objects.filter(enabled=True)
+        .only("pk", "registered_model_name", "creator_id")
+        .annotate(capture_rate=rate_expression())
     }
     versions = list(
         EndpointVersion.objects.filter(endpoint_id__in=endpoints).select_related("service_config")
@@ -168,13 +174,14 @@ def build_table() -> RoutingTable:
     for version_pk, host, port in replica_rows:
         replicas.setdefault(version_pk, []).append((host, port))
     stage_configs = _current_stage_configs(endpoints)
+    splits = load_splits(endpoints)
 
     table: dict[str, EndpointRoutes] = {}
     for endpoint in endpoints.values():
         own = [v for v in versions if v.endpoint_id == endpoint.pk]
-        table[endpoint.registered_model_name] = _endpoint_routes(
-            endpoint, own, by_version_alias, replicas, stage_configs
-        )
+        routes = _endpoint_routes(endpoint, own, by_version_alias, replicas, stage_configs)
+        routes.splits.update(build_splits(splits.get(endpoint.pk, {}), routes.versions))
+        table[endpoint.registered_model_name] = routes
     return RoutingTable(endpoints=table)
 
 
@@ -217,8 +224,8 @@ def _endpoint_routes(
         by_version[version.version] = target
         for stage in stage_aliases:
             stages[stage] = target
-        if version.desired and version.registry_stage:
-            deploying.add(version.registry_stage)
+        if version.desired:
+            deploying.update(version_targets(version.registry_stage, version.registry_aliases))
     return EndpointRoutes(
         endpoint=endpoint,
         versions=by_version,
@@ -234,7 +241,7 @@ def _scales_to_zero(
 ) -> bool:
     if version.service_config is not None and version.service_config.scale_to_zero_enabled:
         return True
-    stages = {*stage_aliases, version.registry_stage} - {""}
+    stages = {*stage_aliases, *version_targets(version.registry_stage, version.registry_aliases)}
     return any(stage_configs.get((version.endpoint_id, stage), False) for stage in stages)
 
 

@@ -43,6 +43,8 @@ class RecordEvent(Action):
     message: str
     version: str = ""
     replica_id: str = ""
+    # The MLflow alias (without "@") the event is about, if any.
+    alias: str = ""
 
 
 # --- replicas ------------------------------------------------------------------------------
@@ -123,22 +125,26 @@ class NoteReplacement(Action):
 class CreateVersion(Action):
     version: str
     stage: str
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class RedeployVersion(Action):
-    """A version that stopped serving entered a stage again: deploy it from scratch."""
+    """A version that stopped serving entered a stage or alias again: deploy it afresh."""
 
     version: str
     stage: str
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class SetStage(Action):
-    """The registry wants the version served in ``stage`` ("": not served any more)."""
+    """The registry wants the version served in ``stage`` and under ``aliases`` (neither:
+    not served any more)."""
 
     version: str
     stage: str
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,8 @@ class DisableVersions(Action):
 
 @dataclass(frozen=True)
 class MoveAlias(Action):
+    """Point a target's URL (a stage, or an alias as ``@<alias>``) at a version."""
+
     stage: str
     version: str
 
@@ -253,6 +261,13 @@ class RemoveAlias(Action):
 @dataclass(frozen=True)
 class RemoveAliases(Action):
     pass
+
+
+@dataclass(frozen=True)
+class ClearSplit(Action):
+    """A target's traffic split is over (promoted, or the target is no longer served)."""
+
+    target: str
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,14 @@ def _publish_routing(run: Pass, action: a.PublishRouting) -> None:
 def _record_event(run: Pass, action: a.RecordEvent) -> None:
     replica = run.replica(action.replica_id) if action.replica_id else None
     version = run.version(action.version) if action.version else None
-    Event.record(run.endpoint, action.type, action.message, version=version, replica=replica)
+    Event.record(
+        run.endpoint,
+        action.type,
+        action.message,
+        version=version,
+        replica=replica,
+        alias=action.alias,
+    )
 
 
 # --- replicas ----------------------------------------------------------------------------
@@ -229,6 +236,7 @@ def _create_version(run: Pass, action: a.CreateVersion) -> None:
         endpoint=run.endpoint,
         version=action.version,
         registry_stage=action.stage,
+        registry_aliases=list(action.aliases),
         service_message="Deploying.",
     )
     run.remember_version(version)
@@ -239,6 +247,7 @@ def _redeploy_version(run: Pass, action: a.RedeployVersion) -> None:
         run.version(action.version),
         desired=True,
         registry_stage=action.stage,
+        registry_aliases=list(action.aliases),
         service_state=ServiceState.PENDING,
         service_message="Deploying.",
         service_config=None,
@@ -251,7 +260,12 @@ def _redeploy_version(run: Pass, action: a.RedeployVersion) -> None:
 
 
 def _set_stage(run: Pass, action: a.SetStage) -> None:
-    _save(run.version(action.version), desired=bool(action.stage), registry_stage=action.stage)
+    _save(
+        run.version(action.version),
+        desired=bool(action.stage or action.aliases),
+        registry_stage=action.stage,
+        registry_aliases=list(action.aliases),
+    )
 
 
 def _mark_activity(run: Pass, action: a.MarkActivity) -> None:
@@ -422,6 +436,11 @@ def _remove_aliases(run: Pass, action: a.RemoveAliases) -> None:
     run.endpoint.aliases.all().delete()
 
 
+def _clear_split(run: Pass, action: a.ClearSplit) -> None:
+    run.endpoint.traffic_splits.filter(target=action.target).delete()
+    run.routing_changed = True
+
+
 def _set_endpoint_state(run: Pass, action: a.SetEndpointState) -> None:
     run.endpoint.state = action.state
     run.endpoint.state_message = action.message
@@ -468,6 +487,7 @@ HANDLERS: dict[type[Action], Callable[[Pass, Any], None]] = {
     a.MoveAlias: _move_alias,
     a.RemoveAlias: _remove_alias,
     a.RemoveAliases: _remove_aliases,
+    a.ClearSplit: _clear_split,
     a.SetEndpointState: _set_endpoint_state,
     a.SetEndpointMessage: _set_endpoint_message,
 }

@@ -10,8 +10,9 @@ it started and goes through the steps once more, so they serve when the pass end
 
 from __future__ import annotations
 
-from endpoints.models import ComputeConfig, EndpointVersion, ServingEndpoint, Stage
+from endpoints.models import ComputeConfig, EndpointVersion, ServingEndpoint
 from endpoints.runtime import get_runtime
+from endpoints.targets import config_target
 
 from . import observe, plan, replicas
 from .actions import Action, PrepareVersion
@@ -68,19 +69,27 @@ def teardown(run: Pass) -> None:
 
 def converge(run: Pass) -> None:
     endpoint = run.endpoint
-    registry = observe.registry_stages(endpoint.registered_model_name)
+    registry = observe.registry_stages(endpoint)
     if registry.error:
         execute(run, plan.plan_registry_unavailable(error=registry.error))
         return
-    execute(run, plan.plan_sync(stages=registry.stages, versions=observe.versions(endpoint)))
+    synced = plan.plan_sync(
+        stages=registry.stages, aliases=registry.aliases, versions=observe.versions(endpoint)
+    )
+    execute(run, synced)
     forget_stale_files(endpoint, registry.model_dirs)
-    configs = {stage: _config_for(endpoint, stage) for stage in Stage.values}
+    configs: dict[str, ComputeConfig] = {}
+    splits = observe.splits(endpoint)
     alias_targets = set(observe.aliases(endpoint).values())
+    alias_targets |= {v for weights in splits.values() for v, w in weights.items() if w > 0}
     for version in observe.version_rows(endpoint):
         if version.desired:
-            converge_version(run, version, configs[version.registry_stage])
+            target = config_target(version.registry_stage, version.registry_aliases)
+            if target not in configs:
+                configs[target] = _config_for(endpoint, target)
+            converge_version(run, version, configs[target])
         elif version.version in alias_targets:
-            # Left its stage, but the stage's new version is not ready: keep it serving.
+            # Left its stage or alias, but a pointer or a split still sends it requests.
             view = observe.version_view(version, replacing=run.replaced.get(version.version, 0))
             execute(run, plan.plan_heal(version=view))
     planned = plan.plan_serving(
@@ -88,14 +97,15 @@ def converge(run: Pass) -> None:
         versions=observe.versions(endpoint),
         aliases=observe.aliases(endpoint),
         model_exists=registry.exists,
+        splits=splits,
     )
     execute(run, planned)
 
 
-def _config_for(endpoint: ServingEndpoint, stage: str) -> ComputeConfig:
-    config = endpoint.current_compute_config(stage)
-    if config is None:  # endpoints created before configs existed, or by hand in the admin
-        config = ComputeConfig.objects.create(endpoint=endpoint, stage=stage)
+def _config_for(endpoint: ServingEndpoint, target: str) -> ComputeConfig:
+    config = endpoint.current_compute_config(target)
+    if config is None:  # an alias's first version, or configs made before configs existed
+        config = ComputeConfig.objects.create(endpoint=endpoint, stage=target)
     return config
 
 

@@ -22,6 +22,7 @@ from endpoints.models import (
     ServingEndpoint,
 )
 from endpoints.runtime import Runtime
+from endpoints.targets import served_aliases
 
 from . import environments
 from .snapshot import (
@@ -141,6 +142,7 @@ def version_view(version: EndpointVersion, *, replacing: int = 0) -> VersionView
         version=version.version,
         stage=version.registry_stage,
         desired=version.desired,
+        aliases=tuple(version.registry_aliases or ()),
         service_state=version.service_state,
         message=version.service_message,
         config_update_state=version.config_update_state,
@@ -191,18 +193,30 @@ def endpoint_view(endpoint: ServingEndpoint) -> EndpointView:
 
 
 def aliases(endpoint: ServingEndpoint) -> dict[str, str]:
-    """{stage: version} of the stage aliases."""
+    """{target: version} of the serving pointers (stages, and aliases as ``@<alias>``)."""
     return {a.stage: a.version.version for a in endpoint.aliases.select_related("version")}
 
 
-def registry_stages(name: str) -> RegistryStages:
+def splits(endpoint: ServingEndpoint) -> dict[str, dict[str, int]]:
+    """{target: {version: weight}} of the endpoint's traffic splits."""
+    return {s.target: dict(s.weights) for s in endpoint.traffic_splits.all()}
+
+
+def registry_stages(endpoint: ServingEndpoint) -> RegistryStages:
     try:
-        served = [v for v in registry.get_model(name).versions if v.stage in registry.SERVED_STAGES]
+        model = registry.get_model(endpoint.registered_model_name)
+        stages = {v.version: v.stage for v in model.versions if v.stage in registry.SERVED_STAGES}
+        aliases = served_aliases(dict(model.aliases), endpoint.served_aliases)
+        wanted = set(stages) | set(aliases.values())
         return RegistryStages(
-            {v.version: v.stage for v in served},
+            stages,
+            aliases,
             model_dirs={
-                v.version: str(environments.model_dir(name, v.version, environments.identity(v)))
-                for v in served
+                v.version: str(
+                    environments.model_dir(model.name, v.version, environments.identity(v))
+                )
+                for v in model.versions
+                if v.version in wanted
             },
         )
     except registry.ModelNotFound:

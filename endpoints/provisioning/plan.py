@@ -29,11 +29,13 @@ from dataclasses import replace
 from typing import Protocol, TypeVar
 
 from endpoints.models import EndpointState, EventType, ServiceState, Stage
+from endpoints.targets import is_alias, version_targets
 
 from . import sizing
 from .actions import (
     Action,
     ApplyConfigUpdate,
+    ClearSplit,
     CreateVersion,
     DisableVersions,
     FailConfigUpdate,
@@ -89,26 +91,42 @@ def plan_registry_unavailable(*, error: str) -> list[Action]:
     return [SetEndpointMessage(f"The model registry is unavailable: {error}"), FollowUp()]
 
 
-def plan_sync(*, stages: Mapping[str, str], versions: Sequence[VersionView]) -> list[Action]:
-    """``stages`` is {version: stage} of the registry's Staging/Production versions."""
+def plan_sync(
+    *,
+    stages: Mapping[str, str],
+    versions: Sequence[VersionView],
+    aliases: Mapping[str, str] | None = None,
+) -> list[Action]:
+    """``stages`` is {version: stage} of the registry's Staging/Production versions,
+    ``aliases`` {alias: version} of the registry's aliases the endpoint serves. A version
+    is desired while it has a stage or a served alias."""
+    by_version: dict[str, list[str]] = {}
+    for alias, number in (aliases or {}).items():
+        by_version.setdefault(number, []).append(alias)
+    wanted = {n: (stages.get(n, ""), tuple(sorted(by_version.get(n, ())))) for n in stages}
+    wanted |= {n: ("", tuple(sorted(names))) for n, names in by_version.items() if n not in stages}
     existing = {v.version: v for v in versions}
     actions: list[Action] = []
-    for number, stage in stages.items():
+    for number, (stage, version_aliases) in wanted.items():
         version = existing.get(number)
+        served = ", ".join(version_targets(stage, version_aliases))
         deploying = RecordEvent(
             EventType.VERSION_DEPLOYING,
-            f"Version {number} is being deployed for {stage}.",
+            f"Version {number} is being deployed for {served}.",
             version=number,
         )
         if version is None:
-            actions += [CreateVersion(number, stage), deploying]
+            actions += [CreateVersion(number, stage, version_aliases), deploying]
         elif version.service_state == ServiceState.UNKNOWN:
-            actions += [RedeployVersion(number, stage), deploying]
-        elif not version.desired or version.stage != stage:
-            # Entering a stage counts as activity: a version idle in Staging is not scaled
+            actions += [RedeployVersion(number, stage, version_aliases), deploying]
+        elif not version.desired or version.stage != stage or version.aliases != version_aliases:
+            actions.append(SetStage(number, stage, version_aliases))
+            # Entering a target counts as activity: a version idle in Staging is not scaled
             # to zero the moment it takes over a scale-to-zero Production.
-            actions += [SetStage(number, stage), MarkActivity(number)]
-    actions += [SetStage(v.version, "") for v in versions if v.version not in stages and v.desired]
+            entered = set(version_targets(stage, version_aliases)) - set(version.targets)
+            if not version.desired or entered:
+                actions.append(MarkActivity(number))
+    actions += [SetStage(v.version, "") for v in versions if v.version not in wanted and v.desired]
     return actions
 
 
@@ -310,10 +328,13 @@ def plan_serving(
     versions: Sequence[VersionView],
     aliases: Mapping[str, str],
     model_exists: bool = True,
+    splits: Mapping[str, Mapping[str, int]] | None = None,
 ) -> list[Action]:
-    """Move aliases, retire what no stage serves, then say how the endpoint is.
+    """Move pointers, end finished splits, retire what nothing serves, then say how the
+    endpoint is.
 
-    ``aliases`` is {stage: version} as stored before this step."""
+    ``aliases`` is {target: version} as stored before this step, ``splits`` {target:
+    {version: weight}} of the traffic splits."""
     actions = _plan_aliases(versions, aliases)
     after = dict(aliases)
     for action in actions:
@@ -321,7 +342,9 @@ def plan_serving(
             after[action.stage] = action.version
         elif isinstance(action, RemoveAlias):
             del after[action.stage]
-    actions += _plan_retire(versions, set(after.values()))
+    ended, kept = _plan_splits(splits or {}, after)
+    actions += ended
+    actions += _plan_retire(versions, set(after.values()) | kept)
     if model_exists:
         new_state, message = endpoint_state(versions, set(after))
     else:
@@ -330,29 +353,67 @@ def plan_serving(
 
 
 def _plan_aliases(versions: Sequence[VersionView], aliases: Mapping[str, str]) -> list[Action]:
+    """Each target's pointer goes to the newest READY desired version of that target: for
+    a stage, the newest of its versions; for an alias, the one version it names."""
+    targets = [*Stage.values]
+    targets += sorted({t for v in versions if v.desired for t in v.targets} - set(targets))
+    targets += sorted(t for t in aliases if t not in targets)
     actions: list[Action] = []
-    for stage in Stage.values:
-        in_stage = [v for v in versions if v.desired and v.stage == stage]
-        best = choose_alias(in_stage)
-        current = aliases.get(stage)
+    for target in targets:
+        in_target = [v for v in versions if v.desired and target in v.targets]
+        best = choose_alias(in_target)
+        current = aliases.get(target)
+        alias = _alias_of(target)
         if best is not None and current != best.version:
             was = f" (was version {current})" if current else ""
             actions += [
-                MoveAlias(stage, best.version),
+                MoveAlias(target, best.version),
                 PublishRouting(),
                 RecordEvent(
                     EventType.VERSION_ALIAS_MOVED,
-                    f"{stage} now serves version {best.version}{was}.",
+                    f"{target} now serves version {best.version}{was}.",
                     version=best.version,
+                    alias=alias,
                 ),
             ]
-        elif best is None and not in_stage and current is not None:
-            actions += [RemoveAlias(stage), PublishRouting()]
+        elif best is None and not in_target and current is not None:
+            actions += [RemoveAlias(target), PublishRouting()]
     return actions
 
 
+def _plan_splits(
+    splits: Mapping[str, Mapping[str, int]], pointers: Mapping[str, str]
+) -> tuple[list[Action], set[str]]:
+    """End the splits whose target lost its pointer or whose whole weight is on the
+    version the pointer now names (a promotion is complete); every version of the others
+    stays deployed. Returns (actions, the versions kept for splits)."""
+    actions: list[Action] = []
+    kept: set[str] = set()
+    for target, weights in sorted(splits.items()):
+        live = {version for version, weight in weights.items() if weight > 0}
+        pointer = pointers.get(target)
+        if pointer is None:
+            reason = f"The traffic split of {target} ended: {target} is no longer served."
+        elif live == {pointer}:
+            reason = f"{target} now serves version {pointer} alone: the promotion is complete."
+        else:
+            kept |= live
+            continue
+        actions += [
+            ClearSplit(target),
+            PublishRouting(),
+            RecordEvent(EventType.TRAFFIC_SPLIT_CHANGED, reason, alias=_alias_of(target)),
+        ]
+    return actions, kept
+
+
+def _alias_of(target: str) -> str:
+    return target[1:] if is_alias(target) else ""
+
+
 def _plan_retire(versions: Sequence[VersionView], targets: set[str]) -> list[Action]:
-    """Drain and stop versions that no longer serve a stage and are no alias target."""
+    """Drain and stop versions the registry no longer wants served that no pointer
+    targets."""
     actions: list[Action] = []
     for version in versions:
         if version.desired or version.service_state == ServiceState.UNKNOWN:
@@ -360,12 +421,13 @@ def _plan_retire(versions: Sequence[VersionView], targets: set[str]) -> list[Act
         if version.version in targets:
             continue
         actions += [
-            *stop_all(version, "The version no longer serves a stage."),
+            *stop_all(version, "The version no longer serves a stage or alias."),
             RetireVersion(version.version),
             PublishRouting(),
             RecordEvent(
                 EventType.VERSION_RETIRED,
-                f"Version {version.version} no longer serves a stage: drained and stopped.",
+                f"Version {version.version} no longer serves a stage or alias: drained and "
+                "stopped.",
                 version=version.version,
             ),
         ]
@@ -373,17 +435,18 @@ def _plan_retire(versions: Sequence[VersionView], targets: set[str]) -> list[Act
 
 
 def endpoint_state(versions: Sequence[VersionView], served_stages: set[str]) -> tuple[str, str]:
-    """READY when every stage with desired versions is served, PENDING while one waits
-    for its first version, FAILED when a stage's only versions failed."""
+    """READY when every target (stage or alias) with desired versions is served, PENDING
+    while one waits for its first version, FAILED when a target's only versions failed."""
     desired = [v for v in versions if v.desired]
     if not desired:
         return (
             EndpointState.READY,
-            "No version of this model is in Staging or Production: nothing to serve.",
+            "No version of this model is in Staging or Production or has a served alias: "
+            "nothing to serve.",
         )
     pending = [v for v in desired if v.service_state == ServiceState.PENDING]
     failed = [v for v in desired if v.service_state == ServiceState.FAILED]
-    unserved = {v.stage for v in desired} - served_stages
+    unserved = {t for v in desired for t in v.targets} - served_stages
     notes = []
     if pending:
         notes.append(f"deploying version {', '.join(v.version for v in pending)}")
@@ -391,7 +454,7 @@ def endpoint_state(versions: Sequence[VersionView], served_stages: set[str]) -> 
         notes.append("; ".join(f"version {v.version} failed: {v.message}" for v in failed))
     if not unserved:
         return EndpointState.READY, "Ready" + (f" ({'; '.join(notes)})" if notes else "")
-    if any(v.stage in unserved for v in pending):
+    if any(set(v.targets) & unserved for v in pending):
         return EndpointState.PENDING, "Pending: " + "; ".join(notes)
     return EndpointState.FAILED, "; ".join(notes) or "No version could serve."
 

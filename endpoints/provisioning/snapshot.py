@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from endpoints.models import ReplicaState, ServiceState
+from endpoints.targets import version_targets
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class VersionView:
     version: str
     stage: str = ""
     desired: bool = True
+    # The served MLflow aliases pointing at it in the registry (names, without "@").
+    aliases: tuple[str, ...] = ()
     service_state: str = ServiceState.PENDING
     message: str = ""
     config_update_state: str = ServiceState.UNKNOWN
@@ -118,6 +121,11 @@ class VersionView:
     def ready(self) -> bool:
         return self.service_state == ServiceState.READY
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The stage and ``@alias`` targets the registry wants it to serve."""
+        return version_targets(self.stage, self.aliases)
+
 
 @dataclass(frozen=True)
 class LoadView:
@@ -139,9 +147,11 @@ class EndpointView:
 
 @dataclass(frozen=True)
 class RegistryStages:
-    """The registry's answer: {version: stage} of its Staging/Production versions."""
+    """The registry's answer: {version: stage} of its Staging/Production versions, and
+    {alias: version} of the aliases the endpoint serves."""
 
     stages: dict[str, str]
+    aliases: dict[str, str] = field(default_factory=dict)
     # False: the registered model was deleted.
     exists: bool = True
     # Not empty: the registry could not be asked (nothing is known).

@@ -7,17 +7,28 @@ from django import forms
 from endpoints.models import (
     MAX_BATCH_SIZE_RANGE,
     MAX_WAIT_MS_RANGE,
+    TARGET_MAX_LENGTH,
     PermissionLevel,
-    Stage,
     WorkloadSize,
 )
 from endpoints.registry import ALL_STAGES
+from endpoints.targets import valid_alias, valid_target
 
 BATCHING_FIELDS = ("max_batch_size", "max_wait_ms")
 
 
+def _check_target(value: str) -> None:
+    if not valid_target(value):
+        raise forms.ValidationError("Choose a stage or a served alias.")
+
+
+def target_field() -> forms.CharField:
+    """A stage, or an MLflow alias written ``@<alias>``."""
+    return forms.CharField(max_length=TARGET_MAX_LENGTH, validators=[_check_target])
+
+
 class ComputeConfigForm(forms.Form):
-    stage = forms.ChoiceField(choices=Stage.choices)
+    stage = target_field()
     workload_size = forms.ChoiceField(choices=WorkloadSize.choices)
     scale_to_zero_enabled = forms.BooleanField(required=False)
     batching_enabled = forms.BooleanField(required=False)
@@ -50,7 +61,7 @@ class ComputeConfigForm(forms.Form):
 
 
 class StageForm(forms.Form):
-    stage = forms.ChoiceField(choices=Stage.choices)
+    stage = target_field()
 
 
 class TransitionForm(forms.Form):
@@ -84,3 +95,70 @@ class PermissionForm(forms.Form):
     username = forms.CharField(max_length=150)
     # An empty level removes the user's grant.
     level = forms.ChoiceField(choices=[("", "No access"), *PermissionLevel.choices], required=False)
+
+
+class ModelAliasForm(forms.Form):
+    alias = forms.CharField(max_length=255)
+    # Empty: remove the alias.
+    version = forms.RegexField(regex=r"^[0-9]{1,18}$", required=False)
+
+    def clean_alias(self) -> str:
+        alias = self.cleaned_data["alias"].strip().removeprefix("@")
+        if not valid_alias(alias):
+            raise forms.ValidationError("Not a valid alias name.")
+        return alias
+
+
+class ServedAliasesForm(forms.Form):
+    mode = forms.ChoiceField(choices=[("all", "Every alias"), ("some", "Only these")])
+    aliases = forms.MultipleChoiceField(required=False, choices=())
+    # Another alias to serve, typed in (one the model may not have yet).
+    extra = forms.CharField(max_length=255, required=False)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        picked = self.data.getlist("aliases") if hasattr(self.data, "getlist") else []
+        self.fields["aliases"].choices = [(a, a) for a in picked]
+
+    def clean(self) -> dict:
+        data = super().clean()
+        chosen = list(data.get("aliases") or [])
+        extra = (data.get("extra") or "").strip().removeprefix("@")
+        if extra:
+            if not valid_alias(extra):
+                raise forms.ValidationError("Not a valid alias name.")
+            chosen.append(extra)
+        data["aliases"] = chosen
+        return data
+
+
+class TrafficSplitForm(forms.Form):
+    """A target's weights (``weight_<version>`` fields) and what to do with them."""
+
+    target = target_field()
+    action = forms.RegexField(regex=r"^(split|rollback|promote-[0-9]{1,18})$")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        weights = {}
+        for key, value in self.data.items():
+            version = key.removeprefix("weight_")
+            if key.startswith("weight_") and version.isdigit():
+                if not value.strip().isdigit() or int(value) > 100:
+                    raise forms.ValidationError(f"Version {version}: a percent from 0 to 100.")
+                weights[version] = int(value)
+        data["weights"] = weights
+        return data
+
+    def problem(self) -> str:
+        errors = self.non_field_errors()
+        return errors[0] if errors else "Choose a stage or alias and what to do."
+
+
+class InferenceTableForm(forms.Form):
+    enabled = forms.BooleanField(required=False)
+    sample_percent = forms.FloatField(min_value=0.01, max_value=100, required=False)
+
+    def clean_sample_percent(self) -> float:
+        value = self.cleaned_data.get("sample_percent")
+        return 100.0 if value is None else value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,8 @@ from endpoints.models import (
     ServingEndpoint,
     Stage,
 )
+from endpoints.targets import alias_name, config_target, is_alias, version_targets
+from endpoints.web import traffic_panel
 
 from . import charts
 
@@ -41,6 +44,8 @@ PANEL_TABS = (
     ("metrics", "Metrics"),
     ("events", "Model Events"),
     ("compute", "Compute Settings"),
+    ("traffic", "Traffic"),
+    ("inference", "Inference table"),
 )
 SERVING_TABS = tuple(key for key, _ in PANEL_TABS)
 UNMANAGED_TABS = tuple((key, title) for key, title in PANEL_TABS if key != "logs")
@@ -212,7 +217,7 @@ def panel_context(
             text = logs.service_logs(version, replica_id=replica_id or None)
         return {"log_kind": log_kind, "log_replica": replica_id, "log_text": text}
     if tab == "metrics" and version is not None:
-        return metrics_context(version, window)
+        return metrics_context(endpoint, version, window)
     if tab == "events":
         scope = "version" if version is not None and event_scope == "version" else ""
         events = selectors.endpoint_events(
@@ -224,40 +229,64 @@ def panel_context(
         }
     if tab == "compute":
         return {"compute": compute_rows(endpoint), "sizes": selectors.supported_workload_sizes()}
+    if tab == "traffic":
+        return traffic_panel.traffic(endpoint=endpoint)
+    if tab == "inference":
+        return traffic_panel.inference_panel(endpoint=endpoint)
     return {}
 
 
-def metrics_context(version: EndpointVersion, window: str) -> dict[str, Any]:
+def metrics_context(
+    endpoint: ServingEndpoint, version: EndpointVersion, window: str
+) -> dict[str, Any]:
+    """The version's charts, and each traffic split's versions side by side."""
     try:
-        return charts.metrics_charts(version.pk, window)
+        context = charts.metrics_charts(version.pk, window)
+        end = int(time.time() * 1000)
+        start = end - charts.WINDOWS[context["window"]][0] * 1000
+        context["splits"] = traffic_panel.split_metrics(endpoint, start_ms=start, end_ms=end)
+        return context
     except Exception as exc:  # Redis away: the rest of the page is still useful
         log.warning("metrics unavailable: %s", exc)
         return {"metrics_error": "Metrics are unavailable right now.", "window": window}
 
 
 def stage_tags(endpoint: ServingEndpoint, versions: list[EndpointVersion]) -> dict[int, list[str]]:
-    """The stages each version serves now (its alias) or is being brought up for."""
+    """The stages and ``@aliases`` each version serves now or is being brought up for:
+    stages first, then aliases by name."""
     tags: dict[int, set[str]] = {v.pk: set() for v in versions}
     for alias in endpoint.aliases.all():
         tags.setdefault(alias.version_id, set()).add(alias.stage)
     for v in versions:
-        if v.desired and v.registry_stage in Stage.values:
-            tags[v.pk].add(v.registry_stage)
-    return {pk: sorted(stages, reverse=True) for pk, stages in tags.items()}
+        if v.desired:
+            tags[v.pk].update(_targets(v))
+    return {pk: sorted(found, key=_target_order) for pk, found in tags.items()}
+
+
+def _targets(version: EndpointVersion) -> tuple[str, ...]:
+    return version_targets(version.registry_stage, version.registry_aliases)
+
+
+def _config_of(version: EndpointVersion) -> str:
+    return config_target(version.registry_stage, version.registry_aliases)
+
+
+def _target_order(target: str) -> tuple[int, str]:
+    return (2, target) if is_alias(target) else (0 if target == "Production" else 1, target)
 
 
 def model_urls(
     *, endpoint: ServingEndpoint, versions: list[EndpointVersion], absolute_uri: AbsoluteUri
 ) -> list[dict[str, str]]:
-    """The stage URLs that answer (or are about to), then one URL per version."""
+    """The stage URLs and alias URLs that answer (or are about to), then one URL per
+    version."""
     quoted = quote(endpoint.registered_model_name, safe="")
     urls = []
-    stages = {v.registry_stage for v in versions if v.desired}
-    stages |= set(endpoint.aliases.values_list("stage", flat=True))
-    for stage in Stage.values:
-        if stage in stages:
-            path = f"/model-endpoint/{quoted}/{stage}/invocations"
-            urls.append({"label": stage, "url": absolute_uri(path)})
+    targets = {t for v in versions if v.desired for t in _targets(v)}
+    targets |= set(endpoint.aliases.values_list("stage", flat=True))
+    for target in sorted(targets, key=_target_order):
+        path = f"/model-endpoint/{quoted}/{target}/invocations"
+        urls.append({"label": target, "url": absolute_uri(path)})
     for v in sorted(versions, key=lambda v: v.version_number, reverse=True):
         path = f"/model/{quoted}/{v.version}/invocations"
         urls.append({"label": f"Version {v.version}", "url": absolute_uri(path)})
@@ -272,11 +301,10 @@ def settled(endpoint: ServingEndpoint, versions: list[EndpointVersion]) -> bool:
     if any(v.service_state in moving or v.config_update_state in moving for v in versions):
         return False
     # A saved compute config the worker has not picked up yet is on its way too.
-    configs = {stage: endpoint.current_compute_config(stage) for stage in Stage.values}
     return not any(
-        rollout_label(v, configs[v.registry_stage]) == "Update queued"
+        rollout_label(v, endpoint.current_compute_config(_config_of(v))) == "Update queued"
         for v in versions
-        if v.desired and v.registry_stage in configs and v.service_state != ServiceState.FAILED
+        if v.desired and _config_of(v) and v.service_state != ServiceState.FAILED
     )
 
 
@@ -315,15 +343,18 @@ def snippets(url: str) -> dict[str, str]:
 
 
 def compute_rows(endpoint: ServingEndpoint) -> list[dict[str, Any]]:
+    """One row per stage, then one per served alias that has versions or a config."""
+    desired = list(endpoint.versions.filter(desired=True).order_by("-created_at"))
+    aliases = {_config_of(v) for v in desired if is_alias(_config_of(v))}
+    aliases |= set(selectors.alias_config_targets(endpoint))
     rows = []
-    for stage in Stage.values:
+    for stage in [*Stage.values, *sorted(aliases)]:
         config = endpoint.current_compute_config(stage)
-        versions = list(
-            endpoint.versions.filter(registry_stage=stage, desired=True).order_by("-created_at")
-        )
+        versions = [v for v in desired if _config_of(v) == stage]
         rows.append(
             {
                 "stage": stage,
+                "key": f"alias-{alias_name(stage)}" if is_alias(stage) else stage.lower(),
                 "config": config,
                 "batching": batching_fields(config),
                 "versions": [{"v": v, "rollout": rollout_label(v, config)} for v in versions],

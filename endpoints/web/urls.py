@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import access, views
+from . import access, traffic, views
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
@@ -19,6 +19,23 @@ urlpatterns = [
         "models/<str:name>/serving/compute/restart/",
         views.compute_restart,
         name="compute-restart",
+    ),
+    path("models/<str:name>/serving/alias/", traffic.alias_set, name="alias-set"),
+    path(
+        "models/<str:name>/serving/served-aliases/",
+        traffic.served_aliases_update,
+        name="served-aliases",
+    ),
+    path("models/<str:name>/serving/split/", traffic.traffic_split, name="traffic-split"),
+    path(
+        "models/<str:name>/serving/inference/",
+        traffic.inference_update,
+        name="inference-update",
+    ),
+    path(
+        "models/<str:name>/serving/inference/download/",
+        traffic.inference_download,
+        name="inference-download",
     ),
     path("models/<str:name>/serving/example/", views.serving_example, name="serving-example"),
     path("models/<str:name>/serving/invoke/", views.serving_invoke, name="serving-invoke"),

@@ -8,8 +8,10 @@ the rows the gateway routes by (one endpoint per replica) and starts the web ser
 ``make run`` does. It sends one-row ``dataframe_split`` requests with one sequential
 keep-alive client and with 8 concurrent clients to: MLflow's server directly (the
 baseline), the product's replica directly, the front door in front of the product's
-replica (the product path) and in front of MLflow's. Then it opens 1,000 connections that
-never finish their request head and measures the login page and scoring beside them.
+replica (the product path) and in front of MLflow's, and the product path with a 90/10
+traffic split and with the inference table capturing every request. Then it opens 1,000
+connections that never finish their request head and measures the login page and scoring
+beside them.
 It prints every figure and a targets table with the same run's baseline.
 """
 
@@ -31,6 +33,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from endpoints import devstack
 from endpoints.devstack import ManagedProcess
 
+from ._bench_traffic import (
+    hot_path_costs,
+    hot_path_rows,
+    route_traffic_paths,
+    traffic_rows,
+    traffic_targets,
+)
 from ._load import BODY, HalfOpen, KeepAliveClient, Result, measure_in_subprocess, median
 
 ISOLATED_ENV = "SERVING_BENCH_ISOLATED"
@@ -159,6 +168,8 @@ class Bench:
         }
         for name, replica in ((MODEL, "product"), (MLFLOW_MODEL, "mlflow")):
             _route(name, user, model_dir, self.replicas[replica], self.replica_pids[replica])
+        product = (self.replicas["product"], self.replica_pids["product"])
+        route_traffic_paths(user, model_dir, *product, route=_route)
         bump_generation()
         return token
 
@@ -220,6 +231,7 @@ class Bench:
             "product replica, direct": direct("product"),
             "front door -> product replica": front(MODEL),
             "front door -> MLflow server": front(MLFLOW_MODEL),
+            **traffic_targets(front),
             "login page": {**front(MODEL), "path": "/login/", "method": "GET", "headers": {}},
         }
 
@@ -326,6 +338,12 @@ class Bench:
         self.say(f"{'target':46} {'figure':>18} {'MLflow direct':>14}  result")
         for label, figure, baseline, ok in rows:
             self.say(f"{label:46} {figure:>18} {baseline:>14}  {'PASS' if ok else 'MISS'}")
+        self.say("")
+        self.say(f"{'traffic (same run)':46} {'figure':>18} {'plain routing':>14}  result")
+        costs = hot_path_rows(hot_path_costs(BODY))
+        for label, figure, baseline, ok in traffic_rows(runs, path_seq) + costs:
+            result = "-" if ok is None else "PASS" if ok else "MISS"
+            self.say(f"{label:46} {figure:>18} {baseline:>14}  {result}")
 
 
 def _route(name: str, user: object, model_dir: Path, address: tuple[str, int], pid: int) -> None:

@@ -1,0 +1,308 @@
+"""API calls about where traffic goes: MLflow aliases (set, delete, which ones an endpoint
+serves), traffic splits (set, promote, roll back, read) and inference tables. Thin: parse, call
+``endpoints.traffic``, answer with ``selectors``' shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from endpoints import selectors, services, traffic
+from endpoints.errors import InvalidParameter
+
+from . import serializers as s
+from .base import ENDPOINTS_V2, GET_ARGS, REGISTRY, ApiView, ManageView, doc, parse, registry_name
+
+
+class AliasRequest(serializers.Serializer):
+    name = s.model_name_field()
+    alias = s.Text(max_length=255, help_text="The alias, such as 'champion'.", example="champion")
+
+
+class SetAliasRequest(AliasRequest):
+    version = s.version_field()
+
+
+class ServedAliasesRequest(s.ModelNameRequest):
+    served_aliases = serializers.ListField(
+        child=s.Text(max_length=255),
+        allow_null=True,
+        max_length=100,
+        help_text="The aliases to serve; null: every alias of the model (the default).",
+    )
+
+
+class Fraction(serializers.FloatField):
+    """A number that is not converted from other JSON types (not a boolean, not a string)."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if s._is_json(self) and (isinstance(data, bool) or not isinstance(data, int | float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class ModelAliasView(ManageView):
+    @doc(
+        "mlflowSetRegisteredModelAlias",
+        "Point an MLflow alias at a model version",
+        tag=REGISTRY,
+        request=SetAliasRequest,
+        response=s.EmptyResponse,
+        errors=(429, 503),
+        description="Sets the alias in the MLflow registry, as MLflow's own call does. When "
+        "the endpoint serves the alias, its URL (/model-endpoint/<name>/@<alias>/invocations) "
+        "moves to the version once that version is ready. Needs CAN_MANAGE on the endpoint "
+        "(or the permission to create endpoints when serving is off).",
+    )
+    def post(self, request: Request) -> Response:
+        args = parse(request, SetAliasRequest)
+        traffic.model_alias_set(
+            name=registry_name(args["name"]),
+            alias=args["alias"],
+            version=args["version"],
+            user=request.user,
+        )
+        return Response({})
+
+    @doc(
+        "mlflowDeleteRegisteredModelAlias",
+        "Delete an MLflow alias",
+        tag=REGISTRY,
+        query=AliasRequest,
+        response=s.EmptyResponse,
+        errors=(429, 503),
+        description=GET_ARGS + " The alias's URL stops answering once the registry no "
+        "longer has it.",
+    )
+    def delete(self, request: Request) -> Response:
+        args = parse(request, AliasRequest)
+        traffic.model_alias_set(
+            name=registry_name(args["name"]), alias=args["alias"], version=None, user=request.user
+        )
+        return Response({})
+
+
+class UpdateServedAliasesView(ManageView):
+    @doc(
+        "endpointsV2UpdateServedAliases",
+        "Choose which MLflow aliases of the model are served",
+        tag=ENDPOINTS_V2,
+        request=ServedAliasesRequest,
+        response=s.EndpointStatusResponse,
+        errors=(429,),
+        description="Needs CAN_MANAGE. By default every alias is served; a list limits "
+        "serving to those aliases, null goes back to every alias.",
+    )
+    def put(self, request: Request) -> Response:
+        args = parse(request, ServedAliasesRequest)
+        endpoint = traffic.served_aliases_set(
+            name=args["registered_model_name"],
+            aliases=args["served_aliases"],
+            user=request.user,
+        )
+        return Response({"endpoint_status": selectors.endpoint_status_json(endpoint)})
+
+
+# --- traffic splits ----------------------------------------------------------------------------
+
+
+class VersionShare(serializers.Serializer):
+    endpoint_version_name = s.version_field()
+    traffic_percentage = s.Number(min_value=0, max_value=100)
+
+
+class TrafficSplitRequest(s.TargetRequest):
+    traffic = VersionShare(many=True, help_text="Percentages adding up to 100.")
+
+
+class PromoteRequest(s.TargetRequest):
+    endpoint_version_name = s.version_field()
+
+
+class SplitInfo(serializers.Serializer):
+    stage = serializers.CharField(required=False)
+    alias = serializers.CharField(required=False)
+    traffic = serializers.ListField(child=serializers.DictField())
+    user_id = serializers.CharField(allow_blank=True)
+    updated_timestamp = serializers.IntegerField()
+
+
+class SplitsResponse(serializers.Serializer):
+    traffic_splits = SplitInfo(many=True)
+
+
+class GetTrafficSplitsView(ApiView):
+    @doc(
+        "endpointsV2GetTrafficSplits",
+        "The traffic splits of an endpoint's stages and aliases",
+        tag=ENDPOINTS_V2,
+        query=s.ModelNameRequest,
+        response=SplitsResponse,
+        description=GET_ARGS,
+    )
+    def get(self, request: Request) -> Response:
+        args = parse(request, s.ModelNameRequest)
+        endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
+        return Response({"traffic_splits": selectors.traffic_splits_json(endpoint)})
+
+
+class UpdateTrafficSplitView(ManageView):
+    @doc(
+        "endpointsV2UpdateTrafficSplit",
+        "Split a stage's or an alias's traffic between READY versions by percent",
+        tag=ENDPOINTS_V2,
+        request=TrafficSplitRequest,
+        response=SplitsResponse,
+        errors=(429,),
+        description="Needs CAN_MANAGE. Two or more READY versions, percentages adding up to "
+        "100. The gateway picks a version per request by weight; the answer names it in "
+        "X-Serving-Version.",
+    )
+    def put(self, request: Request) -> Response:
+        args = parse(request, TrafficSplitRequest)
+        weights: dict[str, int] = {}
+        for share in args["traffic"]:
+            name = share["endpoint_version_name"]
+            if name in weights:
+                raise InvalidParameter(f"Version {name} is listed twice.")
+            weights[name] = share["traffic_percentage"]
+        split = traffic.traffic_split_set(
+            name=args["registered_model_name"],
+            target=args["target"],
+            weights=weights,
+            user=request.user,
+        )
+        return Response({"traffic_splits": selectors.traffic_splits_json(split.endpoint)})
+
+
+class PromoteTrafficSplitView(ManageView):
+    @doc(
+        "endpointsV2PromoteTrafficSplit",
+        "Send all of a stage's or an alias's traffic to one version",
+        tag=ENDPOINTS_V2,
+        request=PromoteRequest,
+        response=SplitsResponse,
+        errors=(429, 503),
+        description="Needs CAN_MANAGE. At once every request goes to the version, and the "
+        "registry follows: the alias points at it, or it takes the stage (the stage's other "
+        "versions are archived). The split ends once the target's URL serves the version.",
+    )
+    def post(self, request: Request) -> Response:
+        args = parse(request, PromoteRequest)
+        split = traffic.traffic_split_promote(
+            name=args["registered_model_name"],
+            target=args["target"],
+            version=args["endpoint_version_name"],
+            user=request.user,
+        )
+        return Response({"traffic_splits": selectors.traffic_splits_json(split.endpoint)})
+
+
+class RollbackTrafficSplitView(ManageView):
+    @doc(
+        "endpointsV2RollbackTrafficSplit",
+        "End a split: all traffic back to the version the stage or alias points at",
+        tag=ENDPOINTS_V2,
+        request=s.TargetRequest,
+        response=SplitsResponse,
+        errors=(429,),
+        description="Needs CAN_MANAGE. 404 when the target has no split.",
+    )
+    def post(self, request: Request) -> Response:
+        args = parse(request, s.TargetRequest)
+        endpoint = traffic.traffic_split_rollback(
+            name=args["registered_model_name"], target=args["target"], user=request.user
+        )
+        return Response({"traffic_splits": selectors.traffic_splits_json(endpoint)})
+
+
+# --- inference tables --------------------------------------------------------------------------
+
+
+class InferenceTableRequest(s.ModelNameRequest):
+    enabled = s.Flag()
+    sample_rate = Fraction(
+        min_value=0.0001,
+        max_value=1.0,
+        required=False,
+        default=1.0,
+        help_text="The share of requests captured (1: all of them).",
+    )
+
+
+class InferenceRowsRequest(s.ModelNameRequest):
+    max_results = s.Number(min_value=1, max_value=1000, required=False, default=100)
+
+
+class InferenceTableInfo(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    sample_rate = serializers.FloatField()
+    retention_days = serializers.IntegerField()
+    location = serializers.CharField()
+    dropped_requests = serializers.IntegerField(allow_null=True)
+
+
+class InferenceTableResponse(serializers.Serializer):
+    inference_table = InferenceTableInfo()
+
+
+class InferenceRow(serializers.Serializer):
+    timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
+    endpoint = serializers.CharField()
+    selector = serializers.CharField()
+    version = serializers.CharField()
+    status = serializers.IntegerField()
+    latency_ms = serializers.FloatField()
+    token_id = serializers.IntegerField(allow_null=True)
+    request = serializers.CharField(allow_blank=True)
+    response = serializers.CharField(allow_blank=True)
+
+
+class InferenceRowsResponse(InferenceTableResponse):
+    rows = InferenceRow(many=True)
+
+
+class GetInferenceTableView(ApiView):
+    @doc(
+        "endpointsV2GetInferenceTable",
+        "The inference table's settings and its newest captured requests",
+        tag=ENDPOINTS_V2,
+        query=InferenceRowsRequest,
+        response=InferenceRowsResponse,
+        description=GET_ARGS + " Rows newest first: request and response bodies, status, "
+        "latency, the version that answered, and the caller's token id.",
+    )
+    def get(self, request: Request) -> Response:
+        args = parse(request, InferenceRowsRequest)
+        endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
+        return Response(
+            {
+                "inference_table": selectors.inference_table_json(endpoint),
+                "rows": selectors.inference_rows(endpoint, limit=args["max_results"]),
+            }
+        )
+
+
+class UpdateInferenceTableView(ManageView):
+    @doc(
+        "endpointsV2UpdateInferenceTable",
+        "Turn the inference table on or off, with a sampling rate",
+        tag=ENDPOINTS_V2,
+        request=InferenceTableRequest,
+        response=InferenceTableResponse,
+        errors=(429,),
+        description="Needs CAN_MANAGE. Captured requests are written to Parquet files, "
+        "partitioned by endpoint and date, under the inference directory.",
+    )
+    def put(self, request: Request) -> Response:
+        args = parse(request, InferenceTableRequest)
+        table = traffic.inference_table_update(
+            name=args["registered_model_name"],
+            enabled=args["enabled"],
+            sample_rate=args["sample_rate"],
+            user=request.user,
+        )
+        return Response({"inference_table": selectors.inference_table_json(table.endpoint)})

@@ -10,17 +10,15 @@ import uuid
 
 import pytest
 import requests
-from conftest import wait_for
 from fakes import constant_model, register
 from playwright.sync_api import Page, expect
-from test_serving_tab import READY_TIMEOUT_MS, browser, log_in, open_panel, page, shot
+from test_serving_tab import READY_TIMEOUT_MS, log_in, open_panel, shot
 
 from endpoints import inference, registry, services
+from endpoints.devstack import wait_for
 from endpoints.models import StageAlias
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
-
-__all__ = ["browser", "page"]  # fixtures
 
 
 def score(base: str, token: str, name: str, selector: str, count: int) -> None:

@@ -82,11 +82,11 @@ def test_a_version_row_pointing_at_other_files_is_prepared_again(db, admin_user,
     endpoint = ServingEndpoint.objects.create(registered_model_name=name, creator=admin_user)
     row = add_version(endpoint, "1", "Production", model_path=old.model_path)
     # Unchanged in the registry: the row keeps its files.
-    converge.forget_stale_files(endpoint, observe.registry_stages(name).model_dirs)
+    converge.forget_stale_files(endpoint, observe.registry_stages(endpoint).model_dirs)
     assert EndpointVersion.objects.get(pk=row.pk).model_path == old.model_path
     # Deleted and registered again: the same version number names other files.
     registry.client().delete_registered_model(name)
     _register(name, "new")
     registry.transition_stage(name, "1", "Production")
-    converge.forget_stale_files(endpoint, observe.registry_stages(name).model_dirs)
+    converge.forget_stale_files(endpoint, observe.registry_stages(endpoint).model_dirs)
     assert EndpointVersion.objects.get(pk=row.pk).model_path == ""

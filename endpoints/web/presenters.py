@@ -192,7 +192,7 @@ def serving(
     elif tab == "compute":
         context["compute"] = compute_rows(endpoint)
     elif tab == "metrics" and version is not None:
-        context.update(metrics_context(version, window))
+        context.update(metrics_context(endpoint, version, window))
     return context
 
 

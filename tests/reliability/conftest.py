@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import wait_for
+from fakes import HttpGate
 
 from endpoints.models import (
     Replica,
@@ -196,3 +197,10 @@ def deployment(live, django_db_blocker) -> Iterator:
     deployment = Deployment(live, django_db_blocker)
     yield deployment
     deployment.remove()
+
+
+@pytest.fixture
+def http_gate() -> Iterator[HttpGate]:
+    """A gate for ``fakes.gate_model`` on 127.0.0.1, opened and stopped after the test."""
+    with HttpGate() as gate:
+        yield gate

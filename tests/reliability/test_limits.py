@@ -100,14 +100,13 @@ def test_a_hung_replica_answers_504_at_the_timeout_and_is_replaced_after_repeate
 
 
 def test_a_full_queue_refuses_extra_requests_quickly_and_held_ones_succeed(
-    deployment, small_gateway, tmp_path
+    deployment, small_gateway, http_gate
 ):
     register(deployment.name, gate_model("held"), "Production")
     deployment.enable()
     deployment.wait_serving("Production", "1")
-    gate, arrived = tmp_path / "gate", tmp_path / "arrived"
-    arrived.mkdir()
-    body = {"dataframe_records": [{"gate": str(gate), "arrived": str(arrived)}]}
+    gate = http_gate
+    body = {"dataframe_records": [{"gate": gate.url}]}
     held: list[requests.Response] = []
 
     def hold() -> None:
@@ -116,7 +115,7 @@ def test_a_full_queue_refuses_extra_requests_quickly_and_held_ones_succeed(
     clients = [threading.Thread(target=hold) for _ in range(4)]
     for client in clients:
         client.start()
-    wait_for(lambda: len(list(arrived.iterdir())) == 4, timeout=30, what="4 requests held")
+    wait_for(lambda: gate.arrived == 4, timeout=30, what="4 requests held")
 
     for _ in range(5):
         started = time.monotonic()
@@ -126,7 +125,7 @@ def test_a_full_queue_refuses_extra_requests_quickly_and_held_ones_succeed(
         assert refused.headers["Retry-After"].isdigit()
         assert refused.json()["error_code"] in ("REQUEST_LIMIT_EXCEEDED", "TEMPORARILY_UNAVAILABLE")
 
-    gate.touch()
+    gate.open()
     for client in clients:
         client.join(timeout=60)
     assert [r.status_code for r in held] == [200] * 4

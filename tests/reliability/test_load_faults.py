@@ -103,20 +103,19 @@ def test_a_version_that_fails_to_load_never_receives_traffic(deployment):
 
 
 def test_a_request_held_in_the_old_version_during_the_switch_still_gets_its_answer(
-    deployment, tmp_path
+    deployment, http_gate
 ):
     name = deployment.name
     register(name, gate_model("v1"), "Staging")
     deployment.enable()
     deployment.wait_serving("Staging", "1")
     [old] = deployment.replicas("1")
-    gate, arrived = tmp_path / "gate", tmp_path / "arrived"
-    arrived.mkdir()
+    gate = http_gate
     held: list[requests.Response] = []
-    body = {"dataframe_records": [{"gate": str(gate), "arrived": str(arrived)}]}
+    body = {"dataframe_records": [{"gate": gate.url}]}
     client = threading.Thread(target=lambda: held.append(deployment.score("Staging", body)))
     client.start()
-    wait_for(lambda: any(arrived.iterdir()), timeout=30, what="the request inside v1")
+    wait_for(lambda: gate.arrived, timeout=30, what="the request inside v1")
 
     v2 = register(name, constant_model("v2"))
     deployment.transition(v2, "Staging")
@@ -132,7 +131,7 @@ def test_a_request_held_in_the_old_version_during_the_switch_still_gets_its_answ
     )
     assert not held
     assert deployment.score("Staging").json() == {"predictions": ["v2"]}
-    gate.touch()
+    gate.open()
     client.join(timeout=60)
     assert held[0].status_code == 200, held[0].text
     assert held[0].json() == {"predictions": ["v1"]}

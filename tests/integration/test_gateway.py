@@ -150,6 +150,9 @@ class Replicas:
             port=port,
             log_path=str(self.root / f"{replica_id}.log"),
             python=sys.executable,
+            # The gate model talks to the test through files in the test's temporary
+            # directory, which a sandboxed model cannot see: a trusted test model.
+            sandbox="off" if replica_id == "gate" else "",
         )
         pid = self.runtime.start(spec)
         self.started[replica_id] = (pid, spec.replica_id)

@@ -304,6 +304,15 @@ def _spec(prepared, *, start_mode: str, tmp_path: Path) -> ReplicaSpec:
     )
 
 
+@pytest.fixture(scope="module")
+def own_data_dir(tmp_path_factory) -> Iterator[Path]:
+    """A data directory apart from the worker's: its orphan collection must not stop the
+    replicas these tests start without rows."""
+    path = tmp_path_factory.mktemp("hostile") / "serving"
+    yield path
+    LocalRuntime().stop_zygotes(within=str(path))
+
+
 @pytest.mark.parametrize("environment", ["local", "virtualenv"])
 @pytest.mark.parametrize("start_mode", ["spawn", "zygote"])
 def test_a_hostile_model_is_denied_everything_however_its_replica_starts(
@@ -314,13 +323,14 @@ def test_a_hostile_model_is_denied_everything_however_its_replica_starts(
     redis_server,
     settings,
     tmp_path,
+    own_data_dir,
     environment,
     start_mode,
 ):
     if (environment, start_mode) == ("local", "zygote"):
         pytest.skip("the product's own path: the test above")
     assert settings.SERVING["SANDBOX"] == "bwrap"
-    settings.SERVING = {**settings.SERVING, "ENVIRONMENT": environment}
+    settings.SERVING = {**settings.SERVING, "ENVIRONMENT": environment, "DATA_DIR": own_data_dir}
     prepared = environments.prepare(hostile_model, "1")
     if environment == "virtualenv":
         assert Path(prepared.python).is_relative_to(environments.data_dir() / "envs")

@@ -8,6 +8,7 @@ under ``var/mlflow``, Redis on loopback. ``docs/configuration.md`` lists every v
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -235,7 +236,18 @@ SERVING = {
     # "local": the product's own Python environment; "virtualenv": one per model, built
     # from its declared requirements and cached by their hash.
     "ENVIRONMENT": envstr("SERVING_ENVIRONMENT", "local"),
+    # Where replicas run: "local" (processes on the worker's host) or "ray" (one Ray
+    # actor per replica on the nodes of the Ray cluster at RAY_ADDRESS; docs/deploy.md).
+    "RUNTIME": envchoice("SERVING_RUNTIME", "local", ("local", "ray")),
 }
+# The runtime package reads its choice from the environment (it imports no Django): the
+# defaults go there too, so every process of an installation agrees. Replicas of one
+# installation live in one Ray namespace, named after its data directory by default.
+os.environ.setdefault("SERVING_RUNTIME", SERVING["RUNTIME"])
+os.environ.setdefault(
+    "SERVING_RAY_NAMESPACE",
+    "serving-ui-" + hashlib.sha256(str(SERVING["DATA_DIR"]).encode()).hexdigest()[:10],
+)
 
 # --- REST framework -----------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -102,6 +102,8 @@ def create_row(version: EndpointVersion, name: str, port: int, restarts: int) ->
         host=serving("REPLICA_HOST"),
         port=port,
         worker_host=socket.gethostname(),
+        # Where the runtime placed it is recorded once it started (``launch``).
+        node=socket.gethostname(),
         log_path=str(environments.replica_log_path(name, version.version, replica_id)),
         restarts=restarts,
     )
@@ -122,12 +124,19 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         start_mode=serving("REPLICA_START"),
         zygote_dir=str(environments.zygote_dir()),
         extra_env=batching_env(replica_config(version)),
+        model_uri=f"models:/{replica.version.endpoint.registered_model_name}/{version.version}",
+        registry_uri=settings.MLFLOW_REGISTRY_URI,
     )
     try:
         replica.pid = runtime.start(spec)
     except OSError as exc:
         return f"Could not start the model server: {exc}"
-    replica.save(update_fields=["pid"])
+    fields = ["pid"]
+    placed = runtime.placement(replica.replica_id)
+    if placed is not None:
+        replica.host, replica.port, replica.node = placed.host, placed.port, placed.node
+        fields += ["host", "port", "node"]
+    replica.save(update_fields=fields)
     return ""
 
 

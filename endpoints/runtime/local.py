@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from .base import ReplicaSpec
+from .base import Placement, ReplicaSpec
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,12 @@ class LocalRuntime:
             with contextlib.suppress(ValueError, IndexError):
                 found[cmdline[cmdline.index("--replica-id") + 1]] = info["pid"]
         return found
+
+    def placement(self, replica_id: str) -> Placement | None:
+        return None  # where the spec said: this host
+
+    def lost_nodes(self) -> set[str]:
+        return set()  # replicas run on this host, which is not lost while this code runs
 
     def port_is_free(self, host: str, port: int) -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

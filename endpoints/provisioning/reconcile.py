@@ -58,7 +58,8 @@ MAX_PASSES_PER_CALL = 5
 def _held(name: str) -> Iterator[bool]:
     """A Redis lock that stays held while its holder works and expires soon after the
     holder dies (a worker killed mid-pass blocks its endpoint for seconds, not minutes)."""
-    lock = redis_client().lock(name, timeout=LOCK_TIMEOUT_SECONDS)
+    # Not thread-local: the keeper thread renews the token the holder's thread acquired.
+    lock = redis_client().lock(name, timeout=LOCK_TIMEOUT_SECONDS, thread_local=False)
     if not lock.acquire(blocking=False):
         yield False
         return

@@ -162,6 +162,7 @@ class RayRuntime:
             self._call(replica_id, "terminate")
 
     def kill(self, pid: int, replica_id: str) -> None:
+        self._keep_log(replica_id)
         with contextlib.suppress(LookupError, GetTimeoutError):
             self._call(replica_id, "kill", timeout=2)
         self._kill_actor(replica_id)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
 
 from .base import Placement, ReplicaSpec
 from .local import LocalRuntime
@@ -44,6 +44,10 @@ LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 class RayUnavailable(OSError):
     """The Ray cluster cannot be reached or refused a replica."""
+
+
+class Unsure(Exception):
+    """Ray could not tell whether a replica's actor is alive."""
 
 
 def _node_of(node_id: str, address: str) -> str:
@@ -67,6 +71,7 @@ class RayRuntime:
         self.memory_mb = memory_mb
         self.placement_timeout = placement_timeout
         self._placements: dict[str, Placement] = {}
+        self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
         # Local files (build logs) are read like the local runtime reads them.
         self._files = object.__new__(LocalRuntime)
@@ -92,23 +97,44 @@ class RayRuntime:
                 sys.stderr = stderr
 
     def _actor(self, replica_id: str):
+        """The actor's handle (kept once found); None when no actor has that name."""
         self.connect()
-        try:
-            return ray.get_actor(replica_id, namespace=self.namespace)
-        except ValueError:
-            return None
+        handle = self._handles.get(replica_id)
+        if handle is None:
+            try:
+                handle = ray.get_actor(replica_id, namespace=self.namespace)
+            except ValueError:
+                return None
+            self._handles[replica_id] = handle
+        return handle
 
     def _call(self, replica_id: str, method: str, *args, timeout: float = CALL_TIMEOUT_SECONDS):
-        """``method`` of the replica's actor; raises LookupError when it is gone."""
+        """``method`` of the replica's actor. Raises LookupError when the actor is gone for
+        certain (Ray reports it dead, or no actor has its name), Unsure when Ray could not
+        tell (a timeout, a busy or briefly unreachable actor, a control store that is slow
+        while it handles a lost node): a live replica is never taken for dead."""
         actor = self._actor(replica_id)
         if actor is None:
+            if self._listed(replica_id):
+                raise Unsure(replica_id)
             raise LookupError(replica_id)
         try:
             return ray.get(getattr(actor, method).remote(*args), timeout=timeout)
-        except GetTimeoutError:
-            raise
-        except RayError as exc:
+        except ActorDiedError as exc:
+            self._handles.pop(replica_id, None)
             raise LookupError(replica_id) from exc
+        except (GetTimeoutError, RayError) as exc:
+            raise Unsure(replica_id) from exc
+
+    def _listed(self, replica_id: str) -> bool:
+        """Whether Ray still lists a live actor of that name in the namespace."""
+        try:
+            names = ray.util.list_named_actors(all_namespaces=True)
+        except RayError:
+            return True  # cannot tell: not gone for certain
+        return any(
+            e.get("name") == replica_id and e.get("namespace") == self.namespace for e in names
+        )
 
     # --- the runtime interface -------------------------------------------------------------
 
@@ -145,7 +171,7 @@ class RayRuntime:
     def placement(self, replica_id: str) -> Placement | None:
         found = self._placements.get(replica_id)
         if found is None:
-            with contextlib.suppress(LookupError, GetTimeoutError):
+            with contextlib.suppress(LookupError, Unsure):
                 info = self._call(replica_id, "info")
                 found = Placement(info["host"], info["port"], info["node"])
         return found
@@ -158,12 +184,12 @@ class RayRuntime:
             self.kill(pid, replica_id)
 
     def terminate(self, pid: int, replica_id: str) -> None:
-        with contextlib.suppress(LookupError, GetTimeoutError):
+        with contextlib.suppress(LookupError, Unsure):
             self._call(replica_id, "terminate")
 
     def kill(self, pid: int, replica_id: str) -> None:
         self._keep_log(replica_id)
-        with contextlib.suppress(LookupError, GetTimeoutError):
+        with contextlib.suppress(LookupError, Unsure):
             self._call(replica_id, "kill", timeout=2)
         self._kill_actor(replica_id)
 
@@ -173,14 +199,15 @@ class RayRuntime:
             with contextlib.suppress(RayError, ValueError):
                 ray.kill(actor, no_restart=True)
         self._placements.pop(replica_id, None)
+        self._handles.pop(replica_id, None)
 
     def is_alive(self, pid: int, replica_id: str) -> bool:
         try:
             state = self._call(replica_id, "status")
         except LookupError:
             return False
-        except GetTimeoutError:
-            return True  # busy, not gone: the probe decides about its health
+        except Unsure:
+            return True  # not gone for certain: the probe decides about its health
         if state in ("exited", "failed"):
             # Its replica is gone: the actor keeps nothing worth keeping but its log.
             self._keep_log(replica_id)
@@ -212,7 +239,7 @@ class RayRuntime:
         for entry in ray.util.list_named_actors(all_namespaces=True):
             if entry.get("namespace") != self.namespace:
                 continue
-            with contextlib.suppress(LookupError, GetTimeoutError):
+            with contextlib.suppress(LookupError, Unsure):
                 info = self._call(entry["name"], "info", timeout=5)
                 found[entry["name"]] = int(info["pid"])
                 self._placements[entry["name"]] = Placement(
@@ -228,12 +255,12 @@ class RayRuntime:
         """A replica's log through its actor (on its node); a build log, or the log a
         stopped replica left, from this host's file."""
         replica_id = Path(log_path).stem
-        with contextlib.suppress(LookupError, GetTimeoutError):
+        with contextlib.suppress(LookupError, Unsure):
             return self._call(replica_id, "read_log", max_bytes)
         return self._files.read_log(log_path, max_bytes=max_bytes)
 
     def rotate_log(self, log_path: str, *, max_bytes: int) -> bool:
-        with contextlib.suppress(LookupError, GetTimeoutError):
+        with contextlib.suppress(LookupError, Unsure):
             return bool(self._call(Path(log_path).stem, "rotate_log", max_bytes))
         return False
 
@@ -249,7 +276,7 @@ class RayRuntime:
             Path(local_path).write_text(text, encoding="utf-8")
 
     def _call_quiet(self, replica_id: str, method: str):
-        with contextlib.suppress(LookupError, GetTimeoutError):
+        with contextlib.suppress(LookupError, Unsure):
             return self._call(replica_id, method, timeout=5)
         return None
 

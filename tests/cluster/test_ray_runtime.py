@@ -1,16 +1,18 @@
 """Replicas on a 2-node Ray cluster (``ray_stack``): placement over both nodes, scoring
-through the gateway, a rollout and a lost node under load, a worker restart, and nothing
-left once serving is disabled. Every node, actor and socket is on 127.0.0.1.
+through the gateway, a rollout and a lost node under load, a worker restart, scale to zero
+and back, and nothing left once serving is disabled. Every node, actor and socket is on 127.0.0.1.
 
 The tests share the module's cluster; the lost node is the last test's doing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections import Counter
 
+import psutil
 import pytest
 import requests
 from conftest import wait_for
@@ -128,6 +130,10 @@ def test_a_medium_endpoint_spreads_over_both_nodes_and_a_rollout_under_load_fail
     # Each replica is the actor named by its id, at the address its node reported.
     assert {r.replica_id for r in replicas} <= set(actors())
     assert all(r.host == "127.0.0.1" for r in replicas)
+    # Every socket Ray's nodes, the actors and their replicas listen on is on loopback.
+    listening = _listening_addresses()
+    assert {r.port for r in replicas} <= {port for _, port in listening}
+    assert {ip for ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
 
     token = make_token(owner)
     auth = {"Authorization": f"Bearer {token}"}
@@ -229,6 +235,54 @@ def test_a_restarted_worker_adopts_the_actors_and_stops_an_orphan(
     wait_for(lambda: not actors(), timeout=60, what="no actor left")
 
 
+def test_scale_to_zero_leaves_no_actor_and_a_request_wakes_exactly_one(
+    ray_stack, transactional_db, owner, make_token, name: str
+) -> None:
+    assert settings.SERVING["SCALE_TO_ZERO_AFTER_SECONDS"] <= 10
+    register(name, constant_model("awake"), "Production")
+    services.endpoint_enable(name=name, user=owner)
+    services.compute_config_update(
+        name=name, stage="Production", workload_size="Small", scale_to_zero_enabled=True, user=owner
+    )
+    wait_for(
+        lambda: Event.objects.filter(
+            endpoint__registered_model_name=name, type=EventType.SCALED_TO_ZERO
+        ).exists(),
+        timeout=READY_TIMEOUT,
+        what="the version to scale to zero",
+    )
+    no_replica_left(name)
+    wait_for(lambda: not actors(), timeout=60, what="no actor left at zero")
+
+    token = make_token(owner)
+    answers: list[requests.Response] = []
+
+    def call() -> None:
+        answers.append(
+            requests.post(
+                f"{ray_stack.base}/model-endpoint/{name}/Production/invocations",
+                json={"dataframe_records": [{"x": 1}]},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=180,
+            )
+        )
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+    assert all(a.json() == {"predictions": ["awake"]} for a in answers)
+    woken = running(name, "1")
+    assert len(woken) == 1
+    assert set(actors()) == {woken[0].replica_id}
+
+    services.endpoint_disable(name=name, user=owner)
+    no_replica_left(name)
+    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+
+
 def test_a_lost_node_is_replaced_on_the_other_under_load_without_a_client_error(
     ray_stack, transactional_db, owner, make_token, name: str
 ) -> None:
@@ -250,7 +304,11 @@ def test_a_lost_node_is_replaced_on_the_other_under_load_without_a_client_error(
     statuses = Counter(status for status, _ in load.answers)
     # A request in flight on the lost node is retried once by the gateway: no client
     # sees an error.
-    assert statuses == {200: len(load.answers)}, statuses
+    failed = [text for status, text in load.answers if status != 200][:3]
+    assert statuses == {200: len(load.answers)}, (statuses, failed)
+    # The replica on the node that stayed served throughout: it was never replaced.
+    kept = next(r for r in replicas if r.replica_id != lost.replica_id)
+    assert kept.replica_id in {r.replica_id for r in running(name, "1")}
     gone = Replica.objects.get(replica_id=lost.replica_id)
     assert gone.state == ReplicaState.ERROR
     assert lost.node in gone.state_message
@@ -267,3 +325,15 @@ def _head_node(replicas: list[Replica], ray_stack) -> str:
     """The node label of the head (the one that stays)."""
     head_id = ray_stack.cluster.head_node.node_id
     return next(r.node for r in replicas if head_id.startswith(r.node.split("/")[1]))
+
+
+def _listening_addresses() -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket of this process's descendants (the
+    Ray nodes were started from here; actors and replicas descend from them)."""
+    found = set()
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            for conn in process.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((conn.laddr.ip, conn.laddr.port))
+    return found

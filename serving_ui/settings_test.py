@@ -53,6 +53,7 @@ if TEST_DB == "postgres" and "SERVING_TEST_PG_PORT" not in os.environ:
     _pg, _pg_port = devdb.start_postgres(_pg_dir / "data", _pg_dir)
     atexit.register(_pg.stop)
     os.environ["SERVING_TEST_PG_PORT"] = str(_pg_port)
+    os.environ["SERVING_TEST_PG_DIR"] = str(_pg_dir)
 if TEST_DB == "postgres":
     from endpoints.devdb import url as _pg_url
 

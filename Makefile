@@ -9,19 +9,22 @@ PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 # Run apt-get directly as root, through sudo otherwise.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help run test test-fast lint format bench install system-deps browser-deps clean
+.PHONY: help run run-cluster test test-sqlite test-postgres test-fast lint format bench install system-deps browser-deps clean
 
 help:
 	@echo "make run    install everything and start the product (web, gateway, worker, beat)"
-	@echo "make test   install what the tests need and run the whole suite"
+	@echo "make run-cluster  the same with replicas on a 2-node Ray cluster, PostgreSQL and an"
+	@echo "            MLflow tracking server, all on this machine (loopback only)"
+	@echo "make test   install what the tests need and run the suite on SQLite and on PostgreSQL"
 	@echo "make lint   ruff check and format check"
-	@echo "make bench  front door, replica, replica start and batching benchmarks (PASS/MISS)"
+	@echo "make bench  front door, replica, replica start, batching and Ray-placed replica"
+	@echo "            benchmarks (PASS/MISS)"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "Installing Python packages into $(VENV)/ …"
 	@$(PY) -m pip install --quiet --upgrade pip $(PIP_QUIET)
-	@$(PY) -m pip install --quiet -e '.[test,examples]' $(PIP_QUIET)
+	@$(PY) -m pip install --quiet -e '.[test,examples,cluster]' $(PIP_QUIET)
 	@touch $@
 
 install: $(VENV)/.installed
@@ -31,6 +34,8 @@ system-deps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 	@command -v bwrap >/dev/null || { echo "Installing bubblewrap (the replicas' sandbox) …"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bubblewrap >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "Installing postgresql …"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 
 browser-deps:
 	@command -v chromium >/dev/null || { echo "Installing chromium …"; \
@@ -39,13 +44,28 @@ browser-deps:
 run: install system-deps
 	$(PY) manage.py run_product
 
+run-cluster: install system-deps
+	$(PY) manage.py run_cluster
+
+# The whole suite runs on PostgreSQL (SERVING_TEST_DB=postgres: the run starts its own
+# server on 127.0.0.1), the 2-node Ray cluster tests included. On SQLite, the embedded
+# default, it runs again without the example models (torch, transformers: minutes of model
+# loading that no database behaviour depends on) and without the Ray cluster tests, so the
+# whole of `make test` stays within ~30 minutes on a 2-core machine.
 test: install system-deps browser-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest
+	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory test-postgres
+
+test-sqlite: install system-deps browser-deps
+	$(VENV)/bin/pytest -m "not examples and not cluster"
+
+test-postgres: install system-deps browser-deps
+	SERVING_TEST_DB=postgres $(VENV)/bin/pytest
 
 test-fast: install system-deps
-	$(VENV)/bin/pytest -m "not browser and not examples and not reliability"
+	$(VENV)/bin/pytest -m "not browser and not examples and not reliability and not cluster"
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -59,6 +79,7 @@ bench: install system-deps
 	$(PY) manage.py bench
 	$(PY) manage.py bench_provisioning
 	$(PY) manage.py bench_batching
+	$(PY) manage.py bench_cluster
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -160,7 +160,7 @@ class ComputeConfigAdmin(admin.ModelAdmin):
 class ReplicaInline(admin.TabularInline):
     model = Replica
     extra = 0
-    fields = ("replica_id", "state", "host", "port", "pid", "restarts", "started_at")
+    fields = ("replica_id", "state", "host", "port", "node", "pid", "restarts", "started_at")
     readonly_fields = fields
     can_delete = False
     show_change_link = True
@@ -212,6 +212,7 @@ class ReplicaAdmin(admin.ModelAdmin):
         "version",
         "state",
         "address",
+        "node",
         "pid",
         "restarts",
         "probe_failures",

@@ -278,6 +278,8 @@ class Replica(models.Model):
     )
     state_message = models.TextField(blank=True, default="")
     worker_host = models.CharField(max_length=255, blank=True, default="")
+    # The machine (local runtime: the worker's host) or Ray node the replica runs on.
+    node = models.CharField(max_length=255, blank=True, default="")
     log_path = models.CharField(max_length=1024, blank=True, default="")
     probe_failures = models.PositiveIntegerField(default=0)
     restarts = models.PositiveIntegerField(default=0)

@@ -208,6 +208,7 @@ def replica_json(replica: Replica) -> dict[str, Any]:
         "message": replica.state_message,
         "address": replica.address,
         "pid": replica.pid,
+        "node": replica.node,
         "restarts": replica.restarts,
         "creation_timestamp": int(replica.created_at.timestamp() * 1000),
     }

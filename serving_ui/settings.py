@@ -8,6 +8,7 @@ under ``var/mlflow``, Redis on loopback. ``docs/configuration.md`` lists every v
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -264,6 +265,9 @@ SERVING = {
     "INFERENCE_RETENTION_DAYS": envint("SERVING_INFERENCE_RETENTION_DAYS", "30"),
     "CAPTURE_QUEUE_SIZE": envint("SERVING_CAPTURE_QUEUE_SIZE", "10000"),
     "CAPTURE_FLUSH_SECONDS": envfloat("SERVING_CAPTURE_FLUSH_SECONDS", "1"),
+    # Where replicas run: "local" (processes on the worker's host) or "ray" (one Ray
+    # actor per replica on the nodes of the Ray cluster at RAY_ADDRESS; docs/deploy.md).
+    "RUNTIME": envchoice("SERVING_RUNTIME", "local", ("local", "ray")),
 }
 if SERVING["SANDBOX"] == "bwrap" and not shutil.which("bwrap"):
     raise ValueError("SERVING_SANDBOX=bwrap but bubblewrap (bwrap) is not installed")
@@ -279,6 +283,14 @@ METRICS = {
     # scraper reaches); the public port then answers 404 for /metrics.
     "LISTEN": envstr("METRICS_LISTEN", ""),
 }
+# The runtime package reads its choice from the environment (it imports no Django): the
+# defaults go there too, so every process of an installation agrees. Replicas of one
+# installation live in one Ray namespace, named after its data directory by default.
+os.environ.setdefault("SERVING_RUNTIME", SERVING["RUNTIME"])
+os.environ.setdefault(
+    "SERVING_RAY_NAMESPACE",
+    "serving-ui-" + hashlib.sha256(str(SERVING["DATA_DIR"]).encode()).hexdigest()[:10],
+)
 
 # --- REST framework -----------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -3,6 +3,10 @@
 Each run gets its own data directory (SQLite database, MLflow registry, replica logs) and
 its own Redis port, exported as environment variables so that the worker and web server
 processes the integration fixtures start see exactly the same configuration.
+
+``SERVING_TEST_DB=postgres`` runs the suite on PostgreSQL instead: the run starts its own
+throwaway server on 127.0.0.1 (``endpoints.devdb``; initdb into the data directory, a free
+port) and stops it when the run ends. The processes the fixtures start inherit its URL.
 """
 
 from __future__ import annotations
@@ -36,11 +40,40 @@ os.environ.setdefault("SERVING_REPLICA_PORT_MIN", str(_base))
 os.environ.setdefault("SERVING_REPLICA_PORT_MAX", str(_base + 99))
 os.environ.setdefault("MANAGE_RATE_LIMIT", "10000/min")
 
+TEST_DB = os.environ.get("SERVING_TEST_DB", "sqlite")
+if TEST_DB not in ("sqlite", "postgres"):
+    raise RuntimeError(f"SERVING_TEST_DB is {TEST_DB!r}: use sqlite or postgres")
+if TEST_DB == "postgres" and "SERVING_TEST_PG_PORT" not in os.environ:
+    # The first process of the run (pytest) starts the server; its children inherit the port.
+    import atexit
+    import shutil
+    from pathlib import Path
+
+    from endpoints import devdb
+
+    # A directory of its own: as root the server runs as the postgres user, which cannot
+    # enter the (private) data directory of the run.
+    _pg_dir = Path(tempfile.mkdtemp(prefix="serving-ui-test-pg-"))
+    atexit.register(shutil.rmtree, _pg_dir, ignore_errors=True)
+    _pg, _pg_port = devdb.start_postgres(_pg_dir / "data", _pg_dir)
+    atexit.register(_pg.stop)
+    os.environ["SERVING_TEST_PG_PORT"] = str(_pg_port)
+    os.environ["SERVING_TEST_PG_DIR"] = str(_pg_dir)
+if TEST_DB == "postgres":
+    from endpoints.devdb import url as _pg_url
+
+    # Django creates (and drops) this database; the fixtures' processes use it too.
+    os.environ["DATABASE_URL"] = _pg_url(int(os.environ["SERVING_TEST_PG_PORT"]), "test_serving")
+
 from .settings import *  # noqa: E402, F403
 from .settings import DATABASES, VAR_DIR  # noqa: E402
 
-os.environ.setdefault("TEST_DATABASE_PATH", str(VAR_DIR / "test-db.sqlite3"))
-DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_PATH"]}
-# Processes started by the fixtures use the test database.
-os.environ["DATABASE_URL"] = f"sqlite:///{os.environ['TEST_DATABASE_PATH']}"
+if TEST_DB == "postgres":
+    DATABASES["default"]["TEST"] = {"NAME": "test_serving"}
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+else:
+    os.environ.setdefault("TEST_DATABASE_PATH", str(VAR_DIR / "test-db.sqlite3"))
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_PATH"]}
+    # Processes started by the fixtures use the test database.
+    os.environ["DATABASE_URL"] = f"sqlite:///{os.environ['TEST_DATABASE_PATH']}"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

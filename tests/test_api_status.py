@@ -363,7 +363,9 @@ def _replica(served: ServingEndpoint, replica_id: str, log: Path | None = None, 
 
 
 def test_get_version_replicas(as_user, owner, served):
-    _replica(served, "r-aaa", state=ReplicaState.RUNNING, state_message="Running")
+    _replica(
+        served, "r-aaa", state=ReplicaState.RUNNING, state_message="Running", node="10.0.0.7/5f3a"
+    )
     _replica(served, "r-bbb", state=ReplicaState.TERMINATED)
     response = get(
         as_user(owner),
@@ -379,11 +381,13 @@ def test_get_version_replicas(as_user, owner, served):
         "message",
         "address",
         "pid",
+        "node",
         "restarts",
         "creation_timestamp",
     }
     assert replicas[0]["state"] == "Running"
     assert replicas[0]["address"] == "127.0.0.1:23001"
+    assert replicas[0]["node"] == "10.0.0.7/5f3a"
 
 
 # --- get-event-history ---------------------------------------------------------------------

@@ -357,6 +357,9 @@ class RecordingRuntime:
         self.specs.append(spec)
         return 4242
 
+    def placement(self, replica_id: str) -> None:
+        return None  # where the spec said
+
 
 @pytest.mark.django_db
 def test_replicas_start_with_the_batching_of_their_config():

@@ -356,6 +356,27 @@ def test_a_crashed_serving_replica_is_replaced_with_one_more_restart():
     assert event_types(version_plan(replacing)) == []
 
 
+@pytest.mark.parametrize(
+    "replica", [running("v1-a", restarts=1), starting("v1-a", created_at=NOW - 3)]
+)
+def test_a_replica_lost_with_its_node_is_replaced_and_the_event_names_the_node(replica):
+    planned = plan_replica(
+        replica=replica,
+        health=Health(alive=False, lost_node="10.0.0.7/5f3a"),
+        now=NOW,
+        limits=LIMITS,
+    )
+    assert a.NoteReplacement("1", replica.restarts + 1) in planned
+    assert a.PublishRouting() in planned
+    # A lost node says nothing about the model: never a failed start.
+    assert of(planned, a.CountStartFailure) == []
+    (error,) = of(planned, a.MarkError)
+    assert "10.0.0.7/5f3a" in error.message
+    (event,) = of(planned, a.RecordEvent)
+    assert event.type == EventType.REPLICA_CRASHED
+    assert "lost with node 10.0.0.7/5f3a" in event.message
+
+
 def test_a_replica_exiting_while_loading_counts_as_a_failed_start():
     planned = plan_replica(
         replica=starting("v1-a", created_at=NOW - 3),

@@ -550,6 +550,21 @@ def test_logs_tab_is_for_managers_only(owner, member, endpoint, model_name, tmp_
     assert "secret-input-42" in manager.get(serving_url(model_name) + "?tab=logs").content.decode()
 
 
+def test_version_detail_shows_each_replica_and_its_node(owner, endpoint, model_name):
+    v = add_version(endpoint, "1", "Production")
+    Replica.objects.create(
+        version=v,
+        replica_id="r-ray",
+        host="10.0.3.7",
+        port=21001,
+        node="10.0.3.7/5f3a9c21",
+        state=ReplicaState.RUNNING,
+    )
+    html = logged_in(owner).get(serving_url(model_name)).content.decode()
+    assert "<th>Node</th>" in html
+    assert "r-ray" in html and "10.0.3.7:21001" in html and "10.0.3.7/5f3a9c21" in html
+
+
 def test_build_logs_tab(owner, endpoint, model_name, tmp_path):
     v = add_version(endpoint, "1", "Production")
     log = tmp_path / "build.log"

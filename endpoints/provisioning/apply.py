@@ -148,7 +148,12 @@ def _record_event(run: Pass, action: a.RecordEvent) -> None:
 def _adopt_process(run: Pass, action: a.AdoptProcess) -> None:
     replica = run.replica(action.replica_id)
     replica.pid = action.pid
-    replica.save(update_fields=["pid"])
+    fields = ["pid"]
+    placed = run.runtime.placement(replica.replica_id)
+    if placed is not None:
+        replica.host, replica.port, replica.node = placed.host, placed.port, placed.node
+        fields += ["host", "port", "node"]
+    replica.save(update_fields=fields)
 
 
 def _mark_running(run: Pass, action: a.MarkRunning) -> None:
@@ -210,7 +215,7 @@ def _start_replica(run: Pass, action: a.StartReplica) -> None:
     if action.restarts:
         text = f"Replica {rid} replaces a failed replica (restart {action.restarts})."
         _record_event(run, a.RecordEvent(EventType.REPLICA_RESTARTED, text, version.version, rid))
-    text = f"Replica {rid} started on {replica.address} (pid {replica.pid})."
+    text = f"Replica {rid} started on {replica.address} (pid {replica.pid}, node {replica.node})."
     _record_event(run, a.RecordEvent(EventType.REPLICA_STARTED, text, version.version, rid))
 
 

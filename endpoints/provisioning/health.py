@@ -44,7 +44,7 @@ def plan_replica(
     if replica.pid is None:
         return _unstarted(replica, health, now, limits)
     if not health.alive:
-        return _exited(replica)
+        return _exited(replica, health.lost_node)
     if replica.state == ReplicaState.PENDING:
         return _starting(replica, health, now, limits)
     return _running(replica, health, limits)
@@ -85,7 +85,9 @@ def _unstarted(replica: ReplicaView, health: Health, now: float, limits: Limits)
     return [FollowUp()]
 
 
-def _exited(replica: ReplicaView) -> list[Action]:
+def _exited(replica: ReplicaView, lost_node: str = "") -> list[Action]:
+    if lost_node:
+        return _lost(replica, lost_node)
     if replica.running:
         actions: list[Action] = [
             PublishRouting(),
@@ -103,6 +105,22 @@ def _exited(replica: ReplicaView) -> list[Action]:
         *actions,
         MarkError(replica.replica_id, message, with_log_tail=not replica.running),
         _event(EventType.REPLICA_CRASHED, replica, f"Replica {replica.replica_id} exited {when}"),
+    ]
+
+
+def _lost(replica: ReplicaView, node: str) -> list[Action]:
+    """A replica that went with its node: replaced on the nodes left (a lost node says
+    nothing about the model, so it never counts as a failed start)."""
+    message = f"Node {node} was lost; the replica is replaced on a node that is left."
+    return [
+        PublishRouting(),
+        NoteReplacement(replica.version, replica.restarts + 1),
+        MarkError(replica.replica_id, message),
+        _event(
+            EventType.REPLICA_CRASHED,
+            replica,
+            f"Replica {replica.replica_id} was lost with node {node}.",
+        ),
     ]
 
 

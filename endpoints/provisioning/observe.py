@@ -83,6 +83,7 @@ def replica_view(replica: Replica) -> ReplicaView:
         probe_failures=replica.probe_failures,
         restarts=replica.restarts,
         message=replica.state_message,
+        node=replica.node,
     )
 
 
@@ -95,6 +96,7 @@ def replica_health(
         version__endpoint=endpoint, state__in=NOT_STOPPED
     ).select_related("version")
     discovered: dict[str, int] | None = None
+    lost: set[str] | None = None
     for replica in replicas:
         if replica.state == ReplicaState.TERMINATING:
             alive = bool(replica.pid) and runtime.is_alive(replica.pid, replica.replica_id)
@@ -104,7 +106,9 @@ def replica_health(
                 discovered = runtime.discover(within=str(environments.data_dir()))
             health = Health(alive=False, found_pid=discovered.get(replica.replica_id))
         elif not runtime.is_alive(replica.pid, replica.replica_id):
-            health = Health(alive=False)
+            if lost is None:  # one question to the runtime for all gone replicas
+                lost = runtime.lost_nodes()
+            health = Health(alive=False, lost_node=replica.node if replica.node in lost else "")
         else:
             health = Health(alive=True, healthy=runtime.probe(replica.host, replica.port))
         yield replica_view(replica), health

@@ -105,6 +105,8 @@ def create_row(version: EndpointVersion, name: str, port: int, restarts: int) ->
         host=serving("REPLICA_HOST"),
         port=port,
         worker_host=socket.gethostname(),
+        # Where the runtime placed it is recorded once it started (``launch``).
+        node=socket.gethostname(),
         log_path=str(environments.replica_log_path(name, version.version, replica_id)),
         restarts=restarts,
     )
@@ -127,6 +129,8 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         extra_env=batching_env(replica_config(version)),
         sandbox=serving("SANDBOX"),
         models_root=str(environments.models_root()),
+        model_uri=f"models:/{replica.version.endpoint.registered_model_name}/{version.version}",
+        registry_uri=settings.MLFLOW_REGISTRY_URI,
     )
     if spec.sandbox == "off":
         log.warning(
@@ -138,7 +142,12 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         replica.pid = runtime.start(spec)
     except OSError as exc:
         return f"Could not start the model server: {exc}"
-    replica.save(update_fields=["pid"])
+    fields = ["pid"]
+    placed = runtime.placement(replica.replica_id)
+    if placed is not None:
+        replica.host, replica.port, replica.node = placed.host, placed.port, placed.node
+        fields += ["host", "port", "node"]
+    replica.save(update_fields=fields)
     return ""
 
 

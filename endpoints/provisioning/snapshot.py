@@ -73,6 +73,7 @@ class ReplicaView:
     probe_failures: int = 0
     restarts: int = 0
     message: str = ""
+    node: str = ""
 
     @property
     def running(self) -> bool:
@@ -88,6 +89,8 @@ class Health:
     healthy: bool = False
     # For a row without a pid: the process carrying its replica id, if one runs.
     found_pid: int | None = None
+    # For a replica that is gone: the node it ran on, when that node was lost.
+    lost_node: str = ""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,19 @@ class ReplicaSpec:
     # The directory holding every model a zygote may fork replicas of (in its sandbox,
     # read-only; each replica keeps its own model only). "": the model's parent directory.
     models_root: str = ""
+    # A runtime whose replicas run on other machines downloads the model itself: its
+    # ``models:/<name>/<version>`` URI and the registry that resolves it.
+    model_uri: str = ""
+    registry_uri: str = ""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a started replica listens and on which node it runs."""
+
+    host: str
+    port: int
+    node: str
 
 
 class Runtime(Protocol):
@@ -62,6 +75,14 @@ class Runtime(Protocol):
         ...
 
     def port_is_free(self, host: str, port: int) -> bool: ...
+
+    def placement(self, replica_id: str) -> Placement | None:
+        """Where ``start`` put the replica; None: at the spec's host and port, here."""
+        ...
+
+    def lost_nodes(self) -> set[str]:
+        """Nodes known to be lost (a replica recorded on one went with it)."""
+        ...
 
     def read_log(self, log_path: str, *, max_bytes: int) -> str: ...
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import psutil
 
 from . import sandbox
-from .base import ReplicaSpec
+from .base import Placement, ReplicaSpec
 from .zygotes import (
-    Placement,
     Zygotes,
+    ZygoteSite,
     ZygoteUnavailable,
     _answers,
     arguments,
@@ -127,7 +127,7 @@ class LocalRuntime:
                 "log_path": spec.log_path,
                 "model_path": spec.model_path,
             }
-            where = Placement(
+            where = ZygoteSite(
                 python=spec.python,
                 zygote_dir=Path(spec.zygote_dir),
                 models_root=spec.models_root or str(Path(spec.model_path).parent),
@@ -255,6 +255,12 @@ class LocalRuntime:
                 found[cmdline[cmdline.index("--replica-id") + 1]] = info["pid"]
         return found
 
+    def placement(self, replica_id: str) -> Placement | None:
+        return None  # where the spec said: this host
+
+    def lost_nodes(self) -> set[str]:
+        return set()  # replicas run on this host, which is not lost while this code runs
+
     def port_is_free(self, host: str, port: int) -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -335,10 +341,10 @@ def sandboxed_mode(requested: str) -> str:
     return requested or sandbox.mode()
 
 
-def _placement(python: str, zygote_dir: str, models_root: str, sandboxing: str) -> Placement:
+def _placement(python: str, zygote_dir: str, models_root: str, sandboxing: str) -> ZygoteSite:
     sandboxed = sandboxed_mode(sandboxing) == "bwrap"
     root = models_root or str(Path(zygote_dir).parent / "models")
-    return Placement(python, Path(zygote_dir), root, sandboxed, keyed=bool(models_root))
+    return ZygoteSite(python, Path(zygote_dir), root, sandboxed, keyed=bool(models_root))
 
 
 def _reap(pid: int) -> None:

@@ -89,7 +89,7 @@ def request(
 
 
 @dataclass(frozen=True)
-class Placement:
+class ZygoteSite:
     """Which zygote: its interpreter, where its socket lives, the models it may serve
     (``models_root``, "" for any: unsandboxed) and whether it is sandboxed."""
 
@@ -117,7 +117,7 @@ class Zygotes:
         self.started: list[str] = []
         self._processes: list[subprocess.Popen[bytes]] = []
 
-    def start_replica(self, where: Placement, message: dict[str, Any], log_path: str) -> int:
+    def start_replica(self, where: ZygoteSite, message: dict[str, Any], log_path: str) -> int:
         path = where.path
         if len(str(path)) > MAX_SOCKET_PATH:
             raise ZygoteUnavailable(f"the socket path {path} is too long")
@@ -140,7 +140,7 @@ class Zygotes:
         finally:
             os.close(log)
 
-    def warm(self, where: Placement) -> bool:
+    def warm(self, where: ZygoteSite) -> bool:
         """Start the zygote of ``python`` unless one answers or is warming up; returns at
         once (True when it started one), so the first replica does not wait for imports."""
         path = where.path
@@ -148,7 +148,7 @@ class Zygotes:
             return False
         return self._ensure(where, wait=False)
 
-    def _ensure(self, where: Placement, *, wait: bool = True) -> bool:
+    def _ensure(self, where: ZygoteSite, *, wait: bool = True) -> bool:
         """Make a zygote answer at ``path`` (one process at a time decides, under a lock);
         True when this call started it. One that neither answers nor is still warming up
         (dead, or hung) is replaced."""
@@ -167,7 +167,7 @@ class Zygotes:
                 raise ZygoteUnavailable(f"the zygote for {where.python} did not come up")
         return started
 
-    def _launch(self, where: Placement) -> None:
+    def _launch(self, where: ZygoteSite) -> None:
         self._reap()
         path = where.path
         cmd = [where.python, "-m", ZYGOTE_MODULE, MARKER, "--socket", str(path)]

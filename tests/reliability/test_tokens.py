@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,7 +128,13 @@ def test_token_plaintext_is_nowhere_in_database_logs_or_redis(
     # web, worker and replica logs.
     found = _scan_files(Path(settings.VAR_DIR), secrets)
     assert found["scanned"] > 3
-    assert str(settings.DATABASES["default"]["NAME"]) in found["files"]
+    if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        assert str(settings.DATABASES["default"]["NAME"]) in found["files"]
+    else:
+        # PostgreSQL keeps its tables (and write-ahead log) in its own data directory.
+        database = _scan_files(Path(os.environ["SERVING_TEST_PG_DIR"]), secrets)
+        assert database["scanned"] > 3
+        found["hits"] += database["hits"]
     assert found["hits"] == [], "a token in plaintext in these files"
     dump = _redis_dump(redis_server)
     for secret in secrets:

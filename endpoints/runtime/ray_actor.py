@@ -1,0 +1,205 @@
+"""A replica on a Ray node: the body of the detached, named actor ``ray`` places.
+
+The actor supervises one replica process, the same server the local runtime starts
+(``python -m endpoints.runtime.replica``), on the node Ray chose:
+
+- ``start`` picks the node's address and a port and returns them at once; a thread then
+  downloads the model from the registry's artifact store into the node's own cache (no
+  shared disk: an MLflow tracking server with ``--serve-artifacts`` or the store the
+  registry points at) and launches the replica, then waits for it.
+- The replica's output goes to a log file on the node; the worker and the web server read
+  it back through the actor (``read_log``), never through a shared disk.
+- The replica dies with the actor (``PR_SET_PDEATHSIG``): a killed actor or a lost node
+  leaves no process serving behind it.
+
+Nothing here imports Django or Ray: the class is plain, ``ray.py`` makes it an actor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .base import ReplicaSpec
+from .local import LocalRuntime, replica_command, replica_environment
+
+# Where a node keeps its downloaded models and replica logs (per installation namespace).
+NODE_DIR_ENV = "SERVING_RAY_NODE_DIR"
+PR_SET_PDEATHSIG = 1
+
+# The local runtime's log reading and rotation are plain file operations: reused as-is.
+_files = object.__new__(LocalRuntime)
+
+
+def node_dir(namespace: str) -> Path:
+    root = os.environ.get(NODE_DIR_ENV) or str(Path(tempfile.gettempdir()) / "serving-ui-ray")
+    return Path(root) / namespace
+
+
+def sandboxed(cmd: list[str], env: dict[str, str], model_dir: Path) -> list[str]:
+    """The command that runs the replica on its node, confined by the same rules as a
+    local replica (its model directory and environment read-only, a private temp, nothing
+    of the product's data). This is the one place a node applies them; without a sandbox
+    module the command runs as given."""
+    return cmd
+
+
+class ReplicaSupervisor:
+    """One replica on this node. States: starting → running → exited (or failed)."""
+
+    def __init__(self, spec: dict[str, Any], namespace: str, node: str, host: str) -> None:
+        self.spec = ReplicaSpec(**spec)
+        self.root = node_dir(namespace)
+        self.log_path = self.root / "logs" / f"{self.spec.replica_id}.log"
+        self.node, self.host = node, host
+        self.state = "starting"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+        self._lock = threading.Lock()
+
+    # --- called by the runtime -------------------------------------------------------------
+
+    def start(self) -> dict[str, Any]:
+        """Where the replica will listen; the model loads after this returns."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        port = self.spec.port if _port_is_free(self.host, self.spec.port) else _free_port(self.host)
+        self.port = port
+        threading.Thread(target=self._run, name="replica", daemon=True).start()
+        return {"pid": os.getpid(), "host": self.host, "port": port, "node": self.node}
+
+    def status(self) -> str:
+        with self._lock:
+            if self.process is not None and self.process.poll() is not None:
+                self.state = "exited"
+            return self.state
+
+    def terminate(self) -> None:
+        """SIGTERM: the replica stops accepting and finishes the requests in flight."""
+        with self._lock:
+            self.stopping = True
+            if self.process is None:
+                self.state = "exited"
+            elif self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        with self._lock:
+            self.stopping = True
+            if self.process is not None and self.process.poll() is None:
+                self.process.kill()
+            self.state = "exited"
+
+    def read_log(self, max_bytes: int) -> str:
+        return _files.read_log(str(self.log_path), max_bytes=max_bytes)
+
+    def rotate_log(self, max_bytes: int) -> bool:
+        return _files.rotate_log(str(self.log_path), max_bytes=max_bytes)
+
+    def spec_log_path(self) -> tuple[str, str]:
+        """Where the worker keeps this replica's log once it is gone, and the log."""
+        return self.spec.log_path, self.read_log(256 * 1024)
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": self.host, "port": self.port, "node": self.node}
+
+    # --- on the node -----------------------------------------------------------------------
+
+    def _say(self, line: str) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    def _run(self) -> None:
+        """Download, launch and wait; runs as long as the replica (the death signal of a
+        child fires when the thread that started it ends, so this thread outlives it)."""
+        spec = self.spec
+        self._say(f"replica {spec.replica_id} placed on node {self.node} ({self.host}:{self.port})")
+        try:
+            model = self._download()
+        except Exception as exc:  # any registry or storage failure fails this replica
+            self._say(f"could not download the model {spec.model_uri}: {exc}")
+            with self._lock:
+                self.state = "failed"
+            return
+        local = ReplicaSpec(
+            **{**spec.__dict__, "model_path": str(model), "host": self.host, "port": self.port}
+        )
+        local = ReplicaSpec(**{**local.__dict__, "python": sys.executable})
+        env = replica_environment(local)
+        cmd = sandboxed(replica_command(local), env, model)
+        with self._lock:
+            if self.stopping:
+                self.state = "exited"
+                return
+            with open(self.log_path, "ab") as out:
+                self.process = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    close_fds=True,
+                    preexec_fn=_die_with_parent,
+                )
+            self.state = "running"
+        self.process.wait()
+
+    def _download(self) -> Path:
+        """The model's files on this node: downloaded once per version, under a lock."""
+        spec = self.spec
+        if not spec.model_uri:
+            return Path(spec.model_path)
+        target = self.root / "models" / _safe(spec.model_uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(str(target) + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (target / "MLmodel").exists():
+                self._say(f"model {spec.model_uri} already on this node at {target}")
+                return target
+            self._say(f"downloading model {spec.model_uri} from {spec.registry_uri}")
+            os.environ["MLFLOW_TRACKING_URI"] = spec.registry_uri
+            os.environ["MLFLOW_REGISTRY_URI"] = spec.registry_uri
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            from mlflow.artifacts import download_artifacts
+
+            partial = Path(str(target) + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            got = Path(download_artifacts(artifact_uri=spec.model_uri, dst_path=str(partial)))
+            shutil.rmtree(target, ignore_errors=True)
+            got.rename(target)
+            shutil.rmtree(partial, ignore_errors=True)
+            self._say(f"model downloaded to {target}")
+            return target
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: its own session, and SIGKILL when the actor goes."""
+    os.setsid()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    return bool(port) and _files.port_is_free(host, port)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -1,0 +1,339 @@
+"""Replicas on a 2-node Ray cluster (``ray_stack``): placement over both nodes, scoring
+through the gateway, a rollout and a lost node under load, a worker restart, scale to zero
+and back, and nothing left once serving is disabled. Every node, actor and socket is on 127.0.0.1.
+
+The tests share the module's cluster; the lost node is the last test's doing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections import Counter
+
+import psutil
+import pytest
+import requests
+from conftest import wait_for
+from django.conf import settings
+from fakes import constant_model, register
+
+from endpoints import services
+from endpoints.models import Event, EventType, Replica, ReplicaState, StageAlias
+from endpoints.runtime import get_runtime
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+API = "/api/2.0/preview/mlflow/endpoints-v2/"
+READY_TIMEOUT = 180
+NOT_STOPPED = (ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING)
+
+
+def running(name: str, version: str) -> list[Replica]:
+    return list(
+        Replica.objects.filter(
+            version__endpoint__registered_model_name=name,
+            version__version=version,
+            state=ReplicaState.RUNNING,
+        )
+    )
+
+
+def alias(name: str, stage: str) -> str | None:
+    row = StageAlias.objects.filter(endpoint__registered_model_name=name, stage=stage).first()
+    return row.version.version if row else None
+
+
+def spread_over_both_nodes(name: str, version: str) -> list[Replica]:
+    """Wait for the version's two Running replicas, one on each node."""
+
+    def both():
+        replicas = running(name, version)
+        return replicas if len({r.node for r in replicas}) == 2 else None
+
+    return wait_for(both, timeout=READY_TIMEOUT, what=f"v{version} on both nodes")
+
+
+def actors() -> dict[str, int]:
+    return get_runtime().discover()
+
+
+def no_replica_left(name: str) -> None:
+    wait_for(
+        lambda: (
+            not Replica.objects.filter(
+                version__endpoint__registered_model_name=name, state__in=NOT_STOPPED
+            ).exists()
+        ),
+        timeout=90,
+        what="every replica to stop",
+    )
+
+
+class Load:
+    """Requests to the stage URL from a thread until stopped; keeps every answer."""
+
+    def __init__(self, base: str, token: str, name: str, stage: str) -> None:
+        self.url = f"{base}/model-endpoint/{name}/{stage}/invocations"
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.answers: list[tuple[int, str]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                response = session.post(
+                    self.url, json={"dataframe_records": [{"x": 1}]}, headers=self.headers
+                )
+                value = response.json().get("predictions", [None])[0] if response.ok else ""
+                self.answers.append((response.status_code, value or response.text))
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+    def wait_for_more(self, count: int, what: str) -> None:
+        seen = len(self.answers)
+        wait_for(lambda: len(self.answers) >= seen + count, timeout=60, what=what)
+
+
+def enable_medium(name: str, owner) -> None:
+    services.endpoint_enable(name=name, user=owner)
+    services.compute_config_update(
+        name=name,
+        stage="Production",
+        workload_size="Medium",
+        scale_to_zero_enabled=False,
+        user=owner,
+    )
+
+
+@pytest.fixture
+def name() -> str:
+    return f"ray-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_medium_endpoint_spreads_over_both_nodes_and_a_rollout_under_load_fails_nothing(
+    ray_stack, transactional_db, owner, make_token, name: str
+) -> None:
+    register(name, constant_model("v1"), "Production")
+    enable_medium(name, owner)
+    replicas = spread_over_both_nodes(name, "1")
+    live_nodes = {n["node"] for n in get_runtime().nodes() if n["alive"]}
+    assert {r.node for r in replicas} == live_nodes
+    # Each replica is the actor named by its id, at the address its node reported.
+    assert {r.replica_id for r in replicas} <= set(actors())
+    assert all(r.host == "127.0.0.1" for r in replicas)
+    # Every socket Ray's nodes, the actors and their replicas listen on is on loopback.
+    listening = _listening_addresses()
+    assert {r.port for r in replicas} <= {port for _, port in listening}
+    assert {ip for ip, _ in listening} <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening
+
+    token = make_token(owner)
+    auth = {"Authorization": f"Bearer {token}"}
+    listed = requests.get(
+        ray_stack.base + API + "get-version-replicas",
+        params={"registered_model_name": name, "endpoint_version_name": "1"},
+        headers=auth,
+        timeout=30,
+    ).json()["replicas"]
+    assert {r["node"] for r in listed if r["state"] == "Running"} == live_nodes
+    # The Logs tab's source: each replica's output, read back through its actor.
+    first = replicas[0]
+    logs = requests.post(
+        ray_stack.base + API + "get-version-logs",
+        json={
+            "registered_model_name": name,
+            "endpoint_version_name": "1",
+            "replica_id": first.replica_id,
+        },
+        headers=auth,
+        timeout=30,
+    ).json()["logs"]
+    assert f"placed on node {first.node}" in logs
+    assert "Uvicorn running on http://127.0.0.1" in logs
+
+    with Load(ray_stack.base, token, name, "Production") as load:
+        load.wait_for_more(20, "answers from v1")
+        v2 = register(name, constant_model("v2"))
+        services.model_version_transition(
+            name=name, version=v2, stage="Production", archive_existing_versions=True, user=owner
+        )
+        wait_for(lambda: alias(name, "Production") == v2, timeout=READY_TIMEOUT, what="alias")
+        wait_for(
+            lambda: all(value == "v2" for _, value in load.answers[-10:]),
+            timeout=60,
+            what="answers from v2",
+        )
+        load.wait_for_more(10, "more answers from v2")
+    statuses = Counter(status for status, _ in load.answers)
+    assert statuses == {200: len(load.answers)}, statuses
+    assert {value for _, value in load.answers} == {"v1", "v2"}
+    spread_over_both_nodes(name, v2)
+    wait_for(lambda: not running(name, "1"), timeout=90, what="v1 to stop")
+    # v1's actors went with its replicas.
+    wait_for(
+        lambda: not {r.replica_id for r in replicas} & set(actors()),
+        timeout=60,
+        what="v1's actors to go",
+    )
+
+    services.endpoint_disable(name=name, user=owner)
+    no_replica_left(name)
+    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+
+
+def test_a_restarted_worker_adopts_the_actors_and_stops_an_orphan(
+    ray_stack, transactional_db, owner, name: str
+) -> None:
+    register(name, constant_model("v1"), "Production")
+    enable_medium(name, owner)
+    before = {r.replica_id for r in spread_over_both_nodes(name, "1")}
+    started = Event.objects.filter(type=EventType.REPLICA_STARTED).count()
+
+    # The worker dies; meanwhile an actor of this installation appears that no row
+    # accounts for (as if a worker died after starting it and its row was lost).
+    ray_stack.kill_worker()
+    from endpoints.runtime import ReplicaSpec
+
+    orphan = f"orphan-{uuid.uuid4().hex[:6]}"
+    replica = Replica.objects.filter(replica_id__in=before).first()
+    get_runtime().start(
+        ReplicaSpec(
+            replica_id=orphan,
+            model_path="",
+            host="127.0.0.1",
+            port=0,
+            log_path=replica.log_path + ".orphan",
+            python="python",
+            model_uri=f"models:/{name}/1",
+            registry_uri=settings.MLFLOW_REGISTRY_URI,
+        )
+    )
+    assert set(actors()) == {*before, orphan}
+
+    ray_stack.start_new_worker()
+    wait_for(lambda: orphan not in actors(), timeout=60, what="the orphan actor to stop")
+    # Several periodic passes of the new worker later: the same replicas, no new ones.
+    wait_for(
+        lambda: ray_stack.worker.output().count("reconcile_all") >= 10,
+        timeout=60,
+        what="the new worker's periodic passes",
+    )
+    assert {r.replica_id for r in running(name, "1")} == before
+    assert set(actors()) == before
+    assert Event.objects.filter(type=EventType.REPLICA_STARTED).count() == started
+
+    services.endpoint_disable(name=name, user=owner)
+    no_replica_left(name)
+    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+
+
+def test_scale_to_zero_leaves_no_actor_and_a_request_wakes_exactly_one(
+    ray_stack, transactional_db, owner, make_token, name: str
+) -> None:
+    assert settings.SERVING["SCALE_TO_ZERO_AFTER_SECONDS"] <= 10
+    register(name, constant_model("awake"), "Production")
+    services.endpoint_enable(name=name, user=owner)
+    services.compute_config_update(
+        name=name, stage="Production", workload_size="Small", scale_to_zero_enabled=True, user=owner
+    )
+    wait_for(
+        lambda: Event.objects.filter(
+            endpoint__registered_model_name=name, type=EventType.SCALED_TO_ZERO
+        ).exists(),
+        timeout=READY_TIMEOUT,
+        what="the version to scale to zero",
+    )
+    no_replica_left(name)
+    wait_for(lambda: not actors(), timeout=60, what="no actor left at zero")
+
+    token = make_token(owner)
+    answers: list[requests.Response] = []
+
+    def call() -> None:
+        answers.append(
+            requests.post(
+                f"{ray_stack.base}/model-endpoint/{name}/Production/invocations",
+                json={"dataframe_records": [{"x": 1}]},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=180,
+            )
+        )
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+    assert all(a.json() == {"predictions": ["awake"]} for a in answers)
+    woken = running(name, "1")
+    assert len(woken) == 1
+    assert set(actors()) == {woken[0].replica_id}
+
+    services.endpoint_disable(name=name, user=owner)
+    no_replica_left(name)
+    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+
+
+def test_a_lost_node_is_replaced_on_the_other_under_load_without_a_client_error(
+    ray_stack, transactional_db, owner, make_token, name: str
+) -> None:
+    register(name, constant_model("v1"), "Production")
+    enable_medium(name, owner)
+    replicas = spread_over_both_nodes(name, "1")
+    token = make_token(owner)
+    lost = next(r for r in replicas if r.node != _head_node(replicas, ray_stack))
+    with Load(ray_stack.base, token, name, "Production") as load:
+        load.wait_for_more(20, "answers before the node goes")
+        ray_stack.cluster.remove_node(ray_stack.other_node)
+
+        def replaced():
+            fresh = running(name, "1")
+            return len(fresh) == 2 and lost.node not in {r.node for r in fresh}
+
+        wait_for(replaced, timeout=READY_TIMEOUT, what="replacements on the node left")
+        load.wait_for_more(20, "answers after the replacement")
+    statuses = Counter(status for status, _ in load.answers)
+    # A request in flight on the lost node is retried once by the gateway: no client
+    # sees an error.
+    failed = [text for status, text in load.answers if status != 200][:3]
+    assert statuses == {200: len(load.answers)}, (statuses, failed)
+    # The replica on the node that stayed served throughout: it was never replaced.
+    kept = next(r for r in replicas if r.replica_id != lost.replica_id)
+    assert kept.replica_id in {r.replica_id for r in running(name, "1")}
+    gone = Replica.objects.get(replica_id=lost.replica_id)
+    assert gone.state == ReplicaState.ERROR
+    assert lost.node in gone.state_message
+    assert Event.objects.filter(
+        type=EventType.REPLICA_CRASHED, message__contains=f"lost with node {lost.node}"
+    ).exists()
+
+    services.endpoint_disable(name=name, user=owner)
+    no_replica_left(name)
+    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+
+
+def _head_node(replicas: list[Replica], ray_stack) -> str:
+    """The node label of the head (the one that stays)."""
+    head_id = ray_stack.cluster.head_node.node_id
+    return next(r.node for r in replicas if head_id.startswith(r.node.split("/")[1]))
+
+
+def _listening_addresses() -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket of this process's descendants (the
+    Ray nodes were started from here; actors and replicas descend from them)."""
+    found = set()
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            for conn in process.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((conn.laddr.ip, conn.laddr.port))
+    return found

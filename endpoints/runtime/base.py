@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +45,18 @@ class Placement:
     host: str
     port: int
     node: str
+
+
+def ping(host: str, port: int, *, timeout: float = 2.0) -> bool:
+    """Whether the replica at ``host:port`` answers its health check (``GET /ping``)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/ping")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 class Runtime(Protocol):

@@ -18,7 +18,6 @@ runs under ``bwrap`` and confines each child (see ``zygotes`` and ``zygote``).
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import os
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 import psutil
 
 from . import sandbox
-from .base import Placement, ReplicaSpec
+from .base import Placement, ReplicaSpec, ping
 from .zygotes import (
     Zygotes,
     ZygoteSite,
@@ -231,14 +230,7 @@ class LocalRuntime:
         return self._process(pid, replica_id) is not None
 
     def probe(self, host: str, port: int, *, timeout: float = 2.0) -> bool:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        try:
-            conn.request("GET", "/ping")
-            return conn.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+        return ping(host, port, timeout=timeout)
 
     def discover(self, within: str = "") -> dict[str, int]:
         found: dict[str, int] = {}

@@ -19,7 +19,6 @@ only); an actor is addressed by its name.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import os
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
 
-from .base import Placement, ReplicaSpec
+from .base import Placement, ReplicaSpec, ping
 from .local import LocalRuntime
 from .ray_actor import ReplicaSupervisor
 
@@ -223,14 +222,7 @@ class RayRuntime:
             return set()
 
     def probe(self, host: str, port: int, *, timeout: float = 2.0) -> bool:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        try:
-            conn.request("GET", "/ping")
-            return conn.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+        return ping(host, port, timeout=timeout)
 
     def discover(self, within: str = "") -> dict[str, int]:
         """{replica id: pid} of every live actor in this installation's namespace."""

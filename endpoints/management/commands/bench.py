@@ -150,18 +150,25 @@ class Bench:
                 devstack.start_redis(settings.REDIS_URL, self.var, self.var, timeout=60)
             )
 
-    def _serve_models(self) -> str:
-        """Both replicas and their routing rows; the token that may score them."""
+    def _bench_model(self) -> tuple[object, Path, str]:
+        """A bench superuser, the demo model registered and downloaded, and the user's
+        token."""
         from django.contrib.auth import get_user_model
 
         from endpoints import demo, registry, services
-        from endpoints.kv import bump_generation
 
         registry.configure_mlflow()
         demo.seed(next(d for d in demo.DEMO_MODELS if d.name == MODEL))
         model_dir = registry.download_model(MODEL, "1", self.var / "models" / "v1")
         user = get_user_model().objects.create_superuser("bench", "bench@example.com", None)
         _, token = services.token_create(user=user, name="bench")
+        return user, Path(model_dir), token
+
+    def _serve_models(self) -> str:
+        """Both replicas and their routing rows; the token that may score them."""
+        from endpoints.kv import bump_generation
+
+        user, model_dir, token = self._bench_model()
         self.replicas = {
             "product": self._start_replica("serving-ui", model_dir, devstack.free_port()),
             "mlflow": self._start_replica("mlflow", model_dir, devstack.free_port()),

@@ -71,18 +71,12 @@ class ClusterBench(Bench):
 
     def _serve_both(self) -> str:
         from django.conf import settings
-        from django.contrib.auth import get_user_model
 
-        from endpoints import demo, registry, services
         from endpoints.kv import bump_generation
         from endpoints.runtime import LocalRuntime, ReplicaSpec
         from endpoints.runtime.ray import RayRuntime
 
-        registry.configure_mlflow()
-        demo.seed(next(d for d in demo.DEMO_MODELS if d.name == MODEL))
-        model_dir = registry.download_model(MODEL, "1", self.var / "models" / "v1")
-        user = get_user_model().objects.create_superuser("bench", "bench@example.com", None)
-        _, token = services.token_create(user=user, name="bench")
+        user, model_dir, token = self._bench_model()
         self.local_runtime = LocalRuntime()
         self.ray_runtime = RayRuntime(
             address=self.cluster.address, namespace=os.environ["SERVING_RAY_NAMESPACE"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 
 import pytest
 from conftest import add_replica, add_version
@@ -130,7 +131,11 @@ def test_cold_starts_count_one_per_wake_up(version):
     load.clear_wake(version.pk)
 
 
-def test_reconcile_passes_are_a_histogram_with_failures():
+def test_reconcile_passes_are_a_histogram_with_failures(monkeypatch, redis_server):
+    # A key of this test's own: a worker left running by another test shares this Redis
+    # and records its passes in the installation's key meanwhile.
+    key = f"{kv.RECONCILE_TOTALS_KEY}:test-{uuid.uuid4().hex}"
+    monkeypatch.setattr(kv, "RECONCILE_TOTALS_KEY", key)
     before = scrape()
     metrics.record_reconcile_pass(0.03, failed=False)
     metrics.record_reconcile_pass(2.0, failed=True)
@@ -144,6 +149,7 @@ def test_reconcile_passes_are_a_histogram_with_failures():
     assert delta("serving_ui_reconcile_duration_seconds_bucket", le="0.05") == 1
     assert delta("serving_ui_reconcile_duration_seconds_bucket", le="2.5") == 2
     assert delta("serving_ui_reconcile_failures_total") == 1
+    redis_server.delete(key)
 
 
 # --- /metrics access, /healthz, /readyz ------------------------------------------------------

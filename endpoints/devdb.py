@@ -2,22 +2,36 @@
 ``make run-cluster`` start one with Debian's ``postgresql`` binaries.
 
 ``initdb`` into a fresh directory, ``postgres`` listening on 127.0.0.1 only (its Unix socket
-inside the data directory), trust authentication for one role. PostgreSQL refuses to run
-as root, so as root both run as the ``postgres`` system user. Durability settings are off:
-the data is thrown away when the server stops.
+inside the data directory), one role that must give its password over TCP and over the
+socket alike (SCRAM-SHA-256): a served model's code runs on the same machine and must not
+reach the database. The password is generated once into a file the caller names (mode
+0600 from its creation, ``serving_ui.private``) and reaches the PostgreSQL tools through
+``PGPASSWORD``, never a command line. PostgreSQL refuses to run as root, so as root both run
+as the ``postgres`` system user, and ``initdb`` reads the password from a copy that user
+owns (0600) only while it runs. Durability settings are off: the data is thrown away when
+the server stops.
+
+A data directory an older version initialised with trust authentication is not started:
+``start_postgres`` says so and asks for it to be removed.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import quote
+
+from serving_ui.private import create_private, generated_password
 
 from .devstack import LOOPBACK, ManagedProcess, StackError, free_port
 
 ROLE = "serving"
+PASSWORD_FILE = "postgres_password"  # noqa: S105 (a file name)
 # Data that is thrown away need not survive a crash of this machine.
 FAST_UNSAFE = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
@@ -44,15 +58,36 @@ def _as_owner() -> list[str]:
     return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
-def url(port: int, database: str) -> str:
-    return f"postgres://{ROLE}@{LOOPBACK}:{port}/{database}"
+def url(port: int, database: str, password: str) -> str:
+    return f"postgres://{ROLE}:{quote(password, safe='')}@{LOOPBACK}:{port}/{database}"
+
+
+def password(password_file: Path) -> str:
+    """The role's password, as ``start_postgres`` generated it into ``password_file``."""
+    return password_file.read_text().strip()
+
+
+class Postgres(NamedTuple):
+    process: ManagedProcess
+    port: int
+    password: str
+
+    def url(self, database: str) -> str:
+        return url(self.port, database, self.password)
 
 
 def start_postgres(
-    data_dir: Path, log_dir: Path | None, *, port: int = 0, timeout: float = 60, **kwargs
-) -> tuple[ManagedProcess, int]:
-    """initdb ``data_dir`` (unless it holds a cluster) and start ``postgres`` on loopback;
-    returns the process and its port once it accepts connections."""
+    data_dir: Path,
+    log_dir: Path | None,
+    password_file: Path,
+    *,
+    port: int = 0,
+    timeout: float = 60,
+    **kwargs,
+) -> Postgres:
+    """initdb ``data_dir`` (unless it holds a cluster) with the password kept in
+    ``password_file`` (generated on first use) and start ``postgres`` on loopback; returns
+    once it accepts connections."""
     bin_dir = binaries()
     if bin_dir is None:
         raise StackError("PostgreSQL is not installed: `make system-deps` installs it")
@@ -62,20 +97,11 @@ def start_postgres(
         # The postgres user must reach the directory and own it.
         data_dir.parent.chmod(0o755)
         shutil.chown(data_dir, "postgres", "postgres")
-    if not (data_dir / "PG_VERSION").exists():
-        result = subprocess.run(
-            [
-                *_as_owner(),
-                str(bin_dir / "initdb"),
-                *("-D", str(data_dir), "-U", ROLE, "--auth=trust", "-E", "UTF8"),
-                "--no-instructions",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode:
-            raise StackError(f"initdb failed: {result.stderr.strip()[-2000:]}")
+    if (data_dir / "PG_VERSION").exists():
+        _check_initialised(data_dir, password_file)
+    else:
+        _initdb(bin_dir, data_dir, generated_password(password_file))
+    secret = password(password_file)
     settings = [f"listen_addresses={LOOPBACK}", f"unix_socket_directories={data_dir}"]
     settings += [*FAST_UNSAFE, "max_connections=200"]
     cmd = [*_as_owner(), str(bin_dir / "postgres"), "-D", str(data_dir), "-p", str(port)]
@@ -84,26 +110,87 @@ def start_postgres(
     server = ManagedProcess("postgres", cmd, log_dir, **kwargs).start()
     try:
         server.wait_until(
-            lambda: _accepts(bin_dir, port), timeout=timeout, what="PostgreSQL", interval=0.1
+            lambda: _accepts(bin_dir, port, secret),
+            timeout=timeout,
+            what="PostgreSQL",
+            interval=0.1,
         )
     except StackError:
         server.stop()
         raise
-    return server, port
+    return Postgres(server, port, secret)
 
 
-def _accepts(bin_dir: Path, port: int) -> bool:
+def _initdb(bin_dir: Path, data_dir: Path, secret: str) -> None:
+    """A new cluster whose role needs ``secret`` on every connection, local or TCP.
+
+    initdb reads the password from a file: a copy created 0600 next to the data directory,
+    handed to the postgres user (as root) and removed as soon as initdb is done."""
+    copy = data_dir.parent / f".{data_dir.name}.pwfile.{secrets.token_hex(4)}"
+    create_private(copy, secret + "\n")
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(copy, "postgres", "postgres")
+        result = subprocess.run(
+            [
+                *_as_owner(),
+                str(bin_dir / "initdb"),
+                *("-D", str(data_dir), "-U", ROLE, "-E", "UTF8"),
+                *("--auth=scram-sha-256", f"--pwfile={copy}"),
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        copy.unlink(missing_ok=True)
+    if result.returncode:
+        raise StackError(f"initdb failed: {result.stderr.strip()[-2000:]}")
+
+
+def _check_initialised(data_dir: Path, password_file: Path) -> None:
+    """Refuse a cluster that would let anyone in, or whose password is lost."""
+    if trusting(data_dir):
+        raise StackError(
+            f"{data_dir} holds a PostgreSQL cluster initialised with trust authentication "
+            f"(by an older version): any local process could connect to it as {ROLE!r}, so "
+            "it is not started. Remove that directory (its data is lost) and start again: "
+            f"a new cluster is initialised that requires the password kept in {password_file}."
+        )
+    if not password_file.exists():
+        raise StackError(
+            f"{data_dir} holds a PostgreSQL cluster but its password file {password_file} "
+            "is missing. Remove that directory (its data is lost) and start again."
+        )
+
+
+def trusting(data_dir: Path) -> bool:
+    """Whether the cluster in ``data_dir`` lets any connection in without a password."""
+    for line in (data_dir / "pg_hba.conf").read_text().splitlines():
+        if "trust" in line.split("#", 1)[0].split():
+            return True
+    return False
+
+
+def _with_password(secret: str) -> dict[str, str]:
+    """The environment of a PostgreSQL tool: the password in ``PGPASSWORD``."""
+    return {**os.environ, "PGPASSWORD": secret}
+
+
+def _accepts(bin_dir: Path, port: int, secret: str) -> bool:
     check = [str(bin_dir / "pg_isready"), "-h", LOOPBACK, "-p", str(port), "-U", ROLE, "-q"]
-    return subprocess.run(check, check=False).returncode == 0
+    return subprocess.run(check, env=_with_password(secret), check=False).returncode == 0
 
 
-def create_database(port: int, name: str) -> None:
+def create_database(port: int, name: str, secret: str) -> None:
     """Create database ``name`` owned by the role (nothing when it exists)."""
     bin_dir = binaries()
     result = subprocess.run(
         [str(bin_dir / "createdb"), "-h", LOOPBACK, "-p", str(port), "-U", ROLE, name],
         capture_output=True,
         text=True,
+        env=_with_password(secret),
         check=False,
     )
     if result.returncode and "already exists" not in result.stderr:

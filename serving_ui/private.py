@@ -1,5 +1,5 @@
-"""Files only the product's own user may read: the generated secret key, the Redis
-password, the SQLite database, the token ``make run`` prints.
+"""Files only the product's own user may read: the generated secret key, the Redis and
+development PostgreSQL passwords, the SQLite database, the token ``make run`` prints.
 
 Each is created with mode 0600 by ``os.open`` itself (``O_CREAT | O_EXCL``), so there is no
 moment at which it exists with the default permissions waiting for a ``chmod``, whatever
@@ -60,9 +60,14 @@ def secret_key(path: Path) -> str:
     return private_file(path, lambda: secrets.token_urlsafe(50))
 
 
+def generated_password(path: Path) -> str:
+    """The password kept in ``path``, generated (32 random URL-safe characters) on first use."""
+    return private_file(path, lambda: secrets.token_urlsafe(32))
+
+
 def redis_password(var_dir: Path) -> str:
     """The password of the Redis server this installation starts (generated once)."""
-    return private_file(var_dir / REDIS_PASSWORD_FILE, lambda: secrets.token_urlsafe(32))
+    return generated_password(var_dir / REDIS_PASSWORD_FILE)
 
 
 def default_redis_url(var_dir: Path, port: int = 6379) -> str:

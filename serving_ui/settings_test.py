@@ -6,7 +6,8 @@ processes the integration fixtures start see exactly the same configuration.
 
 ``SERVING_TEST_DB=postgres`` runs the suite on PostgreSQL instead: the run starts its own
 throwaway server on 127.0.0.1 (``endpoints.devdb``; initdb into the data directory, a free
-port) and stops it when the run ends. The processes the fixtures start inherit its URL.
+port, a password generated into a 0600 file next to it) and stops it when the run ends. The
+processes the fixtures start inherit its URL.
 """
 
 from __future__ import annotations
@@ -55,15 +56,19 @@ if TEST_DB == "postgres" and "SERVING_TEST_PG_PORT" not in os.environ:
     # enter the (private) data directory of the run.
     _pg_dir = Path(tempfile.mkdtemp(prefix="serving-ui-test-pg-"))
     atexit.register(shutil.rmtree, _pg_dir, ignore_errors=True)
-    _pg, _pg_port = devdb.start_postgres(_pg_dir / "data", _pg_dir)
-    atexit.register(_pg.stop)
-    os.environ["SERVING_TEST_PG_PORT"] = str(_pg_port)
+    _pg = devdb.start_postgres(_pg_dir / "data", _pg_dir, _pg_dir / devdb.PASSWORD_FILE)
+    atexit.register(_pg.process.stop)
+    os.environ["SERVING_TEST_PG_PORT"] = str(_pg.port)
     os.environ["SERVING_TEST_PG_DIR"] = str(_pg_dir)
 if TEST_DB == "postgres":
-    from endpoints.devdb import url as _pg_url
+    from endpoints import devdb
 
     # Django creates (and drops) this database; the fixtures' processes use it too.
-    os.environ["DATABASE_URL"] = _pg_url(int(os.environ["SERVING_TEST_PG_PORT"]), "test_serving")
+    os.environ["DATABASE_URL"] = devdb.url(
+        int(os.environ["SERVING_TEST_PG_PORT"]),
+        "test_serving",
+        devdb.password(Path(os.environ["SERVING_TEST_PG_DIR"]) / devdb.PASSWORD_FILE),
+    )
 
 from .settings import *  # noqa: E402, F403
 from .settings import DATABASES, VAR_DIR  # noqa: E402

@@ -3,7 +3,7 @@
 Starts, all on 127.0.0.1 and keeping their data under ``var/cluster/``:
 
 - PostgreSQL (the product's database; Debian's binaries, a cluster initialised on first
-  start),
+  start whose role needs the password generated once into ``var/postgres_password``),
 - an MLflow tracking server with artifact serving (``mlflow server --serve-artifacts``):
   the registry, and the store every node downloads models from,
 - a real 2-node Ray cluster (a head and one more node, each its own raylet; Ray's
@@ -85,9 +85,14 @@ class Command(BaseCommand):
         product = None
         try:
             self.say("Starting PostgreSQL …")
-            pg, pg_port = devdb.start_postgres(root / "postgres", root, new_session=True)
-            services.append(pg)
-            devdb.create_database(pg_port, "serving")
+            pg = devdb.start_postgres(
+                root / "postgres",
+                root,
+                Path(settings.VAR_DIR) / devdb.PASSWORD_FILE,
+                new_session=True,
+            )
+            services.append(pg.process)
+            devdb.create_database(pg.port, "serving", pg.password)
             self.say("Starting the MLflow tracking server (artifact serving) …")
             mlflow_port = devstack.free_port()
             tracking = f"http://{LOOPBACK}:{mlflow_port}"
@@ -106,7 +111,7 @@ class Command(BaseCommand):
             cluster = start_ray_cluster(int(options["node_cpus"]), int(options["nodes"]))
             env = {
                 **RAY_LOOPBACK_ENV,
-                "DATABASE_URL": devdb.url(pg_port, "serving"),
+                "DATABASE_URL": pg.url("serving"),
                 "MLFLOW_TRACKING_URI": tracking,
                 "MLFLOW_REGISTRY_URI": tracking,
                 "SERVING_RUNTIME": "ray",
@@ -116,7 +121,7 @@ class Command(BaseCommand):
                 "PORT": str(options["port"]),
             }
             self.say(
-                f"PostgreSQL on {LOOPBACK}:{pg_port}, MLflow at {tracking}, "
+                f"PostgreSQL on {LOOPBACK}:{pg.port}, MLflow at {tracking}, "
                 f"Ray at {cluster.address}; starting the product …"
             )
             # On this terminal, so its banner and Ctrl-C reach it as with `make run`.

@@ -256,6 +256,10 @@ SERVING = {
     "SANDBOX": envchoice(
         "SERVING_SANDBOX", "bwrap" if shutil.which("bwrap") else "off", ("bwrap", "off")
     ),
+    # The sandbox's network: "none" (a network namespace of its own: a model reaches no
+    # other process of the host and nothing outside; it still serves on its port) or
+    # "host" (the host's network, for models that call services when they score).
+    "SANDBOX_NETWORK": envchoice("SERVING_SANDBOX_NETWORK", "none", ("none", "host")),
     # A build of a per-model environment (pip install) is stopped after this long.
     "BUILD_TIMEOUT_SECONDS": envfloat("SERVING_BUILD_TIMEOUT_SECONDS", "900"),
     # Inference tables: where captured requests are written (Parquet, by endpoint and

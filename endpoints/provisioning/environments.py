@@ -125,7 +125,7 @@ def prepare(name: str, version: str) -> Prepared:
         log.write(f"Downloading model {name} v{version} from the registry…")
         try:
             registry.download_model(name, version, target)
-            _readable(target)
+            sandbox.make_readable(target)
         except Exception as exc:  # any registry or storage failure ends the build
             log.write(f"Download failed: {exc}")
             raise BuildError(f"Could not download model {name} v{version}: {exc}") from exc
@@ -158,18 +158,6 @@ def requirements_hash(requirements: Path) -> str:
         if line.strip() and not line.lstrip().startswith("#")
     )
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
-
-
-def _readable(path: Path) -> None:
-    """Model files readable (never writable) by the sandbox's unprivileged user."""
-    for root, dirs, files in os.walk(path):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)  # noqa: S103 (read-only view)
-        for name in files:
-            file = os.path.join(root, name)
-            if not os.path.islink(file):
-                os.chmod(file, os.stat(file).st_mode & 0o755 | 0o444)
-    os.chmod(path, 0o755)  # noqa: S103 (the replicas' user reads it, read-only)
 
 
 def _virtualenv(requirements: Path, log: BuildLog) -> Path:

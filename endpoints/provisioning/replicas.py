@@ -128,6 +128,7 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         zygote_dir=str(environments.zygote_dir()),
         extra_env=batching_env(replica_config(version)),
         sandbox=serving("SANDBOX"),
+        network=serving("SANDBOX_NETWORK"),
         models_root=str(environments.models_root()),
         model_uri=f"models:/{replica.version.endpoint.registered_model_name}/{version.version}",
         registry_uri=settings.MLFLOW_REGISTRY_URI,

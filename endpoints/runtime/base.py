@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import socket
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +30,9 @@ class ReplicaSpec:
     # own user with the product's view of the files; "": the host's default
     # (``SERVING_SANDBOX``, else bwrap where installed).
     sandbox: str = ""
+    # In the sandbox: "none", a network namespace of its own (it reaches nothing; the port
+    # it serves on is bound for it), or "host", the host's network (``sandbox``).
+    network: str = "none"
     # The directory holding every model a zygote may fork replicas of (in its sandbox,
     # read-only; each replica keeps its own model only). "": the model's parent directory.
     models_root: str = ""
@@ -100,3 +104,18 @@ class Runtime(Protocol):
     def read_log(self, log_path: str, *, max_bytes: int) -> str: ...
 
     def rotate_log(self, log_path: str, *, max_bytes: int) -> bool: ...
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """``host:port`` bound (not yet listening: the replica starts listening once its model
+    is loaded), inheritable by a process started next: how a replica without a network of
+    its own gets its port (``replica --listen-fd``)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock

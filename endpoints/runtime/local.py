@@ -12,7 +12,8 @@ can be reached it is launched as above, so starting never fails because of a zyg
 
 Unless ``SERVING_SANDBOX=off``, a replica runs in the sandbox of ``sandbox``: a fresh one
 under ``bwrap`` (its pid is the replica's, not bwrap's), a forked one from a zygote that
-runs under ``bwrap`` and confines each child (see ``zygotes`` and ``zygote``).
+runs under ``bwrap`` and confines each child (see ``zygotes`` and ``zygote``). Without a
+network of its own, a replica is handed the socket it serves on, bound on the host.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from . import sandbox
-from .base import Placement, ReplicaSpec, ping
+from .base import Placement, ReplicaSpec, listening_socket, ping
 from .zygotes import (
     Zygotes,
     ZygoteSite,
@@ -61,6 +62,7 @@ LAUNCHER_MODULE = "endpoints.runtime.replica"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 # How long a sandboxed replica may take to be exec'd by bwrap (not to load its model).
 START_IN_SANDBOX_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1
 
 # Only what a model server needs; never the product's secrets (SECRET_KEY, DATABASE_URL,
 # REDIS_URL, tokens) or the caller's credentials.
@@ -125,6 +127,8 @@ class LocalRuntime:
                 "cwd": sandbox.TMP if sandboxed else str(PROJECT_ROOT),
                 "log_path": spec.log_path,
                 "model_path": spec.model_path,
+                # The child binds its port, then leaves the host's network.
+                "own_network": sandboxed and spec.network == sandbox.NETWORK_NONE,
             }
             where = ZygoteSite(
                 python=spec.python,
@@ -142,32 +146,10 @@ class LocalRuntime:
         return _launch(cmd, env, spec.log_path)
 
     def _launch_confined(self, cmd: list[str], env: dict[str, str], spec: ReplicaSpec) -> int:
-        """A fresh replica under ``bwrap``; its pid is the replica's own (the first process
-        of its namespace), not bwrap's."""
         self._launched = [p for p in self._launched if p.poll() is None]
-        confined = sandbox.process_command(cmd, python=spec.python, model_path=spec.model_path)
-        process = _popen(confined, env, spec.log_path, cwd="/")
+        process, pid = launch_confined(cmd, env, spec)
         self._launched.append(process)
-
-        def replica() -> int | None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                for child in psutil.Process(process.pid).children(recursive=True):
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        if arguments(child.cmdline())[: len(cmd)] == cmd:
-                            return child.pid
-            return None
-
-        found: list[int] = []
-        wait_until(
-            lambda: bool(found.append(replica() or 0) or found[-1]) or process.poll() is not None,
-            timeout=START_IN_SANDBOX_SECONDS,
-            interval=0.01,
-        )
-        if not found or not found[-1]:
-            with contextlib.suppress(OSError):
-                process.kill()
-            raise OSError(f"the sandbox did not start the replica (exit code {process.poll()})")
-        return found[-1]
+        return pid
 
     def warm_zygote(
         self, python: str, zygote_dir: str, models_root: str = "", sandboxing: str = ""
@@ -314,7 +296,68 @@ def _launch(cmd: list[str], env: dict[str, str], log_path: str) -> int:
     return _popen(cmd, env, log_path, cwd=str(PROJECT_ROOT)).pid
 
 
-def _popen(cmd: list[str], env: dict[str, str], log_path: str, *, cwd: str) -> subprocess.Popen:
+def launch_confined(
+    cmd: list[str], env: dict[str, str], spec: ReplicaSpec, *, die_with_parent: bool = False
+) -> tuple[subprocess.Popen, int]:
+    """A fresh replica under ``bwrap``: the bwrap process, and the replica's own pid (the
+    first process of its namespace; signals go to it, bwrap does not pass them on). With
+    no network of its own, the port is bound here and the replica inherits the socket."""
+    listener = None
+    if spec.network == sandbox.NETWORK_NONE:
+        listener = listening_socket(spec.host, spec.port)
+        cmd = [*cmd, "--listen-fd", str(listener.fileno())]
+    confined = sandbox.process_command(
+        cmd,
+        python=spec.python,
+        model_path=spec.model_path,
+        network=spec.network,
+        die_with_parent=die_with_parent,
+    )
+    try:
+        process = _popen(
+            confined,
+            env,
+            spec.log_path,
+            cwd="/",
+            pass_fds=(listener.fileno(),) if listener else (),
+            death_signal=die_with_parent,
+        )
+    finally:
+        if listener is not None:
+            listener.close()  # the replica holds the port now
+
+    def replica() -> int | None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if arguments(child.cmdline())[: len(cmd)] == cmd:
+                        return child.pid
+        return None
+
+    found: list[int] = []
+    wait_until(
+        lambda: bool(found.append(replica() or 0) or found[-1]) or process.poll() is not None,
+        timeout=START_IN_SANDBOX_SECONDS,
+        interval=0.01,
+    )
+    if not found or not found[-1]:
+        with contextlib.suppress(OSError):
+            process.kill()
+        raise OSError(f"the sandbox did not start the replica (exit code {process.poll()})")
+    return process, found[-1]
+
+
+def _popen(
+    cmd: list[str],
+    env: dict[str, str],
+    log_path: str,
+    *,
+    cwd: str,
+    pass_fds: tuple[int, ...] = (),
+    death_signal: bool = False,
+) -> subprocess.Popen:
+    """``cmd`` in a session of its own, its output appended to ``log_path``;
+    ``death_signal``: SIGKILL when the thread that started it ends."""
     with open(log_path, "ab") as out:
         return subprocess.Popen(
             cmd,
@@ -325,7 +368,16 @@ def _popen(cmd: list[str], env: dict[str, str], log_path: str, *, cwd: str) -> s
             env=env,
             start_new_session=True,
             close_fds=True,
+            pass_fds=pass_fds,
+            preexec_fn=_kill_with_parent if death_signal else None,
         )
+
+
+def _kill_with_parent() -> None:
+    """In the child before exec: SIGKILL when the thread that started it ends."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def sandboxed_mode(requested: str) -> str:

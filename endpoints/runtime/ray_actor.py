@@ -9,6 +9,11 @@ The actor supervises one replica process, the same server the local runtime star
   registry points at) and launches the replica, then waits for it.
 - The replica's output goes to a log file on the node; the worker and the web server read
   it back through the actor (``read_log``), never through a shared disk.
+- The replica runs in the same sandbox as a local one (``sandbox``, unless
+  ``SERVING_SANDBOX=off``): its model directory and Python read-only, a private temp,
+  nothing of the node's other files, and by default no network of its own (it reaches
+  neither the product's services nor the Ray cluster; the port it serves on is bound for
+  it on the node's address).
 - The replica dies with the actor (``PR_SET_PDEATHSIG``): a killed actor or a lost node
   leaves no process serving behind it.
 
@@ -18,7 +23,6 @@ Nothing here imports Django or Ray: the class is plain, ``ray.py`` makes it an a
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import shutil
@@ -32,12 +36,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import sandbox
 from .base import ReplicaSpec
-from .local import LocalRuntime, replica_command, replica_environment
+from .local import (
+    LocalRuntime,
+    _popen,
+    launch_confined,
+    replica_command,
+    replica_environment,
+    sandboxed_mode,
+)
 
 # Where a node keeps its downloaded models and replica logs (per installation namespace).
 NODE_DIR_ENV = "SERVING_RAY_NODE_DIR"
-PR_SET_PDEATHSIG = 1
 
 # The local runtime's log reading and rotation are plain file operations: reused as-is.
 _files = object.__new__(LocalRuntime)
@@ -46,14 +57,6 @@ _files = object.__new__(LocalRuntime)
 def node_dir(namespace: str) -> Path:
     root = os.environ.get(NODE_DIR_ENV) or str(Path(tempfile.gettempdir()) / "serving-ui-ray")
     return Path(root) / namespace
-
-
-def sandboxed(cmd: list[str], env: dict[str, str], model_dir: Path) -> list[str]:
-    """The command that runs the replica on its node, confined by the same rules as a
-    local replica (its model directory and environment read-only, a private temp, nothing
-    of the product's data). This is the one place a node applies them; without a sandbox
-    module the command runs as given."""
-    return cmd
 
 
 class ReplicaSupervisor:
@@ -66,6 +69,8 @@ class ReplicaSupervisor:
         self.node, self.host = node, host
         self.state = "starting"
         self.process: subprocess.Popen[bytes] | None = None
+        # The replica's own process: bwrap's child when sandboxed (bwrap passes no signal on).
+        self.replica_pid = 0
         self.stopping = False
         self._lock = threading.Lock()
 
@@ -91,13 +96,17 @@ class ReplicaSupervisor:
             self.stopping = True
             if self.process is None:
                 self.state = "exited"
-            elif self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
+            elif self.process.poll() is None and self.replica_pid > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.replica_pid, signal.SIGTERM)
 
     def kill(self) -> None:
         with self._lock:
             self.stopping = True
             if self.process is not None and self.process.poll() is None:
+                if self.replica_pid > 0:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.replica_pid, signal.SIGKILL)
                 self.process.kill()
             self.state = "exited"
 
@@ -133,27 +142,42 @@ class ReplicaSupervisor:
                 self.state = "failed"
             return
         local = ReplicaSpec(
-            **{**spec.__dict__, "model_path": str(model), "host": self.host, "port": self.port}
+            **{
+                **spec.__dict__,
+                "model_path": str(model),
+                "host": self.host,
+                "port": self.port,
+                "python": sys.executable,
+                "log_path": str(self.log_path),
+            }
         )
-        local = ReplicaSpec(**{**local.__dict__, "python": sys.executable})
-        env = replica_environment(local)
-        cmd = sandboxed(replica_command(local), env, model)
+        env, cmd = replica_environment(local), replica_command(local)
         with self._lock:
             if self.stopping:
                 self.state = "exited"
                 return
-            with open(self.log_path, "ab") as out:
-                self.process = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    close_fds=True,
-                    preexec_fn=_die_with_parent,
-                )
+            try:
+                self.process, self.replica_pid = self._launch(cmd, env, local)
+            except OSError as exc:
+                self._say(f"could not start the replica: {exc}")
+                self.state = "failed"
+                return
             self.state = "running"
         self.process.wait()
+
+    def _launch(
+        self, cmd: list[str], env: dict[str, str], local: ReplicaSpec
+    ) -> tuple[subprocess.Popen[bytes], int]:
+        """Started as the local runtime starts a fresh replica, killed with this actor."""
+        if sandboxed_mode(local.sandbox) == "bwrap":
+            if not sandbox.bwrap():
+                raise OSError(
+                    f"bubblewrap (bwrap) is not installed on node {self.node}: install it "
+                    "there (Debian: bubblewrap), or run models unconfined with SERVING_SANDBOX=off"
+                )
+            return launch_confined(cmd, env, local, die_with_parent=True)
+        process = _popen(cmd, env, local.log_path, cwd=str(self.root), death_signal=True)
+        return process, process.pid
 
     def _download(self) -> Path:
         """The model's files on this node: downloaded once per version, under a lock."""
@@ -177,18 +201,12 @@ class ReplicaSupervisor:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
             got = Path(download_artifacts(artifact_uri=spec.model_uri, dst_path=str(partial)))
+            sandbox.make_readable(got)
             shutil.rmtree(target, ignore_errors=True)
             got.rename(target)
             shutil.rmtree(partial, ignore_errors=True)
             self._say(f"model downloaded to {target}")
             return target
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: its own session, and SIGKILL when the actor goes."""
-    os.setsid()
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _safe(name: str) -> str:

@@ -7,12 +7,24 @@ launched directly rather than through ``mlflow models serve`` (which keeps a CLI
 alive and takes about twice as long to start). The ``--replica-id`` argument is not used
 here: it marks the process so the runtime can find it again (see ``local.discover``).
 A replica forked from a zygote (``zygote``) runs the same ``serve`` with the same arguments.
+
+A replica without a network of its own (``sandbox.NETWORK_NONE``) cannot bind a port of
+the host: whoever starts it binds the port first (``listening_socket``) and hands it the
+socket, as ``--listen-fd`` to a launched one, as an object to a forked one. Connections
+to that socket arrive from the host as usual; the replica itself reaches nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import socket
+import sys
+
+from .base import listening_socket
+
+__all__ = ["listening_socket", "parse_args", "serve"]
 
 SERVERS = ("serving-ui", "mlflow")
 
@@ -24,11 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--server", choices=SERVERS, default=SERVERS[0])
+    # A socket already bound to host:port, inherited from whoever started the replica.
+    parser.add_argument("--listen-fd", type=int, default=-1)
     return parser.parse_args(argv)
 
 
-def serve(args: argparse.Namespace) -> None:
-    """Load the model and answer requests until SIGTERM (a launched or a forked replica)."""
+def serve(args: argparse.Namespace, sock: socket.socket | None = None) -> None:
+    """Load the model and answer requests until SIGTERM (a launched or a forked replica),
+    on ``sock`` (or ``--listen-fd``) when given, else on a socket of its own."""
     print(
         f"replica {args.replica_id}: loading model from {args.model_path} ({args.server} server)",
         flush=True,
@@ -37,7 +52,9 @@ def serve(args: argparse.Namespace) -> None:
 
     import uvicorn
 
-    uvicorn.run(
+    if sock is None and args.listen_fd >= 0:
+        sock = socket.socket(fileno=args.listen_fd)
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -46,6 +63,29 @@ def serve(args: argparse.Namespace) -> None:
         access_log=False,
         timeout_graceful_shutdown=60,
     )
+    server = _server_class()(config) if sock is not None else uvicorn.Server(config)
+    server.run(sockets=[sock] if sock is not None else None)
+    if not server.started:
+        sys.exit(3)  # uvicorn's exit status for a server that never started
+
+
+def _server_class():
+    import uvicorn
+
+    class HandedSocketServer(uvicorn.Server):
+        """Says where it serves, as uvicorn does for a socket it binds itself."""
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started and sockets:
+                host, port = sockets[0].getsockname()[:2]
+                logging.getLogger("uvicorn.error").info(
+                    "Uvicorn running on http://%s:%d (a socket bound for it on the host)",
+                    host,
+                    port,
+                )
+
+    return HandedSocketServer
 
 
 def main() -> None:

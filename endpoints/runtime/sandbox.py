@@ -18,15 +18,23 @@ filesystem view built by bubblewrap (``bwrap``) that holds only:
 
 Its environment is the short explicit one the runtime gives it (no ``DJANGO_*``, no
 ``REDIS_URL``, no secrets), it runs as an unprivileged user (``SERVING_SANDBOX_UID``,
-``nobody`` by default) when the product runs as root, with ``no_new_privs``, and it shares
-the host's network (replicas listen on 127.0.0.1). Its output goes to a descriptor its
-parent opened: it cannot reopen its log, or any other.
+``nobody`` by default) when the product runs as root, with ``no_new_privs``. Its output
+goes to a descriptor its parent opened: it cannot reopen its log, or any other.
+
+Its network (``SERVING_SANDBOX_NETWORK``): ``none`` (the default) gives a replica a
+network namespace of its own, holding only its own loopback interface: it reaches no
+other process of the host (other replicas, the gateway, Redis, a database, a Ray
+cluster) and nothing outside. It still answers requests: the port it serves on is bound
+on the host before it enters the namespace, and handed to it as a socket. ``host``
+shares the host's network, for models that call services at scoring time. A ``pip
+install`` always has the host's network (it downloads packages).
 
 A fresh replica is ``bwrap … setpriv … python -m endpoints.runtime.replica``. A zygote runs
 under ``bwrap`` with every model of the installation read-only in view and keeps the
 capabilities it needs to confine its children (``confine_child``): each forked replica
 gets its own mount and process namespaces, sees its own model directory only, a fresh
-``/proc`` and ``/tmp``, and drops to the unprivileged user before any model code runs.
+``/proc`` and ``/tmp``, a network namespace of its own (``none``), and drops to the
+unprivileged user before any model code runs.
 
 ``SERVING_SANDBOX=off`` turns all of this off (the runtime logs a warning).
 """
@@ -43,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MODES = ("bwrap", "off")
+NETWORK_NONE, NETWORK_HOST = "none", "host"
+NETWORKS = (NETWORK_NONE, NETWORK_HOST)
 # The sandbox's private temp (a fresh tmpfs of its own, never the host's /tmp).
 TMP = "/tmp"  # noqa: S108
 SHM = "/dev/shm"  # noqa: S108
@@ -181,7 +191,7 @@ def runtime_paths() -> list[str]:
     return [str(p) for p in RUNTIME_FILES]
 
 
-def base_args(*, new_pid_namespace: bool) -> list[str]:
+def base_args(*, new_pid_namespace: bool, own_network: bool = False) -> list[str]:
     args = [
         bwrap(),
         "--unshare-ipc",
@@ -192,6 +202,8 @@ def base_args(*, new_pid_namespace: bool) -> list[str]:
     ]
     if new_pid_namespace:
         args += ["--unshare-pid", "--as-pid-1"]
+    if own_network:
+        args += ["--unshare-net"]
     if os.geteuid() != 0:
         args += ["--unshare-user"]
     return args
@@ -224,11 +236,21 @@ def capability_args(caps: Iterable[str]) -> list[str]:
     return args
 
 
-def process_command(command: list[str], *, python: str, model_path: str) -> list[str]:
-    """``command`` (a fresh replica) confined to its model directory."""
+def process_command(
+    command: list[str],
+    *,
+    python: str,
+    model_path: str,
+    network: str = NETWORK_NONE,
+    die_with_parent: bool = False,
+) -> list[str]:
+    """``command`` (a fresh replica) confined to its model directory; with ``network``
+    ``none``, the socket it serves on must be passed to it (``replica.listening_socket``).
+    ``die_with_parent``: killed when the process that starts bwrap dies."""
     view = View(read_only=[*system_paths(), *python_paths(python), *runtime_paths(), model_path])
     return [
-        *base_args(new_pid_namespace=True),
+        *base_args(new_pid_namespace=True, own_network=network == NETWORK_NONE),
+        *(["--die-with-parent"] if die_with_parent else []),
         *view.args(),
         *capability_args(DROP_CAPS if sandbox_uid() is not None else ()),
         "--chdir",
@@ -324,6 +346,18 @@ def pip_configuration() -> tuple[dict[str, str], list[str]]:
     return env, sorted(paths)
 
 
+def make_readable(path: Path) -> None:
+    """Model files readable (never writable) by the sandbox's unprivileged user."""
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)  # noqa: S103 (read-only view)
+        for name in files:
+            file = os.path.join(root, name)
+            if not os.path.islink(file):
+                os.chmod(file, os.stat(file).st_mode & 0o755 | 0o444)
+    os.chmod(path, 0o755)  # noqa: S103 (the replicas' user reads it, read-only)
+
+
 def environment(env: dict[str, str]) -> dict[str, str]:
     """A sandboxed process's environment: ``env`` with a private home and temp."""
     return {**env, **PRIVATE_ENV}
@@ -332,6 +366,7 @@ def environment(env: dict[str, str]) -> dict[str, str]:
 # --- confining a zygote's child (Linux system calls) ------------------------------------------
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 MS_RDONLY = 1
@@ -380,11 +415,17 @@ def new_namespaces() -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
 
 
-def confine_child(model_path: str, hidden: list[str], uid: int | None) -> None:
+def confine_child(
+    model_path: str, hidden: list[str], uid: int | None, *, own_network: bool = False
+) -> None:
     """In the replica, before any model code: only ``model_path`` of the ``hidden``
     directories stays in view (read-only), a fresh ``/proc`` (its own processes) and
-    ``/tmp``, then the unprivileged user and ``no_new_privs`` (no capability left to undo
-    any of it)."""
+    ``/tmp``, with ``own_network`` a network namespace of its own (sockets bound before
+    stay on the host's), then the unprivileged user and ``no_new_privs`` (no capability
+    left to undo any of it)."""
+    if own_network:
+        _check(_libc.unshare(CLONE_NEWNET), "unshare(net)")
+        _loopback_up()
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     # The model directory, held open while what contains it is covered, is bound back from
     # the descriptor.
@@ -411,6 +452,23 @@ def confine_child(model_path: str, hidden: list[str], uid: int | None) -> None:
         if path != TMP:
             _mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755")
     _drop(uid)
+
+
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+IFREQ = "16sH22x"  # struct ifreq: the interface name, then its flags (40 bytes)
+
+
+def _loopback_up() -> None:
+    """A new network namespace's loopback interface starts down (bwrap brings it up for
+    a launched replica; this does the same for a forked one)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack(IFREQ, b"lo", 0)
+        flags = struct.unpack(IFREQ, fcntl.ioctl(s, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
 
 
 def _within(path: str, parent: str) -> bool:

@@ -295,16 +295,23 @@ def _child(
         listener.close()
         conn.close()
         _redirect_output(message["log_path"], log)
+        argv = [str(arg) for arg in message["argv"]]
+        args = replica.parse_args(argv[3:])
+        sock = None
         if CONFINEMENT is not None:
+            own_network = bool(message.get("own_network"))
+            if own_network:  # bound on the host's network, served from its own
+                sock = replica.listening_socket(args.host, args.port)
             model = os.path.realpath(message["model_path"])
-            sandbox.confine_child(model, CONFINEMENT.hidden, CONFINEMENT.uid)
+            sandbox.confine_child(
+                model, CONFINEMENT.hidden, CONFINEMENT.uid, own_network=own_network
+            )
         os.environ.clear()
         os.environ.update(message["env"])
         os.chdir(message["cwd"])
         _reseed()
-        argv = [str(arg) for arg in message["argv"]]
         _take_title(argv, message["env"])
-        replica.serve(replica.parse_args(argv[3:]))
+        replica.serve(args, sock)
         code = 0
     except BaseException:  # the child must never return into the zygote's loop
         traceback.print_exc()

@@ -164,8 +164,11 @@ def assert_confined(report: dict, targets: dict, network: str = sandbox.NETWORK_
         for name, outcome in report.items()
         if isinstance(outcome, str) and outcome.startswith("ALLOWED") and "control" not in name
     }
-    # The only process it sees is itself.
-    assert report["other processes"] in ("ALLOWED: ['1']", "ALLOWED: []"), report
+    # The only process it sees is itself (and, on a Ray node, the sandbox's own init,
+    # which takes it down with the actor).
+    assert report["other processes"] in ("ALLOWED: ['1']", "ALLOWED: []", "ALLOWED: ['1', '2']"), (
+        report
+    )
     allowed.pop("other processes")
     connects = [f"connect to {name}" for name in targets["connect"]]
     if network == sandbox.NETWORK_HOST:

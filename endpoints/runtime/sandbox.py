@@ -191,7 +191,12 @@ def runtime_paths() -> list[str]:
     return [str(p) for p in RUNTIME_FILES]
 
 
-def base_args(*, new_pid_namespace: bool, own_network: bool = False) -> list[str]:
+def base_args(
+    *, new_pid_namespace: bool, own_network: bool = False, bwrap_init: bool = False
+) -> list[str]:
+    """``bwrap_init``: bwrap's own init is process 1 of the new process namespace (the
+    command is its child), so the command dies when bwrap does; otherwise the command is
+    process 1, which the kernel does not kill on its parent's death."""
     args = [
         bwrap(),
         "--unshare-ipc",
@@ -201,7 +206,7 @@ def base_args(*, new_pid_namespace: bool, own_network: bool = False) -> list[str
         "replica",
     ]
     if new_pid_namespace:
-        args += ["--unshare-pid", "--as-pid-1"]
+        args += ["--unshare-pid"] if bwrap_init else ["--unshare-pid", "--as-pid-1"]
     if own_network:
         args += ["--unshare-net"]
     if os.geteuid() != 0:
@@ -249,7 +254,11 @@ def process_command(
     ``die_with_parent``: killed when the process that starts bwrap dies."""
     view = View(read_only=[*system_paths(), *python_paths(python), *runtime_paths(), model_path])
     return [
-        *base_args(new_pid_namespace=True, own_network=network == NETWORK_NONE),
+        *base_args(
+            new_pid_namespace=True,
+            own_network=network == NETWORK_NONE,
+            bwrap_init=die_with_parent,
+        ),
         *(["--die-with-parent"] if die_with_parent else []),
         *view.args(),
         *capability_args(DROP_CAPS if sandbox_uid() is not None else ()),

@@ -75,6 +75,23 @@ def no_replica_left(name: str) -> None:
     )
 
 
+def disable_and_check_nothing_left(name: str, owner) -> None:
+    """Disable serving: no replica row, no actor and no replica process stays."""
+    ids = set(
+        Replica.objects.filter(version__endpoint__registered_model_name=name).values_list(
+            "replica_id", flat=True
+        )
+    )
+    services.endpoint_disable(name=name, user=owner)
+    no_replica_left(name)
+    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+    wait_for(
+        lambda: not any(_replica_processes(replica_id) for replica_id in ids),
+        timeout=30,
+        what="no replica process left",
+    )
+
+
 class Load:
     """Requests to the stage URL from a thread until stopped; keeps every answer."""
 
@@ -189,9 +206,7 @@ def test_a_medium_endpoint_spreads_over_both_nodes_and_a_rollout_under_load_fail
         what="v1's actors to go",
     )
 
-    services.endpoint_disable(name=name, user=owner)
-    no_replica_left(name)
-    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+    disable_and_check_nothing_left(name, owner)
 
 
 def test_a_restarted_worker_adopts_the_actors_and_stops_an_orphan(
@@ -235,9 +250,7 @@ def test_a_restarted_worker_adopts_the_actors_and_stops_an_orphan(
     assert set(actors()) == before
     assert Event.objects.filter(type=EventType.REPLICA_STARTED).count() == started
 
-    services.endpoint_disable(name=name, user=owner)
-    no_replica_left(name)
-    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+    disable_and_check_nothing_left(name, owner)
 
 
 def test_scale_to_zero_leaves_no_actor_and_a_request_wakes_exactly_one(
@@ -283,9 +296,7 @@ def test_scale_to_zero_leaves_no_actor_and_a_request_wakes_exactly_one(
     assert len(woken) == 1
     assert set(actors()) == {woken[0].replica_id}
 
-    services.endpoint_disable(name=name, user=owner)
-    no_replica_left(name)
-    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+    disable_and_check_nothing_left(name, owner)
 
 
 def test_a_hostile_model_on_a_ray_node_is_denied_everything(
@@ -317,9 +328,7 @@ def test_a_hostile_model_on_a_ray_node_is_denied_everything(
         )
         hostile.assert_confined(hostile.probe((replica.host, replica.port), targets), targets)
 
-    services.endpoint_disable(name=name, user=owner)
-    no_replica_left(name)
-    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+    disable_and_check_nothing_left(name, owner)
 
 
 def test_a_lost_node_is_replaced_on_the_other_under_load_without_a_client_error(
@@ -348,6 +357,12 @@ def test_a_lost_node_is_replaced_on_the_other_under_load_without_a_client_error(
     # The replica on the node that stayed served throughout: it was never replaced.
     kept = next(r for r in replicas if r.replica_id != lost.replica_id)
     assert kept.replica_id in {r.replica_id for r in running(name, "1")}
+    # Its process died with its actor: nothing serves behind the product's back.
+    wait_for(
+        lambda: not _replica_processes(lost.replica_id),
+        timeout=30,
+        what="the lost node's replica process to go",
+    )
     gone = Replica.objects.get(replica_id=lost.replica_id)
     assert gone.state == ReplicaState.ERROR
     assert lost.node in gone.state_message
@@ -355,15 +370,23 @@ def test_a_lost_node_is_replaced_on_the_other_under_load_without_a_client_error(
         type=EventType.REPLICA_CRASHED, message__contains=f"lost with node {lost.node}"
     ).exists()
 
-    services.endpoint_disable(name=name, user=owner)
-    no_replica_left(name)
-    wait_for(lambda: not actors(), timeout=60, what="no actor left")
+    disable_and_check_nothing_left(name, owner)
 
 
 def _head_node(replicas: list[Replica], ray_stack) -> str:
     """The node label of the head (the one that stays)."""
     head_id = ray_stack.cluster.head_node.node_id
     return next(r.node for r in replicas if head_id.startswith(r.node.split("/")[1]))
+
+
+def _replica_processes(replica_id: str) -> list[psutil.Process]:
+    """Processes of this host running the replica server of ``replica_id``."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "endpoints.runtime.replica" in cmdline and replica_id in cmdline:
+            found.append(process)
+    return found
 
 
 def _listening_addresses() -> set[tuple[str, int]]:

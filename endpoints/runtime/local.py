@@ -293,15 +293,16 @@ class LocalRuntime:
 
 
 def _launch(cmd: list[str], env: dict[str, str], log_path: str) -> int:
-    return _popen(cmd, env, log_path, cwd=str(PROJECT_ROOT)).pid
+    return start_logged(cmd, env, log_path, cwd=str(PROJECT_ROOT)).pid
 
 
 def launch_confined(
     cmd: list[str], env: dict[str, str], spec: ReplicaSpec, *, die_with_parent: bool = False
 ) -> tuple[subprocess.Popen, int]:
-    """A fresh replica under ``bwrap``: the bwrap process, and the replica's own pid (the
-    first process of its namespace; signals go to it, bwrap does not pass them on). With
-    no network of its own, the port is bound here and the replica inherits the socket."""
+    """A fresh replica under ``bwrap``: the bwrap process, and the replica's own pid
+    (signals go to it, bwrap does not pass them on). With no network of its own, the port
+    is bound here and the replica inherits the socket. ``die_with_parent``: killed with
+    the thread that calls this (the replica then runs under bwrap's own init)."""
     listener = None
     if spec.network == sandbox.NETWORK_NONE:
         listener = listening_socket(spec.host, spec.port)
@@ -314,7 +315,7 @@ def launch_confined(
         die_with_parent=die_with_parent,
     )
     try:
-        process = _popen(
+        process = start_logged(
             confined,
             env,
             spec.log_path,
@@ -347,7 +348,7 @@ def launch_confined(
     return process, found[-1]
 
 
-def _popen(
+def start_logged(
     cmd: list[str],
     env: dict[str, str],
     log_path: str,

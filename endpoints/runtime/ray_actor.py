@@ -40,11 +40,11 @@ from . import sandbox
 from .base import ReplicaSpec
 from .local import (
     LocalRuntime,
-    _popen,
     launch_confined,
     replica_command,
     replica_environment,
     sandboxed_mode,
+    start_logged,
 )
 
 # Where a node keeps its downloaded models and replica logs (per installation namespace).
@@ -176,7 +176,7 @@ class ReplicaSupervisor:
                     "there (Debian: bubblewrap), or run models unconfined with SERVING_SANDBOX=off"
                 )
             return launch_confined(cmd, env, local, die_with_parent=True)
-        process = _popen(cmd, env, local.log_path, cwd=str(self.root), death_signal=True)
+        process = start_logged(cmd, env, local.log_path, cwd=str(self.root), death_signal=True)
         return process, process.pid
 
     def _download(self) -> Path:

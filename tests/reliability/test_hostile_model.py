@@ -4,7 +4,8 @@ replica starts: forked from the worker's zygote for an endpoint enabled through 
 launched fresh (``SERVING_REPLICA_START=spawn``), and in a per-model virtualenv built with
 pip (``SERVING_ENVIRONMENT=virtualenv``). Without a network of its own
 (``SERVING_SANDBOX_NETWORK=none``, the default) it reaches no service on the host's loopback;
-with the host's network it still cannot use Redis without its password.
+with the host's network (the test suite's worker runs with it) it still cannot use Redis
+without its password.
 
 Each probe reports ``"denied: …"`` or ``"ALLOWED: …"``; control probes (its own model file,
 its private temp) must succeed, so a probe that cannot work at all proves nothing.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import hostile
 import pytest
-from conftest import wait_for
+from conftest import SESSION_WORKER_NETWORK, wait_for
 from django.conf import settings
 
 from endpoints import registry
@@ -137,7 +138,10 @@ def test_a_hostile_model_forked_from_the_zygote_is_denied_everything(
         {"the worker": celery_worker_process.process.pid, "this Django process": os.getpid()},
         host_service,
     )
-    hostile.assert_confined(hostile.probe((replica.host, replica.port), targets), targets)
+    # The session's worker gives replicas the host's network (see ``_start_worker``).
+    network = SESSION_WORKER_NETWORK
+    report = hostile.probe((replica.host, replica.port), targets)
+    hostile.assert_confined(report, targets, network)
 
 
 # --- launched fresh, and in a per-model virtualenv ------------------------------------------

@@ -9,7 +9,7 @@ here: it marks the process so the runtime can find it again (see ``local.discove
 A replica forked from a zygote (``zygote``) runs the same ``serve`` with the same arguments.
 
 A replica without a network of its own (``sandbox.NETWORK_NONE``) cannot bind a port of
-the host: whoever starts it binds the port first (``listening_socket``) and hands it the
+the host: whoever starts it binds the port first (``base.listening_socket``) and hands it the
 socket, as ``--listen-fd`` to a launched one, as an object to a forked one. Connections
 to that socket arrive from the host as usual; the replica itself reaches nothing.
 """
@@ -21,10 +21,6 @@ import logging
 import os
 import socket
 import sys
-
-from .base import listening_socket
-
-__all__ = ["listening_socket", "parse_args", "serve"]
 
 SERVERS = ("serving-ui", "mlflow")
 

@@ -250,7 +250,7 @@ def process_command(
     die_with_parent: bool = False,
 ) -> list[str]:
     """``command`` (a fresh replica) confined to its model directory; with ``network``
-    ``none``, the socket it serves on must be passed to it (``replica.listening_socket``).
+    ``none``, the socket it serves on must be passed to it (``base.listening_socket``).
     ``die_with_parent``: killed when the process that starts bwrap dies."""
     view = View(read_only=[*system_paths(), *python_paths(python), *runtime_paths(), model_path])
     return [

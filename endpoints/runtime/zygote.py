@@ -39,6 +39,7 @@ from typing import Any
 import psutil
 
 from . import replica, sandbox
+from .base import listening_socket
 from .zygotes import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
 
 # Imported before the first fork; a module missing from an environment is skipped.
@@ -301,7 +302,7 @@ def _child(
         if CONFINEMENT is not None:
             own_network = bool(message.get("own_network"))
             if own_network:  # bound on the host's network, served from its own
-                sock = replica.listening_socket(args.host, args.port)
+                sock = listening_socket(args.host, args.port)
             model = os.path.realpath(message["model_path"])
             sandbox.confine_child(
                 model, CONFINEMENT.hidden, CONFINEMENT.uid, own_network=own_network

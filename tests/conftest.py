@@ -120,17 +120,12 @@ def _start_worker(log_dir: Path) -> ManagedProcess:
             str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
         ],
         log_dir,
-        # The gate models of the reliability suite (``fakes.gate_model``) reach the test
-        # over loopback. Replicas without a network of their own are proven by the
-        # hostile model's direct starts and by the Ray cluster's worker.
-        env={"SERVING_SANDBOX_NETWORK": SESSION_WORKER_NETWORK},
     ).start()
     _until_up(worker, lambda: "ready" in worker.output(), timeout=60, what="celery worker")
     return worker
 
 
 _WORKERS: list[ManagedProcess] = []
-SESSION_WORKER_NETWORK = "host"
 
 
 @pytest.fixture(scope="module")

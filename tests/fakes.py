@@ -7,6 +7,9 @@ servers load them without importing the test modules.
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
 from endpoints import registry
 
 
@@ -36,83 +39,89 @@ def unloadable_model():
 
 
 def gate_model(value: str):
-    """Answers ``value``; a request with a ``gate`` column (an ``HttpGate``'s URL) first
-    tells the gate it arrived, then waits (at most a minute) until the gate opens. The gate
-    is reached over loopback HTTP: a sandboxed model sees none of the test's files."""
+    """Answers ``value``; a request with a ``gate`` column (a ``Gate``'s key) first says in
+    its replica's log that it arrived, then waits (at most a minute) until a file of that
+    name appears in the model's ``gate`` artifact directory. A sandboxed model reaches no
+    network and sees none of the test's files, but its own model directory is the host's,
+    read-only: the test writes the file there (``Gate.open``). Register it with
+    ``artifacts=gate_artifacts()``."""
     import mlflow
 
-    class Gate(mlflow.pyfunc.PythonModel):
+    class GateModel(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            self.gates = context.artifacts["gate"]
+
         def predict(self, context, model_input, params=None):
+            import os
             import time
-            import urllib.request
 
             if "gate" in model_input.columns:
-                url = str(model_input["gate"][0])
-                urllib.request.urlopen(url + "/arrive", data=b"", timeout=10).close()
+                key = str(model_input["gate"][0])
+                print(f"gate {key} arrived", flush=True)
                 deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    with urllib.request.urlopen(url + "/open", timeout=10) as answer:
-                        if answer.read() == b"yes":
-                            break
-                    time.sleep(0.02)
+                while not os.path.exists(os.path.join(self.gates, key)):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
             return [value] * len(model_input)
 
-    return Gate()
+    return GateModel()
 
 
-class HttpGate:
-    """The test's side of ``gate_model``: counts arrivals and opens when told, served on
-    127.0.0.1 (the network is the one thing a sandboxed model shares with the test)."""
+def gate_artifacts() -> dict[str, str]:
+    """The (empty) ``gate`` artifact directory a ``gate_model`` is logged with."""
+    import tempfile
 
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    directory = Path(tempfile.mkdtemp(prefix="gate-artifact-")) / "gate"
+    directory.mkdir()
+    (directory / "README").write_text("Gate files appear here while a test runs.\n")
+    return {"gate": str(directory)}
 
-        gate = self
-        self.arrived = 0
-        self.opened = threading.Event()
-        self._lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                with gate._lock:
-                    gate.arrived += 1
-                self._answer(b"ok")
+class Gate:
+    """The test's side of ``gate_model``: ``key`` goes into a request's ``gate`` column;
+    ``arrived`` counts the requests that said so in a replica's log (under ``logs``);
+    ``open`` writes the key into every prepared copy of a gate model (under ``models``),
+    so held requests and later ones go on."""
 
-            def do_GET(self) -> None:
-                self._answer(b"yes" if gate.opened.is_set() else b"no")
+    def __init__(self, *, logs: Path, models: Path) -> None:
+        self.key = f"gate-{uuid.uuid4().hex}"
+        self.logs = logs
+        self.models = models
+        self._line = f"gate {self.key} arrived".encode()
 
-            def _answer(self, body: bytes) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    @property
+    def arrived(self) -> int:
+        count = 0
+        for log in self.logs.rglob("*.log*"):
+            try:
+                count += log.read_bytes().count(self._line)
+            except OSError:
+                continue  # rotated or removed meanwhile
+        return count
 
     def open(self) -> None:
-        self.opened.set()
+        for directory in self.models.rglob("artifacts/gate"):
+            (directory / self.key).touch()
 
-    def close(self) -> None:
-        self.opened.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> HttpGate:
+    def __enter__(self) -> Gate:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.open()
 
 
-def register(name: str, model, stage: str | None = None) -> str:
-    """Log ``model`` as a new version of ``name``; with ``stage``, move it there (archiving
-    the stage's other versions). Returns the version number."""
+def register(
+    name: str,
+    model,
+    stage: str | None = None,
+    *,
+    artifacts: dict[str, str] | None = None,
+    model_config: dict | None = None,
+) -> str:
+    """Log ``model`` (with ``artifacts`` and ``model_config``) as a new version of ``name``;
+    with ``stage``, move it there (archiving the stage's other versions). Returns the
+    version number."""
     import mlflow
 
     registry.configure_mlflow()
@@ -120,6 +129,8 @@ def register(name: str, model, stage: str | None = None) -> str:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=model,
+            artifacts=artifacts,
+            model_config=model_config,
             registered_model_name=name,
             pip_requirements=["mlflow"],
         )

@@ -109,10 +109,17 @@ class Runtime(Protocol):
 def listening_socket(host: str, port: int) -> socket.socket:
     """``host:port`` bound (not yet listening: the replica starts listening once its model
     is loaded), inheritable by a process started next: how a replica without a network of
-    its own gets its port (``replica --listen-fd``)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    its own gets its port (``replica --listen-fd``).
+
+    Made with ``IPPROTO_TCP``, not 0: asyncio turns Nagle off only on sockets whose
+    ``proto`` says TCP, and the connections a forked replica accepts on this very object
+    inherit it (with Nagle on, every keep-alive answer waits ~40 ms for the client's
+    delayed ACK). ``TCP_NODELAY`` on the listener is inherited by them too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from . import sandbox
+from . import confine, sandbox, seccomp
 from .base import Placement, ReplicaSpec, listening_socket, ping
 from .zygotes import (
     Zygotes,
@@ -62,7 +62,6 @@ LAUNCHER_MODULE = "endpoints.runtime.replica"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 # How long a sandboxed replica may take to be exec'd by bwrap (not to load its model).
 START_IN_SANDBOX_SECONDS = 10.0
-PR_SET_PDEATHSIG = 1
 
 # Only what a model server needs; never the product's secrets (SECRET_KEY, DATABASE_URL,
 # REDIS_URL, tokens) or the caller's credentials.
@@ -303,8 +302,9 @@ def launch_confined(
     (signals go to it, bwrap does not pass them on). With no network of its own, the port
     is bound here and the replica inherits the socket. ``die_with_parent``: killed with
     the thread that calls this (the replica then runs under bwrap's own init)."""
-    listener = None
+    listener = filter_fd = None
     if spec.network == sandbox.NETWORK_NONE:
+        filter_fd = seccomp.program_fd()
         listener = listening_socket(spec.host, spec.port)
         cmd = [*cmd, "--listen-fd", str(listener.fileno())]
     confined = sandbox.process_command(
@@ -313,6 +313,7 @@ def launch_confined(
         model_path=spec.model_path,
         network=spec.network,
         die_with_parent=die_with_parent,
+        seccomp_fd=filter_fd,
     )
     try:
         process = start_logged(
@@ -320,12 +321,14 @@ def launch_confined(
             env,
             spec.log_path,
             cwd="/",
-            pass_fds=(listener.fileno(),) if listener else (),
+            pass_fds=(listener.fileno(), filter_fd) if listener is not None else (),
             death_signal=die_with_parent,
         )
     finally:
         if listener is not None:
             listener.close()  # the replica holds the port now
+        if filter_fd is not None:
+            os.close(filter_fd)
 
     def replica() -> int | None:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -376,9 +379,7 @@ def start_logged(
 
 def _kill_with_parent() -> None:
     """In the child before exec: SIGKILL when the thread that started it ends."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    confine.prctl(confine.PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def sandboxed_mode(requested: str) -> str:

@@ -42,7 +42,6 @@ unprivileged user before any model code runs.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import sys
@@ -248,9 +247,11 @@ def process_command(
     model_path: str,
     network: str = NETWORK_NONE,
     die_with_parent: bool = False,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """``command`` (a fresh replica) confined to its model directory; with ``network``
-    ``none``, the socket it serves on must be passed to it (``base.listening_socket``).
+    ``none``, the socket it serves on must be passed to it (``base.listening_socket``),
+    and so must the filter that keeps it from connecting (``seccomp_fd``).
     ``die_with_parent``: killed when the process that starts bwrap dies."""
     view = View(read_only=[*system_paths(), *python_paths(python), *runtime_paths(), model_path])
     return [
@@ -262,6 +263,7 @@ def process_command(
         *(["--die-with-parent"] if die_with_parent else []),
         *view.args(),
         *capability_args(DROP_CAPS if sandbox_uid() is not None else ()),
+        *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
         "--chdir",
         TMP,
         "--",
@@ -370,126 +372,3 @@ def make_readable(path: Path) -> None:
 def environment(env: dict[str, str]) -> dict[str, str]:
     """A sandboxed process's environment: ``env`` with a private home and temp."""
     return {**env, **PRIVATE_ENV}
-
-
-# --- confining a zygote's child (Linux system calls) ------------------------------------------
-
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWUSER = 0x10000000
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
-MS_REMOUNT = 32
-MS_BIND = 4096
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
-MNT_DETACH = 2
-PR_SET_NO_NEW_PRIVS = 38
-PR_SET_CHILD_SUBREAPER = 36
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
-    _check(
-        _libc.mount(
-            source.encode() if source else None,
-            target.encode(),
-            fstype.encode() if fstype else None,
-            ctypes.c_ulong(flags),
-            data.encode() if data else None,
-        ),
-        f"mount {target}",
-    )
-
-
-def become_subreaper() -> None:
-    """A zygote adopts the replicas its short-lived intermediate children leave behind."""
-    _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
-
-
-def new_namespaces() -> None:
-    """In a zygote's child, before it forks the replica: new mount and process namespaces
-    (the replica, forked next, is process 1 of its own namespace)."""
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID), "unshare")
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-
-
-def confine_child(
-    model_path: str, hidden: list[str], uid: int | None, *, own_network: bool = False
-) -> None:
-    """In the replica, before any model code: only ``model_path`` of the ``hidden``
-    directories stays in view (read-only), a fresh ``/proc`` (its own processes) and
-    ``/tmp``, with ``own_network`` a network namespace of its own (sockets bound before
-    stay on the host's), then the unprivileged user and ``no_new_privs`` (no capability
-    left to undo any of it)."""
-    if own_network:
-        _check(_libc.unshare(CLONE_NEWNET), "unshare(net)")
-        _loopback_up()
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    # The model directory, held open while what contains it is covered, is bound back from
-    # the descriptor.
-    model = os.open(model_path, os.O_PATH | os.O_DIRECTORY)
-    covers = [TMP]
-    for path in sorted(hidden, key=len):
-        if not any(_within(path, cover) for cover in covers):
-            covers.append(path)
-    for path in covers:
-        _mount(
-            "tmpfs",
-            path,
-            "tmpfs",
-            MS_NOSUID | MS_NODEV,
-            "mode=1777" if path == TMP else "mode=0755",
-        )
-    if os.path.isdir(SHM):
-        _mount("tmpfs", SHM, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    os.makedirs(model_path, mode=0o755, exist_ok=True)
-    _mount(f"/proc/self/fd/{model}", model_path, None, MS_BIND | MS_REC)
-    _mount(None, model_path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    os.close(model)
-    for path in covers:
-        if path != TMP:
-            _mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755")
-    _drop(uid)
-
-
-SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-IFREQ = "16sH22x"  # struct ifreq: the interface name, then its flags (40 bytes)
-
-
-def _loopback_up() -> None:
-    """A new network namespace's loopback interface starts down (bwrap brings it up for
-    a launched replica; this does the same for a forked one)."""
-    import fcntl
-    import socket
-    import struct
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        request = struct.pack(IFREQ, b"lo", 0)
-        flags = struct.unpack(IFREQ, fcntl.ioctl(s, SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
-
-
-def _within(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
-def _drop(uid: int | None) -> None:
-    if uid is not None:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)  # clears every capability
-    else:
-        # Not root: a user namespace of its own leaves it no capability over its mounts.
-        _check(_libc.unshare(CLONE_NEWUSER), "unshare(user)")
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")

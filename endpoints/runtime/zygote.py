@@ -38,7 +38,7 @@ from typing import Any
 
 import psutil
 
-from . import replica, sandbox
+from . import confine, replica
 from .base import listening_socket
 from .zygotes import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
 
@@ -92,7 +92,7 @@ def main() -> None:
             hidden=args.hide,
             uid=args.sandbox_uid if args.sandbox_uid >= 0 else None,
         )
-        sandbox.become_subreaper()
+        confine.become_subreaper()
     started = time.monotonic()
     warmed = _warm_up()
     print(
@@ -222,7 +222,7 @@ def _read_line(conn: socket.socket) -> tuple[bytes, list[int]]:
 
 @dataclass(frozen=True)
 class Confinement:
-    """How a sandboxed zygote's children confine themselves (``sandbox.confine_child``)."""
+    """How a sandboxed zygote's children confine themselves (``confine.confine_child``)."""
 
     models_root: str
     hidden: list[str]
@@ -264,7 +264,7 @@ def _fork_confined(
         os.close(read_end)
         code = 1
         try:
-            sandbox.new_namespaces()
+            confine.new_namespaces()
             replica_pid = os.fork()
             if replica_pid == 0:
                 os.close(write_end)
@@ -303,8 +303,9 @@ def _child(
             own_network = bool(message.get("own_network"))
             if own_network:  # bound on the host's network, served from its own
                 sock = listening_socket(args.host, args.port)
+            confine.close_inherited(sock.fileno() if sock is not None else None)
             model = os.path.realpath(message["model_path"])
-            sandbox.confine_child(
+            confine.confine_child(
                 model, CONFINEMENT.hidden, CONFINEMENT.uid, own_network=own_network
             )
         os.environ.clear()

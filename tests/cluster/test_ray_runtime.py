@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import threading
 import uuid
 from collections import Counter
@@ -307,7 +306,9 @@ def test_a_hostile_model_on_a_ray_node_is_denied_everything(
     from endpoints.provisioning import environments
     from endpoints.runtime import ray_actor
 
-    register(name, hostile.hostile_model(), "Production")
+    service = hostile.HostService()
+    model_config = {"host_port": service.port}
+    register(name, hostile.hostile_model(), "Production", model_config=model_config)
     services.endpoint_enable(name=name, user=owner)
     replica = wait_for(
         lambda: next(iter(running(name, "1")), None), timeout=READY_TIMEOUT, what="its replica"
@@ -317,16 +318,19 @@ def test_a_hostile_model_on_a_ray_node_is_denied_everything(
     other = environments.prepare("iris-classifier", "1").model_path
     ray_port = int(ray_stack.cluster.address.rsplit(":", 1)[1])
     web_port = int(ray_stack.base.rsplit(":", 1)[1])
-    with socket.create_server(("127.0.0.1", 0)) as listening:
+    try:
         targets = hostile.targets(
             str(own_model),
             other,
             {"the worker": ray_stack.worker.process.pid, "this Django process": os.getpid()},
-            listening.getsockname()[1],
+            service.port,
             models_root=str(node_models),
             services={"the Ray cluster": ray_port, "the product": web_port},
         )
         hostile.assert_confined(hostile.probe((replica.host, replica.port), targets), targets)
+        assert service.accepted == 0
+    finally:
+        service.close()
 
     disable_and_check_nothing_left(name, owner)
 

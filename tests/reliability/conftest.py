@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import wait_for
-from fakes import HttpGate
+from fakes import Gate
 
 from endpoints.models import (
     Replica,
@@ -200,7 +200,10 @@ def deployment(live, django_db_blocker) -> Iterator:
 
 
 @pytest.fixture
-def http_gate() -> Iterator[HttpGate]:
-    """A gate for ``fakes.gate_model`` on 127.0.0.1, opened and stopped after the test."""
-    with HttpGate() as gate:
+def gate() -> Iterator[Gate]:
+    """A gate for ``fakes.gate_model`` replicas of this run, opened after the test."""
+    from endpoints.provisioning import environments
+
+    data = environments.data_dir()
+    with Gate(logs=data / "logs", models=data / "models") as gate:
         yield gate

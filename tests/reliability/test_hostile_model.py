@@ -21,7 +21,7 @@ from pathlib import Path
 
 import hostile
 import pytest
-from conftest import SESSION_WORKER_NETWORK, wait_for
+from conftest import wait_for
 from django.conf import settings
 
 from endpoints import registry
@@ -35,9 +35,19 @@ pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.time
 
 
 @pytest.fixture(scope="module")
-def hostile_model(demo_registry) -> str:
+def host_service() -> Iterator[hostile.HostService]:
+    """A service listening on the host's loopback, as Redis, the gateway or another
+    replica does; it counts the connections it gets."""
+    service = hostile.HostService()
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def hostile_model(demo_registry, host_service) -> str:
     """Registered in the real registry (and prepared next to the demo's iris model, so
-    another model's files exist on the host)."""
+    another model's files exist on the host); it aims the sockets it holds at
+    ``host_service`` while it loads."""
     import mlflow
 
     name = f"hostile-{uuid.uuid4().hex[:6]}"
@@ -46,6 +56,7 @@ def hostile_model(demo_registry) -> str:
         mlflow.pyfunc.log_model(
             name="model",
             python_model=hostile.hostile_model(),
+            model_config={"host_port": host_service.port},
             registered_model_name=name,
             # One requirement the product's environment satisfies: a virtualenv build of it
             # resolves without downloading.
@@ -67,16 +78,6 @@ def secret_in_environment() -> Iterator[None]:
 def other_model(demo_registry) -> str:
     """Another model's files on this host (the demo iris model, in the product's env)."""
     return environments.prepare("iris-classifier", "1").model_path
-
-
-@pytest.fixture
-def host_service() -> Iterator[int]:
-    """A service listening on the host's loopback, as Redis, the gateway or another
-    replica does: its port."""
-    import socket
-
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        yield server.getsockname()[1]
 
 
 # --- forked from the worker's zygote, for an endpoint enabled through the product -------------
@@ -136,12 +137,12 @@ def test_a_hostile_model_forked_from_the_zygote_is_denied_everything(
         model_path,
         other_model,
         {"the worker": celery_worker_process.process.pid, "this Django process": os.getpid()},
-        host_service,
+        host_service.port,
     )
-    # The session's worker gives replicas the host's network (see ``_start_worker``).
-    network = SESSION_WORKER_NETWORK
+    # The worker's defaults: the sandbox, and no network.
     report = hostile.probe((replica.host, replica.port), targets)
-    hostile.assert_confined(report, targets, network)
+    hostile.assert_confined(report, targets, sandbox.NETWORK_NONE)
+    assert host_service.accepted == 0
 
 
 # --- launched fresh, and in a per-model virtualenv ------------------------------------------
@@ -218,9 +219,12 @@ def test_a_hostile_model_is_denied_everything_however_its_replica_starts(
             prepared.model_path,
             other_model,
             {"the worker": celery_worker_process.process.pid, "this Django process": os.getpid()},
-            host_service,
+            host_service.port,
         )
+        accepted = host_service.accepted
         hostile.assert_confined(hostile.probe((spec.host, spec.port), targets), targets, network)
+        if network == sandbox.NETWORK_NONE:
+            assert host_service.accepted == accepted
     finally:
         LocalRuntime().stop(pid, spec.replica_id, grace_seconds=5)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 from conftest import serve_product, wait_for
-from fakes import constant_model, gate_model, register
+from fakes import constant_model, gate_artifacts, gate_model, register
 
 from endpoints.models import ReplicaState
 
@@ -100,13 +100,12 @@ def test_a_hung_replica_answers_504_at_the_timeout_and_is_replaced_after_repeate
 
 
 def test_a_full_queue_refuses_extra_requests_quickly_and_held_ones_succeed(
-    deployment, small_gateway, http_gate
+    deployment, small_gateway, gate
 ):
-    register(deployment.name, gate_model("held"), "Production")
+    register(deployment.name, gate_model("held"), "Production", artifacts=gate_artifacts())
     deployment.enable()
     deployment.wait_serving("Production", "1")
-    gate = http_gate
-    body = {"dataframe_records": [{"gate": gate.url}]}
+    body = {"dataframe_records": [{"gate": gate.key}]}
     held: list[requests.Response] = []
 
     def hold() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import wait_for
-from fakes import constant_model, gate_model, register, unloadable_model
+from fakes import constant_model, gate_artifacts, gate_model, register, unloadable_model
 
 from endpoints.models import EventType, ReplicaState, ServiceState
 
@@ -103,16 +103,15 @@ def test_a_version_that_fails_to_load_never_receives_traffic(deployment):
 
 
 def test_a_request_held_in_the_old_version_during_the_switch_still_gets_its_answer(
-    deployment, http_gate
+    deployment, gate
 ):
     name = deployment.name
-    register(name, gate_model("v1"), "Staging")
+    register(name, gate_model("v1"), "Staging", artifacts=gate_artifacts())
     deployment.enable()
     deployment.wait_serving("Staging", "1")
     [old] = deployment.replicas("1")
-    gate = http_gate
     held: list[requests.Response] = []
-    body = {"dataframe_records": [{"gate": gate.url}]}
+    body = {"dataframe_records": [{"gate": gate.key}]}
     client = threading.Thread(target=lambda: held.append(deployment.score("Staging", body)))
     client.start()
     wait_for(lambda: gate.arrived, timeout=30, what="the request inside v1")

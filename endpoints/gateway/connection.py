@@ -158,9 +158,15 @@ class FrontDoorProtocol(H11Protocol):
         self._following = key
         self._cancel_timer()
         if state is h11.IDLE:
-            self._timer = self.loop.call_later(self.head_timeout, self.close)
+            self._timer = self.loop.call_later(self.head_timeout, self._head_overdue)
         elif state is h11.SEND_BODY:
             self._timer = self.loop.call_later(self.body_timeout, self._body_overdue)
+
+    def _head_overdue(self) -> None:
+        # Nothing was answered, so there is nothing to linger for: a plain close.
+        self._timer = None
+        self.closing = True
+        self.raw.close()
 
     def _body_overdue(self) -> None:
         self._timer = None
@@ -193,13 +199,17 @@ class FrontDoorProtocol(H11Protocol):
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
         ]
-        reason = HTTPStatus(error.status).phrase.encode()
+        events = (
+            h11.Response(
+                status_code=error.status,
+                headers=headers,
+                reason=HTTPStatus(error.status).phrase.encode(),
+            ),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        )
         try:
-            data = self.conn.send(
-                h11.Response(status_code=error.status, headers=headers, reason=reason)
-            )
-            data = (data or b"") + (self.conn.send(h11.Data(data=body)) or b"")
-            data += self.conn.send(h11.EndOfMessage()) or b""
+            data = b"".join(self.conn.send(event) or b"" for event in events)
         except h11.LocalProtocolError:
             data = b""  # an answer had begun: there is nothing more to say
         if data and not self.raw.is_closing():

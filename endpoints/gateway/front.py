@@ -177,7 +177,7 @@ class Scoring:
         self.headers = {
             name: value.decode("latin-1")
             for name, value in scope["headers"]
-            if name in (b"authorization", b"content-type", b"content-length")
+            if name in (b"authorization", b"content-type")
         }
 
     async def run(self, receive: Receive, send: Send, extra: Iterable[Header] = ()) -> None:

@@ -62,22 +62,17 @@ class RouteLimits:
     def from_settings(cls) -> RouteLimits:
         scoring = scoring_limit(int(settings.SERVING["MAX_PAYLOAD_BYTES"]))
         api = int(settings.API_MAX_BODY_BYTES)
+        api_message = f"The request body exceeds the API's limit of {api} bytes"
         # No page takes a file: Django refuses a form body over this size anyway, so the
         # front door need not read more of one. Without Django's limit, pages get scoring's.
         pages = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        pages_message = f"The request body exceeds the pages' limit of {pages} bytes"
         return cls(
             scoring=scoring,
-            api=Limit(
-                api,
-                f"The request body exceeds the API's limit of {api} bytes (API_MAX_BODY_BYTES).",
-            ),
+            api=Limit(api, f"{api_message} (API_MAX_BODY_BYTES)."),
             pages=scoring
             if pages is None
-            else Limit(
-                pages,
-                f"The request body exceeds the pages' limit of {pages} bytes "
-                "(DATA_UPLOAD_MAX_MEMORY_SIZE).",
-            ),
+            else Limit(pages, f"{pages_message} (DATA_UPLOAD_MAX_MEMORY_SIZE)."),
         )
 
 

@@ -33,21 +33,24 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def token_from_authorization(header: str | None) -> str | None:
-    """The token in an Authorization header value, or None when there is none."""
+    """The token in an Authorization header value, or None when there is none.
+
+    Tokens are ASCII (URL-safe base64): any other credential is malformed, answered like
+    a missing one, and never reaches a comparison that only takes ASCII text."""
     if not header:
         return None
     scheme, _, value = header.strip().partition(" ")
     scheme = scheme.lower()
     value = value.strip()
     if scheme == "bearer" and value:
-        return value
+        return value if value.isascii() else None
     if scheme == "basic" and value:
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             return None
         user, sep, password = decoded.partition(":")
-        if sep and user == "token" and password:
+        if sep and user == "token" and password and password.isascii():
             return password
     return None
 

@@ -156,4 +156,7 @@ def scrape_allowed(raw_token: str | None, *, is_admin: bool) -> bool:
     if is_admin:
         return True
     expected = settings.METRICS["TOKEN"]
-    return bool(expected and raw_token and hmac.compare_digest(raw_token, expected))
+    # As bytes: compare_digest refuses text with non-ASCII characters (a TypeError).
+    return bool(
+        expected and raw_token and hmac.compare_digest(raw_token.encode(), expected.encode())
+    )

@@ -4,7 +4,7 @@ Scoring requests (``/model/…`` and ``/model-endpoint/…``) are answered by th
 the event loop. Everything else (UI, API, admin) is Django's WSGI app in a thread pool
 (a2wsgi): it served the login page at 2.5x the rate of Django's own ASGI handler here,
 whose per-request thread hand-offs cost more than the page (docs/performance.md). Each
-request's body is read on the loop first (``WholeBody``), so slow clients never hold a
+request's body is read on the loop first (``whole_body``), so slow clients never hold a
 thread.
 """
 
@@ -19,15 +19,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "serving_ui.settings")
 django_application = get_wsgi_application()
 
 from a2wsgi import WSGIMiddleware  # noqa: E402
-from django.conf import settings  # noqa: E402
 
-from endpoints.gateway.front import FrontDoor, WholeBody  # noqa: E402  (needs Django set up)
+from endpoints.gateway.front import FrontDoor  # noqa: E402  (needs Django set up)
 
 # Threads per process for pages: each runs one view at a time, bodies are already read.
 PAGE_THREADS = 16
-# The web UI's request sender posts a scoring body inside a form, encoded.
-MAX_PAGE_BODY = 4 * int(settings.SERVING["MAX_PAYLOAD_BYTES"])
 
-application = FrontDoor(
-    WholeBody(WSGIMiddleware(django_application, workers=PAGE_THREADS), MAX_PAGE_BODY)
-)
+application = FrontDoor(WSGIMiddleware(django_application, workers=PAGE_THREADS))

@@ -226,8 +226,13 @@ SERVING = {
     "MAX_IN_FLIGHT_PER_ENDPOINT": envint("SERVING_MAX_IN_FLIGHT_PER_ENDPOINT", "256"),
     # A replica answer larger than this is refused (502) instead of held in memory.
     "MAX_RESPONSE_BYTES": envint("SERVING_MAX_RESPONSE_BYTES", str(64 * 1024 * 1024)),
-    # A connection that has not sent a complete request head by then is closed.
+    # A request head (every one on a kept-alive connection) not complete by then closes
+    # the connection; a request body not complete by then is answered 408 and closed.
     "HEADER_TIMEOUT_SECONDS": envfloat("SERVING_HEADER_TIMEOUT_SECONDS", "30"),
+    "BODY_TIMEOUT_SECONDS": envfloat("SERVING_BODY_TIMEOUT_SECONDS", "60"),
+    # The bytes of request bodies one web process holds at once (any route); beyond it,
+    # 503 TEMPORARILY_UNAVAILABLE.
+    "MAX_BUFFERED_BODY_BYTES": envint("SERVING_MAX_BUFFERED_BODY_BYTES", str(256 * 1024 * 1024)),
     "SCALE_TO_ZERO_AFTER_SECONDS": envfloat("SERVING_SCALE_TO_ZERO_AFTER_SECONDS", "900"),
     "COLD_START_TIMEOUT_SECONDS": envfloat("SERVING_COLD_START_TIMEOUT_SECONDS", "180"),
     "REPLICA_START_TIMEOUT_SECONDS": envfloat("SERVING_REPLICA_START_TIMEOUT_SECONDS", "120"),
@@ -273,6 +278,11 @@ SERVING = {
     # actor per replica on the nodes of the Ray cluster at RAY_ADDRESS; docs/deploy.md).
     "RUNTIME": envchoice("SERVING_RUNTIME", "local", ("local", "ray")),
 }
+if SERVING["MAX_BUFFERED_BODY_BYTES"] < SERVING["MAX_PAYLOAD_BYTES"]:
+    raise ValueError(
+        "SERVING_MAX_BUFFERED_BODY_BYTES is below SERVING_MAX_PAYLOAD_BYTES: no body of the "
+        "largest allowed size could ever be read"
+    )
 if SERVING["SANDBOX"] == "bwrap" and not shutil.which("bwrap"):
     raise ValueError("SERVING_SANDBOX=bwrap but bubblewrap (bwrap) is not installed")
 

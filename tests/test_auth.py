@@ -25,7 +25,18 @@ def test_basic_auth_with_user_token_gives_the_password():
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "Bearer", "Token sui_abc", basic("alice", "sui_abc"), "Basic !!!notbase64"],
+    [
+        None,
+        "",
+        "Bearer",
+        "Token sui_abc",
+        basic("alice", "sui_abc"),
+        "Basic !!!notbase64",
+        # Tokens are ASCII: anything else is malformed (the header arrives as latin-1).
+        "Bearer tökén",
+        "Bearer " + "tökén €".encode().decode("latin-1"),
+        basic("token", "tökén"),
+    ],
 )
 def test_other_headers_give_no_token(header):
     assert token_from_authorization(header) is None

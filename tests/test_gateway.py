@@ -20,7 +20,17 @@ from endpoints.gateway.app import (
     status_line,
     translate_answer,
 )
-from endpoints.gateway.front import ClientGone, WholeBody, origin_path, read_body
+from endpoints.gateway.bodies import (
+    BadFraming,
+    BodyBudget,
+    ClientGone,
+    Limit,
+    OverBudget,
+    RouteLimits,
+    early_refusal,
+    read_body,
+)
+from endpoints.gateway.front import body_limit, origin_path, whole_body
 from endpoints.gateway.reporting import LoadTracker
 from endpoints.gateway.streams import StreamUpstream
 from endpoints.gateway.upstream import (
@@ -135,22 +145,28 @@ def _receiver(*chunks: bytes, disconnect: bool = False):
     return receive
 
 
+LIMIT = Limit(100, "over 100")
+
+
+def _read(receive, limit: Limit = LIMIT, budget: BodyBudget | None = None) -> bytes:
+    budget = budget or BodyBudget(1000)
+
+    async def read() -> bytes:
+        with budget.hold() as hold:
+            return await read_body(receive, limit, hold)
+
+    return asyncio.run(read())
+
+
 def test_body_is_read_up_to_the_limit():
-    assert asyncio.run(read_body(_receiver(b"x" * 100), "100", 100)) == b"x" * 100
-    assert asyncio.run(read_body(_receiver(b"x" * 60, b"x" * 40), None, 100)) == b"x" * 100
-
-
-def test_body_over_the_limit_is_refused_by_its_length_without_reading_it():
-    receive = _receiver(b"x" * 101)
-    with pytest.raises(PayloadTooLarge):
-        asyncio.run(read_body(receive, "101", limit=100))
-    assert receive.taken == []
+    assert _read(_receiver(b"x" * 100)) == b"x" * 100
+    assert _read(_receiver(b"x" * 60, b"x" * 40)) == b"x" * 100
 
 
 def test_chunked_body_over_the_limit_is_refused_while_reading_and_the_rest_left_unread():
     receive = _receiver(*[b"x" * 50_000] * 10)
     with pytest.raises(PayloadTooLarge):
-        asyncio.run(read_body(receive, None, limit=100_000))
+        _read(receive, Limit(100_000, "over"), BodyBudget(MIB))
     assert len(receive.taken) == 3
 
 
@@ -160,12 +176,76 @@ def test_a_413_closes_the_connection():
 
 def test_a_client_that_leaves_mid_body_gets_no_answer():
     with pytest.raises(ClientGone):
-        asyncio.run(read_body(_receiver(b"x", disconnect=True), None, limit=100))
+        _read(_receiver(b"x", disconnect=True))
+
+
+# --- judged from the head: the route's limit, the framing, the process's budget -------------
+
+
+def _headers(length: int | None = None, *, chunked: bool = False) -> list[tuple[bytes, bytes]]:
+    headers = [(b"host", b"127.0.0.1")]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    if chunked:
+        headers.append((b"transfer-encoding", b"chunked"))
+    return headers
+
+
+def test_a_body_is_judged_by_its_content_length_before_it_is_read():
+    budget = BodyBudget(1000)
+    assert early_refusal(_headers(100), LIMIT, budget) is None
+    assert early_refusal(_headers(chunked=True), LIMIT, budget) is None  # judged while read
+    assert early_refusal(_headers(), LIMIT, budget) is None
+    too_large = early_refusal(_headers(101), LIMIT, budget)
+    assert isinstance(too_large, PayloadTooLarge) and too_large.message == "over 100"
+
+
+def test_both_content_length_and_transfer_encoding_are_refused_and_close_the_connection():
+    refusal = early_refusal(_headers(5, chunked=True), LIMIT, BodyBudget(1000))
+    assert isinstance(refusal, BadFraming) and refusal.status == 400
+    assert ("Connection", "close") in error_answer(refusal).headers
 
 
 def test_invalid_content_length_is_a_bad_request():
-    with pytest.raises(BadRequest):
-        asyncio.run(read_body(_receiver(b""), "ten", limit=100))
+    refusal = early_refusal([(b"content-length", b"ten")], LIMIT, BodyBudget(1000))
+    assert isinstance(refusal, BadFraming)
+
+
+def test_the_budget_counts_what_requests_hold_and_gives_it_back():
+    budget = BodyBudget(150)
+    with budget.hold() as first:
+        first.take(100)
+        assert budget.held == 100
+        assert isinstance(early_refusal(_headers(51), LIMIT, budget), OverBudget)
+        assert early_refusal(_headers(50), LIMIT, budget) is None
+        with pytest.raises(OverBudget):
+            _read(_receiver(b"x" * 30, b"x" * 30), budget=budget)
+        # The refused request gave back what it had taken.
+        assert budget.held == 100
+    assert budget.held == 0
+
+
+def test_a_body_over_the_budget_is_a_503_that_closes_the_connection():
+    answer = error_answer(BodyBudget(10).refusal())
+    assert answer.status == 503
+    assert json.loads(answer.body)["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert ("Retry-After", "1") in answer.headers
+    assert ("Connection", "close") in answer.headers
+
+
+def test_each_route_has_its_own_body_limit(settings):
+    settings.API_MAX_BODY_BYTES = 1000
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2000
+    settings.SERVING = {**settings.SERVING, "MAX_PAYLOAD_BYTES": 3 * MIB}
+    limits = RouteLimits.from_settings()
+    assert body_limit(limits, "/model-endpoint/m/Production/invocations").size == 3 * MIB
+    assert body_limit(limits, "/model/m/1/invocations").size == 3 * MIB
+    assert body_limit(limits, "/api/2.0/preview/mlflow/endpoints-v2/enable").size == 1000
+    assert "API_MAX_BODY_BYTES" in body_limit(limits, "/api/x").message
+    assert body_limit(limits, "/login/").size == 2000
+    assert body_limit(limits, "/admin/login/").size == 2000
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = None
+    assert body_limit(RouteLimits.from_settings(), "/login/").size == 3 * MIB
 
 
 def test_absolute_form_targets_are_routed_by_their_path():
@@ -466,7 +546,7 @@ def test_streams_time_out_on_a_silent_replica_and_report_a_refused_one():
 # --- page requests: the body is read on the loop before the page app runs ----------------------
 
 
-def _run_whole_body(receive, limit: int = 100):
+def _run_whole_body(receive, limit: int = 100, budget: BodyBudget | None = None):
     seen = {}
     sent = []
 
@@ -476,7 +556,8 @@ def _run_whole_body(receive, limit: int = 100):
     async def send(message):
         sent.append(message)
 
-    asyncio.run(WholeBody(page_app, limit)({"type": "http"}, receive, send))
+    budget = budget or BodyBudget(1000)
+    asyncio.run(whole_body(page_app, {"type": "http"}, receive, send, Limit(limit, "over"), budget))
     return seen, sent
 
 
@@ -489,3 +570,19 @@ def test_a_page_body_over_the_limit_is_refused_before_the_app_runs():
     seen, sent = _run_whole_body(_receiver(b"x" * 60, b"x" * 60))
     assert seen == {}
     assert sent[0]["status"] == 413
+
+
+def test_a_page_body_counts_against_the_budget_until_the_page_has_answered():
+    budget = BodyBudget(1000)
+    during = []
+
+    async def page_app(scope, receive, send):
+        during.append(budget.held)
+
+    async def send(message):
+        pass
+
+    receive = _receiver(b"a=1&", b"b=2")
+    asyncio.run(whole_body(page_app, {"type": "http"}, receive, send, LIMIT, budget))
+    assert during == [7]
+    assert budget.held == 0

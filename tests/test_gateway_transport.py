@@ -67,7 +67,12 @@ def test_an_error_body_that_is_not_an_object_loses_its_content(settings):
 
 
 def _call(
-    *, scheme: str = "http", host: str = "127.0.0.1:8000", headers=(), path: str = SCORING
+    *,
+    scheme: str = "http",
+    host: str = "127.0.0.1:8000",
+    headers=(),
+    path: str = SCORING,
+    method: str = "POST",
 ) -> tuple[int, dict[bytes, bytes], dict]:
     """One request through the front door; (status, headers, JSON body)."""
     pages = []
@@ -77,7 +82,7 @@ def _call(
 
     scope = {
         "type": "http",
-        "method": "POST",
+        "method": method,
         "path": path,
         "scheme": scheme,
         "headers": [(b"host", host.encode()), *headers],
@@ -175,3 +180,44 @@ def test_scoring_request_with_an_allowed_host_goes_on(fresh_gateway, settings):
     fresh_gateway()
     assert _call(host="serving.example.com:443")[0] == 401
     assert _call(host="127.0.0.1:8000")[0] == 401
+
+
+# --- /metrics follows the same rules; health probes only get the headers ------------------------
+
+
+def test_metrics_over_plain_http_is_refused_when_ssl_redirect_is_on(fresh_gateway, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.METRICS = {"TOKEN": "scrape-secret", "LISTEN": ""}
+    fresh_gateway()
+    auth = [(b"authorization", b"Bearer scrape-secret")]
+    status, headers, body = _call(path="/metrics", method="GET", headers=auth)
+    assert status == 403 and "HTTPS" in body["message"]
+    assert headers[b"x-content-type-options"] == b"nosniff"
+
+
+def test_metrics_from_a_host_not_in_allowed_hosts_is_refused(fresh_gateway, settings):
+    settings.ALLOWED_HOSTS = ["127.0.0.1"]
+    fresh_gateway()
+    status, _, body = _call(path="/metrics", method="GET", host="evil.example")
+    assert status == 400 and "ALLOWED_HOSTS" in body["message"]
+
+
+def test_metrics_over_https_carries_hsts(fresh_gateway, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_HSTS_SECONDS = 60
+    settings.SECURE_PROXY_SSL_HEADER = None
+    fresh_gateway()
+    status, headers, _ = _call(path="/metrics", method="GET", scheme="https")
+    assert status == 401
+    assert headers[b"strict-transport-security"] == b"max-age=60"
+
+
+def test_health_probes_answer_any_host_over_plain_http(fresh_gateway, settings):
+    # A probe reaches a process by its address, over plain HTTP (as Django's
+    # SECURE_REDIRECT_EXEMPT would let it).
+    settings.SECURE_SSL_REDIRECT = True
+    settings.ALLOWED_HOSTS = ["serving.example.com"]
+    fresh_gateway()
+    status, headers, body = _call(path="/healthz", method="GET", host="10.0.0.7:8000")
+    assert status == 200 and body == {"status": "ok"}
+    assert headers[b"x-content-type-options"] == b"nosniff"

@@ -174,6 +174,14 @@ def test_an_empty_metrics_token_matches_nothing():
     assert ask("/metrics", "Bearer ").status == 401
 
 
+@pytest.mark.parametrize("token", ["scrape-secret", "scrape-sécret"])
+def test_a_metrics_token_compares_any_text_without_failing(settings, token):
+    settings.METRICS = {"TOKEN": token, "LISTEN": ""}
+    assert prometheus.scrape_allowed(token, is_admin=False)
+    assert not prometheus.scrape_allowed("tökén", is_admin=False)
+    assert not prometheus.scrape_allowed("scrape-secret-2", is_admin=False)
+
+
 def test_healthz_answers_without_io():
     assert ask("/healthz").status == 200
     assert ask("/healthz", method="POST").status == 405

@@ -1,6 +1,10 @@
 """The data plane: scoring requests routed to replicas.
 
 - ``server``: the web server process (single-worker uvicorn processes on one socket);
+- ``connection``: each HTTP/1.1 connection (deadlines for every head and body, JSON
+  answers to heads uvicorn refuses, a lingering close after early answers);
+- ``bodies``: each route's body limit, judged from the head, and the process's budget
+  of body bytes;
 - ``front``: the front door, the ASGI application on the public port: scoring URLs are
   answered on the event loop, everything else goes to Django;
 - ``app``: the logic both the front door and the web UI's request sender share (path,

@@ -36,7 +36,6 @@ from endpoints.auth import token_from_authorization
 from endpoints.errors import (
     BadRequest,
     NotFound,
-    PayloadTooLarge,
     PermissionDenied,
     RateLimited,
     ServingError,
@@ -47,6 +46,7 @@ from endpoints.errors import (
 from endpoints.models import PermissionLevel
 
 from .admission import Admission
+from .bodies import UNREAD_BODY_ERRORS, BodyBudget, RouteLimits
 from .capture import Capture
 from .reporting import Flusher, LoadTracker, TokenUse, run_each, send_reports
 from .routing import CachedToken, RoutingCache, Snapshot, Target
@@ -74,17 +74,17 @@ class Answer:
 
 
 def error_answer(exc: ServingError) -> Answer:
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: list[tuple[str, str]] = []
     if isinstance(exc, RateLimited | Unavailable):
-        headers = (("Retry-After", RETRY_AFTER_SECONDS),)
+        headers.append(("Retry-After", RETRY_AFTER_SECONDS))
     elif isinstance(exc, Unauthenticated):
-        headers = (("WWW-Authenticate", 'Bearer realm="model serving"'),)
+        headers.append(("WWW-Authenticate", 'Bearer realm="model serving"'))
     elif isinstance(exc, MethodNotAllowed):
-        headers = (("Allow", "POST"),)
-    elif isinstance(exc, PayloadTooLarge):
+        headers.append(("Allow", "POST"))
+    if isinstance(exc, UNREAD_BODY_ERRORS):
         # The rest of the body is never read: the connection cannot carry another request.
-        headers = (("Connection", "close"),)
-    return Answer(exc.status, json.dumps(exc.as_json()).encode(), JSON, headers)
+        headers.append(("Connection", "close"))
+    return Answer(exc.status, json.dumps(exc.as_json()).encode(), JSON, tuple(headers))
 
 
 _STATUS_LINES: dict[int, str] = {}
@@ -122,10 +122,6 @@ def parse_path(path_info: str) -> tuple[str, str] | None:
     if not sep or not name or not selector:
         return None
     return name, selector
-
-
-def too_large_message(limit: int) -> str:
-    return f"The request body exceeds the limit of {limit // (1024 * 1024)} MB."
 
 
 def normalise_request(body: bytes, content_type: str | None) -> tuple[bytes, str]:
@@ -202,7 +198,10 @@ class Gateway:
 
     def __init__(self) -> None:
         serving = settings.SERVING
-        self.max_payload = int(serving["MAX_PAYLOAD_BYTES"])
+        self.limits = RouteLimits.from_settings()
+        self.max_payload = self.limits.scoring.size
+        # Bytes of request bodies this process holds at once, whatever their route.
+        self.bodies = BodyBudget(int(serving["MAX_BUFFERED_BODY_BYTES"]))
         self.routing = RoutingCache()
         self.load = LoadTracker()
         timeout = float(serving["REQUEST_TIMEOUT_SECONDS"])
@@ -268,7 +267,7 @@ class Gateway:
         """Count one request for ``target``; its start time for ``finish``. Raises
         PayloadTooLarge or RateLimited instead when it may not go on."""
         if len(body) > self.max_payload:
-            raise PayloadTooLarge(too_large_message(self.max_payload))
+            raise self.limits.scoring.refusal()
         self.flusher.ensure_running()
         self.admission.admit(target)
         return time.perf_counter()

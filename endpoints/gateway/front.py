@@ -3,8 +3,9 @@
 Scoring URLs are answered here, on the event loop: a connection costs a few kilobytes
 instead of a thread, so idle, slow or half-open connections cannot stop anything (see
 docs/performance.md). Everything else goes to Django (``serving_ui.asgi``: its WSGI app
-in a thread pool, behind ``WholeBody``, which reads a request's body on the loop before a
-thread is taken).
+in a thread pool, behind ``whole_body``, which reads a request's body on the loop before a
+thread is taken). A body too large for its route or for the process (``bodies``) is
+refused from the request head, before a byte of it is read.
 
 Only I/O is async: token, permission and routing look-ups are the shared in-memory
 snapshot (``routing``); a look-up that would query the database, ask Redis or request a
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from endpoints.auth import token_from_authorization
-from endpoints.errors import BadRequest, NotFound, PayloadTooLarge, ServingError
+from endpoints.errors import NotFound, ServingError
 
 from .admission import HOLD_POLL_SECONDS, fresh_target, request_wake
 from .app import (
@@ -34,10 +35,18 @@ from .app import (
     gateway,
     normalise_request,
     parse_path,
-    too_large_message,
     translate_answer,
 )
-from .ops import OPS_PATHS
+from .bodies import (
+    BodyBudget,
+    ClientGone,
+    Hold,
+    Limit,
+    RouteLimits,
+    early_refusal,
+    read_body,
+)
+from .ops import METRICS_PATH, OPS_PATHS
 from .ops import answer as ops_answer
 from .routing import Snapshot, Target
 from .transport import Header
@@ -50,10 +59,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # How often connections to replicas that left the routing table are closed.
 PRUNE_INTERVAL_SECONDS = 1.0
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request was complete."""
+# Django's REST API: bodies up to API_MAX_BODY_BYTES.
+API_PREFIX = "/api/"
 
 
 class FrontDoor:
@@ -62,59 +69,81 @@ class FrontDoor:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path = origin_path(scope["path"])
-            if path.startswith(GATEWAY_PREFIXES):
-                gw = gateway()
-                extra = gw.transport.headers(gw.transport.is_secure(scope))
-                refusal = gw.transport.refusal(scope)
-                if refusal is not None:
-                    await respond(send, error_answer(refusal), extra)
-                    return
-                await Scoring(gw, scope, path).run(receive, send, extra)
-                return
-            if path in OPS_PATHS:
-                await respond(
-                    send, await ops_answer(gateway(), path, scope["method"], _authorization(scope))
-                )
-                return
+            await self.http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await lifespan(receive, send)
-            return
-        await self.django_app(scope, receive, send)
+        else:
+            await self.django_app(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = gateway()
+        path = origin_path(scope["path"])
+        scoring = path.startswith(GATEWAY_PREFIXES)
+        limit = body_limit(gw.limits, path)
+        extra = gw.transport.headers(gw.transport.is_secure(scope))
+        # Judged from the head alone, before a byte of the body is read (or held).
+        refusal = early_refusal(scope["headers"], limit, gw.bodies)
+        if refusal is None and (scoring or path == METRICS_PATH):
+            # Health probes are exempt, as Django exempts paths from its redirect: a
+            # probe reaches a process by its address, over plain HTTP.
+            refusal = gw.transport.refusal(scope)
+        if refusal is not None:
+            await respond(send, error_answer(refusal), extra)
+        elif scoring:
+            await Scoring(gw, scope, path).run(receive, send, extra)
+        elif path in OPS_PATHS:
+            authorization = _authorization(scope)
+            answer = await ops_answer(gw, path, scope["method"], authorization)
+            await respond(send, answer, extra)
+        else:
+            await whole_body(self.django_app, scope, receive, send, limit, gw.bodies)
 
 
-class WholeBody:
-    """Reads a request's whole body on the event loop before the wrapped app runs.
+def body_limit(limits: RouteLimits, path: str) -> Limit:
+    """The largest body the route of ``path`` takes."""
+    if path.startswith(GATEWAY_PREFIXES):
+        return limits.scoring
+    if path.startswith(API_PREFIX):
+        return limits.api
+    return limits.pages
+
+
+async def whole_body(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    limit: Limit,
+    budget: BodyBudget,
+) -> None:
+    """Runs ``app`` once the request's whole body has been read on the event loop.
 
     The web pages run as a WSGI app in a thread pool (``serving_ui.asgi``), where reading
     the body would block a thread for as long as a client takes to send it: a few slow
-    clients would hold every thread. Read here, a slow body costs a coroutine only."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    clients would hold every thread. Read here, a slow body costs a coroutine only. The
+    body counts against the process's budget until the page has answered."""
+    with budget.hold() as hold:
         try:
-            body = await read_body(receive, None, self.limit)
+            body = await read_body(receive, limit, hold)
         except ClientGone:
             return
-        except PayloadTooLarge as exc:
+        except ServingError as exc:
             await respond(send, error_answer(exc))
             return
-        delivered = False
+        await app(scope, _replay(body, receive), send)
 
-        async def replay() -> Message:
-            nonlocal delivered
-            if delivered:
-                return await receive()  # only a disconnect can follow
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+def _replay(body: bytes, receive: Receive) -> Receive:
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if delivered:
+            return await receive()  # only a disconnect can follow
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 def _authorization(scope: Scope) -> str | None:
@@ -148,17 +177,18 @@ class Scoring:
         self.headers = {
             name: value.decode("latin-1")
             for name, value in scope["headers"]
-            if name in (b"authorization", b"content-type", b"content-length")
+            if name in (b"authorization", b"content-type")
         }
 
     async def run(self, receive: Receive, send: Send, extra: Iterable[Header] = ()) -> None:
-        try:
-            answer = await self._answer(receive)
-        except ClientGone:
-            return
-        await respond(send, answer, extra)
+        with self.gw.bodies.hold() as hold:
+            try:
+                answer = await self._answer(receive, hold)
+            except ClientGone:
+                return
+            await respond(send, answer, extra)
 
-    async def _answer(self, receive: Receive) -> Answer:
+    async def _answer(self, receive: Receive, hold: Hold) -> Answer:
         try:
             if self.scope["method"] != "POST":
                 raise MethodNotAllowed("Scoring URLs accept POST only.")
@@ -168,9 +198,7 @@ class Scoring:
                     "Not a scoring URL: use /model-endpoint/<model>/<stage or version>/invocations."
                 )
             target = await self._resolve(*parsed)
-            body = await read_body(
-                receive, self.headers.get(b"content-length"), self.gw.max_payload
-            )
+            body = await read_body(receive, self.gw.limits.scoring, hold)
             return await self._score(target, body)
         except ServingError as exc:
             return error_answer(exc)
@@ -251,33 +279,6 @@ async def await_replica(gw: Gateway, target: Target) -> Target:
         if fresh.replicas:
             return fresh
     raise gw.admission.gave_up(target)
-
-
-async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (also without Content-Length).
-
-    An oversized body is refused as soon as that is known and the rest is never read: the
-    413 goes out with ``Connection: close`` and the server closes the connection."""
-    if content_length is not None:
-        try:
-            expected = int(content_length)
-        except ValueError:
-            raise BadRequest("Invalid Content-Length header.") from None
-        if expected > limit:
-            raise PayloadTooLarge(too_large_message(limit))
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(too_large_message(limit))
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 async def respond(send: Send, answer: Answer, extra: Iterable[Header] = ()) -> None:

@@ -25,7 +25,8 @@ from endpoints.errors import NotFound, PermissionDenied, ServingError, Unauthent
 from .app import JSON, Answer, Gateway, error_answer
 from .routing import run_db
 
-OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+METRICS_PATH = "/metrics"
+OPS_PATHS = frozenset({"/healthz", "/readyz", METRICS_PATH})
 READY_CACHE_SECONDS = 1.0
 HEALTHY = Answer(200, b'{"status": "ok"}')
 

@@ -7,15 +7,15 @@ per keep-alive request (docs/performance.md). This parent only supervises: a wor
 dies is replaced; SIGTERM or SIGINT stops them all. With ``METRICS_LISTEN`` set, one more
 process serves ``/metrics`` on that address (``ops.metrics_wsgi_app``).
 
-A connection that has not sent a complete request head within
-``SERVING_HEADER_TIMEOUT_SECONDS`` is closed: it holds no thread meanwhile, but without
-a bound enough of them would exhaust the process's file descriptors.
+Each connection speaks ``connection.FrontDoorProtocol``: deadlines for every request head
+(``SERVING_HEADER_TIMEOUT_SECONDS``) and body (``SERVING_BODY_TIMEOUT_SECONDS``) — an idle
+connection holds no thread, but without a bound enough of them would exhaust the
+process's file descriptors — and a lingering close after early answers.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import resource
@@ -27,30 +27,12 @@ import traceback
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from uvicorn import Config, Server
-from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .connection import FrontDoorProtocol
 
 # A stopping worker finishes requests in flight for up to this long.
 GRACEFUL_SECONDS = 20
 BACKLOG = 2048
-
-
-class HeadDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol, closing a connection whose first request head does not
-    arrive in time (uvicorn itself only times out idle connections after an answer)."""
-
-    head_timeout = 30.0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._head_deadline = self.loop.call_later(self.head_timeout, self._head_overdue)
-
-    def _head_overdue(self) -> None:
-        if self.cycle is None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._head_deadline.cancel()
-        super().connection_lost(exc)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -72,7 +54,9 @@ def serve(sock: socket.socket, *, access_log: bool) -> None:
 
     config = Config(
         application,
-        http=HeadDeadlineProtocol,
+        http=FrontDoorProtocol,
+        # The product has no WebSocket: an upgrade request is an ordinary request.
+        ws="none",
         lifespan="on",
         access_log=access_log,
         log_level="info" if access_log else "warning",
@@ -213,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import serving_ui.asgi  # noqa: F401  (Django set up once, before the workers fork)
 
-    HeadDeadlineProtocol.head_timeout = float(settings.SERVING["HEADER_TIMEOUT_SECONDS"])
+    FrontDoorProtocol.head_timeout = float(settings.SERVING["HEADER_TIMEOUT_SECONDS"])
+    FrontDoorProtocol.body_timeout = float(settings.SERVING["BODY_TIMEOUT_SECONDS"])
     sock = bind(args.host, args.port)
     listen = settings.METRICS["LISTEN"]
     supervisor = Supervisor(

@@ -37,6 +37,7 @@ from .app import (
     too_large_message,
     translate_answer,
 )
+from .capture import close_all as close_captures
 from .ops import OPS_PATHS
 from .ops import answer as ops_answer
 from .routing import Snapshot, Target
@@ -305,6 +306,8 @@ async def lifespan(receive: Receive, send: Send) -> None:
                 pruner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pruner
+            # Requests are answered by now: captured ones still queued go to disk.
+            await asyncio.to_thread(close_captures)
             await send({"type": "lifespan.shutdown.complete"})
             return
 

@@ -63,10 +63,11 @@ class Capture:
         # response).
         self._queue: deque[tuple] = deque()
         self._lock = threading.Lock()
-        # Bytes and rows (by endpoint) queued or being written: a row counts until its
-        # write is done, so the budget bounds what the writer holds too.
+        # Bytes queued or being written: a row counts until its write is done, so the
+        # budget bounds what the writer holds too.
         self._bytes = 0
-        self._unwritten: Counter[str] = Counter()
+        # The batches the writer has taken and not yet written, by (endpoint, day).
+        self._in_hand: dict[tuple[str, object], list[tuple]] = {}
         # Requests left out since the last report, by (endpoint, reason).
         self._dropped: Counter[tuple[str, str]] = Counter()
         self._closed = False
@@ -102,7 +103,6 @@ class Capture:
                 self._count(endpoint, QUEUE_FULL)
                 return
             self._bytes += size
-            self._unwritten[endpoint] += 1
             self._queue.append(
                 (
                     size,
@@ -153,15 +153,17 @@ class Capture:
         for row in self._take():
             day = datetime.fromtimestamp(row[1], UTC).date()
             batches[(row[2], day)].append(row)
+        with self._lock:
+            self._in_hand.update(batches)
         written = 0
         for (endpoint, day), rows in batches.items():
             try:
                 inference.write_batch(endpoint, day, [_columns(row) for row in rows])
             except Exception as exc:  # a full disk, a bad value: the writer must go on
                 log.warning("inference table of %s: %d rows lost (%s)", endpoint, len(rows), exc)
-                self._settle(endpoint, rows, lost=True)
+                self._settle((endpoint, day), lost=True)
             else:
-                self._settle(endpoint, rows, lost=False)
+                self._settle((endpoint, day), lost=False)
                 written += len(rows)
         self.written_total += written
         return written
@@ -173,12 +175,12 @@ class Capture:
                 rows.append(self._queue.popleft())
         return rows
 
-    def _settle(self, endpoint: str, rows: list[tuple], *, lost: bool) -> None:
+    def _settle(self, key: tuple[str, object], *, lost: bool) -> None:
         with self._lock:
+            rows = self._in_hand.pop(key, [])
             self._bytes -= sum(row[0] for row in rows)
-            self._unwritten[endpoint] -= len(rows)
             if lost:
-                self._count(endpoint, WRITE_FAILED, len(rows))
+                self._count(key[0], WRITE_FAILED, len(rows))
 
     def _count(self, endpoint: str, reason: str, count: int = 1) -> None:
         """Note requests left out (the caller holds the lock)."""
@@ -211,12 +213,12 @@ class Capture:
             self._closed = True
         self._stop.set()
         thread = self._thread
-        if thread is None or self._pid != os.getpid():
-            self.flush()
+        if thread is not None and self._pid == os.getpid():
+            thread.join(timeout)  # it writes what is left, then ends
+        if thread is not None and thread.is_alive():  # its write hangs (a stuck disk)
+            self._abandon()
         else:
-            thread.join(timeout)
-            if thread.is_alive():  # its write hangs (a stuck disk): nothing more is written
-                self._abandon()
+            self.flush()  # left for no writer: none started here, or it ended early
         if not self._report():
             log.error(
                 "inference tables: requests left out, not counted (Redis unavailable): %s",
@@ -224,12 +226,13 @@ class Capture:
             )
 
     def _abandon(self) -> None:
+        """Count what the queue and the writer's hands hold as lost at shutdown."""
         with self._lock:
-            for endpoint, count in self._unwritten.items():
-                if count > 0:
-                    self._count(endpoint, SHUTDOWN, count)
-            self._unwritten.clear()
-            self._queue.clear()
+            held = [row for rows in self._in_hand.values() for row in rows]
+            held += self._take()
+            for endpoint, count in Counter(row[2] for row in held).items():
+                self._count(endpoint, SHUTDOWN, count)
+            self._in_hand.clear()
             self._bytes = 0
 
 

@@ -31,6 +31,15 @@ from .models import (
 # database write, so it is refreshed at most this often.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
+# Captured requests and answers (an inference table's rows and its download) are request
+# data, as logs are: they are read by those who manage the endpoint. CAN_VIEW reads the
+# table's settings only.
+READ_CAPTURED = PermissionLevel.CAN_MANAGE
+ROWS_WITHHELD = (
+    "Captured requests hold request and response bodies: reading them and the download "
+    "needs CAN_MANAGE on this endpoint."
+)
+
 
 def token_from_authorization(header: str | None) -> str | None:
     """The token in an Authorization header value, or None when there is none.

@@ -116,5 +116,6 @@ WORKER_HEARTBEATS_KEY = f"{PREFIX}worker-heartbeats"
 
 
 def capture_dropped_key(endpoint: str) -> str:
-    """Requests of an endpoint left out of its inference table (gateways add to it)."""
-    return f"{PREFIX}capture:dropped:{endpoint}"
+    """A hash: requests of an endpoint left out of its inference table, by reason (the
+    gateways add to it)."""
+    return f"{PREFIX}capture-dropped:{endpoint}"

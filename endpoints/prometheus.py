@@ -1,13 +1,14 @@
 """``/metrics`` in the Prometheus text format: a collector that reads, at scrape time, the
 totals the gateway processes flush to Redis (``endpoints.metrics``), the in-flight reports
-(``endpoints.load``), the reconcile loop's pass totals and the replica rows.
+(``endpoints.load``), the reconcile loop's pass totals, the replica rows and the requests
+left out of inference tables (``endpoints.inference``).
 
 Requests only touch counters in memory of their gateway process (``gateway.reporting``);
 nothing is recorded per request in Redis, a file or a lock of this module. Because every
 process adds its counts to the same Redis hashes, one scrape of any web server process
 sees the whole installation: every web server process, every host, and the Celery worker.
-A scrape costs one database query for versions, one for replica counts and three Redis
-round trips.
+A scrape costs one database query for versions, one for replica counts, one for inference
+tables and four Redis round trips.
 
 Names follow Prometheus's conventions (base units, ``_total`` counters); the labels
 ``endpoint`` (the registered model) and ``version`` match how KServe and Ray Serve label
@@ -31,8 +32,8 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from . import load, metrics
-from .models import EndpointVersion, Replica, ReplicaState
+from . import inference, load, metrics
+from .models import EndpointVersion, InferenceTable, Replica, ReplicaState
 
 # The classic text format: every Prometheus version reads it (the names need nothing newer).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -104,6 +105,7 @@ class ServingCollector(Collector):
         yield from (requests, duration, rejections, cold_starts, flight)
         yield self._replicas(labels)
         yield from self._reconcile()
+        yield self._capture_dropped()
 
     def _replicas(self, labels: dict[int, list[str]]) -> Metric:
         family = GaugeMetricFamily(
@@ -140,6 +142,23 @@ class ServingCollector(Collector):
         )
         yield duration
         yield failures
+
+    def _capture_dropped(self) -> Metric:
+        family = CounterMetricFamily(
+            "serving_ui_inference_rows_dropped",
+            "Sampled requests left out of an endpoint's inference table, by reason: "
+            "queue_full (a web process's capture queue was at its byte budget), "
+            "write_failed (writing their Parquet file failed), shutdown (a web process "
+            "stopped before it could write them).",
+            labels=["endpoint", "reason"],
+        )
+        names = sorted(
+            InferenceTable.objects.values_list("endpoint__registered_model_name", flat=True)
+        )
+        for name, counts in inference.dropped_counts(names).items():
+            for reason, count in counts.items():
+                family.add_metric([name, reason], count)
+        return family
 
 
 _registry = CollectorRegistry(auto_describe=False)

@@ -25,3 +25,8 @@ def reconcile_all() -> None:
 @shared_task(ignore_result=True)
 def apply_retention() -> None:
     housekeeping.apply_retention()
+
+
+@shared_task(ignore_result=True)
+def purge_inference_tables() -> None:
+    housekeeping.purge_inference_tables()

@@ -30,6 +30,12 @@ def _schedule_reconcile(sender: Celery, **kwargs: object) -> None:
         sender.signature("endpoints.tasks.apply_retention"),
         name="apply retention",
     )
+    # Days of inference tables past their retention, whether or not anything is captured.
+    sender.add_periodic_task(
+        settings.SERVING["HOUSEKEEPING_INTERVAL_SECONDS"],
+        sender.signature("endpoints.tasks.purge_inference_tables"),
+        name="purge inference tables",
+    )
 
 
 _heartbeat = None

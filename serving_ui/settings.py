@@ -268,11 +268,12 @@ SERVING = {
     # A build of a per-model environment (pip install) is stopped after this long.
     "BUILD_TIMEOUT_SECONDS": envfloat("SERVING_BUILD_TIMEOUT_SECONDS", "900"),
     # Inference tables: where captured requests are written (Parquet, by endpoint and
-    # day), how many days are kept, and each gateway process's bounded queue in front of
-    # its writer (a request that finds it full is dropped from the table and counted).
+    # day), how many days are kept (Celery beat removes older ones), and the bytes each
+    # gateway process's queue in front of its writer may hold (a request that does not
+    # fit is left out of the table and counted).
     "INFERENCE_DIR": Path(envstr("SERVING_INFERENCE_DIR", str(VAR_DIR / "inference"))),
     "INFERENCE_RETENTION_DAYS": envint("SERVING_INFERENCE_RETENTION_DAYS", "30"),
-    "CAPTURE_QUEUE_SIZE": envint("SERVING_CAPTURE_QUEUE_SIZE", "10000"),
+    "CAPTURE_QUEUE_BYTES": envint("SERVING_CAPTURE_QUEUE_BYTES", str(64 * 1024 * 1024)),
     "CAPTURE_FLUSH_SECONDS": envfloat("SERVING_CAPTURE_FLUSH_SECONDS", "1"),
     # Where replicas run: "local" (processes on the worker's host) or "ray" (one Ray
     # actor per replica on the nodes of the Ray cluster at RAY_ADDRESS; docs/deploy.md).

@@ -258,6 +258,7 @@ def test_the_inference_table_is_opt_in_with_a_sampling_rate(as_user, owner, memb
     assert response.status_code == 200, response.content
     info = response.json()["inference_table"]
     assert (info["enabled"], info["sample_rate"], info["dropped_requests"]) == (True, 0.25, 0)
+    assert info["dropped_requests_by_reason"] == {"queue_full": 0, "write_failed": 0, "shutdown": 0}
     assert info["location"].endswith(name)
     assert Event.objects.filter(endpoint=endpoint, type=EventType.INFERENCE_TABLE_CHANGED).exists()
     bad = {**body, "sample_rate": 0}
@@ -267,3 +268,50 @@ def test_the_inference_table_is_opt_in_with_a_sampling_rate(as_user, owner, memb
     services.permission_set(endpoint=endpoint, user=member, level="CAN_QUERY", by=owner)
     denied = as_user(member).put(V2 + "update-inference-table", body, format="json")
     assert_error(denied, 403, "PERMISSION_DENIED")
+
+
+def captured(name: str, request: str) -> None:
+    from datetime import UTC, datetime
+
+    from endpoints import inference
+
+    row = (1.0, name, "Production", "1", 200, 2.5, 7, request, '{"predictions": [0]}')
+    inference.write_batch(name, datetime.now(UTC).date(), [row])
+
+
+def test_captured_rows_are_answered_with_manage_only_and_settings_with_view(
+    as_user, owner, member, endpoint, settings, tmp_path
+):
+    settings.SERVING = {**settings.SERVING, "INFERENCE_DIR": tmp_path}
+    name = endpoint.registered_model_name
+    captured(name, '{"inputs": ["private"]}')
+    query = {"registered_model_name": name}
+    for level in ("CAN_VIEW", "CAN_QUERY"):
+        services.permission_set(endpoint=endpoint, user=member, level=level, by=owner)
+        response = as_user(member).get(V2 + "get-inference-table", query)
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert set(body) == {"inference_table", "message"}
+        assert body["inference_table"]["enabled"] is False
+        assert "needs CAN_MANAGE" in body["message"]
+        assert "private" not in response.content.decode()
+    body = as_user(owner).get(V2 + "get-inference-table", query).json()
+    assert [row["request"] for row in body["rows"]] == ['{"inputs": ["private"]}']
+    assert body["unreadable_files"] == []
+    assert "message" not in body
+
+
+def test_files_that_cannot_be_read_are_skipped_and_named(
+    as_user, owner, endpoint, settings, tmp_path
+):
+    settings.SERVING = {**settings.SERVING, "INFERENCE_DIR": tmp_path}
+    name = endpoint.registered_model_name
+    captured(name, "readable")
+    [partition] = (tmp_path / name).glob("date=*")
+    (partition / "0-broken.parquet").write_bytes(b"not parquet")
+    response = as_user(owner).get(V2 + "get-inference-table", {"registered_model_name": name})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert [row["request"] for row in body["rows"]] == ["readable"]
+    assert body["unreadable_files"] == [f"{partition.name}/0-broken.parquet"]
+    assert "0-broken.parquet" in body["message"]

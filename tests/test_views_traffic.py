@@ -144,6 +144,20 @@ def test_the_metrics_tab_shows_a_split_s_versions_side_by_side(owner, endpoint, 
     assert "Version 1" in table and "90 %" in table and "Version 2" in table and "10 %" in table
 
 
+def captured_row(model_name: str, request: str = '{"inputs": [1]}') -> tuple:
+    return (
+        time.time(),
+        model_name,
+        "Production",
+        "1",
+        200,
+        2.5,
+        7,
+        request,
+        '{"predictions": [0]}',
+    )
+
+
 def test_the_inference_panel_turns_capture_on_and_shows_rows(
     owner, endpoint, model_name, settings, tmp_path
 ):
@@ -154,32 +168,56 @@ def test_the_inference_panel_turns_capture_on_and_shows_rows(
     )
     table = InferenceTable.objects.get(endpoint=endpoint)
     assert (table.enabled, table.sample_rate) == (True, 0.5)
-    row = (
-        time.time(),
-        model_name,
-        "Production",
-        "1",
-        200,
-        2.5,
-        7,
-        '{"inputs": [1]}',
-        '{"predictions": [0]}',
-    )
-    inference.write_batch(model_name, datetime.now(UTC).date(), [row])
+    inference.write_batch(model_name, datetime.now(UTC).date(), [captured_row(model_name)])
     html = client.get(serving_url(model_name, tab="inference")).content.decode()
     assert "On, capturing 50.0 % of requests" in html
     assert "{&quot;predictions&quot;: [0]}" in html
+    assert 'data-testid="inference-rows-withheld"' not in html
     download = client.get(f"/models/{model_name}/serving/inference/download/")
     assert download.status_code == 200
-    assert len(pd.read_parquet(io.BytesIO(download.content))) == 1
+    assert download.streaming
+    assert len(pd.read_parquet(io.BytesIO(b"".join(download.streaming_content)))) == 1
 
 
-def test_inference_writes_need_manage_and_reads_need_view(
-    owner, member, outsider, endpoint, model_name
+def test_captured_rows_and_the_download_need_manage_settings_need_view(
+    owner, member, outsider, endpoint, model_name, settings, tmp_path
 ):
+    settings.SERVING = {**settings.SERVING, "INFERENCE_DIR": tmp_path}
+    secret = '{"inputs": ["a customer\'s private text"]}'
+    inference.write_batch(model_name, datetime.now(UTC).date(), [captured_row(model_name, secret)])
+    page = serving_url(model_name, tab="inference")
+    download = f"/models/{model_name}/serving/inference/download/"
+    for level in ("CAN_VIEW", "CAN_QUERY"):
+        services.permission_set(endpoint=endpoint, user=member, level=level, by=owner)
+        html = logged_in(member).get(page).content.decode()
+        assert 'data-testid="inference-state"' in html  # the settings
+        assert 'data-testid="inference-rows-withheld"' in html
+        assert "needs CAN_MANAGE" in html
+        assert "private text" not in html
+        assert download not in html
+        assert logged_in(member).get(download).status_code == 403
+    assert logged_in(outsider).get(download).status_code == 404
+    services.permission_set(endpoint=endpoint, user=member, level="CAN_MANAGE", by=owner)
+    assert "private text" in logged_in(member).get(page).content.decode()
+
+
+def test_inference_writes_need_manage(owner, member, endpoint, model_name):
     services.permission_set(endpoint=endpoint, user=member, level="CAN_QUERY", by=owner)
     url = f"/models/{model_name}/serving/inference/"
     assert logged_in(member).post(url, {"enabled": "on"}).status_code == 403
     assert not InferenceTable.objects.exists()
-    download = f"/models/{model_name}/serving/inference/download/"
-    assert logged_in(outsider).get(download).status_code == 404
+
+
+def test_the_panel_names_files_it_could_not_read_and_shows_the_rest(
+    owner, endpoint, model_name, settings, tmp_path
+):
+    settings.SERVING = {**settings.SERVING, "INFERENCE_DIR": tmp_path}
+    good = inference.write_batch(
+        model_name, datetime.now(UTC).date(), [captured_row(model_name, "still here")]
+    )
+    (good.parent / "0-broken.parquet").write_bytes(b"PAR1 and then nothing")
+    html = logged_in(owner).get(serving_url(model_name, tab="inference")).content.decode()
+    assert "still here" in html
+    warning = html.split('data-testid="inference-unreadable"')[1].split("</p>")[0]
+    assert "1 file of the inference table could not be read" in warning
+    assert "0-broken.parquet" in warning

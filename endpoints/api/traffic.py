@@ -237,12 +237,21 @@ class InferenceRowsRequest(s.ModelNameRequest):
     max_results = s.Number(min_value=1, max_value=1000, required=False, default=100)
 
 
+class DroppedByReason(serializers.Serializer):
+    queue_full = serializers.IntegerField(help_text="A web process's capture queue was full.")
+    write_failed = serializers.IntegerField(help_text="Writing their Parquet file failed.")
+    shutdown = serializers.IntegerField(
+        help_text="A web process stopped before it could write them."
+    )
+
+
 class InferenceTableInfo(serializers.Serializer):
     enabled = serializers.BooleanField()
     sample_rate = serializers.FloatField()
     retention_days = serializers.IntegerField()
     location = serializers.CharField()
     dropped_requests = serializers.IntegerField(allow_null=True)
+    dropped_requests_by_reason = DroppedByReason(allow_null=True)
 
 
 class InferenceTableResponse(serializers.Serializer):
@@ -262,7 +271,17 @@ class InferenceRow(serializers.Serializer):
 
 
 class InferenceRowsResponse(InferenceTableResponse):
-    rows = InferenceRow(many=True)
+    rows = InferenceRow(many=True, required=False, help_text="With CAN_MANAGE only.")
+    unreadable_files = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="With CAN_MANAGE only: files of the table that could not be read and "
+        "were skipped (date=…/….parquet).",
+    )
+    message = serializers.CharField(
+        required=False,
+        help_text="Why there are no rows (below CAN_MANAGE), or which files were skipped.",
+    )
 
 
 class GetInferenceTableView(ApiView):
@@ -272,17 +291,16 @@ class GetInferenceTableView(ApiView):
         tag=ENDPOINTS_V2,
         query=InferenceRowsRequest,
         response=InferenceRowsResponse,
-        description=GET_ARGS + " Rows newest first: request and response bodies, status, "
-        "latency, the version that answered, and the caller's token id.",
+        description=GET_ARGS + " CAN_VIEW reads the settings. The rows (newest first: "
+        "request and response bodies, status, latency, the version that answered, and the "
+        "caller's token id) are request data: they are answered with CAN_MANAGE only, like "
+        "logs; below it the answer has no rows and a message says why.",
     )
     def get(self, request: Request) -> Response:
         args = parse(request, InferenceRowsRequest)
         endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
         return Response(
-            {
-                "inference_table": selectors.inference_table_json(endpoint),
-                "rows": selectors.inference_rows(endpoint, limit=args["max_results"]),
-            }
+            selectors.inference_table_read(endpoint, user=request.user, limit=args["max_results"])
         )
 
 

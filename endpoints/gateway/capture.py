@@ -1,36 +1,45 @@
 """Capturing scoring requests into inference tables, off the hot path.
 
 A request to an endpoint whose inference table is on is sampled (its rate is in the
-routing snapshot, no I/O); a sampled one costs a tuple appended to a bounded in-memory
-queue. One writer thread per gateway process empties the queue every
-``SERVING_CAPTURE_FLUSH_SECONDS`` into Parquet files (``endpoints.inference``) and adds
-the count of requests it had to drop (queue full) to a Redis counter per endpoint. A full
-queue, a slow disk or Redis being away never slows or fails a request: the row is dropped
-and counted.
+routing snapshot, no I/O); a sampled one is appended to an in-memory queue bounded in
+bytes (``SERVING_CAPTURE_QUEUE_BYTES``: the bodies plus a fixed cost per row). One writer
+thread per gateway process empties it every ``SERVING_CAPTURE_FLUSH_SECONDS`` into Parquet
+files (``endpoints.inference``); when the process stops, the front door's lifespan calls
+``close_all``, which writes what is left. A request that cannot be kept (the queue is
+full, its write failed, the process was stopping) never slows or fails the request: it is
+counted per endpoint and reason in Redis, which ``/metrics`` exposes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import threading
 import time
-from collections import defaultdict, deque
+import weakref
+from collections import Counter, defaultdict, deque
 from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db.models import Case, F, FloatField, Value, When
 from redis.exceptions import RedisError
 
-from endpoints import inference, kv
+from endpoints import inference
+from endpoints.inference import QUEUE_FULL, SHUTDOWN, WRITE_FAILED
 
 log = logging.getLogger(__name__)
 
 # How often the writer reports dropped requests (and looks at the queue).
 TICK_SECONDS = 0.5
-# How often old partitions are removed.
-PURGE_EVERY_SECONDS = 3600.0
+# What a queued row costs besides its two bodies: the tuple, its numbers and strings. Also
+# what bounds a flood of empty requests.
+ROW_OVERHEAD_BYTES = 512
+# How long a stopping process waits for its writer's last write. The web server kills a
+# worker GRACEFUL_SECONDS + 5 s after asking it to stop, and requests in flight may have
+# taken most of that.
+CLOSE_SECONDS = 4.0
 
 
 def rate_expression() -> Case:
@@ -48,18 +57,25 @@ class Capture:
     def __init__(self, *, writer: bool = True) -> None:
         """``writer=False``: no writer thread; whoever holds it calls ``flush``."""
         serving = settings.SERVING
-        self.capacity = int(serving["CAPTURE_QUEUE_SIZE"])
+        self.budget = int(serving["CAPTURE_QUEUE_BYTES"])
         self.flush_seconds = float(serving["CAPTURE_FLUSH_SECONDS"])
-        self.retention_days = int(serving["INFERENCE_RETENTION_DAYS"])
+        # Rows: (size, time, endpoint, selector, version, status, latency, token, request,
+        # response).
         self._queue: deque[tuple] = deque()
-        # Requests dropped since the last report, by endpoint name (and in total).
-        self._dropped: dict[str, int] = defaultdict(int)
-        self._dropped_lock = threading.Lock()
+        self._lock = threading.Lock()
+        # Bytes queued or being written: a row counts until its write is done, so the
+        # budget bounds what the writer holds too.
+        self._bytes = 0
+        # The batches the writer has taken and not yet written, by (endpoint, day).
+        self._in_hand: dict[tuple[str, object], list[tuple]] = {}
+        # Requests left out since the last report, by (endpoint, reason).
+        self._dropped: Counter[tuple[str, str]] = Counter()
+        self._closed = False
         self.dropped_total = 0
         self.written_total = 0
         self._thread: threading.Thread | None = None
         self._pid = 0 if writer else os.getpid()
-        self._wake = threading.Event()
+        self._stop = threading.Event()
 
     def offer(
         self,
@@ -78,24 +94,36 @@ class Capture:
         count it as dropped if it has not. Never raises, never blocks."""
         if rate <= 0.0 or (rate < 1.0 and random.random() >= rate):
             return
-        if len(self._queue) >= self.capacity:
-            self._count_dropped(endpoint, 1)
-            return
-        self._queue.append(
-            (
-                time.time(),
-                endpoint,
-                selector,
-                version,
-                status,
-                latency_ms,
-                token_id,
-                request,
-                response,
+        size = len(request) + len(response) + ROW_OVERHEAD_BYTES
+        with self._lock:
+            if self._closed:
+                self._count(endpoint, SHUTDOWN)
+                return
+            if self._bytes + size > self.budget:
+                self._count(endpoint, QUEUE_FULL)
+                return
+            self._bytes += size
+            self._queue.append(
+                (
+                    size,
+                    time.time(),
+                    endpoint,
+                    selector,
+                    version,
+                    status,
+                    latency_ms,
+                    token_id,
+                    request,
+                    response,
+                )
             )
-        )
         if self._pid != os.getpid():
             self._start()
+
+    @property
+    def queued_bytes(self) -> int:
+        """What the queue and the batch being written hold, as the budget counts it."""
+        return self._bytes
 
     # --- the writer -------------------------------------------------------------------------
 
@@ -105,82 +133,136 @@ class Capture:
             if self._pid == os.getpid():
                 return
             self._pid = os.getpid()
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
             self._thread.start()
+            _running.add(self)
 
     def _run(self) -> None:
         last_write = time.monotonic()
-        last_purge = 0.0
-        while True:
-            self._wake.wait(TICK_SECONDS)
-            self._wake.clear()
+        while not self._stop.wait(TICK_SECONDS):
             self._report()
-            now = time.monotonic()
-            if now - last_write >= self.flush_seconds:
-                last_write = now
+            if time.monotonic() - last_write >= self.flush_seconds:
+                last_write = time.monotonic()
                 self.flush()
-            if now - last_purge >= PURGE_EVERY_SECONDS:
-                last_purge = now
-                try:
-                    inference.purge(self.retention_days)
-                except OSError as exc:
-                    log.warning("inference tables: could not remove old days: %s", exc)
+        self.flush()  # the process is stopping: what is left
 
     def flush(self) -> int:
         """Write what the queue holds now; the number of rows written."""
         batches: dict[tuple[str, object], list[tuple]] = defaultdict(list)
-        taken = 0
-        while self._queue:
-            row = self._queue.popleft()
-            ts, endpoint, selector, version, status, latency, token, request, response = row
-            day = datetime.fromtimestamp(ts, UTC).date()
-            batches[(endpoint, day)].append(
-                (
-                    ts,
-                    endpoint,
-                    selector,
-                    version,
-                    status,
-                    latency,
-                    token,
-                    _text(request),
-                    _text(response),
-                )
-            )
-            taken += 1
+        for row in self._take():
+            day = datetime.fromtimestamp(row[1], UTC).date()
+            batches[(row[2], day)].append(row)
+        with self._lock:
+            self._in_hand.update(batches)
+        written = 0
         for (endpoint, day), rows in batches.items():
             try:
-                inference.write_batch(endpoint, day, rows)
-            except Exception as exc:  # a full disk must not stop the writer
+                inference.write_batch(endpoint, day, [_columns(row) for row in rows])
+            except Exception as exc:  # a full disk, a bad value: the writer must go on
                 log.warning("inference table of %s: %d rows lost (%s)", endpoint, len(rows), exc)
-                self._count_dropped(endpoint, len(rows))
-                taken -= len(rows)
-        self.written_total += taken
-        return taken
+                self._settle((endpoint, day), lost=True)
+            else:
+                self._settle((endpoint, day), lost=False)
+                written += len(rows)
+        self.written_total += written
+        return written
 
-    def _count_dropped(self, endpoint: str, count: int) -> None:
-        with self._dropped_lock:
-            self._dropped[endpoint] += count
-            self.dropped_total += count
+    def _take(self) -> list[tuple]:
+        rows = []
+        with contextlib.suppress(IndexError):  # emptied by another thread meanwhile
+            while self._queue:
+                rows.append(self._queue.popleft())
+        return rows
 
-    def _report(self) -> None:
-        if not self._dropped:
-            return
-        with self._dropped_lock:
-            counts, self._dropped = self._dropped, defaultdict(int)
+    def _settle(self, key: tuple[str, object], *, lost: bool) -> None:
+        with self._lock:
+            rows = self._in_hand.pop(key, [])
+            self._bytes -= sum(row[0] for row in rows)
+            if lost:
+                self._count(key[0], WRITE_FAILED, len(rows))
+
+    def _count(self, endpoint: str, reason: str, count: int = 1) -> None:
+        """Note requests left out (the caller holds the lock)."""
+        self._dropped[(endpoint, reason)] += count
+        self.dropped_total += count
+
+    def _report(self) -> bool:
+        """Add the requests left out since the last report to the counts in Redis; False
+        when Redis could not be told (they are kept for the next report)."""
+        with self._lock:
+            if not self._dropped:
+                return True
+            counts, self._dropped = self._dropped, Counter()
         try:
-            pipe = kv.redis_client().pipeline(transaction=False)
-            for endpoint, count in counts.items():
-                pipe.incrby(kv.capture_dropped_key(endpoint), count)
-            pipe.execute()
+            inference.add_dropped(counts)
         except RedisError as exc:
             log.warning("inference tables: could not report dropped requests: %s", exc)
-            with self._dropped_lock:
-                for endpoint, count in counts.items():
-                    self._dropped[endpoint] += count
+            with self._lock:
+                self._dropped.update(counts)
+            return False
+        return True
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """The process is stopping: write what the queue holds, and count what cannot be
+        written (in ``timeout`` seconds) and whatever is offered afterwards as lost at
+        shutdown. Reports the counts before returning."""
+        with self._lock:
+            self._closed = True
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid():
+            thread.join(timeout)  # it writes what is left, then ends
+        if thread is not None and thread.is_alive():  # its write hangs (a stuck disk)
+            self._abandon()
+        else:
+            self.flush()  # left for no writer: none started here, or it ended early
+        if not self._report():
+            log.error(
+                "inference tables: requests left out, not counted (Redis unavailable): %s",
+                dict(self._dropped),
+            )
+
+    def _abandon(self) -> None:
+        """Count what the queue and the writer's hands hold as lost at shutdown."""
+        with self._lock:
+            held = [row for rows in self._in_hand.values() for row in rows]
+            held += self._take()
+            for endpoint, count in Counter(row[2] for row in held).items():
+                self._count(endpoint, SHUTDOWN, count)
+            self._in_hand.clear()
+            self._bytes = 0
+
+
+def _columns(row: tuple) -> tuple:
+    """A queued row as the table's columns (``inference.COLUMNS``)."""
+    _, ts, endpoint, selector, version, status, latency, token, request, response = row
+    return (
+        ts,
+        endpoint,
+        selector,
+        version,
+        status,
+        latency,
+        token,
+        _text(request),
+        _text(response),
+    )
+
+
+def close_all(timeout: float = CLOSE_SECONDS) -> None:
+    """Close every capture whose writer runs in this process (called once, as the process
+    stops)."""
+    for capture in list(_running):
+        if capture._pid == os.getpid():
+            capture.close(timeout)
 
 
 _start_lock = threading.Lock()
+# Captures whose writer this process started: what ``close_all`` closes.
+_running: weakref.WeakSet[Capture] = weakref.WeakSet()
 
 
 def _text(body: bytes) -> str:

@@ -46,6 +46,7 @@ from .bodies import (
     early_refusal,
     read_body,
 )
+from .capture import close_all as close_captures
 from .ops import METRICS_PATH, OPS_PATHS
 from .ops import answer as ops_answer
 from .routing import Snapshot, Target
@@ -306,6 +307,8 @@ async def lifespan(receive: Receive, send: Send) -> None:
                 pruner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pruner
+            # Requests are answered by now: captured ones still queued go to disk.
+            await asyncio.to_thread(close_captures)
             await send({"type": "lifespan.shutdown.complete"})
             return
 

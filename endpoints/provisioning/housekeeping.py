@@ -1,6 +1,7 @@
 """Installation-wide chores of the periodic pass: stop orphan processes, rotate logs,
 keep the interpreters that fork replicas and this worker's registry client warm; and the
-retention clean-up Celery beat runs apart (``apply_retention``)."""
+retention clean-ups Celery beat runs apart (``apply_retention``,
+``purge_inference_tables``)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import logging
 import sys
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
 
-from endpoints import registry
+from endpoints import inference, registry
 from endpoints.models import EndpointVersion, Event, Replica, ReplicaState
 from endpoints.runtime import LocalRuntime, Runtime
 
@@ -151,3 +152,13 @@ def apply_retention(*, now: datetime | None = None) -> Retained:
     if replicas or build_logs or events:
         log.info("retention: deleted %s", retained)
     return retained
+
+
+def purge_inference_tables(*, today: date | None = None) -> int:
+    """Remove the days of every inference table older than
+    ``SERVING_INFERENCE_RETENTION_DAYS`` (tables of disabled endpoints and of endpoints
+    nobody queries any more included); how many days were removed."""
+    removed = inference.purge(int(settings.SERVING["INFERENCE_RETENTION_DAYS"]), today=today)
+    if removed:
+        log.info("retention: removed %d days of inference tables", len(removed))
+    return len(removed)

@@ -187,6 +187,7 @@ def serving(
                 event_scope=event_scope,
                 can_read_logs=can_manage,
                 window=window,
+                user=user,
             )
         )
     elif tab == "compute":
@@ -206,6 +207,7 @@ def panel_context(
     event_scope: str = "",
     can_read_logs: bool = False,
     window: str = "",
+    user: AbstractBaseUser,
 ) -> dict[str, Any]:
     """What the selected tab needs; only that tab's data is read."""
     if tab == "logs" and not can_read_logs:
@@ -232,7 +234,7 @@ def panel_context(
     if tab == "traffic":
         return traffic_panel.traffic(endpoint=endpoint)
     if tab == "inference":
-        return traffic_panel.inference_panel(endpoint=endpoint)
+        return traffic_panel.inference_panel(endpoint=endpoint, user=user)
     return {}
 
 

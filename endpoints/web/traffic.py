@@ -9,11 +9,13 @@ from urllib.parse import quote
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_POST
 
 from endpoints import inference, services, traffic
+from endpoints.auth import READ_CAPTURED
 from endpoints.errors import ServingError
 from endpoints.models import PermissionLevel
 
@@ -130,11 +132,14 @@ def inference_update(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_GET
 @http_errors
-def inference_download(request: HttpRequest, name: str) -> HttpResponse:
-    """The last days of the endpoint's inference table as one Parquet file."""
-    endpoint = services.get_endpoint_for_user(name, request.user)
-    data = inference.as_parquet(endpoint.registered_model_name, DOWNLOAD_DAYS)
-    response = HttpResponse(data, content_type="application/vnd.apache.parquet")
+def inference_download(request: HttpRequest, name: str) -> HttpResponseBase:
+    """The last days of the endpoint's inference table as one Parquet file, streamed as it
+    is produced (a week of captured requests is never held in memory)."""
+    endpoint = services.get_endpoint_for_user(name, request.user, READ_CAPTURED)
+    response = StreamingHttpResponse(
+        inference.download(endpoint.registered_model_name, DOWNLOAD_DAYS),
+        content_type="application/vnd.apache.parquet",
+    )
     filename = quote(f"{name}-inference.parquet")
     response["Content-Disposition"] = f"attachment; filename*=UTF-8''{filename}"
     return response

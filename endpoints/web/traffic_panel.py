@@ -8,6 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from django.contrib.auth.models import AbstractBaseUser
+
 from endpoints import metrics, registry, selectors
 from endpoints.models import ServiceState, ServingEndpoint
 from endpoints.targets import alias_name, alias_target, is_alias, valid_alias
@@ -114,18 +116,21 @@ def _summary(points: list[dict[str, Any]], *, seconds: float) -> dict[str, Any]:
     }
 
 
-def inference_panel(*, endpoint: ServingEndpoint) -> dict[str, Any]:
-    """The Inference table panel: its settings and the newest captured requests."""
-    table = selectors.inference_table_json(endpoint)
-    rows = selectors.inference_rows(endpoint, limit=INFERENCE_ROWS_SHOWN)
+def inference_panel(*, endpoint: ServingEndpoint, user: AbstractBaseUser) -> dict[str, Any]:
+    """The Inference table panel: its settings, and the newest captured requests for
+    those who may read them (others get the reason there are none instead)."""
+    answer = selectors.inference_table_read(endpoint, user=user, limit=INFERENCE_ROWS_SHOWN)
+    rows = answer.get("rows", [])
     for row in rows:
         row["when"] = datetime.fromtimestamp(row["timestamp"] / 1000, tz=UTC)
         row["request_short"] = _short(row["request"])
         row["response_short"] = _short(row["response"])
     return {
-        "inference": table,
-        "inference_percent": round(table["sample_rate"] * 100, 2),
+        "inference": answer["inference_table"],
+        "inference_percent": round(answer["inference_table"]["sample_rate"] * 100, 2),
+        "inference_can_read": "rows" in answer,
         "inference_rows": rows,
+        "inference_message": answer.get("message", ""),
     }
 
 

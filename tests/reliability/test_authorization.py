@@ -1,4 +1,4 @@
-"""The authorization matrix: who may do what, on the real gateway and API.
+"""The authorization matrix: who may do what, on the real gateway, API and UI.
 
 Identities: anonymous (no token), an outsider (no grant), CAN_VIEW, CAN_QUERY, CAN_MANAGE,
 an admin, and a service principal holding CAN_QUERY. Each cell is one request through the
@@ -19,9 +19,12 @@ pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
 V2 = "/api/2.0/preview/mlflow/endpoints-v2/"
 
+# get-inference-table answered (200) without its rows.
+NO_ROWS = "200, no rows"
+
 # action -> expected status per identity, in IDENTITIES order:
 # anonymous, outsider, viewer, querier, manager, admin, principal (CAN_QUERY)
-MATRIX: dict[str, tuple[int, ...]] = {
+MATRIX: dict[str, tuple[int | str, ...]] = {
     "read_status": (401, 404, 200, 200, 200, 200, 200),
     "list_versions": (401, 404, 200, 200, 200, 200, 200),
     "query_stage_url": (401, 404, 403, 200, 200, 200, 200),
@@ -37,7 +40,16 @@ MATRIX: dict[str, tuple[int, ...]] = {
     # Logs can hold request data a model printed: CAN_MANAGE reads them.
     "read_service_logs": (401, 404, 403, 403, 200, 200, 403),
     "read_build_logs": (401, 404, 403, 403, 200, 200, 403),
+    # Captured requests are request data too: CAN_VIEW reads the inference table's
+    # settings, its rows and the download need CAN_MANAGE.
+    "read_inference_table_settings": (401, 404, 200, 200, 200, 200, 200),
+    "read_captured_requests": (401, 404, NO_ROWS, NO_ROWS, 200, 200, NO_ROWS),
+    # A page of the UI: without a session it sends to the sign-in page; a service
+    # principal has no password, so it cannot sign in.
+    "download_captured_requests": (302, 404, 403, 403, 200, 200, 302),
 }
+# Pages of the UI (HTML answers); the other actions are API calls (JSON errors).
+UI_ACTIONS = {"download_captured_requests"}
 
 
 def call(live: Live, action: str, identity: str) -> requests.Response:
@@ -109,7 +121,26 @@ def call(live: Live, action: str, identity: str) -> requests.Response:
             body = {**name, "endpoint_version_name": "1"}
             url = api + V2[5:] + "get-version-build-logs"
             return requests.post(url, json=body, headers=headers)
+        case "read_inference_table_settings" | "read_captured_requests":
+            url = api + V2[5:] + "get-inference-table"
+            return requests.get(url, params=name, headers=headers)
+        case "download_captured_requests":
+            url = f"{live.base}/models/{live.model}/serving/inference/download/"
+            cookies = _signed_in(live, identity)
+            return requests.get(url, cookies=cookies, allow_redirects=False, timeout=60)
     raise AssertionError(action)
+
+
+def _signed_in(live: Live, identity: str) -> dict[str, str]:
+    """The session cookies of ``identity`` signed in to the UI (none for those who cannot
+    sign in: no user, or a service principal, which has no password)."""
+    if identity in ("anonymous", "principal"):
+        return {}
+    from django.test import Client
+
+    client = Client()
+    client.force_login(live.users[identity])
+    return {name: morsel.value for name, morsel in client.cookies.items()}
 
 
 def _re_enable_spare() -> None:
@@ -131,10 +162,15 @@ def test_authorization_matrix_matches_the_documented_table(
 ):
     with django_db_blocker.unblock():
         response = call(live, action, identity)
-    assert response.status_code == expected, (action, identity, response.text)
-    if expected >= 400:
+    status = 200 if expected == NO_ROWS else expected
+    assert response.status_code == status, (action, identity, response.text)
+    if status >= 400 and action not in UI_ACTIONS:
         body = response.json()
         assert set(body) == {"error_code", "message"}
+    if action == "read_captured_requests" and status == 200:
+        assert ("rows" in response.json()) == (expected != NO_ROWS), (identity, response.text)
+    if action == "download_captured_requests" and status == 302:
+        assert response.headers["Location"].startswith("/login/")
     if action.startswith("query") and expected == 200:
         assert response.json() == {"predictions": [0]}
 

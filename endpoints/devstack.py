@@ -107,11 +107,12 @@ class ManagedProcess:
         *,
         cwd: Path = PROJECT_ROOT,
         new_session: bool = True,
+        unset: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.cmd = cmd
         self.log_path = log_dir / f"{name}.log" if log_dir is not None else None
-        self.env = {**os.environ, **(env or {})}
+        self.env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
         self.cwd = cwd
         self.new_session = new_session
         self.process: subprocess.Popen | None = None

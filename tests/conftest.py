@@ -99,9 +99,11 @@ def celery_worker_process(
     _stop_leftover_replicas()
 
 
-def _start_worker(log_dir: Path) -> ManagedProcess:
+def _start_worker(
+    log_dir: Path, name: str = "worker", env: dict[str, str] | None = None, unset=()
+) -> ManagedProcess:
     worker = ManagedProcess(
-        "worker",
+        name,
         [
             sys.executable,
             "-m",
@@ -115,11 +117,13 @@ def _start_worker(log_dir: Path) -> ManagedProcess:
             "--concurrency",
             "2",
             "--hostname",
-            f"test-{os.getpid()}@%h",
+            f"{name}-{os.getpid()}@%h",
             "--schedule",
-            str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
+            str(Path(settings.VAR_DIR) / f"{name}-beat-schedule"),
         ],
         log_dir,
+        env,
+        unset=unset,
     ).start()
     _until_up(worker, lambda: "ready" in worker.output(), timeout=60, what="celery worker")
     return worker
@@ -181,8 +185,14 @@ def serve_product(
     ).start()
     base = f"http://127.0.0.1:{port}"
     _until_up(server, lambda: devstack.http_status(base + "/login/") == 200, timeout=60, what=name)
+    WEB_SERVERS[base] = server
     yield base
     server.stop()
+    del WEB_SERVERS[base]
+
+
+# The web servers running, by base URL.
+WEB_SERVERS: dict[str, ManagedProcess] = {}
 
 
 @pytest.fixture(scope="session")

@@ -138,3 +138,19 @@ def register(
     if stage:
         registry.transition_stage(name, version, stage, archive_existing_versions=True)
     return version
+
+
+def copy_of_iris(tag: str) -> str:
+    """A registered model of its own holding the demo iris model's files (the demo models
+    must be registered), in Production."""
+    import warnings
+
+    name = f"{tag}-{uuid.uuid4().hex[:6]}"
+    client = registry.client()
+    client.create_registered_model(name)
+    source = client.get_model_version("iris-classifier", "1").source
+    version = client.create_model_version(name, source=source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        client.transition_model_version_stage(name, version.version, "Production")
+    return name

@@ -176,6 +176,17 @@ def test_siblings_draw_different_random_numbers(runtime, model_path, zygote_dir,
         _stop(runtime, pid, spec)
 
 
+def test_siblings_share_no_ipc_namespace(runtime, model_path, zygote_dir, tmp_path):
+    """System V and POSIX IPC objects of one replica are out of its siblings' reach."""
+    specs = [_spec(model_path, zygote_dir, tmp_path, f"v1-ipcs000{i}") for i in range(2)]
+    pids = [_start(runtime, spec) for spec in specs]
+    zygote = _zygote(zygote_dir).pid
+    namespaces = {os.readlink(f"/proc/{pid}/ns/ipc") for pid in (*pids, zygote)}
+    assert len(namespaces) == 3, namespaces
+    for pid, spec in zip(pids, specs, strict=True):
+        _stop(runtime, pid, spec)
+
+
 def test_a_stopped_replica_leaves_no_zombie(runtime, model_path, zygote_dir, tmp_path):
     spec = _spec(model_path, zygote_dir, tmp_path, "v1-reap0001")
     pid = _start(runtime, spec)

@@ -18,9 +18,10 @@ import hostile
 import psutil
 import pytest
 import requests
-from conftest import wait_for
+import sockets
+from conftest import WEB_SERVERS, wait_for
 from django.conf import settings
-from fakes import constant_model, register
+from fakes import constant_model, copy_of_iris, register
 
 from endpoints import services
 from endpoints.models import Event, EventType, Replica, ReplicaState, StageAlias
@@ -332,6 +333,31 @@ def test_a_hostile_model_on_a_ray_node_is_denied_everything(
     finally:
         service.close()
 
+    disable_and_check_nothing_left(name, owner)
+
+
+def test_a_ray_replica_has_nagle_off_on_every_hop_and_meets_no_delayed_ack(
+    ray_stack, transactional_db, owner, make_token, demo_registry
+) -> None:
+    """The default-path checks of ``tests/reliability/test_default_path.py`` for a replica
+    on a Ray node (the latency guard: the suite's one wall-clock assertion, a cliff)."""
+    name = copy_of_iris("guard-ray")
+    services.endpoint_enable(name=name, user=owner)
+    replica = wait_for(
+        lambda: next(iter(running(name, "1")), None), timeout=READY_TIMEOUT, what="its replica"
+    )
+    token = make_token(owner)
+    path = f"/model-endpoint/{name}/Production/invocations"
+    sockets.assert_nagle_off(
+        ray_stack.base,
+        path,
+        token,
+        web_pid=WEB_SERVERS[ray_stack.base].process.pid,
+        replica_pids=[p.pid for p in _replica_processes(replica.replica_id)],
+        replica=(replica.host, replica.port),
+    )
+    for client in sockets.CLIENTS:
+        sockets.assert_no_cliff(ray_stack.base, path, token, client)
     disable_and_check_nothing_left(name, owner)
 
 

@@ -13,10 +13,14 @@ its private temp) must succeed, so a probe that cannot work at all proves nothin
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import hostile
@@ -227,6 +231,92 @@ def test_a_hostile_model_is_denied_everything_however_its_replica_starts(
             assert host_service.accepted == accepted
     finally:
         LocalRuntime().stop(pid, spec.replica_id, grace_seconds=5)
+
+
+def _venv_under(path: Path) -> str:
+    """An environment at ``path`` with the product's packages behind its own, and its own
+    copy of uvicorn, whose protocol modules a replica imports only once it serves: after
+    the fork, from under the replica's fresh /tmp."""
+    import site
+
+    import uvicorn
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    packages = next((path / "lib").glob("python3*/site-packages"))
+    product = [p for p in site.getsitepackages() if p.endswith("site-packages")]
+    (packages / "zz-product.pth").write_text("\n".join(product) + "\n")
+    shutil.copytree(Path(uvicorn.__file__).parent, packages / "uvicorn")
+    return str(path / "bin" / "python")
+
+
+START_FROM_CHECKOUT = """
+import json, sys
+from endpoints.runtime.base import ReplicaSpec
+from endpoints.runtime.local import LocalRuntime
+runtime = LocalRuntime()
+pid = runtime.start(ReplicaSpec(**json.loads(sys.argv[1])))
+print(json.dumps({"pid": pid, "zygotes started": runtime.take_zygote_starts()}))
+"""
+
+
+def test_a_checkout_under_tmp_forks_confined_replicas(
+    hostile_model,
+    other_model,
+    secret_in_environment,
+    celery_worker_process,
+    settings,
+    tmp_path,
+    own_data_dir,
+    host_service,
+):
+    """The replica's fresh /tmp covers a checkout (and its code) living under /tmp: what the
+    replica needs from there is bound back."""
+    checkout = tmp_path / "co"
+    assert checkout.is_relative_to("/tmp")
+    runtime_code = Path(sandbox.__file__).parent
+    (checkout / "endpoints").mkdir(parents=True)
+    shutil.copy(runtime_code.parent / "__init__.py", checkout / "endpoints")
+    shutil.copytree(
+        runtime_code, checkout / "endpoints" / "runtime", ignore=shutil.ignore_patterns("*.pyc")
+    )
+    python = _venv_under(checkout / ".venv")
+    settings.SERVING = {**settings.SERVING, "DATA_DIR": own_data_dir}
+    prepared = environments.prepare(hostile_model, "1")
+    spec = replace(
+        _spec(prepared, start_mode="zygote", tmp_path=tmp_path, network=sandbox.NETWORK_NONE),
+        zygote_dir=str(tmp_path / "z"),
+        python=python,
+    )
+    started = subprocess.run(
+        [sys.executable, "-c", START_FROM_CHECKOUT, json.dumps(asdict(spec))],
+        cwd=checkout,
+        env={**os.environ, "PYTHONPATH": str(checkout)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    answer = json.loads(started.stdout.splitlines()[-1])
+    pid = answer["pid"]
+    try:
+        # Forked by a zygote of the checkout's code, not launched instead.
+        assert answer["zygotes started"] == [python], started.stderr
+        assert "without a zygote" not in started.stderr, started.stderr
+        assert f"PYTHONPATH={checkout}".encode() in Path(f"/proc/{pid}/environ").read_bytes()
+        up = wait_until(lambda: LocalRuntime().probe(spec.host, spec.port, timeout=1), timeout=120)
+        assert up, Path(spec.log_path).read_text()[-3000:]
+        targets = hostile.targets(
+            prepared.model_path,
+            other_model,
+            {"the worker": celery_worker_process.process.pid, "this Django process": os.getpid()},
+            host_service.port,
+        )
+        targets["write"]["the runtime code"] = str(checkout / "endpoints" / "runtime" / "x.py")
+        accepted = host_service.accepted
+        hostile.assert_confined(hostile.probe((spec.host, spec.port), targets), targets)
+        assert host_service.accepted == accepted
+    finally:
+        LocalRuntime().stop(pid, spec.replica_id, grace_seconds=5)
+        LocalRuntime().stop_zygotes(within=str(tmp_path / "z"))
 
 
 def test_pip_builds_run_in_the_sandbox(settings, tmp_path):

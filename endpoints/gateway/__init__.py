@@ -9,7 +9,8 @@
 - ``admission``: each endpoint's and version's limits, and holding requests while a
   version wakes;
 - ``streams`` / ``upstream``: pooled keep-alive connections to replicas (asyncio streams
-  for the event loop, sockets for threads), forwarding, one retry;
+  for the event loop, sockets for threads), forwarding, one retry when the first replica
+  cannot have read the request;
 - ``reporting``: in-flight counters, and the thread that reports load, metrics and
   token use;
 - ``ops``: ``/healthz``, ``/readyz`` and ``/metrics``, answered on the event loop.

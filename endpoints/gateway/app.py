@@ -11,8 +11,9 @@ through one ``Gateway`` per process, which
 3. admits the request against its endpoint's and version's limits (per process),
    holding it while a scaled-to-zero version wakes up (``admission``),
 4. forwards the body unchanged (the replica parses the four JSON formats and CSV) over
-   pooled keep-alive connections to the least-loaded replica, retrying once on another
-   replica when a connection fails (``streams`` from the loop, ``upstream`` from threads),
+   pooled keep-alive connections to the least-loaded replica, once more to another replica
+   only when the first cannot have read it (``streams`` from the loop, ``upstream`` from
+   threads; the rule is ``upstream.never_read``),
 5. returns the replica's answer, naming the version in ``X-Serving-Version``; every error
    of its own is ``{"error_code", "message"}``.
 
@@ -289,7 +290,7 @@ class Gateway:
             serving = self.admission.await_replica(target)
             answer = translate_answer(
                 *self.upstream.forward(
-                    serving, body, content_type, load=self.load, routing=self.routing
+                    serving, body, content_type, load=self.load, refresh=self._fresh
                 )
             )
             answer = answered_by(answer, serving)
@@ -298,6 +299,9 @@ class Gateway:
         finally:
             self.finish(target, started, answer.status)
         return answer
+
+    def _fresh(self, target: Target) -> Target | None:
+        return self.routing.current().table.lookup(target)
 
     def flush(self) -> None:
         """Once a second: refresh an old routing table (and its token and permission

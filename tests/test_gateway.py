@@ -35,6 +35,7 @@ from endpoints.gateway.reporting import LoadTracker
 from endpoints.gateway.streams import StreamUpstream
 from endpoints.gateway.upstream import (
     JSON,
+    ReplicaFailed,
     ReplicaTimeout,
     ReplicaUnreachable,
     ResponseTooLarge,
@@ -454,10 +455,11 @@ def test_upstream_times_out_on_a_silent_replica():
         fake.close()
 
 
-def test_upstream_reports_a_closed_connection_and_a_refused_one():
+def test_upstream_reports_a_replica_that_closed_after_reading_and_a_refused_one():
     fake = FakeReplica([b"CLOSE"])
     try:
-        with pytest.raises(ReplicaUnreachable):
+        # It read the request: the model may have run, so it is not for another replica.
+        with pytest.raises(ReplicaFailed):
             Upstream(5, MIB).post(fake.address, b"{}", JSON)
     finally:
         fake.close()
@@ -536,6 +538,8 @@ def test_the_thread_client_refuses_an_answer_over_the_cap_too():
 def test_streams_time_out_on_a_silent_replica_and_report_a_refused_one():
     with pytest.raises(TimeoutError):
         _stream_post(FakeReplica([b"HANG"]), timeout=0.3)
+    with pytest.raises(ReplicaFailed):
+        _stream_post(FakeReplica([b"CLOSE"]))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()

@@ -8,6 +8,8 @@ loop would; the registry is this run's real MLflow registry with a model of each
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ from conftest import add_version
 from django.conf import settings
 from django.test import Client
 
-from endpoints import services
+from endpoints import services, traffic
+from endpoints.gateway import app as gateway_app
 from endpoints.kv import bump_generation
 from endpoints.models import (
     ComputeConfig,
@@ -451,36 +454,119 @@ def test_show_example_of_hidden_endpoint_is_404(outsider, endpoint, model_name, 
     assert response.status_code == 404
 
 
-def test_send_request_shows_the_gateway_answer_with_status_and_latency(owner, endpoint, model_name):
-    add_version(endpoint, "1", "Production", state=ServiceState.PENDING)
-    # The test's transaction never commits, so tell the gateway's cache by hand.
-    bump_generation()
-    response = logged_in(owner).post(
-        serving_url(model_name) + "invoke/",
-        {"version": "1", "body": '{"inputs": [[1, 2]]}'},
-        **HTMX,
-    )
-    assert response.status_code == 200
-    html = response.content.decode()
-    assert 'data-testid="response"' in html
-    assert "Status <strong>503</strong>" in html
-    assert "TEMPORARILY_UNAVAILABLE" in html
-    assert " ms</p>" in html
+def test_send_request_posts_to_the_version_scoring_url_with_javascript(owner, endpoint, model_name):
+    add_version(endpoint, "1", "Production")
+    html = logged_in(owner).get(serving_url(model_name)).content.decode()
+    form = html[html.index('<form id="call-form"') : html.index("</form>", html.index("call-form"))]
+    # The page's script posts the box there itself (the front door answers it like any
+    # client's request); the form's own action is for browsers without JavaScript.
+    assert f'data-score="/model/{model_name}/1/invocations"' in form
+    assert f'action="/models/{model_name}/serving/invoke/"' in form
+    assert 'name="csrfmiddlewaretoken"' in form
+    assert "hx-post" not in form
+    assert "/static/serving.js" in html
 
 
 def test_send_request_without_javascript_renders_the_page_with_the_answer(
     owner, endpoint, model_name
 ):
     add_version(endpoint, "1", "Production", state=ServiceState.PENDING)
+    # The test's transaction never commits, so tell the gateway's cache by hand.
     bump_generation()
     response = logged_in(owner).post(
         serving_url(model_name) + "invoke/", {"version": "1", "body": '{"inputs": [[1, 2]]}'}
     )
+    assert response.status_code == 200
     html = response.content.decode()
     assert "<html" in html
+    assert 'data-testid="response"' in html
     assert "Status <strong>503</strong>" in html
+    assert "TEMPORARILY_UNAVAILABLE" in html
+    assert " ms</p>" in html
     # The request stays in the box.
     assert "{&quot;inputs&quot;: [[1, 2]]}</textarea>" in html
+
+
+class AnsweringReplica:
+    """A loopback model server answering every request with ``{"predictions": [1]}``."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                body = b'{"predictions": [1]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = self.server.server_address
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def answering_replica():
+    replica = AnsweringReplica()
+    yield replica
+    replica.close()
+
+
+def test_send_request_without_javascript_is_captured_like_any_request(
+    owner, endpoint, model_name, answering_replica, monkeypatch
+):
+    add_version(endpoint, "1", "Production", replicas=[answering_replica.address])
+    traffic.inference_table_update(name=model_name, enabled=True, user=owner)
+    bump_generation()
+    offered = []
+    capture = gateway_app.gateway().capture
+    monkeypatch.setattr(capture, "offer", lambda rate, **row: offered.append((rate, row)))
+    response = logged_in(owner).post(
+        serving_url(model_name) + "invoke/", {"version": "1", "body": '{"inputs": [[1, 2]]}'}
+    )
+    assert "Status <strong>200</strong>" in response.content.decode()
+    [(rate, row)] = offered
+    assert rate == 1.0
+    assert row["endpoint"] == model_name
+    assert (row["selector"], row["version"], row["status"]) == ("1", "1", 200)
+    assert row["token_id"] == 0  # sent with the session, not a token
+    assert row["request"] == b'{"inputs": [[1, 2]]}'
+    assert json.loads(row["response"]) == {"predictions": [1]}
+
+
+def test_send_requests_without_javascript_are_capped_per_process_with_a_429(
+    owner, endpoint, model_name, answering_replica
+):
+    add_version(endpoint, "1", "Production", replicas=[answering_replica.address])
+    bump_generation()
+    client = logged_in(owner)
+    # As many form sends as a process lets wait on its page threads are in flight.
+    held = [gateway_app.page_sends.acquire(blocking=False) for _ in range(gateway_app.PAGE_SENDS)]
+    try:
+        assert all(held)
+        html = client.post(
+            serving_url(model_name) + "invoke/", {"version": "1", "body": "{}"}
+        ).content.decode()
+    finally:
+        for _ in held:
+            gateway_app.page_sends.release()
+    assert "Status <strong>429</strong>" in html
+    assert "REQUEST_LIMIT_EXCEEDED" in html
+    assert "without JavaScript" in html
+    html = client.post(
+        serving_url(model_name) + "invoke/", {"version": "1", "body": "{}"}
+    ).content.decode()
+    assert "Status <strong>200</strong>" in html
 
 
 def test_send_request_without_query_permission_shows_403(owner, member, endpoint, model_name):
@@ -488,7 +574,7 @@ def test_send_request_without_query_permission_shows_403(owner, member, endpoint
     services.permission_set(endpoint=endpoint, user=member, level="CAN_VIEW", by=owner)
     bump_generation()
     response = logged_in(member).post(
-        serving_url(model_name) + "invoke/", {"version": "1", "body": "{}"}, **HTMX
+        serving_url(model_name) + "invoke/", {"version": "1", "body": "{}"}
     )
     assert "Status <strong>403</strong>" in response.content.decode()
 

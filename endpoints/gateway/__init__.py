@@ -8,12 +8,15 @@
 - ``front``: the front door, the ASGI application on the public port: scoring URLs are
   answered on the event loop, everything else goes to Django;
 - ``app``: the logic both the front door and the web UI's request sender share (path,
-  token, permission, answers), and ``invoke`` for that sender;
+  token, permission, answers), and ``invoke`` for that sender without JavaScript;
+- ``browser``: the UI's Send Request on the scoring URLs: a session and its CSRF token
+  instead of a token;
 - ``routing``: the per-process snapshot of routes, tokens and permissions it reads;
 - ``admission``: each endpoint's and version's limits, and holding requests while a
   version wakes;
 - ``streams`` / ``upstream``: pooled keep-alive connections to replicas (asyncio streams
-  for the event loop, sockets for threads), forwarding, one retry;
+  for the event loop, sockets for threads), forwarding, one retry when the first replica
+  cannot have read the request;
 - ``reporting``: in-flight counters, and the thread that reports load, metrics and
   token use;
 - ``ops``: ``/healthz``, ``/readyz`` and ``/metrics``, answered on the event loop.

@@ -2,8 +2,9 @@
 and ``/model/<name>/<stage|version>/invocations``.
 
 The front door (``front``, an ASGI app under uvicorn) answers these URLs from its event
-loop; the web UI's request sender calls ``invoke`` from a Django view thread. Both go
-through one ``Gateway`` per process, which
+loop (the web UI's Send Request among them, with a session instead of a token:
+``browser``); the UI's form without JavaScript calls ``invoke`` from a Django view thread.
+Both go through one ``Gateway`` per process, which
 
 1. authenticates the token and checks CAN_QUERY from caches in memory (``routing``),
 2. resolves the URL (a stage, an ``@alias`` or a version) to a version and its Running
@@ -11,8 +12,9 @@ through one ``Gateway`` per process, which
 3. admits the request against its endpoint's and version's limits (per process),
    holding it while a scaled-to-zero version wakes up (``admission``),
 4. forwards the body unchanged (the replica parses the four JSON formats and CSV) over
-   pooled keep-alive connections to the least-loaded replica, retrying once on another
-   replica when a connection fails (``streams`` from the loop, ``upstream`` from threads),
+   pooled keep-alive connections to the least-loaded replica, once more to another replica
+   only when the first cannot have read it (``streams`` from the loop, ``upstream`` from
+   threads; the rule is ``upstream.never_read``),
 5. returns the replica's answer, naming the version in ``X-Serving-Version``; every error
    of its own is ``{"error_code", "message"}``.
 
@@ -28,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -45,6 +48,7 @@ from endpoints.errors import (
 )
 from endpoints.models import PermissionLevel
 
+from . import browser
 from .admission import Admission
 from .bodies import UNREAD_BODY_ERRORS, BodyBudget, RouteLimits
 from .capture import Capture
@@ -144,6 +148,12 @@ def normalise_request(body: bytes, content_type: str | None) -> tuple[bytes, str
     return body, content_type
 
 
+def capture_rate(snapshot: Snapshot, name: str) -> float:
+    """The share of the endpoint's requests its inference table captures (0: off)."""
+    routes = snapshot.table.endpoints.get(name)
+    return getattr(routes.endpoint, "capture_rate", 0.0) if routes is not None else 0.0
+
+
 def answered_by(answer: Answer, target: Target) -> Answer:
     """``answer`` naming the version that gave it."""
     return Answer(
@@ -236,6 +246,13 @@ class Gateway:
         token = self._authenticate(snapshot, authorization)
         return self.authorize(snapshot, name, selector, token.user), token.token_pk
 
+    def resolve_session(
+        self, snapshot: Snapshot, scope: dict[str, Any], name: str, selector: str
+    ) -> tuple[Target, int]:
+        """``resolve_caller`` for the web UI's **Send Request**: the browser's session and
+        CSRF token instead of a token (``browser``; token id 0). Queries the database."""
+        return self.authorize(snapshot, name, selector, browser.session_user(scope)), 0
+
     def _authenticate(self, snapshot: Snapshot, header: str | None) -> CachedToken:
         raw = token_from_authorization(header)
         if raw is None:
@@ -288,7 +305,7 @@ class Gateway:
             serving = self.admission.await_replica(target)
             answer = translate_answer(
                 *self.upstream.forward(
-                    serving, body, content_type, load=self.load, routing=self.routing
+                    serving, body, content_type, load=self.load, refresh=self._fresh
                 )
             )
             answer = answered_by(answer, serving)
@@ -297,6 +314,9 @@ class Gateway:
         finally:
             self.finish(target, started, answer.status)
         return answer
+
+    def _fresh(self, target: Target) -> Target | None:
+        return self.routing.current().table.lookup(target)
 
     def flush(self) -> None:
         """Once a second: refresh an old routing table (and its token and permission
@@ -332,22 +352,49 @@ def gateway() -> Gateway:
     return _gateway
 
 
-# --- for the web UI's request sender ---------------------------------------------------------
+# --- for the web UI's request sender without JavaScript ------------------------------------------
+
+# With JavaScript the Serving tab's Send Request goes to the scoring URL (``browser``).
+# Without it the form posts to a page, whose thread waits for the model: at most this many
+# such requests per process at once, so slow models cannot take the threads pages need.
+PAGE_SENDS = 4
+page_sends = threading.BoundedSemaphore(PAGE_SENDS)
 
 
 def invoke(
     *, model_name: str, selector: str, body: bytes, content_type: str, user: AbstractBaseUser
 ) -> tuple[int, bytes]:
-    """Score as ``user`` would over HTTP (the UI's **Send Request**).
+    """Score as ``user`` would over HTTP (the UI's **Send Request** without JavaScript),
+    captured into the inference table like a request to the scoring URL (token id 0).
 
     Raises a ServingError for what the gateway refuses before the request reaches a
     replica: NotFound (unknown model, stage or version, or serving disabled),
     PermissionDenied (no CAN_QUERY), Unavailable (the version is not ready),
-    PayloadTooLarge and RateLimited. Once admitted, returns ``(status, body)`` exactly as
-    an HTTP client would get them: the replica's answer, or the gateway's JSON error for a
-    timeout (504) or an unreachable replica (503)."""
+    PayloadTooLarge and RateLimited (also when ``PAGE_SENDS`` requests from pages are in
+    flight in this process). Once admitted, returns ``(status, body)`` exactly as an HTTP
+    client would get them: the replica's answer, or the gateway's JSON error."""
     gw = gateway()
     snapshot = gw.routing.current()
     target = gw.authorize(snapshot, model_name, selector, user)
-    answer = gw.score(target, body, content_type)
+    if not page_sends.acquire(blocking=False):
+        raise RateLimited(
+            f"{PAGE_SENDS} requests sent from the Serving tab without JavaScript are already "
+            "waiting for their answers here; wait for one, then send again."
+        )
+    started = time.perf_counter()
+    try:
+        answer = gw.score(target, body, content_type)
+    finally:
+        page_sends.release()
+    gw.capture.offer(
+        capture_rate(snapshot, model_name),
+        endpoint=target.model_name,
+        selector=selector,
+        version=target.version,
+        status=answer.status,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        token_id=0,
+        request=body,
+        response=answer.body,
+    )
     return answer.status, answer.body

@@ -31,6 +31,7 @@ from .app import (
     Gateway,
     MethodNotAllowed,
     answered_by,
+    capture_rate,
     error_answer,
     gateway,
     normalise_request,
@@ -46,6 +47,7 @@ from .bodies import (
     early_refusal,
     read_body,
 )
+from .browser import has_session
 from .capture import close_all as close_captures
 from .ops import METRICS_PATH, OPS_PATHS
 from .ops import answer as ops_answer
@@ -208,7 +210,12 @@ class Scoring:
         snapshot = await current_snapshot(self.gw)
         authorization = self.headers.get(b"authorization")
         resolve = functools.partial(self.gw.resolve_caller, snapshot, authorization, name, selector)
-        if snapshot.needs_db(token_from_authorization(authorization), name):
+        if authorization is None and has_session(self.scope["headers"]):
+            # The web UI's Send Request: its session is in the database.
+            target, self.token_pk = await asyncio.to_thread(
+                self.gw.resolve_session, snapshot, self.scope, name, selector
+            )
+        elif snapshot.needs_db(token_from_authorization(authorization), name):
             target, self.token_pk = await asyncio.to_thread(resolve)
         else:
             target, self.token_pk = resolve()
@@ -249,12 +256,6 @@ class Scoring:
                 response=answer.body,
             )
         return answer
-
-
-def capture_rate(snapshot: Snapshot, name: str) -> float:
-    """The share of the endpoint's requests its inference table captures (0: off)."""
-    routes = snapshot.table.endpoints.get(name)
-    return getattr(routes.endpoint, "capture_rate", 0.0) if routes is not None else 0.0
 
 
 async def current_snapshot(gw: Gateway) -> Snapshot:

@@ -1,5 +1,5 @@
 """Forwarding to replicas from the event loop: pooled asyncio streams, one retry on
-another replica.
+another replica when the first cannot have read the request (``upstream.never_read``).
 
 The async twin of ``upstream``: the same single exchange (``POST /invocations``, one
 answer framed by Content-Length, chunked encoding or the end of the connection), written
@@ -18,8 +18,14 @@ from .upstream import (
     CONNECT_TIMEOUT_SECONDS,
     MAX_ANSWER_HEAD,
     POOL_CONNECTIONS,
+    BadAnswer,
+    ConnectionClosed,
+    ReplicaFailed,
     ReplicaUnreachable,
     ResponseTooLarge,
+    bytes_acked,
+    failed,
+    failure_of,
     parse_head,
     request_head,
     retry_target,
@@ -42,6 +48,11 @@ class StreamConnection:
         self.address = address
         self.reader = reader
         self.writer = writer
+        self.sock = writer.get_extra_info("socket")
+        # For the retry rule: what the replica had acknowledged before the current request,
+        # and whether a byte of its answer arrived.
+        self.acked: int | None = None
+        self.answered = False
 
     @classmethod
     async def open(cls, address: Address) -> StreamConnection:
@@ -59,10 +70,20 @@ class StreamConnection:
     def close(self) -> None:
         self.writer.close()
 
+    def failure(self, exc: Exception) -> ReplicaUnreachable | ReplicaFailed:
+        """What the exchange that failed with ``exc`` means for a retry (asked before the
+        connection is closed; after a reset asyncio has closed the socket already, and the
+        reset alone decides)."""
+        # A reset can cut the answer's head short: its first bytes stay in the buffer.
+        answered = self.answered or bool(self.reader._buffer)
+        return failure_of(exc, answered=answered, acked_before=self.acked, sock=self.sock)
+
     async def exchange(
         self, head: bytes, body: bytes, max_bytes: int
     ) -> tuple[int, str, bytes, bool]:
         """Send one request, return ``(status, content type, body, keep-alive)``."""
+        self.acked = bytes_acked(self.sock)
+        self.answered = False
         self.writer.write(head + body if len(body) <= READ_SIZE else head)
         if len(body) > READ_SIZE:
             self.writer.write(body)
@@ -70,9 +91,12 @@ class StreamConnection:
         try:
             raw_head = await self.reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
-            raise ReplicaUnreachable("oversized answer headers") from None
-        except asyncio.IncompleteReadError:
-            raise ReplicaUnreachable("the replica closed the connection") from None
+            self.answered = True
+            raise BadAnswer("oversized answer headers") from None
+        except asyncio.IncompleteReadError as exc:
+            self.answered = bool(exc.partial)
+            raise ConnectionClosed("the replica closed the connection") from None
+        self.answered = True
         status, headers = parse_head(raw_head[:-4])
         if headers.get("transfer-encoding", "").lower() == "chunked":
             data = await self._read_chunked(max_bytes)
@@ -90,13 +114,13 @@ class StreamConnection:
         try:
             return await self.reader.readexactly(length)
         except asyncio.IncompleteReadError:
-            raise ReplicaUnreachable("the replica closed the connection") from None
+            raise ConnectionClosed("the replica closed the connection") from None
 
     async def _read_line(self) -> bytes:
         try:
             return (await self.reader.readuntil(b"\r\n"))[:-2]
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            raise ReplicaUnreachable("malformed chunked answer") from None
+            raise BadAnswer("malformed chunked answer") from None
 
     async def _read_chunked(self, max_bytes: int) -> bytes:
         parts: list[bytes] = []
@@ -133,10 +157,12 @@ class StreamUpstream:
     async def forward(
         self, target: Target, body: bytes, content_type: str, *, load: LoadTracker, refresh: Refresh
     ) -> tuple[int, str, bytes]:
-        """Post to the least-loaded replica of ``target``; when it cannot be reached, once
-        more to another one from the newest routing (it may just have been replaced).
+        """Post to the least-loaded replica of ``target``; when that one cannot have read
+        the request (``never_read``), once more to another one from the newest routing
+        (``refresh``: it may just have been replaced).
 
-        Raises Timeout, Unavailable, or ResponseTooLarge (a BAD_GATEWAY ServingError)."""
+        Raises Timeout, Unavailable, or BadGateway (a replica failed with the request
+        inside it, or answered more than the cap)."""
         tried: set[Address] = set()
         while True:
             address = load.pick(target.replicas, tried)
@@ -144,6 +170,8 @@ class StreamUpstream:
                 return await self.post(address, body, content_type)
             except TimeoutError as exc:
                 raise too_slow(self._read_timeout) from exc
+            except ReplicaFailed as exc:
+                raise failed(target, str(exc)) from exc
             except ReplicaUnreachable as exc:
                 if tried:
                     raise unreachable(target) from exc
@@ -164,9 +192,10 @@ class StreamUpstream:
         except (TimeoutError, ResponseTooLarge, asyncio.CancelledError):
             conn.close()
             raise
-        except (ReplicaUnreachable, OSError, ValueError) as exc:
+        except (ConnectionClosed, BadAnswer, OSError, ValueError) as exc:
+            failure = conn.failure(exc)
             conn.close()
-            raise ReplicaUnreachable(str(exc) or type(exc).__name__) from exc
+            raise failure from exc
         if keep:
             self._checkin(conn)
         else:

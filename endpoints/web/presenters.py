@@ -143,11 +143,9 @@ def serving(
     tab = tab if tab in SERVING_TABS else "call"
     tags = stage_tags(endpoint, versions)
     shown = ",".join(v.version for v in versions) or "none"
-    url = (
-        absolute_uri(f"/model/{quote(name, safe='')}/{version.version}/invocations")
-        if version
-        else ""
-    )
+    # The version's scoring URL; the request sender's script posts to it (same origin).
+    path = f"/model/{quote(name, safe='')}/{version.version}/invocations" if version else ""
+    url = absolute_uri(path) if path else ""
     example, example_reason = input_example(version) if tab == "call" else ("", "")
     can_manage = has_permission(user, endpoint, PermissionLevel.CAN_MANAGE)
     context = {
@@ -169,6 +167,7 @@ def serving(
         "settled": settled(endpoint, versions),
         "can_manage": can_manage,
         "invocation_url": url,
+        "invocation_path": path,
         "snippets": snippets(url) if url else {},
         "example_reason": example_reason,
         "has_example": bool(example),

@@ -239,7 +239,9 @@ def serving_example(request: HttpRequest, name: str) -> HttpResponse:
 @require_POST
 @http_errors
 def serving_invoke(request: HttpRequest, name: str) -> HttpResponse:
-    """The request sender: score as the logged-in user through the gateway."""
+    """Send Request without JavaScript: score as the logged-in user through the gateway,
+    on this page thread (``gateway.invoke`` caps how many at once), and render the page
+    with the answer. With JavaScript the page posts to the scoring URL instead."""
     endpoint = services.get_endpoint_for_user(name, request.user)
     form = InvokeForm(request.POST)
     if not form.is_valid():
@@ -260,8 +262,6 @@ def serving_invoke(request: HttpRequest, name: str) -> HttpResponse:
     result = presenters.invoke_result(
         status=status, answer=answer, latency_ms=(time.perf_counter() - started) * 1000
     )
-    if request.htmx:
-        return render(request, "endpoints/serving.html#response", {"result": result})
     context = presenters.serving(
         endpoint=endpoint,
         user=request.user,

@@ -2,8 +2,10 @@
 running product: gunicorn, the Celery worker and real model server replicas.
 
 One walk through what a data scientist does: log in, enable serving for iris-classifier,
-wait for Ready, load the example and score it, change a stage's compute settings, read
-logs, metrics and events, move a version with the stage drop-down, disable serving.
+wait for Ready, load the example and score it (the page posts it to the scoring URL: a
+progress note while it is on its way, then the answer or the error), change a stage's
+compute settings, read logs, metrics and events, move a version with the stage drop-down,
+disable serving.
 Screenshots of the main states go to tests/screenshots/.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from playwright.sync_api import Page, expect
 
 from endpoints import registry
@@ -101,15 +104,36 @@ def test_serving_tab_from_enable_to_disable(stack: str, owner, page: Page, resto
     expect(urls).to_contain_text(f"{base}/model-endpoint/{MODEL}/Production/invocations")
     expect(urls).to_contain_text(f"{base}/model/{MODEL}/1/invocations")
 
-    # Call the model: Show Example loads the logged example, Send Request scores it.
+    # Call the model: Show Example loads the logged example, Send Request scores it. The
+    # page posts it to the version's scoring URL (the front door answers it there, no page
+    # thread waits); while it is on its way the page says so.
     page.get_by_test_id("version-tab-1").click()
     page.get_by_role("link", name="Show Example").click()
     expect(page.locator("#request-body")).to_have_value(re.compile("dataframe_records"))
+    scoring = f"{base}/model/{MODEL}/1/invocations"
+    held: list = []
+    page.route(scoring, lambda route: held.append(route))
     page.get_by_role("button", name="Send Request").click()
+    # Each round trip to the browser lets Playwright hand the held request to the handler.
+    wait_for(lambda: page.evaluate("true") and held, timeout=30, what="the request held")
+    expect(page.get_by_test_id("sending")).to_be_visible()
+    with page.expect_response(scoring) as sent:
+        held[0].continue_()
+    page.unroute(scoring)
+    assert sent.value.status == 200
+    assert sent.value.request.headers["x-csrftoken"]
     response = page.get_by_test_id("response")
     expect(response).to_contain_text("Status 200")
     expect(response).to_contain_text('"predictions"')
+    expect(response).to_contain_text(re.compile(r"\d+\.\d ms"))
+    expect(page.get_by_test_id("sending")).to_have_count(0)
     shot(page, "04-serving-ready-response")
+    # An error answer is shown the same way, with its status.
+    page.locator("#request-body").fill('{"no_such_format": []}')
+    page.get_by_role("button", name="Send Request").click()
+    expect(response).to_contain_text("Status 400")
+    expect(response).to_contain_text("error_code")
+    expect(response).to_have_class(re.compile("error"))
     page.set_viewport_size({"width": 400, "height": 860})
     expect(page.locator("#sidebar")).to_be_visible()
     shot(page, "04b-serving-narrow")

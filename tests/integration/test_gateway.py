@@ -24,6 +24,7 @@ import pytest
 import requests
 from conftest import add_replica, add_version, free_port, serve_product, wait_for
 from django.conf import settings
+from ui_sender import UiClient
 
 from endpoints import load, metrics, registry, services
 from endpoints.kv import bump_generation
@@ -420,6 +421,47 @@ def test_querying_needs_can_query(served, owner, member, outsider, make_token):
         "iris-classifier", "Production", DATAFRAME_SPLIT, token=make_token(member)
     )
     assert response.json() == {"predictions": [0, 0]}
+
+
+# --- the Serving tab's Send Request: the session instead of a token ----------------------------
+
+
+def test_the_serving_tab_sends_with_the_session_and_its_csrf_token(served, owner):
+    ui = UiClient(served.base, "alice", "pw-alice-123")
+    form = ui.form("iris-classifier", "1")
+    assert form.score_path == "/model/iris-classifier/1/invocations"
+    answer = ui.send(form, DATAFRAME_SPLIT)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"predictions": [0, 0]}
+    assert answer.headers["X-Serving-Version"] == "1"
+
+
+def test_a_session_needs_the_csrf_token_the_own_origin_and_a_live_login(served, owner):
+    ui = UiClient(served.base, "alice", "pw-alice-123")
+    form = ui.form("iris-classifier", "1")
+    assert_error(ui.send(form, DATAFRAME_SPLIT, **{"X-CSRFToken": None}), 403, "PERMISSION_DENIED")
+    assert_error(
+        ui.send(form, DATAFRAME_SPLIT, **{"X-CSRFToken": "x" * 64}), 403, "PERMISSION_DENIED"
+    )
+    assert_error(
+        ui.send(form, DATAFRAME_SPLIT, Origin="http://elsewhere.example"), 403, "PERMISSION_DENIED"
+    )
+    requests.post(
+        served.base + "/logout/",
+        data={"csrfmiddlewaretoken": form.csrf_token},
+        cookies=ui.cookies,
+        timeout=30,
+    )
+    assert_error(ui.send(form, DATAFRAME_SPLIT), 401, "UNAUTHENTICATED")
+
+
+def test_the_serving_tab_sends_only_with_can_query(served, owner, member):
+    endpoint = served.versions["iris-classifier"].endpoint
+    services.permission_set(endpoint=endpoint, user=member, level="CAN_VIEW", by=owner)
+    ui = UiClient(served.base, "bob", "pw-bob-123")
+    assert_error(
+        ui.send(ui.form("iris-classifier", "1"), DATAFRAME_SPLIT), 403, "PERMISSION_DENIED"
+    )
 
 
 def test_caller_credentials_never_reach_the_model_server(served, owner):

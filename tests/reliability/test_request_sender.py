@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import requests
 from conftest import serve_product, wait_for
-from fakes import constant_model, gate_model, register
+from fakes import constant_model, gate_artifacts, gate_model, register
 from ui_sender import UiClient
 
 from endpoints import inference, load, traffic
@@ -62,15 +62,15 @@ def _ui_and_api_answer(deployment: Deployment, ui: UiClient) -> None:
 
 
 def test_ui_sends_held_in_the_model_leave_the_ui_and_the_api_answering(
-    deployment, http_gate, one_process
+    deployment, gate, one_process
 ):
-    register(deployment.name, gate_model("v1"), "Production")
+    register(deployment.name, gate_model("v1"), "Production", artifacts=gate_artifacts())
     deployment.enable()
     deployment.wait_serving("Production", "1")
     version = deployment.version("1")
     ui = _signed_in(deployment, one_process)
     form = ui.form(deployment.name, "1")
-    body = {"dataframe_records": [{"gate": http_gate.url}]}
+    body = {"dataframe_records": [{"gate": gate.key}]}
     answers, threads = _in_threads(HELD, lambda: ui.send(form, body))
     try:
         # More requests in flight than the process has page threads.
@@ -79,10 +79,10 @@ def test_ui_sends_held_in_the_model_leave_the_ui_and_the_api_answering(
             timeout=60,
             what=f"{HELD} UI requests in flight",
         )
-        assert http_gate.arrived >= 1 and not answers
+        assert gate.arrived >= 1 and not answers
         _ui_and_api_answer(deployment, ui)
     finally:
-        http_gate.open()
+        gate.open()
         for thread in threads:
             thread.join(timeout=90)
     assert [a.status_code for a in answers] == [200] * HELD, [a.text for a in answers]
@@ -90,18 +90,18 @@ def test_ui_sends_held_in_the_model_leave_the_ui_and_the_api_answering(
 
 
 def test_sends_without_javascript_beyond_the_cap_get_429_and_pages_keep_answering(
-    deployment, http_gate, one_process
+    deployment, gate, one_process
 ):
-    register(deployment.name, gate_model("v1"), "Production")
+    register(deployment.name, gate_model("v1"), "Production", artifacts=gate_artifacts())
     deployment.enable()
     deployment.wait_serving("Production", "1")
     ui = _signed_in(deployment, one_process)
     form = ui.form(deployment.name, "1")
-    body = {"dataframe_records": [{"gate": http_gate.url}]}
+    body = {"dataframe_records": [{"gate": gate.key}]}
     answers, threads = _in_threads(HELD, lambda: ui.send_without_javascript(form, "1", body).text)
     try:
         wait_for(
-            lambda: http_gate.arrived == PAGE_SENDS and len(answers) == HELD - PAGE_SENDS,
+            lambda: gate.arrived == PAGE_SENDS and len(answers) == HELD - PAGE_SENDS,
             timeout=60,
             what=f"{PAGE_SENDS} form sends held, the others refused",
         )
@@ -109,7 +109,7 @@ def test_sends_without_javascript_beyond_the_cap_get_429_and_pages_keep_answerin
         assert all("REQUEST_LIMIT_EXCEEDED" in page for page in answers)
         _ui_and_api_answer(deployment, ui)
     finally:
-        http_gate.open()
+        gate.open()
         for thread in threads:
             thread.join(timeout=90)
     answered = [page for page in answers if "Status <strong>200</strong>" in page]

@@ -303,25 +303,25 @@ def launch_confined(
     is bound here and the replica inherits the socket. ``die_with_parent``: killed with
     the thread that calls this (the replica then runs under bwrap's own init)."""
     listener = filter_fd = None
-    if spec.network == sandbox.NETWORK_NONE:
-        filter_fd = seccomp.program_fd()
-        listener = listening_socket(spec.host, spec.port)
-        cmd = [*cmd, "--listen-fd", str(listener.fileno())]
-    confined = sandbox.process_command(
-        cmd,
-        python=spec.python,
-        model_path=spec.model_path,
-        network=spec.network,
-        die_with_parent=die_with_parent,
-        seccomp_fd=filter_fd,
-    )
     try:
+        if spec.network == sandbox.NETWORK_NONE:
+            listener = listening_socket(spec.host, spec.port)
+            filter_fd = seccomp.program_fd()
+            cmd = [*cmd, "--listen-fd", str(listener.fileno())]
+        confined = sandbox.process_command(
+            cmd,
+            python=spec.python,
+            model_path=spec.model_path,
+            network=spec.network,
+            die_with_parent=die_with_parent,
+            seccomp_fd=filter_fd,
+        )
         process = start_logged(
             confined,
             env,
             spec.log_path,
             cwd="/",
-            pass_fds=(listener.fileno(), filter_fd) if listener is not None else (),
+            pass_fds=() if listener is None else (listener.fileno(), filter_fd),
             death_signal=die_with_parent,
         )
     finally:

@@ -1,0 +1,470 @@
+"""`make run` and `make run-cluster` started as users start them, end to end (`make smoke`).
+
+Each from a fresh clone of this checkout's HEAD, as root and as an ordinary user (created
+when the smoke runs as root, with a clone of its own), reusing the Python environment that
+`make install` built (`--venv`) instead of installing one per clone. Each run:
+
+1. `make <target> VENV=<env>` in its own process group, on free loopback ports;
+2. waits for the banner (URL, login, password, API token) and logs in with them;
+3. enables iris-classifier through the REST API with the printed token, and scores it
+   through the front door (`/model-endpoint/iris-classifier/Production/invocations`);
+4. sends SIGINT to the process group, as Ctrl-C on a terminal does: make ends as Ctrl-C
+   ends it (killed by SIGINT: status 130 in a shell), and no process of the run is left,
+   replicas, Ray's and PostgreSQL's included.
+
+The interpreter of an environment built as root may be out of an ordinary user's reach (a
+pyenv Python under /root): the user then gets an environment of its own, made by a Python
+of the same version it may run, with the built environment's packages (hard links).
+Run as an ordinary user, the smoke runs as that user only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.cookiejar
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+CHECKOUT = Path(__file__).resolve().parent.parent.parent
+SMOKE_USER = "serving-smoke"
+USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+READY_SECONDS = {"run": 300, "run-cluster": 480}
+SCORE_SECONDS = 240
+STOP_SECONDS = 150
+MODEL = "iris-classifier"
+ROWS = {
+    "dataframe_split": {
+        "columns": [
+            "sepal length (cm)",
+            "sepal width (cm)",
+            "petal length (cm)",
+            "petal width (cm)",
+        ],
+        "data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]],
+    }
+}
+
+
+class SmokeFailure(Exception):
+    pass
+
+
+def say(text: str) -> None:
+    print(f"smoke: {text}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- accounts and their checkouts -----------------------------------------------------------
+
+
+@dataclass
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    @classmethod
+    def of(cls, name: str) -> Account:
+        entry = pwd.getpwnam(name)
+        return cls(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+
+    @property
+    def is_self(self) -> bool:
+        return self.uid == os.geteuid()
+
+    def popen_args(self) -> dict:
+        """Run as this account: no intermediate process (runuser, su) to swallow signals."""
+        if self.is_self:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A login shell's environment, not this process's (no MAKEFLAGS, no test settings)."""
+        path = os.environ.get("PATH", USER_PATH) if self.is_self else USER_PATH
+        base = {"HOME": str(self.home), "USER": self.name, "LOGNAME": self.name}
+        return {**base, "PATH": path, "LANG": "C.UTF-8", **extra}
+
+    def run(self, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            cmd, env=self.env(), capture_output=True, text=True, **self.popen_args(), **kwargs
+        )
+
+
+def ordinary_user() -> Account:
+    """The smoke's own unprivileged account (created once, as root)."""
+    try:
+        return Account.of(SMOKE_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", SMOKE_USER], check=True)
+        return Account.of(SMOKE_USER)
+
+
+def fresh_clone(account: Account, where: Path) -> Path:
+    """A clone of this checkout's HEAD, owned by ``account``."""
+    commit = git("rev-parse", "HEAD")
+    clone = where / "serving-ui"
+    subprocess.run(["git", "clone", "--quiet", str(CHECKOUT), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", commit], check=True)
+    if not account.is_self:
+        shutil.chown(where, account.uid, account.gid)
+        subprocess.run(["chown", "-R", f"{account.uid}:{account.gid}", str(clone)], check=True)
+    return clone
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(CHECKOUT), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+# --- the Python environment each account runs with -----------------------------------------
+
+
+def runs_python(account: Account, venv: Path) -> bool:
+    check = 'import importlib.metadata as m; m.version("serving-ui")'
+    result = account.run([str(venv / "bin" / "python"), "-c", check])
+    return result.returncode == 0
+
+
+def environment_for(account: Account, built: Path, where: Path) -> Path:
+    """``built`` when ``account`` can run it, else an environment of its own with the
+    built one's packages."""
+    if runs_python(account, built):
+        return built
+    version = ".".join(built_version(built).split(".")[:2])
+    python = shutil.which(f"python{version}", path=USER_PATH)
+    if python is None:
+        raise SmokeFailure(f"{account.name} cannot run {built}, and there is no python{version}")
+    venv = where / "venv"
+    made = account.run([python, "-m", "venv", "--without-pip", str(venv)])
+    if made.returncode:
+        raise SmokeFailure(f"python{version} -m venv failed: {made.stderr}")
+    site = f"lib/python{version}/site-packages"
+    shutil.rmtree(venv / site)
+    # Hard links: seconds for gigabytes, and the files are the built environment's own.
+    linked = subprocess.run(["cp", "-al", str(built / site), str(venv / site)], check=False)
+    if linked.returncode:
+        subprocess.run(["cp", "-a", str(built / site), str(venv / site)], check=True)
+    if not runs_python(account, venv):
+        raise SmokeFailure(f"{account.name} cannot import the product with {venv}")
+    say(f"{account.name} cannot run {built}'s interpreter; it runs {python} with its packages")
+    return venv
+
+
+def built_version(venv: Path) -> str:
+    for line in (venv / "pyvenv.cfg").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("version", "version_info"):
+            return value.strip()
+    raise SmokeFailure(f"{venv}/pyvenv.cfg names no Python version")
+
+
+def check_imports_clone(account: Account, venv: Path, clone: Path) -> None:
+    """The product's processes start in the clone (`python manage.py`, `python -m …`), so
+    they import the clone's code, whatever the environment's editable install points at."""
+    code = "import endpoints, serving_ui; print(endpoints.__file__, serving_ui.__file__)"
+    result = account.run([str(venv / "bin" / "python"), "-c", code], cwd=clone)
+    paths = result.stdout.split()
+    if result.returncode or not all(p.startswith(f"{clone}/") for p in paths):
+        raise SmokeFailure(f"{clone} imports {paths or result.stderr} instead of its own code")
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Banner:
+    url: str
+    login: str
+    password: str
+    token: str
+
+
+@dataclass
+class Run:
+    account: Account
+    clone: Path
+    venv: Path
+    target: str
+    log_path: Path
+    marker: str = field(default_factory=lambda: uuid.uuid4().hex)
+    process: subprocess.Popen | None = None
+    seen: dict[int, tuple[float, str]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.account.name}: make {self.target}"
+
+    def start(self) -> None:
+        env = self.account.env(
+            PORT=str(free_port()),
+            SERVING_REDIS_PORT=str(free_port()),
+            SERVING_SMOKE_RUN=self.marker,
+        )
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                ["make", "--no-print-directory", self.target, f"VENV={self.venv}"],
+                cwd=self.clone,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, as a terminal's job
+                **self.account.popen_args(),
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_banner(self) -> Banner:
+        pattern = re.compile(
+            r"Serving UI is ready: (?P<url>http://127\.0\.0\.1:\d+/)\s+"
+            r"login:\s+(?P<login>\S+)\s+password:\s+(?P<password>\S+)\s+"
+            r"API token:\s+(?P<token>sui_\S+)"
+        )
+        deadline = time.monotonic() + READY_SECONDS[self.target]
+        while time.monotonic() < deadline:
+            found = pattern.search(self.output())
+            if found:
+                return Banner(**found.groupdict())
+            if self.process.poll() is not None:
+                raise SmokeFailure(f"{self.label} exited with {self.process.returncode}")
+            time.sleep(1)
+        raise SmokeFailure(f"{self.label} printed no banner in {READY_SECONDS[self.target]} s")
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this run: make's descendants, and anything that carries the
+        run's environment or names its clone (replicas have sessions of their own)."""
+        found: dict[int, psutil.Process] = {}
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.process.pid)
+            found[root.pid] = root
+            found.update({p.pid: p for p in root.children(recursive=True)})
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if self._belongs(proc):
+                    found[proc.pid] = proc
+        return list(found.values())
+
+    def _belongs(self, proc: psutil.Process) -> bool:
+        if any(str(self.clone) in part for part in proc.cmdline()):
+            return True
+        with contextlib.suppress(psutil.AccessDenied):
+            return proc.environ().get("SERVING_SMOKE_RUN") == self.marker
+        return False
+
+    def remember_processes(self) -> None:
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                name = " ".join(proc.cmdline())[:120] or proc.name()
+                self.seen[proc.pid] = (proc.create_time(), name)
+
+    def left_over(self) -> list[str]:
+        left = []
+        for pid, (created, name) in self.seen.items():
+            with contextlib.suppress(psutil.Error):
+                if _alive(psutil.Process(pid)) and psutil.Process(pid).create_time() == created:
+                    left.append(f"{pid} {name}")
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                if _alive(proc):
+                    left.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+        return sorted(set(left))
+
+    def interrupt(self) -> int:
+        """Ctrl-C: SIGINT to the whole process group; make's exit status."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            return self.process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            raise SmokeFailure(f"{self.label} still runs {STOP_SECONDS} s after Ctrl-C") from None
+
+    def kill_everything(self) -> None:
+        """After a failure: nothing of the run may outlive the smoke."""
+        procs = self.processes()
+        for pid in self.seen:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if proc.create_time() == self.seen[pid][0]:
+                    procs.append(proc)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(procs, timeout=10)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Exited, not yet reaped (a container's process 1 may never reap orphans): gone."""
+    return proc.status() != psutil.STATUS_ZOMBIE
+
+
+# --- talking to the product -------------------------------------------------------------------
+
+
+def log_in(banner: Banner) -> None:
+    """The printed login and password open a session in the UI."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(banner.url + "login/", timeout=30).read().decode()
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    if csrf is None:
+        raise SmokeFailure("the login page has no CSRF token")
+    form = {"username": banner.login, "password": banner.password}
+    form["csrfmiddlewaretoken"] = csrf.group(1)
+    data = urllib.parse.urlencode(form).encode()
+    with opener.open(banner.url + "login/", data=data, timeout=30) as answer:
+        landed = urllib.parse.urlparse(answer.geturl()).path
+    if landed.startswith("/login") or "sessionid" not in {c.name for c in jar}:
+        raise SmokeFailure(f"logging in as {banner.login} with the printed password failed")
+
+
+def call(banner: Banner, path: str, body: dict) -> tuple[int, str]:
+    request = urllib.request.Request(
+        banner.url + path.lstrip("/"),
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    credentials = base64.b64encode(f"token:{banner.token}".encode()).decode()
+    request.add_header("Authorization", f"Basic {credentials}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:
+        return 0, str(error)
+
+
+def enable_and_score(banner: Banner) -> list:
+    status, text = call(
+        banner, "api/2.0/preview/mlflow/endpoints-v2/enable", {"registered_model_name": MODEL}
+    )
+    if status != 200:
+        raise SmokeFailure(f"enable answered {status}: {text[:300]}")
+    invocations = f"model-endpoint/{MODEL}/Production/invocations"
+    deadline = time.monotonic() + SCORE_SECONDS
+    while time.monotonic() < deadline:
+        status, text = call(banner, invocations, ROWS)
+        if status == 200:
+            predictions = json.loads(text)["predictions"]
+            if len(predictions) != len(ROWS["dataframe_split"]["data"]):
+                raise SmokeFailure(f"{MODEL} answered {text[:300]}")
+            return predictions
+        time.sleep(1)
+    raise SmokeFailure(f"{MODEL} did not score within {SCORE_SECONDS} s: {status} {text[:300]}")
+
+
+# --- the whole smoke ----------------------------------------------------------------------
+
+
+def smoke_one(run: Run) -> None:
+    started = time.monotonic()
+    say(f"{run.label} (log: {run.log_path})")
+    run.start()
+    try:
+        banner = run.wait_for_banner()
+        log_in(banner)
+        predictions = enable_and_score(banner)
+        run.remember_processes()
+        say(f"  up at {banner.url}, {MODEL} answers {predictions}; Ctrl-C …")
+        status = run.interrupt()
+        check_stopped(run, status)
+    except BaseException:
+        run.kill_everything()
+        raise
+    say(f"  stopped cleanly ({len(run.seen)} processes gone) in {time.monotonic() - started:.0f} s")
+
+
+def check_stopped(run: Run, status: int) -> None:
+    # make passes Ctrl-C on to its job, waits for it, then dies of SIGINT itself.
+    if status not in (0, -signal.SIGINT):
+        raise SmokeFailure(f"{run.label} ended with status {status} after Ctrl-C")
+    deadline = time.monotonic() + 30
+    while (left := run.left_over()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        raise SmokeFailure(f"{run.label} left processes behind:\n  " + "\n  ".join(left))
+    after = run.output().rsplit("Serving UI is ready", 1)[-1]
+    if "Traceback" in after:
+        raise SmokeFailure(f"{run.label} printed a traceback while stopping")
+
+
+def remove_cluster_database(clone: Path) -> None:
+    """As root, run-cluster's PostgreSQL keeps its data outside the clone."""
+    if os.geteuid() == 0:
+        sys.path.insert(0, str(CHECKOUT))
+        from endpoints import devdb
+
+        shutil.rmtree(devdb.data_directory(clone / "var").parent, ignore_errors=True)
+
+
+def smoke_account(account: Account, built: Path, base: Path, targets: list[str]) -> None:
+    where = base / account.name
+    where.mkdir()
+    clone = fresh_clone(account, where)
+    venv = environment_for(account, built, where)
+    check_imports_clone(account, venv, clone)
+    try:
+        for target in targets:
+            smoke_one(Run(account, clone, venv, target, base / f"{account.name}-{target}.log"))
+    finally:
+        if "run-cluster" in targets:
+            remove_cluster_database(clone)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--venv", default=".venv", help="the environment make install built")
+    parser.add_argument("--only", choices=["root", "user"], help="one account only")
+    parser.add_argument("--targets", default="run,run-cluster")
+    parser.add_argument("--keep", action="store_true", help="keep the clones and logs")
+    args = parser.parse_args()
+    built = (CHECKOUT / args.venv).resolve()
+    targets = args.targets.split(",")
+    me = Account.of(pwd.getpwuid(os.geteuid()).pw_name)
+    accounts = [me]
+    if os.geteuid() == 0:
+        accounts = {"root": [me], "user": [ordinary_user()]}.get(args.only, [me, ordinary_user()])
+    base = Path(tempfile.mkdtemp(prefix="serving-ui-smoke-"))
+    base.chmod(0o711)  # the ordinary user reaches its own directory in it
+    started = time.monotonic()
+    try:
+        for account in accounts:
+            smoke_account(account, built, base, targets)
+    except SmokeFailure as failure:
+        say(f"FAILED: {failure}\n  (clones and logs kept in {base})")
+        return 1
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    say(f"passed in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -79,8 +79,9 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         self.children: list[ManagedProcess] = []
         self.stopping = False
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        # SIGHUP: the terminal closed; stop as for Ctrl-C (Redis would be left running).
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         try:
             self._start_redis_if_needed()
             call_command("migrate", interactive=False, verbosity=0)
@@ -108,8 +109,13 @@ class Command(BaseCommand):
         if url.hostname not in ("127.0.0.1", "localhost"):
             raise SystemExit(f"Redis at {settings.REDIS_URL} does not answer.")
         data_dir = Path(settings.VAR_DIR) / "redis"
+        # Out of Ctrl-C's reach (it goes to the terminal's whole process group): Redis is
+        # stopped last, after the worker has removed its heartbeat from it and the replicas'
+        # stop has bumped the routing generation kept in it.
         server = self._spawn(
-            "redis", devstack.redis_command(url.port or 6379, data_dir, url.password or "")
+            "redis",
+            devstack.redis_command(url.port or 6379, data_dir, url.password or ""),
+            own_session=True,
         )
         try:
             server.wait_until(
@@ -185,9 +191,10 @@ class Command(BaseCommand):
             ],
         )
 
-    def _spawn(self, name: str, cmd: list[str]) -> ManagedProcess:
-        # On this terminal: the output is the console's and Ctrl-C reaches the child too.
-        process = ManagedProcess(name, cmd, None, new_session=False).start()
+    def _spawn(self, name: str, cmd: list[str], *, own_session: bool = False) -> ManagedProcess:
+        # On this terminal: the output is the console's and Ctrl-C reaches the child too
+        # (unless it has a session of its own).
+        process = ManagedProcess(name, cmd, None, new_session=own_session).start()
         self.children.append(process)
         return process
 

@@ -147,7 +147,10 @@ def git(*args: str) -> str:
 
 def runs_python(account: Account, venv: Path) -> bool:
     check = 'import importlib.metadata as m; m.version("serving-ui")'
-    result = account.run([str(venv / "bin" / "python"), "-c", check])
+    try:
+        result = account.run([str(venv / "bin" / "python"), "-c", check])
+    except PermissionError:  # not even its interpreter
+        return False
     return result.returncode == 0
 
 

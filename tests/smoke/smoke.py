@@ -173,10 +173,23 @@ def environment_for(account: Account, built: Path, where: Path) -> Path:
     linked = subprocess.run(["cp", "-al", str(built / site), str(venv / site)], check=False)
     if linked.returncode:
         subprocess.run(["cp", "-a", str(built / site), str(venv / site)], check=True)
+    complete_for_interpreter(venv)
     if not runs_python(account, venv):
         raise SmokeFailure(f"{account.name} cannot import the product with {venv}")
     say(f"{account.name} cannot run {built}'s interpreter; it runs {python} with its packages")
     return venv
+
+
+def complete_for_interpreter(venv: Path) -> None:
+    """Install what the packages need on this interpreter but did not on the one they were
+    installed for (redis needs async-timeout below Python 3.11.3), as `make install` would."""
+    python = str(venv / "bin" / "python")
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
+    missing = sorted(set(re.findall(r"requires (\S+), which is not installed", check.stdout)))
+    if missing:
+        say(f"installing {', '.join(missing)} for {venv}'s interpreter")
+        quiet = ["--quiet", "--disable-pip-version-check"]
+        subprocess.run([python, "-m", "pip", "install", *quiet, *missing], check=True)
 
 
 def built_version(venv: Path) -> str:

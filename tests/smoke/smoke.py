@@ -189,7 +189,11 @@ def complete_for_interpreter(venv: Path) -> None:
     if missing:
         say(f"installing {', '.join(missing)} for {venv}'s interpreter")
         quiet = ["--quiet", "--disable-pip-version-check"]
-        subprocess.run([python, "-m", "pip", "install", *quiet, *missing], check=True)
+        result = subprocess.run(
+            [python, "-m", "pip", "install", *quiet, *missing], capture_output=True, text=True
+        )
+        if result.returncode:
+            raise SmokeFailure(f"pip install {' '.join(missing)} failed: {result.stderr[-2000:]}")
 
 
 def built_version(venv: Path) -> str:
@@ -228,6 +232,7 @@ class Run:
     venv: Path
     target: str
     log_path: Path
+    settings: dict[str, str] = field(default_factory=dict)
     marker: str = field(default_factory=lambda: uuid.uuid4().hex)
     process: subprocess.Popen | None = None
     seen: dict[int, tuple[float, str]] = field(default_factory=dict)
@@ -238,6 +243,7 @@ class Run:
 
     def start(self) -> None:
         env = self.account.env(
+            **self.settings,
             PORT=str(free_port()),
             SERVING_REDIS_PORT=str(free_port()),
             SERVING_SMOKE_RUN=self.marker,
@@ -359,12 +365,13 @@ def log_in(banner: Banner) -> None:
         raise SmokeFailure(f"logging in as {banner.login} with the printed password failed")
 
 
-def call(banner: Banner, path: str, body: dict) -> tuple[int, str]:
+def call(banner: Banner, path: str, body: dict | None = None) -> tuple[int, str]:
+    """POST ``body`` (GET without one) with the printed token; the status and the text."""
     request = urllib.request.Request(
         banner.url + path.lstrip("/"),
-        data=json.dumps(body).encode(),
+        data=None if body is None else json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
-        method="POST",
+        method="GET" if body is None else "POST",
     )
     credentials = base64.b64encode(f"token:{banner.token}".encode()).decode()
     request.add_header("Authorization", f"Basic {credentials}")
@@ -392,8 +399,18 @@ def enable_and_score(banner: Banner) -> list:
             if len(predictions) != len(ROWS["dataframe_split"]["data"]):
                 raise SmokeFailure(f"{MODEL} answered {text[:300]}")
             return predictions
+        check_not_failed(banner)
         time.sleep(1)
     raise SmokeFailure(f"{MODEL} did not score within {SCORE_SECONDS} s: {status} {text[:300]}")
+
+
+def check_not_failed(banner: Banner) -> None:
+    status, text = call(
+        banner, f"api/2.0/preview/mlflow/endpoints-v2/get-status?registered_model_name={MODEL}"
+    )
+    if status == 200 and json.loads(text)["endpoint_status"]["state"] == "FAILED":
+        message = json.loads(text)["endpoint_status"]["state_message"]
+        raise SmokeFailure(f"serving {MODEL} failed: {message[:1500]}")
 
 
 # --- the whole smoke ----------------------------------------------------------------------
@@ -443,7 +460,9 @@ def remove_cluster_database(clone: Path) -> None:
         shutil.rmtree(devdb.data_directory(clone / "var").parent, ignore_errors=True)
 
 
-def smoke_account(account: Account, built: Path, base: Path, targets: list[str]) -> None:
+def smoke_account(
+    account: Account, built: Path, base: Path, targets: list[str], settings: dict[str, str]
+) -> None:
     where = base / account.name
     where.mkdir()
     clone = fresh_clone(account, where)
@@ -451,7 +470,8 @@ def smoke_account(account: Account, built: Path, base: Path, targets: list[str])
     check_imports_clone(account, venv, clone)
     try:
         for target in targets:
-            smoke_one(Run(account, clone, venv, target, base / f"{account.name}-{target}.log"))
+            log = base / f"{account.name}-{target}.log"
+            smoke_one(Run(account, clone, venv, target, log, settings))
     finally:
         if "run-cluster" in targets:
             remove_cluster_database(clone)
@@ -463,7 +483,11 @@ def main() -> int:
     parser.add_argument("--only", choices=["root", "user"], help="one account only")
     parser.add_argument("--targets", default="run,run-cluster")
     parser.add_argument("--keep", action="store_true", help="keep the clones and logs")
+    parser.add_argument(
+        "--setting", action="append", default=[], help="NAME=VALUE for every run's environment"
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.setting)
     built = (CHECKOUT / args.venv).resolve()
     targets = args.targets.split(",")
     me = Account.of(pwd.getpwuid(os.geteuid()).pw_name)
@@ -475,7 +499,7 @@ def main() -> int:
     started = time.monotonic()
     try:
         for account in accounts:
-            smoke_account(account, built, base, targets)
+            smoke_account(account, built, base, targets, settings)
     except SmokeFailure as failure:
         say(f"FAILED: {failure}\n  (clones and logs kept in {base})")
         return 1

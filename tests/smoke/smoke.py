@@ -1,8 +1,9 @@
 """`make run` and `make run-cluster` started as users start them, end to end (`make smoke`).
 
-Each from a fresh clone of this checkout's HEAD, as root and as an ordinary user (created
-when the smoke runs as root, with a clone of its own), reusing the Python environment that
-`make install` built (`--venv`) instead of installing one per clone. Each run:
+Each from a fresh clone of this checkout's HEAD in the account's home, as root and as an
+ordinary user (created when the smoke runs as root, with a clone of its own), reusing the
+Python environment that `make install` built (`--venv`) instead of installing one per
+clone. Each run:
 
 1. `make <target> VENV=<env>` in its own process group, on free loopback ports;
 2. waits for the banner (URL, login, password, API token) and logs in with them;
@@ -131,7 +132,6 @@ def fresh_clone(account: Account, where: Path) -> Path:
     subprocess.run(["git", "clone", "--quiet", str(CHECKOUT), str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "checkout", "--quiet", commit], check=True)
     if not account.is_self:
-        shutil.chown(where, account.uid, account.gid)
         subprocess.run(["chown", "-R", f"{account.uid}:{account.gid}", str(clone)], check=True)
     return clone
 
@@ -453,28 +453,33 @@ def check_stopped(run: Run, status: int) -> None:
 
 def remove_cluster_database(clone: Path) -> None:
     """As root, run-cluster's PostgreSQL keeps its data outside the clone."""
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and clone.owner() == "root":
         sys.path.insert(0, str(CHECKOUT))
         from endpoints import devdb
 
         shutil.rmtree(devdb.data_directory(clone / "var").parent, ignore_errors=True)
 
 
-def smoke_account(
-    account: Account, built: Path, base: Path, targets: list[str], settings: dict[str, str]
-) -> None:
-    where = base / account.name
-    where.mkdir()
+def smoke_account(account: Account, args: argparse.Namespace) -> None:
+    """Both targets in a fresh clone in the account's home (not under /tmp, which a replica
+    forked from a zygote sees as a private directory of its own: docs/security.md)."""
+    where = Path(tempfile.mkdtemp(prefix=".serving-ui-smoke-", dir=account.home))
+    if not account.is_self:
+        shutil.chown(where, account.uid, account.gid)
     clone = fresh_clone(account, where)
-    venv = environment_for(account, built, where)
-    check_imports_clone(account, venv, clone)
     try:
-        for target in targets:
-            log = base / f"{account.name}-{target}.log"
-            smoke_one(Run(account, clone, venv, target, log, settings))
+        venv = environment_for(account, (CHECKOUT / args.venv).resolve(), where)
+        check_imports_clone(account, venv, clone)
+        for target in args.targets.split(","):
+            log = where / f"make-{target}.log"
+            smoke_one(Run(account, clone, venv, target, log, args.settings))
+    except SmokeFailure as failure:
+        raise SmokeFailure(f"{failure}\n  (clone and logs kept in {where})") from None
     finally:
-        if "run-cluster" in targets:
+        if "run-cluster" in args.targets:
             remove_cluster_database(clone)
+    if not args.keep:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def main() -> int:
@@ -487,24 +492,18 @@ def main() -> int:
         "--setting", action="append", default=[], help="NAME=VALUE for every run's environment"
     )
     args = parser.parse_args()
-    settings = dict(item.split("=", 1) for item in args.setting)
-    built = (CHECKOUT / args.venv).resolve()
-    targets = args.targets.split(",")
+    args.settings = dict(item.split("=", 1) for item in args.setting)
     me = Account.of(pwd.getpwuid(os.geteuid()).pw_name)
     accounts = [me]
     if os.geteuid() == 0:
         accounts = {"root": [me], "user": [ordinary_user()]}.get(args.only, [me, ordinary_user()])
-    base = Path(tempfile.mkdtemp(prefix="serving-ui-smoke-"))
-    base.chmod(0o711)  # the ordinary user reaches its own directory in it
     started = time.monotonic()
     try:
         for account in accounts:
-            smoke_account(account, built, base, targets, settings)
+            smoke_account(account, args)
     except SmokeFailure as failure:
-        say(f"FAILED: {failure}\n  (clones and logs kept in {base})")
+        say(f"FAILED: {failure}")
         return 1
-    if not args.keep:
-        shutil.rmtree(base, ignore_errors=True)
     say(f"passed in {time.monotonic() - started:.0f} s")
     return 0
 

@@ -66,8 +66,8 @@ def _as_owner() -> list[str]:
 def data_directory(var_dir: Path) -> Path:
     """Where ``make run-cluster`` keeps the data of the installation whose files are in
     ``var_dir``: ``var/cluster/postgres``, or, as root, a directory under the postgres user's
-    home that only that user may enter, named after ``var_dir`` (one per checkout, kept
-    across starts).
+    home that only that user may enter (created here), named after ``var_dir`` (one per
+    checkout, kept across starts).
 
     As root the server runs as the postgres user, which can reach nothing under ``var/``
     (0700, the secrets' directory) nor, often, the checkout itself (``/root`` is 0700);

@@ -149,7 +149,9 @@ def test_as_root_the_cluster_starts_beside_a_private_var_directory(tmp_path):
     (var / "cluster").mkdir()
     data = devdb.data_directory(var)
     assert data == devdb.data_directory(var)  # the same at every start
-    assert data != devdb.data_directory(tmp_path / "another" / "var")
+    another = devdb.data_directory(tmp_path / "another" / "var")
+    shutil.rmtree(another.parent)
+    assert data != another
     try:
         pg = devdb.start_postgres(data, var / "cluster", var / devdb.PASSWORD_FILE)
         try:

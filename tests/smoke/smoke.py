@@ -233,13 +233,16 @@ class Run:
     target: str
     log_path: Path
     settings: dict[str, str] = field(default_factory=dict)
+    # Ctrl-C; SIGHUP is what the terminal's process group gets when the terminal closes.
+    stop_signal: int = signal.SIGINT
     marker: str = field(default_factory=lambda: uuid.uuid4().hex)
     process: subprocess.Popen | None = None
     seen: dict[int, tuple[float, str]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        return f"{self.account.name}: make {self.target}"
+        how = "" if self.stop_signal == signal.SIGINT else ", its terminal closed"
+        return f"{self.account.name}: make {self.target}{how}"
 
     def start(self) -> None:
         env = self.account.env(
@@ -320,7 +323,7 @@ class Run:
 
     def interrupt(self) -> int:
         """Ctrl-C: SIGINT to the whole process group; make's exit status."""
-        os.killpg(self.process.pid, signal.SIGINT)
+        os.killpg(self.process.pid, self.stop_signal)
         try:
             return self.process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
@@ -425,7 +428,8 @@ def smoke_one(run: Run) -> None:
         log_in(banner)
         predictions = enable_and_score(banner)
         run.remember_processes()
-        say(f"  up at {banner.url}, {MODEL} answers {predictions}; Ctrl-C …")
+        how = "Ctrl-C" if run.stop_signal == signal.SIGINT else "SIGHUP"
+        say(f"  up at {banner.url}, {MODEL} answers {predictions}; {how} …")
         status = run.interrupt()
         check_stopped(run, status)
         say(f"  stopped (make's status {status}), no process left of {len(run.seen)}")
@@ -437,7 +441,7 @@ def smoke_one(run: Run) -> None:
 
 def check_stopped(run: Run, status: int) -> None:
     # make passes Ctrl-C on to its job, waits for it, then dies of SIGINT itself.
-    if status not in (0, -signal.SIGINT):
+    if status not in (0, -run.stop_signal):
         raise SmokeFailure(f"{run.label} ended with status {status} after Ctrl-C")
     deadline = time.monotonic() + 30
     while (left := run.left_over()) and time.monotonic() < deadline:
@@ -473,6 +477,9 @@ def smoke_account(account: Account, args: argparse.Namespace) -> None:
         for target in args.targets.split(","):
             log = where / f"make-{target}.log"
             smoke_one(Run(account, clone, venv, target, log, args.settings))
+        if args.hangup:
+            log = where / "make-run-hangup.log"
+            smoke_one(Run(account, clone, venv, "run", log, args.settings, signal.SIGHUP))
     except SmokeFailure as failure:
         raise SmokeFailure(f"{failure}\n  (clone and logs kept in {where})") from None
     finally:
@@ -488,6 +495,9 @@ def main() -> int:
     parser.add_argument("--only", choices=["root", "user"], help="one account only")
     parser.add_argument("--targets", default="run,run-cluster")
     parser.add_argument("--keep", action="store_true", help="keep the clones and logs")
+    parser.add_argument(
+        "--no-hangup", dest="hangup", action="store_false", help="skip the closed terminal"
+    )
     parser.add_argument(
         "--setting", action="append", default=[], help="NAME=VALUE for every run's environment"
     )

@@ -419,12 +419,16 @@ def check_not_failed(banner: Banner) -> None:
 # --- the whole smoke ----------------------------------------------------------------------
 
 
-def smoke_one(run: Run) -> None:
+def smoke_one(run: Run, password: str | None = None) -> Banner:
+    """The run, start to stop; its banner. ``password``: the login's, when it was printed
+    by an earlier start in the same clone (a later one prints it no more)."""
     started = time.monotonic()
     say(f"{run.label} (log: {run.log_path})")
     run.start()
     try:
         banner = run.wait_for_banner()
+        if banner.password.startswith("(") and password:
+            banner.password = password
         log_in(banner)
         predictions = enable_and_score(banner)
         run.remember_processes()
@@ -437,6 +441,7 @@ def smoke_one(run: Run) -> None:
         run.kill_everything()
         raise
     say(f"  {time.monotonic() - started:.0f} s in all")
+    return banner
 
 
 def check_stopped(run: Run, status: int) -> None:
@@ -474,12 +479,14 @@ def smoke_account(account: Account, args: argparse.Namespace) -> None:
     try:
         venv = environment_for(account, (CHECKOUT / args.venv).resolve(), where)
         check_imports_clone(account, venv, clone)
+        printed = {}
         for target in args.targets.split(","):
             log = where / f"make-{target}.log"
-            smoke_one(Run(account, clone, venv, target, log, args.settings))
-        if args.hangup:
+            printed[target] = smoke_one(Run(account, clone, venv, target, log, args.settings))
+        if args.hangup and "run" in printed:
             log = where / "make-run-hangup.log"
-            smoke_one(Run(account, clone, venv, "run", log, args.settings, signal.SIGHUP))
+            run = Run(account, clone, venv, "run", log, args.settings, signal.SIGHUP)
+            smoke_one(run, printed["run"].password)
     except SmokeFailure as failure:
         raise SmokeFailure(f"{failure}\n  (clone and logs kept in {where})") from None
     finally:
@@ -507,6 +514,8 @@ def main() -> int:
     accounts = [me]
     if os.geteuid() == 0:
         accounts = {"root": [me], "user": [ordinary_user()]}.get(args.only, [me, ordinary_user()])
+    # A CI timeout or a kill: stop what the smoke started on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"smoke: signal {signum}"))
     started = time.monotonic()
     try:
         for account in accounts:

@@ -77,8 +77,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         self.stopping = False
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: terminal closed
+            signal.signal(signum, self._on_signal)
         root = Path(settings.VAR_DIR) / "cluster"
         root.mkdir(parents=True, exist_ok=True)
         services: list[ManagedProcess] = []

@@ -3,9 +3,9 @@
 Starts Redis (when none answers at REDIS_URL on loopback), migrates, registers the demo
 models, makes sure an ``admin`` login exists, then runs the web server (uvicorn: the
 scoring gateway's front door, with UI, API and admin beside it on the same port), a Celery
-worker and Celery beat. Ctrl-C or SIGTERM stops every process it started, model server
-replicas included; the next start brings the replicas back from the desired state kept in
-the database.
+worker and Celery beat. Ctrl-C, SIGTERM or closing the terminal stops every process it
+started, model server replicas included; the next start brings the replicas back from the
+desired state kept in the database.
 """
 
 from __future__ import annotations
@@ -109,13 +109,8 @@ class Command(BaseCommand):
         if url.hostname not in ("127.0.0.1", "localhost"):
             raise SystemExit(f"Redis at {settings.REDIS_URL} does not answer.")
         data_dir = Path(settings.VAR_DIR) / "redis"
-        # Out of Ctrl-C's reach (it goes to the terminal's whole process group): Redis is
-        # stopped last, after the worker has removed its heartbeat from it and the replicas'
-        # stop has bumped the routing generation kept in it.
         server = self._spawn(
-            "redis",
-            devstack.redis_command(url.port or 6379, data_dir, url.password or ""),
-            own_session=True,
+            "redis", devstack.redis_command(url.port or 6379, data_dir, url.password or "")
         )
         try:
             server.wait_until(
@@ -191,10 +186,13 @@ class Command(BaseCommand):
             ],
         )
 
-    def _spawn(self, name: str, cmd: list[str], *, own_session: bool = False) -> ManagedProcess:
-        # On this terminal: the output is the console's and Ctrl-C reaches the child too
-        # (unless it has a session of its own).
-        process = ManagedProcess(name, cmd, None, new_session=own_session).start()
+    def _spawn(self, name: str, cmd: list[str]) -> ManagedProcess:
+        # The output is the console's, but each child has a session of its own: Ctrl-C
+        # (or the terminal's hangup), which the terminal sends to its whole process group,
+        # reaches this process alone, which stops the others in order (``_shutdown``).
+        # Otherwise Redis went first, under the worker's feet, and the Celery worker took
+        # a hangup for an order to restart itself.
+        process = ManagedProcess(name, cmd, None).start()
         self.children.append(process)
         return process
 

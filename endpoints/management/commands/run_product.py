@@ -248,7 +248,10 @@ class Command(BaseCommand):
         # Redis last: stopping the replicas bumps the routing generation kept in it.
         redis_child = [c for c in self.children if c.name == "redis"]
         others = [c for c in self.children if c.name != "redis"]
-        devstack.stop_all(others, timeout=25)
+        # SIGINT, as Ctrl-C reached them when they shared the terminal: Celery's pool
+        # processes ignore it and finish their task for their parent's warm shutdown,
+        # where a SIGTERM to the group would kill them mid-task.
+        devstack.stop_all(others, sig=signal.SIGINT, timeout=25)
         self._stop_replicas()
         devstack.stop_all(redis_child, timeout=25)
         self.children.clear()

@@ -89,8 +89,9 @@ format: install
 
 # After `make test` (CI runs both): the two ways users start the product, end to end, from
 # fresh clones that reuse this environment (tests/smoke/smoke.py says what is checked).
+# SMOKE_ARGS: e.g. --only root, --targets run, --keep, --setting NAME=VALUE.
 smoke: install system-deps
-	$(PY) tests/smoke/smoke.py --venv $(VENV)
+	$(PY) tests/smoke/smoke.py --venv $(VENV) $(SMOKE_ARGS)
 
 bench: install system-deps
 	$(PY) manage.py bench

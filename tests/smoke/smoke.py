@@ -121,7 +121,8 @@ def ordinary_user() -> Account:
     try:
         return Account.of(SMOKE_USER)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", SMOKE_USER], check=True)
+        useradd = shutil.which("useradd", path=USER_PATH) or "useradd"
+        subprocess.run([useradd, "--create-home", "--shell", "/bin/bash", SMOKE_USER], check=True)
         return Account.of(SMOKE_USER)
 
 

@@ -10,8 +10,11 @@ clone. Each run:
 3. enables iris-classifier through the REST API with the printed token, and scores it
    through the front door (`/model-endpoint/iris-classifier/Production/invocations`);
 4. sends SIGINT to the process group, as Ctrl-C on a terminal does: make ends as Ctrl-C
-   ends it (killed by SIGINT: status 130 in a shell), and no process of the run is left,
-   replicas, Ray's and PostgreSQL's included.
+   ends it (killed by SIGINT: status 130 in a shell), no process of the run is left,
+   replicas, Ray's and PostgreSQL's included, and nothing complained while stopping.
+
+Then `make run` starts once more in the same clone and is stopped as a closed terminal
+stops it (SIGHUP to the process group), with the same checks.
 
 The interpreter of an environment built as root may be out of an ordinary user's reach (a
 pyenv Python under /root): the user then gets an environment of its own, made by a Python

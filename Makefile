@@ -3,19 +3,24 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
 
+# `make run VENV=<dir>` runs with a Python environment built elsewhere (another checkout's,
+# CI's): nothing is installed into it, and this checkout's code is what runs, as every
+# process starts in this directory, which comes first on Python's import path.
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 # Run apt-get directly as root, through sudo otherwise.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help run run-cluster test test-sqlite test-postgres test-fast lint format bench install system-deps browser-deps clean
+.PHONY: help run run-cluster test test-sqlite test-postgres test-fast smoke lint format bench install system-deps browser-deps clean
 
 help:
 	@echo "make run    install everything and start the product (web, gateway, worker, beat)"
 	@echo "make run-cluster  the same with replicas on a 2-node Ray cluster, PostgreSQL and an"
 	@echo "            MLflow tracking server, all on this machine (loopback only)"
 	@echo "make test   install what the tests need and run the suite on SQLite and on PostgreSQL"
+	@echo "make smoke  make run and make run-cluster from fresh clones, as root and as an"
+	@echo "            ordinary user: up, a model enabled and scoring, Ctrl-C stops everything"
 	@echo "make lint   ruff check and format check"
 	@echo "make bench  front door, replica, replica start, batching and Ray-placed replica"
 	@echo "            benchmarks (PASS/MISS)"
@@ -27,7 +32,14 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -m pip install --quiet -e '.[test,examples,cluster]' $(PIP_QUIET)
 	@touch $@
 
+ifeq ($(VENV),.venv)
 install: $(VENV)/.installed
+else
+install:
+	@$(PY) -c 'import importlib.metadata as m; m.version("serving-ui")' 2>/dev/null || { \
+		echo "VENV=$(VENV): no Python environment with serving-ui installed there" \
+			"(make install builds one in its checkout's .venv)"; exit 1; }
+endif
 
 system-deps:
 	@command -v redis-server >/dev/null || { echo "Installing redis-server …"; \
@@ -75,6 +87,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# After `make test` (CI runs both): the two ways users start the product, end to end, from
+# fresh clones that reuse this environment (tests/smoke/smoke.py says what is checked).
+# SMOKE_ARGS: e.g. --only root, --targets run, --keep, --setting NAME=VALUE.
+smoke: install system-deps
+	$(PY) tests/smoke/smoke.py --venv $(VENV) $(SMOKE_ARGS)
+
 bench: install system-deps
 	$(PY) manage.py bench
 	$(PY) manage.py bench_provisioning
@@ -82,4 +100,4 @@ bench: install system-deps
 	$(PY) manage.py bench_cluster
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf .venv var .pytest_cache .ruff_cache

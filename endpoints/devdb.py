@@ -8,8 +8,9 @@ reach the database. The password is generated once into a file the caller names 
 0600 from its creation, ``serving_ui.private``) and reaches the PostgreSQL tools through
 ``PGPASSWORD``, never a command line. PostgreSQL refuses to run as root, so as root both run
 as the ``postgres`` system user, and ``initdb`` reads the password from a copy that user
-owns (0600) only while it runs. Durability settings are off: the data is thrown away when
-the server stops.
+owns (0600) only while it runs. That user cannot enter ``var/`` (0700), so as root
+``make run-cluster`` keeps the server's data in a directory of its own (``data_directory``).
+Durability settings are off: the data need not survive a crash of the machine.
 
 A data directory an older version initialised with trust authentication is not started:
 ``start_postgres`` says so and asks for it to be removed.
@@ -18,7 +19,9 @@ A data directory an older version initialised with trust authentication is not s
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -31,6 +34,8 @@ from serving_ui.private import create_private, generated_password
 from .devstack import LOOPBACK, ManagedProcess, StackError, free_port
 
 ROLE = "serving"
+# The system user PostgreSQL runs as when the product runs as root (Debian's package's).
+SERVER_USER = "postgres"
 PASSWORD_FILE = "postgres_password"  # noqa: S105 (a file name)
 # Data that is thrown away need not survive a crash of this machine.
 FAST_UNSAFE = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
@@ -55,7 +60,33 @@ def _major(path: str) -> int:
 
 def _as_owner() -> list[str]:
     """The prefix that runs a PostgreSQL binary as a user it accepts."""
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return ["runuser", "-u", SERVER_USER, "--"] if os.geteuid() == 0 else []
+
+
+def data_directory(var_dir: Path) -> Path:
+    """Where ``make run-cluster`` keeps the data of the installation whose files are in
+    ``var_dir``: ``var/cluster/postgres``, or, as root, a directory under the postgres user's
+    home that only that user may enter (created here), named after ``var_dir`` (one per
+    checkout, kept across starts).
+
+    As root the server runs as the postgres user, which can reach nothing under ``var/``
+    (0700, the secrets' directory) nor, often, the checkout itself (``/root`` is 0700);
+    opening either to it would open them to every local user."""
+    if os.geteuid() != 0:
+        return var_dir / "cluster" / "postgres"
+    try:
+        home = Path(pwd.getpwnam(SERVER_USER).pw_dir)
+    except KeyError:
+        raise StackError("PostgreSQL is not installed: `make system-deps` installs it") from None
+    if not home.is_dir():
+        raise StackError(f"The {SERVER_USER} user's home directory {home} does not exist.")
+    key = hashlib.sha256(str(var_dir.resolve()).encode()).hexdigest()[:16]
+    home = home / "serving-ui"
+    for directory in (home, home / key):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(directory, SERVER_USER, SERVER_USER)
+        directory.chmod(0o700)
+    return home / key / "data"
 
 
 def url(port: int, database: str, password: str) -> str:
@@ -94,9 +125,8 @@ def start_postgres(
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
-        # The postgres user must reach the directory and own it.
-        data_dir.parent.chmod(0o755)
-        shutil.chown(data_dir, "postgres", "postgres")
+        shutil.chown(data_dir, SERVER_USER, SERVER_USER)
+        _check_reachable(data_dir)
     if (data_dir / "PG_VERSION").exists():
         _check_initialised(data_dir, password_file)
     else:
@@ -121,16 +151,27 @@ def start_postgres(
     return Postgres(server, port, secret)
 
 
+def _check_reachable(data_dir: Path) -> None:
+    """As root: the postgres user must reach and write ``data_dir``, or initdb and the
+    server fail with a bare "Permission denied"."""
+    if subprocess.run([*_as_owner(), "test", "-w", str(data_dir)], check=False).returncode:
+        raise StackError(
+            f"The {SERVER_USER} user, which PostgreSQL runs as when started as root, cannot "
+            f"reach {data_dir}: every directory above it must let that user in."
+        )
+
+
 def _initdb(bin_dir: Path, data_dir: Path, secret: str) -> None:
     """A new cluster whose role needs ``secret`` on every connection, local or TCP.
 
     initdb reads the password from a file: a copy created 0600 next to the data directory,
-    handed to the postgres user (as root) and removed as soon as initdb is done."""
+    handed to the postgres user (as root) and removed as soon as initdb is done. (Not a
+    pipe: as root, initdb runs as the postgres user, who may not open a pipe root made.)"""
     copy = data_dir.parent / f".{data_dir.name}.pwfile.{secrets.token_hex(4)}"
     create_private(copy, secret + "\n")
     try:
         if os.geteuid() == 0:
-            shutil.chown(copy, "postgres", "postgres")
+            shutil.chown(copy, SERVER_USER, SERVER_USER)
         result = subprocess.run(
             [
                 *_as_owner(),

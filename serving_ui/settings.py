@@ -180,7 +180,9 @@ SECURE_PROXY_SSL_HEADER = (
 # --- Redis, Celery ---------------------------------------------------------------------
 # The embedded Redis requires a password generated once into var/redis_password (0600);
 # an operator's REDIS_URL is used exactly as given. Replicas never get either.
-REDIS_URL = os.environ.get("REDIS_URL") or private.default_redis_url(VAR_DIR)
+REDIS_URL = os.environ.get("REDIS_URL") or private.default_redis_url(
+    VAR_DIR, envint("SERVING_REDIS_PORT", "6379")
+)
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True

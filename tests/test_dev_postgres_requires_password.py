@@ -136,3 +136,37 @@ def test_a_data_directory_initialised_with_trust_is_not_started(home):
         devdb.start_postgres(data, here, here / devdb.PASSWORD_FILE)
     assert "Remove that directory" in str(refused.value)
     assert not (here / devdb.PASSWORD_FILE).exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root only: the server then runs as postgres")
+def test_as_root_the_cluster_starts_beside_a_private_var_directory(tmp_path):
+    """`make run-cluster` as root: var/ is 0700 and the checkout may be in /root (0700), so
+    the postgres user reaches neither; the server keeps its data in a directory only that
+    user may enter, and var/ stays closed."""
+    tmp_path.chmod(0o700)  # as /root is
+    var = tmp_path / "checkout" / "var"
+    var.mkdir(parents=True, mode=0o700)
+    (var / "cluster").mkdir()
+    data = devdb.data_directory(var)
+    assert data == devdb.data_directory(var)  # the same at every start
+    another = devdb.data_directory(tmp_path / "another" / "var")
+    shutil.rmtree(another.parent)
+    assert data != another
+    try:
+        pg = devdb.start_postgres(data, var / "cluster", var / devdb.PASSWORD_FILE)
+        try:
+            with psycopg.connect(pg.url("postgres"), connect_timeout=10) as conn:
+                assert conn.execute("select current_user").fetchone() == (devdb.ROLE,)
+        finally:
+            pg.process.stop()
+        for directory in (data, data.parent):
+            assert directory.owner() == devdb.SERVER_USER
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert stat.S_IMODE(var.stat().st_mode) == 0o700
+        password_file = var / devdb.PASSWORD_FILE
+        assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+        assert password_file.owner() == "root"
+        # initdb's copy of the password is gone.
+        assert [p.name for p in data.parent.iterdir()] == [data.name]
+    finally:
+        shutil.rmtree(data.parent, ignore_errors=True)

@@ -73,3 +73,16 @@ def test_a_redis_url_given_by_the_operator_is_used_as_given(tmp_path):
     )
     assert out.stdout.strip() == given
     assert not (tmp_path / REDIS_PASSWORD_FILE).exists()
+
+
+def test_the_embedded_redis_port_is_a_setting_and_keeps_the_generated_password(tmp_path):
+    """`PORT=8001 SERVING_REDIS_PORT=6380 make run` beside another checkout's `make run`."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env |= {"SERVING_VAR_DIR": str(tmp_path), "SERVING_REDIS_PORT": "6390"}
+    env["DJANGO_SETTINGS_MODULE"] = "serving_ui.settings"
+    code = "from django.conf import settings; print(settings.REDIS_URL)"
+    url = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    password = (tmp_path / REDIS_PASSWORD_FILE).read_text().strip()
+    assert url == f"redis://:{password}@127.0.0.1:6390/0"

@@ -10,22 +10,26 @@ it started and goes through the steps once more, so they serve when the pass end
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from endpoints.models import ComputeConfig, EndpointVersion, ServingEndpoint
 from endpoints.runtime import get_runtime
 from endpoints.targets import config_target
 
 from . import observe, plan, replicas
 from .actions import Action, PrepareVersion
-from .apply import Pass, execute
+from .apply import execute
 from .health import plan_replica
+from .passes import Pass
 
 
-def run_pass(pk: int) -> float | None:
-    """One reconcile pass; the seconds until a follow-up pass, None when none is needed."""
+def run_pass(pk: int, *, fence: Callable[[], None] = lambda: None) -> float | None:
+    """One reconcile pass; the seconds until a follow-up pass, None when none is needed.
+    ``fence`` is called before each step that acts and raises when the pass must stop."""
     endpoint = ServingEndpoint.objects.filter(pk=pk).first()
     if endpoint is None:
         return None
-    run = Pass(endpoint, get_runtime())
+    run = Pass(endpoint, get_runtime(), fence)
     check_replicas(run)
     if endpoint.enabled:
         converge(run)

@@ -23,20 +23,18 @@ Safety:
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 
 from django.db.models import Q
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import RedisError
 
 from endpoints import kv, metrics, triggers
 from endpoints.kv import bump_generation, redis_client
 from endpoints.models import Replica, ReplicaState, ServingEndpoint
 from endpoints.runtime import get_runtime
 
-from . import environments, replicas
+from . import environments, lease, replicas
 from .converge import run_pass
 from .housekeeping import (
     collect_orphans,
@@ -45,6 +43,7 @@ from .housekeeping import (
     warm_registry,
     warm_zygotes,
 )
+from .lease import Lease, LeaseExpired
 from .observe import NOT_STOPPED
 from .plan import choose_alias
 
@@ -55,31 +54,11 @@ LOCK_TIMEOUT_SECONDS = 20
 MAX_PASSES_PER_CALL = 5
 
 
-@contextmanager
-def _held(name: str) -> Iterator[bool]:
+def _held(name: str) -> AbstractContextManager[Lease | None]:
     """A Redis lock that stays held while its holder works and expires soon after the
-    holder dies (a worker killed mid-pass blocks its endpoint for seconds, not minutes)."""
-    # thread_local=False: the keep-alive thread renews the token its holder acquired.
-    lock = redis_client().lock(name, timeout=LOCK_TIMEOUT_SECONDS, thread_local=False)
-    if not lock.acquire(blocking=False):
-        yield False
-        return
-    done = threading.Event()
-
-    def keep_alive() -> None:
-        while not done.wait(LOCK_TIMEOUT_SECONDS / 3):
-            with suppress(LockError, RedisError):
-                lock.reacquire()
-
-    keeper = threading.Thread(target=keep_alive, name=f"lock:{name}", daemon=True)
-    keeper.start()
-    try:
-        yield True
-    finally:
-        done.set()
-        keeper.join()
-        with suppress(LockError, RedisError):
-            lock.release()
+    holder dies (a worker killed mid-pass blocks its endpoint for seconds, not minutes);
+    None when another worker holds it. Its holder checks the lease before each step."""
+    return lease.held(redis_client(), name, LOCK_TIMEOUT_SECONDS)
 
 
 def reconcile_endpoint(pk: int, *, triggered: bool = True) -> None:
@@ -87,25 +66,30 @@ def reconcile_endpoint(pk: int, *, triggered: bool = True) -> None:
     client = redis_client()
     follow_up: float | None = None
     with _held(kv.reconcile_lock_key(pk)) as held:
-        if not held:
+        if held is None:
             if triggered:
                 client.set(kv.reconcile_dirty_key(pk), "1", ex=3600)
             return
-        for _ in range(MAX_PASSES_PER_CALL):
-            client.delete(kv.reconcile_dirty_key(pk))
-            follow_up = _timed_pass(pk)
-            if not client.exists(kv.reconcile_dirty_key(pk)):
-                break
+        try:
+            for _ in range(MAX_PASSES_PER_CALL):
+                client.delete(kv.reconcile_dirty_key(pk))
+                follow_up = _timed_pass(pk, held)
+                if not client.exists(kv.reconcile_dirty_key(pk)):
+                    break
+        except LeaseExpired as exc:
+            # Stopped between two steps, as a killed worker would; the next pass goes on.
+            log.warning("reconcile: endpoint %s stopped mid-pass: %s", pk, exc)
+            return
     if follow_up is not None:
         _schedule_follow_up(pk, follow_up)
 
 
-def _timed_pass(pk: int) -> float | None:
+def _timed_pass(pk: int, held: Lease) -> float | None:
     """One pass, its duration and outcome recorded for /metrics."""
     started = time.perf_counter()
     failed = True
     try:
-        follow_up = run_pass(pk)
+        follow_up = run_pass(pk, fence=held.check)
         failed = False
         return follow_up
     finally:
@@ -116,28 +100,39 @@ def _timed_pass(pk: int) -> float | None:
 def reconcile_all() -> None:
     """The periodic pass: every endpoint that is enabled or still has something running."""
     with _held(kv.RECONCILE_ALL_LOCK_KEY) as held:
-        if not held:
+        if held is None:
             return  # the previous periodic pass is still running
-        runtime = get_runtime()
-        # First, and without waiting: a replica started below finds its zygote warming.
-        warm_zygotes(runtime)
-        warm_registry()
-        pks = (
-            ServingEndpoint.objects.filter(
-                Q(enabled=True)
-                | Q(versions__replicas__state__in=NOT_STOPPED)
-                | Q(aliases__isnull=False)
-            )
-            .values_list("pk", flat=True)
-            .distinct()
+        try:
+            _reconcile_all(held)
+        except LeaseExpired as exc:
+            log.warning("reconcile: the periodic pass stopped: %s", exc)
+
+
+def _reconcile_all(held: Lease) -> None:
+    """Every endpoint in turn, then orphans and logs; stops when the lease may be lost."""
+    runtime = get_runtime()
+    # First, and without waiting: a replica started below finds its zygote warming.
+    warm_zygotes(runtime)
+    warm_registry()
+    pks = (
+        ServingEndpoint.objects.filter(
+            Q(enabled=True)
+            | Q(versions__replicas__state__in=NOT_STOPPED)
+            | Q(aliases__isnull=False)
         )
-        for pk in list(pks):
-            try:
-                reconcile_endpoint(pk, triggered=False)
-            except Exception:  # one broken endpoint must not stop the others
-                log.exception("reconcile: endpoint %s failed", pk)
-        collect_orphans(runtime)
-        rotate_logs(runtime)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    for pk in list(pks):
+        held.check()
+        try:
+            reconcile_endpoint(pk, triggered=False)
+        except Exception:  # one broken endpoint must not stop the others
+            log.exception("reconcile: endpoint %s failed", pk)
+    held.check()
+    collect_orphans(runtime)
+    held.check()
+    rotate_logs(runtime)
 
 
 def stop_all_replicas() -> int:

@@ -3,7 +3,8 @@
 Starts, all on 127.0.0.1 and keeping their data under ``var/cluster/``:
 
 - PostgreSQL (the product's database; Debian's binaries, a cluster initialised on first
-  start whose role needs the password generated once into ``var/postgres_password``),
+  start whose role needs the password generated once into ``var/postgres_password``; as
+  root its data is in the postgres user's home, ``devdb.data_directory``),
 - an MLflow tracking server with artifact serving (``mlflow server --serve-artifacts``):
   the registry, and the store every node downloads models from,
 - a real 2-node Ray cluster (a head and one more node, each its own raylet; Ray's
@@ -76,20 +77,18 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         self.stopping = False
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: terminal closed
+            signal.signal(signum, self._on_signal)
         root = Path(settings.VAR_DIR) / "cluster"
         root.mkdir(parents=True, exist_ok=True)
         services: list[ManagedProcess] = []
         cluster = None
         product = None
         try:
-            self.say("Starting PostgreSQL …")
+            data_dir = devdb.data_directory(Path(settings.VAR_DIR))
+            self.say(f"Starting PostgreSQL (data in {data_dir}) …")
             pg = devdb.start_postgres(
-                root / "postgres",
-                root,
-                Path(settings.VAR_DIR) / devdb.PASSWORD_FILE,
-                new_session=True,
+                data_dir, root, Path(settings.VAR_DIR) / devdb.PASSWORD_FILE, new_session=True
             )
             services.append(pg.process)
             devdb.create_database(pg.port, "serving", pg.password)

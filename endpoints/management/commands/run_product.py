@@ -3,9 +3,9 @@
 Starts Redis (when none answers at REDIS_URL on loopback), migrates, registers the demo
 models, makes sure an ``admin`` login exists, then runs the web server (uvicorn: the
 scoring gateway's front door, with UI, API and admin beside it on the same port), a Celery
-worker and Celery beat. Ctrl-C or SIGTERM stops every process it started, model server
-replicas included; the next start brings the replicas back from the desired state kept in
-the database.
+worker and Celery beat. Ctrl-C, SIGTERM or closing the terminal stops every process it
+started, model server replicas included; the next start brings the replicas back from the
+desired state kept in the database.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         self.children: list[ManagedProcess] = []
         self.stopping = False
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        # SIGHUP: the terminal closed; stop as for Ctrl-C (Redis would be left running).
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         try:
             self._start_redis_if_needed()
             call_command("migrate", interactive=False, verbosity=0)
@@ -186,8 +187,12 @@ class Command(BaseCommand):
         )
 
     def _spawn(self, name: str, cmd: list[str]) -> ManagedProcess:
-        # On this terminal: the output is the console's and Ctrl-C reaches the child too.
-        process = ManagedProcess(name, cmd, None, new_session=False).start()
+        # The output is the console's, but each child has a session of its own: Ctrl-C
+        # (or the terminal's hangup), which the terminal sends to its whole process group,
+        # reaches this process alone, which stops the others in order (``_shutdown``).
+        # Otherwise Redis went first, under the worker's feet, and the Celery worker took
+        # a hangup for an order to restart itself.
+        process = ManagedProcess(name, cmd, None).start()
         self.children.append(process)
         return process
 
@@ -243,7 +248,10 @@ class Command(BaseCommand):
         # Redis last: stopping the replicas bumps the routing generation kept in it.
         redis_child = [c for c in self.children if c.name == "redis"]
         others = [c for c in self.children if c.name != "redis"]
-        devstack.stop_all(others, timeout=25)
+        # SIGINT, as Ctrl-C reached them when they shared the terminal: Celery's pool
+        # processes ignore it and finish their task for their parent's warm shutdown,
+        # where a SIGTERM to the group would kill them mid-task.
+        devstack.stop_all(others, sig=signal.SIGINT, timeout=25)
         self._stop_replicas()
         devstack.stop_all(redis_child, timeout=25)
         self.children.clear()

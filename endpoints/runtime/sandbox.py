@@ -77,8 +77,10 @@ SYSTEM_FILES = (
 # What a sandboxed process has instead of the host's home and temp.
 PRIVATE_ENV = {"HOME": TMP, "TMPDIR": TMP}
 # Capabilities a zygote keeps (it runs no model code): new namespaces and mounts for each
-# child, and switching the child to the unprivileged user.
-ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID")
+# child, bringing up the loopback of a child's own network namespace (which, when the
+# product is not root, belongs to the zygote's user namespace: CAP_SYS_ADMIN is not enough),
+# and switching the child to the unprivileged user.
+ZYGOTE_CAPS = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID")
 DROP_CAPS = ("CAP_SETUID", "CAP_SETGID")
 DEFAULT_UID = 65534
 # Processes that carry a sandboxed command line without being it.

@@ -1,7 +1,6 @@
-"""The benchmark's load generator: a minimal HTTP/1.1 keep-alive client, timed runs of
-it (sequential or concurrent), and half-open connections that never finish their
-request head. Run from a fresh interpreter by ``bench`` so the client's cost stays far
-below the servers'."""
+"""Load for the benchmarks: the request bodies, timed runs of a client (sequential or
+concurrent), their results, and half-open connections that never finish a request head.
+No Django and no MLflow: the clients' interpreter (``endpoints.bench.client``) imports it."""
 
 from __future__ import annotations
 
@@ -12,22 +11,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-BODY = json.dumps(
-    {
-        "dataframe_split": {
-            "columns": [
-                "sepal length (cm)",
-                "sepal width (cm)",
-                "petal length (cm)",
-                "petal width (cm)",
-            ],
-            "data": [[5.1, 3.5, 1.4, 0.2]],
-        }
-    }
-).encode()
+FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+ROW = [5.1, 3.5, 1.4, 0.2]
+# One row of the demo iris model, as a pandas "split" frame of doubles.
+BODY = json.dumps({"dataframe_split": {"columns": FEATURES, "data": [ROW]}})
+# The same row as a "records" frame: parsed and predicted MLflow's way.
+RECORDS_BODY = json.dumps({"dataframe_records": [dict(zip(FEATURES, ROW, strict=True))]})
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -36,22 +31,63 @@ class Result:
     p99_ms: float
     rps: float
     errors: int
+    # TCP connections the client opened, all of its requests together (keep-alive: one per
+    # client).
+    connections: int = 0
+
+
+class Client(Protocol):
+    last_body: bytes
+    connections: int
+
+    def call(self) -> int:
+        """Send the request, read the whole answer, return its status."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def destination(
+    host: str,
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    *,
+    method: str = "POST",
+    body: str = BODY,
+) -> dict:
+    """Where a client sends its request, and what: the JSON a client's process reads."""
+    return {
+        "host": host,
+        "port": port,
+        "path": path,
+        "headers": headers or {},
+        "method": method,
+        "body": body if method == "POST" else "",
+    }
 
 
 class KeepAliveClient:
-    """A minimal HTTP/1.1 client on one socket: its own cost stays far below the servers'."""
+    """A minimal HTTP/1.1 client on one socket, one ``sendall`` per request: its own cost
+    stays far below the servers', so it measures throughput. It sets no socket option."""
 
     def __init__(
-        self, host: str, port: int, path: str, headers: dict[str, str], method: str = "POST"
+        self,
+        host: str,
+        port: int,
+        path: str,
+        headers: dict[str, str],
+        method: str = "POST",
+        body: str = BODY,
     ) -> None:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        body = BODY if method == "POST" else b""
-        if body:
-            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-        self.request = "\r\n".join([*lines, "", ""]).encode() + body
+        data = body.encode()
+        if data:
+            lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+        self.request = "\r\n".join([*lines, "", ""]).encode() + data
         self.sock = socket.create_connection((host, port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connections = 1
         self.buffer = bytearray()
         self.last_body = b""
 
@@ -83,8 +119,16 @@ class KeepAliveClient:
 
 
 def measure(
-    make_client, *, clients: int, total: int, max_seconds: float, warmup: int = 100
+    make_client: Callable[[], Client],
+    *,
+    clients: int,
+    total: int,
+    max_seconds: float,
+    warmup: int = 100,
 ) -> Result:
+    """``total`` requests from ``clients`` clients at once (threads, each its own
+    connection), after ``warmup`` requests that are not counted; stops early after
+    ``max_seconds``."""
     per_client = max(1, total // clients)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
@@ -114,40 +158,46 @@ def measure(
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
+    opened = sum(client.connections for client in connections)
     for client in connections:
         client.close()
-    merged = sorted(x for out in latencies for x in out)
+    return summarise(
+        [x for out in latencies for x in out],
+        elapsed=elapsed,
+        errors=sum(errors),
+        connections=opened,
+    )
+
+
+def summarise(latencies: list[float], *, elapsed: float, errors: int, connections: int) -> Result:
+    """Percentiles (in ms) and rate of ``latencies`` (in seconds) taken over ``elapsed``."""
+    merged = sorted(latencies)
     return Result(
         p50_ms=merged[len(merged) // 2] * 1000,
         p99_ms=merged[min(len(merged) - 1, int(len(merged) * 0.99))] * 1000,
         rps=len(merged) / elapsed,
-        errors=sum(errors),
+        errors=errors,
+        connections=connections,
     )
 
 
-def measure_in_subprocess(target: dict, load: dict) -> Result:
-    """Measure from a fresh interpreter: this process has MLflow and Django loaded, whose
-    background threads would compete with the client for the GIL."""
-    spec = json.dumps({"target": target, "load": load})
+def measure_in_subprocess(client: str, target: dict, load: dict) -> Result:
+    """One run of ``client`` (``endpoints.bench.client.CLIENTS``) from a fresh interpreter:
+    the benchmark's own process has MLflow and Django loaded, whose background threads
+    would compete with the client for the GIL. The spec goes through stdin, so the token
+    in its headers is not on a command line."""
+    spec = json.dumps({"client": client, "target": target, "load": load})
     out = subprocess.run(
-        [sys.executable, "-c", CLIENT_SCRIPT, spec],
-        cwd=Path(__file__).resolve().parents[3],
+        [sys.executable, "-m", "endpoints.bench.client"],
+        cwd=PROJECT_ROOT,
+        input=spec,
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    return Result(**json.loads(out))
-
-
-CLIENT_SCRIPT = """
-import json, sys
-from dataclasses import asdict
-from endpoints.management.commands._load import KeepAliveClient, measure
-spec = json.loads(sys.argv[1])
-t = spec["target"]
-make = lambda: KeepAliveClient(**t)
-print(json.dumps(asdict(measure(make, **spec["load"]))))
-"""
+        check=False,
+    )
+    if out.returncode:
+        raise RuntimeError(f"the {client} client failed: {out.stderr.strip()[-2000:]}")
+    return Result(**json.loads(out.stdout))
 
 
 def median(results: list[Result]) -> Result:
@@ -156,6 +206,7 @@ def median(results: list[Result]) -> Result:
         p99_ms=statistics.median(r.p99_ms for r in results),
         rps=statistics.median(r.rps for r in results),
         errors=sum(r.errors for r in results),
+        connections=max(r.connections for r in results),
     )
 
 

@@ -70,8 +70,9 @@ class RequestsClient:
 
     @property
     def connections(self) -> int:
-        pool = self.session.get_adapter(self.url).poolmanager.connection_from_url(self.url)
-        return pool.num_connections
+        pools = self.session.get_adapter(self.url).poolmanager.pools
+        # urllib3's container of pools refuses iteration; it lists its keys.
+        return sum(pools[key].num_connections for key in pools.keys())  # noqa: SIM118
 
     def close(self) -> None:
         self.session.close()

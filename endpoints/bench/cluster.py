@@ -38,7 +38,7 @@ from .common import (
     serving_replica,
     wait,
 )
-from .load import Result, destination, measure_in_subprocess, median
+from .load import Result, destination, measure_in_subprocess, median, send_once
 from .report import print_results, print_targets
 
 TARGET_RATIO = 1.1
@@ -161,13 +161,8 @@ class ClusterBench(Bench):
     def _check_same_answer(self, targets: dict[str, dict]) -> None:
         answers = set()
         for t in targets.values():
-            response = requests.post(
-                f"http://{t['host']}:{t['port']}{t['path']}",
-                data=t["body"],
-                headers={"Content-Type": "application/json", **t["headers"]},
-                timeout=30,
-            )
-            answers.add((response.status_code, response.content))
+            status, _, body = send_once(t)
+            answers.add((status, body))
         if len(answers) != 1 or next(iter(answers))[0] != 200:
             raise CommandError(f"the two paths answer differently: {answers}")
 

@@ -4,6 +4,7 @@ No Django and no MLflow: the clients' interpreter (``endpoints.bench.client``) i
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import statistics
@@ -65,6 +66,22 @@ def destination(
         "method": method,
         "body": body if method == "POST" else "",
     }
+
+
+def send_once(target: dict) -> tuple[int, dict[str, str], bytes]:
+    """One request to ``target`` on a connection of its own: status, headers (names in
+    lower case) and body."""
+    conn = http.client.HTTPConnection(target["host"], target["port"], timeout=30)
+    try:
+        headers = dict(target["headers"])
+        if target["body"]:
+            headers["Content-Type"] = "application/json"
+        conn.request(target["method"], target["path"], body=target["body"] or None, headers=headers)
+        response = conn.getresponse()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, headers, response.read()
+    finally:
+        conn.close()
 
 
 class KeepAliveClient:

@@ -10,12 +10,12 @@ every replica measured is one the product started itself, with its defaults. Bes
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import sys
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import CommandError
 
 from endpoints import devstack
@@ -23,7 +23,15 @@ from endpoints import devstack
 from . import traffic_paths
 from .client import CURL, HTTP_CLIENT, MINIMAL, REQUESTS
 from .common import MODEL, Bench, as_command_error, serving_replica, wait
-from .load import BODY, HalfOpen, Result, destination, measure_in_subprocess, median
+from .load import (
+    BODY,
+    HalfOpen,
+    Result,
+    destination,
+    measure_in_subprocess,
+    median,
+    send_once,
+)
 from .report import Row, print_results, print_targets
 
 MLFLOW = "MLflow server (models serve), direct"
@@ -44,6 +52,17 @@ def mlflow_serve_command(port: int) -> list[str]:
         *(*cli, "models", "serve", "-m", f"models:/{MODEL}/1", "--env-manager", "local"),
         *("-h", "127.0.0.1", "-p", str(port)),
     ]
+
+
+def replicas_config() -> str:
+    """How the product started the replicas measured (its settings, left at their
+    defaults)."""
+    serving = settings.SERVING
+    return (
+        f"replicas started by the product's worker (start: {serving['REPLICA_START']}, "
+        f"sandbox: {serving['SANDBOX']}, network: {serving['SANDBOX_NETWORK']}, "
+        f"server: {serving['REPLICA_SERVER']})"
+    )
 
 
 class ScoringBench(Bench):
@@ -115,12 +134,8 @@ class ScoringBench(Bench):
         for label, t in targets.items():
             if t["method"] != "POST":
                 continue
-            conn = http.client.HTTPConnection(t["host"], t["port"], timeout=30)
-            headers = {"Content-Type": "application/json", **t["headers"]}
-            conn.request("POST", t["path"], body=t["body"], headers=headers)
-            response = conn.getresponse()
-            answers[label] = (response.status, response.read().replace(b" ", b""))
-            conn.close()
+            status, _, body = send_once(t)
+            answers[label] = (status, body.replace(b" ", b""))
         if len(set(answers.values())) != 1 or next(iter(answers.values()))[0] != 200:
             raise CommandError(f"the scoring paths answer differently: {answers}")
         self.say(f"All scoring paths answer {answers[PRODUCT][1].decode()} for one row.")
@@ -173,11 +188,8 @@ class ScoringBench(Bench):
 
     def _print(self, runs: dict[tuple[str, str], Result], half_open: dict[str, object]) -> None:
         self.say("")
-        self.say(
-            f"Web server: {self.web_config}; replicas started by the product (zygote, "
-            "sandbox: its defaults); one-row dataframe_split; medians of "
-            f"{self.options['rounds']} rounds"
-        )
+        self.say(f"Web server: {self.web_config}; {replicas_config()}")
+        self.say(f"One-row dataframe_split; medians of {self.options['rounds']} rounds")
         print_results(self.say, runs)
         count, ui, scoring = half_open["count"], half_open["ui"], half_open["scoring"]
         self.say("")

@@ -5,10 +5,8 @@ API calls) and measured beside plain routing in the same run."""
 
 from __future__ import annotations
 
-import http.client
-
 from .common import register_copy
-from .load import Result
+from .load import Result, send_once
 
 SPLIT_MODEL = "iris-classifier-split"
 CAPTURE_MODEL = "iris-classifier-capture"
@@ -46,15 +44,8 @@ def targets(front) -> dict[str, dict]:
 def answered_by_second_version(target: dict) -> bool:
     """Whether one request to the split was answered by version 2 (the gateways follow the
     split once they have rebuilt their routing)."""
-    conn = http.client.HTTPConnection(target["host"], target["port"], timeout=30)
-    try:
-        headers = {"Content-Type": "application/json", **target["headers"]}
-        conn.request("POST", target["path"], body=target["body"], headers=headers)
-        response = conn.getresponse()
-        response.read()
-        return response.status == 200 and response.getheader("X-Serving-Version") == "2"
-    finally:
-        conn.close()
+    status, headers, _ = send_once(target)
+    return status == 200 and headers.get("x-serving-version") == "2"
 
 
 def rows(runs: dict[tuple[str, str], Result], plain: Result, client: str) -> list[Row]:

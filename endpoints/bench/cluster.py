@@ -29,15 +29,7 @@ from endpoints.management.commands.run_cluster import start_ray_cluster
 from endpoints.management.commands.run_product import beat_command, worker_command
 
 from .client import HTTP_CLIENT, MINIMAL
-from .common import (
-    MODEL,
-    READY_TIMEOUT,
-    REPLICA_PORTS,
-    Bench,
-    as_command_error,
-    serving_replica,
-    wait,
-)
+from .common import MODEL, READY_TIMEOUT, REPLICA_PORTS, Bench, serving_replica, wait
 from .load import Result, destination, measure_in_subprocess, median, send_once
 from .report import print_results, print_targets
 
@@ -67,10 +59,7 @@ class RayInstallation:
         self.bench = bench
 
     def start(self, web_workers: int) -> None:
-        with as_command_error():
-            self.bench.processes.append(
-                devstack.start_redis(self.env["REDIS_URL"], self.var, self.var, timeout=60)
-            )
+        self.bench.start_redis(self.env["REDIS_URL"], self.var)
         self._manage("migrate", "--verbosity", "0")
         self._manage(
             "createsuperuser", "--noinput", "--username", "bench", "--email", "bench@example.com"

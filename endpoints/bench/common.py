@@ -123,10 +123,15 @@ class Bench:
         self.out.write(text + "\n")
         self.out.flush()
 
-    def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None):
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
         process = ManagedProcess(name, cmd, self.var, env).start()
         self.processes.append(process)
         return process
+
+    def start_redis(self, url: str, data_dir: Path) -> None:
+        """A redis-server for ``url``, its data and log in ``data_dir``; stopped last."""
+        with as_command_error():
+            self.processes.append(devstack.start_redis(url, data_dir, data_dir, timeout=60))
 
     def prepare(self) -> None:
         """Redis, the database, the demo model in the registry, a superuser and its token."""
@@ -134,10 +139,7 @@ class Bench:
 
         from endpoints import demo, registry, services
 
-        with as_command_error():
-            self.processes.append(
-                devstack.start_redis(settings.REDIS_URL, self.var, self.var, timeout=60)
-            )
+        self.start_redis(settings.REDIS_URL, self.var)
         call_command("migrate", interactive=False, verbosity=0)
         self.prepared = True
         registry.configure_mlflow()
@@ -183,7 +185,9 @@ class Bench:
             for name, (state, message) in states.items():
                 if state == EndpointState.FAILED:
                     raise CommandError(f"serving {name} failed: {message}")
-            return all(state == EndpointState.READY for state, _ in states.values())
+            return len(states) == len(names) and all(
+                state == EndpointState.READY for state, _ in states.values()
+            )
 
         wait(ready, what=f"{', '.join(names)} READY", timeout=READY_TIMEOUT)
 

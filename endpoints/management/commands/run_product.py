@@ -65,6 +65,27 @@ def web_command(*, host: str, port: int, processes: int, access_log: bool = Fals
     return [*command, "--access-log"] if access_log else command
 
 
+def worker_command() -> list[str]:
+    """The Celery worker as `make run` starts it (beat runs beside it: ``beat_command``)."""
+    return [
+        *(sys.executable, "-m", "celery", "-A", "serving_ui"),
+        # No start-up banner: it would print after the product's "ready" lines.
+        *("--quiet", "worker", "--loglevel"),
+        # Every periodic reconcile at INFO would drown the console; events and the Logs
+        # tab tell what happened.
+        os.environ.get("WORKER_LOG_LEVEL", "WARNING"),
+        *("--concurrency", "2", "--hostname", "worker@%h"),
+    ]
+
+
+def beat_command(var_dir: Path) -> list[str]:
+    """Celery beat as `make run` starts it, its schedule kept under ``var_dir``."""
+    return [
+        *(sys.executable, "-m", "celery", "-A", "serving_ui", "--quiet", "beat"),
+        *("--loglevel", "WARNING", "--schedule", str(var_dir / "celerybeat-schedule")),
+    ]
+
+
 class Command(BaseCommand):
     help = "Run the web server, a Celery worker and Celery beat (and Redis if needed)."
 
@@ -142,49 +163,12 @@ class Command(BaseCommand):
         return run_token(user, path), path
 
     def _start_services(self, host: str, port: int, web_workers: int) -> None:
-        py = sys.executable
-        var = Path(settings.VAR_DIR)
         self._spawn(
             "web",
             web_command(host=host, port=port, processes=web_workers, access_log=True),
         )
-        self._spawn(
-            "worker",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "serving_ui",
-                # No start-up banner: it would print after the product's "ready" lines.
-                "--quiet",
-                "worker",
-                "--loglevel",
-                # Every periodic reconcile at INFO would drown the console; events and
-                # the Logs tab tell what happened.
-                os.environ.get("WORKER_LOG_LEVEL", "WARNING"),
-                "--concurrency",
-                "2",
-                "--hostname",
-                "worker@%h",
-            ],
-        )
-        self._spawn(
-            "beat",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "serving_ui",
-                "--quiet",
-                "beat",
-                "--loglevel",
-                "WARNING",
-                "--schedule",
-                str(var / "celerybeat-schedule"),
-            ],
-        )
+        self._spawn("worker", worker_command())
+        self._spawn("beat", beat_command(Path(settings.VAR_DIR)))
 
     def _spawn(self, name: str, cmd: list[str]) -> ManagedProcess:
         # The output is the console's, but each child has a session of its own: Ctrl-C

@@ -1,86 +1,80 @@
-"""The benchmark's traffic paths: the same product replica behind an endpoint whose
+"""The scoring benchmark's traffic paths: the same model behind an endpoint whose
 Production splits 90/10 between two versions, and behind one whose inference table
-captures every request. Measured beside plain routing in the same run (``bench``)."""
+captures every request, both set up through the product's services (the ones its REST
+API calls) and measured beside plain routing in the same run."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from .common import register_copy
+from .load import Result, send_once
 
 SPLIT_MODEL = "iris-classifier-split"
 CAPTURE_MODEL = "iris-classifier-capture"
+MODELS = (SPLIT_MODEL, CAPTURE_MODEL)
+SPLIT, CAPTURE = "front door -> split 90/10", "front door -> capture 100 %"
+SPLIT_WEIGHTS = {"1": 90, "2": 10}
 # What capture may add to the front door's p50.
 TARGET_CAPTURE_COST_MS = 0.1
 
+Row = tuple[str, str, str, bool | None]
 
-def route_traffic_paths(
-    user: object, model_dir: Path, address: tuple[str, int], pid: int, route
-) -> None:
-    """Write the rows of both endpoints (``route`` writes a plain READY version)."""
-    from endpoints.models import (
-        EndpointVersion,
-        InferenceTable,
-        Replica,
-        ReplicaState,
-        ServiceState,
-        ServingEndpoint,
-        TrafficSplit,
+
+def register() -> None:
+    """Both models in the registry, made of the demo model's artifacts: the split's with
+    a second version in Staging (the loop serves it, so it is READY to take a share)."""
+    register_copy(SPLIT_MODEL, ("Production", "Staging"))
+    register_copy(CAPTURE_MODEL, ("Production",))
+
+
+def configure(user: object) -> None:
+    """The split and the inference table, once both endpoints are READY."""
+    from endpoints import traffic
+
+    traffic.traffic_split_set(
+        name=SPLIT_MODEL, target="Production", weights=SPLIT_WEIGHTS, user=user
     )
-
-    route(SPLIT_MODEL, user, model_dir, address, pid)
-    endpoint = ServingEndpoint.objects.get(registered_model_name=SPLIT_MODEL)
-    first = endpoint.versions.get(version="1")
-    second = EndpointVersion.objects.create(
-        endpoint=endpoint,
-        version="2",
-        registry_stage="Production",
-        service_state=ServiceState.READY,
-        service_config=first.service_config,
-        model_path=str(model_dir),
-    )
-    Replica.objects.create(
-        version=second,
-        replica_id=f"bench-{SPLIT_MODEL}-2",
-        host=address[0],
-        port=address[1],
-        pid=pid,
-        state=ReplicaState.RUNNING,
-    )
-    TrafficSplit.objects.create(endpoint=endpoint, target="Production", weights={"1": 90, "2": 10})
-
-    route(CAPTURE_MODEL, user, model_dir, address, pid)
-    InferenceTable.objects.create(
-        endpoint=ServingEndpoint.objects.get(registered_model_name=CAPTURE_MODEL),
-        enabled=True,
-        sample_rate=1.0,
-    )
+    traffic.inference_table_update(name=CAPTURE_MODEL, enabled=True, sample_rate=1.0, user=user)
 
 
-def traffic_targets(front) -> dict[str, dict]:
-    return {
-        "front door -> split 90/10": front(SPLIT_MODEL),
-        "front door -> capture 100 %": front(CAPTURE_MODEL),
-    }
+def targets(front) -> dict[str, dict]:
+    """``front(model)`` is the front door's target for a model's Production."""
+    return {SPLIT: front(SPLIT_MODEL), CAPTURE: front(CAPTURE_MODEL)}
 
 
-def traffic_rows(runs: dict, plain) -> list[tuple[str, str, str, bool | None]]:
-    """Rows of the targets table: the split's and capture's p50 against plain routing."""
-    split = runs[("front door -> split 90/10", "sequential")]
-    capture = runs[("front door -> capture 100 %", "sequential")]
+def answered_by_second_version(target: dict) -> bool:
+    """Whether one request to the split was answered by version 2 (the gateways follow the
+    split once they have rebuilt their routing)."""
+    status, headers, _ = send_once(target)
+    return status == 200 and headers.get("x-serving-version") == "2"
+
+
+def rows(runs: dict[tuple[str, str], Result], plain: Result, client: str) -> list[Row]:
+    """Rows of the targets table: the split's and capture's p50 against plain routing,
+    all from ``client``."""
+    split, capture = runs[(SPLIT, client)], runs[(CAPTURE, client)]
     cost = capture.p50_ms - plain.p50_ms
     return [
         (
-            "split 90/10 p50 (vs plain routing)",
+            f"split 90/10 p50 (vs plain routing), {client}",
             f"{split.p50_ms:.2f} ms ({split.p50_ms - plain.p50_ms:+.3f})",
             f"{plain.p50_ms:.2f} ms",
             None,
         ),
         (
-            f"capture cost at p50 < {TARGET_CAPTURE_COST_MS:g} ms",
+            f"capture cost at p50 < {TARGET_CAPTURE_COST_MS:g} ms, {client}",
             f"{capture.p50_ms:.2f} ms ({cost:+.3f})",
             f"{plain.p50_ms:.2f} ms",
             cost < TARGET_CAPTURE_COST_MS,
         ),
     ]
+
+
+def captured_rows() -> list[Row]:
+    """What the capture endpoint's inference table holds so far, and what it left out."""
+    from endpoints import inference
+
+    written, dropped = inference.count_rows(CAPTURE_MODEL), inference.dropped(CAPTURE_MODEL)
+    return [("capture: rows written / left out so far", f"{written} / {dropped}", "-", None)]
 
 
 def hot_path_costs(body: bytes, *, runs: int = 21, calls: int = 10_000) -> dict[str, float]:
@@ -98,7 +92,7 @@ def hot_path_costs(body: bytes, *, runs: int = 21, calls: int = 10_000) -> dict[
     def target(version: str) -> Target:
         return Target(1, 1, "m", version, "SERVICE_STATE_READY", "", True, False, (("h", 1),))
 
-    split = build_split({"1": 90, "2": 10}, {"1": target("1"), "2": target("2")})
+    split = build_split(SPLIT_WEIGHTS, {"1": target("1"), "2": target("2")})
     answer = b'{"predictions": [0]}'
 
     def pick() -> None:
@@ -133,7 +127,7 @@ def hot_path_costs(body: bytes, *, runs: int = 21, calls: int = 10_000) -> dict[
     return costs
 
 
-def hot_path_rows(costs: dict[str, float]) -> list[tuple[str, str, str, bool | None]]:
+def hot_path_rows(costs: dict[str, float]) -> list[Row]:
     return [
         ("split: picking a version, per request", f"{costs['split']:.2f} us", "-", None),
         (

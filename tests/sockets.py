@@ -157,14 +157,20 @@ def assert_nagle_off(
         call.close()
 
 
-def assert_no_cliff(base: str, path: str, token: str, client: str) -> None:
-    """50 sequential keep-alive requests from ``client`` have a median under the cliff."""
+def assert_no_cliff(base: str, path: str, token: str, client: str, rounds: int = 3) -> None:
+    """50 sequential keep-alive requests from ``client`` have a median under the cliff, in
+    one of ``rounds`` tries: the stall is the same on every request of every round, while
+    a machine busy with other work only slows some rounds."""
     if client == "http.client":
         call = HttpClientCalls(base, path, token)
     else:
         call = session_call(base, path, token)
-    median = median_ms(call)
-    assert median < CLIFF_MS, f"{client}: median {median:.1f} ms"
+    medians = []
+    for _ in range(rounds):
+        medians.append(median_ms(call))
+        if medians[-1] < CLIFF_MS:
+            return
+    raise AssertionError(f"{client}: medians {', '.join(f'{m:.1f}' for m in medians)} ms")
 
 
 CLIENTS = ("http.client", "requests.Session")

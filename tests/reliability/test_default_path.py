@@ -30,7 +30,7 @@ from conftest import _WORKERS, WEB_SERVERS, _start_worker, wait_for
 from fakes import copy_of_iris
 
 from endpoints import services
-from endpoints.models import Replica, ReplicaState, ServingEndpoint
+from endpoints.models import Replica, ReplicaState, ServingEndpoint, StageAlias
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -78,14 +78,14 @@ def served(
             owner = get_user_model().objects.create_superuser(f"guard-{uuid.uuid4().hex[:6]}")
             endpoint = services.endpoint_enable(name=name, user=owner)
             _, token = services.token_create(user=owner, name="guard")
-            replica = wait_for(
-                lambda: Replica.objects.filter(
-                    version__endpoint=endpoint, state=ReplicaState.RUNNING
-                ).first(),
+            # Serving: Production points at the version (it moves only once it is READY).
+            wait_for(
+                lambda: StageAlias.objects.filter(endpoint=endpoint, stage="Production").exists(),
                 timeout=600,
-                what=f"a replica started in {mode} mode",
+                what=f"a version served in {mode} mode",
                 interval=0.5,
             )
+            replica = Replica.objects.get(version__endpoint=endpoint, state=ReplicaState.RUNNING)
         yield Served(
             mode=mode,
             base=web_server,

@@ -55,6 +55,39 @@ def _until_up(
         pytest.fail(f"{exc}\n{process.output()[-3000:]}")
 
 
+# --- the test database ----------------------------------------------------------------------
+
+# What makes pytest-django set up the test database for a test (its own rule).
+_ASKS_FOR_DATABASE = {"db", "transactional_db", "live_server"}
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings_xdist_suffix() -> None:
+    """No suffix on the test database's name per xdist worker: ``settings_test`` names each
+    worker's database already, where the processes the worker starts read it too."""
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, request, django_db_blocker) -> Iterator[None]:
+    """The test database, also when no test of the run asks for one: pytest-django creates
+    only the databases the selected tests ask for, while the session's fixtures (the demo
+    registry, the worker, the web server, the reliability suite's deployment) write through
+    ``django_db_blocker`` whichever tests are selected (``pytest -k``, one module)."""
+    if any(
+        _ASKS_FOR_DATABASE.intersection(item.fixturenames) or item.get_closest_marker("django_db")
+        for item in request.session.items
+    ):
+        yield
+        return
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        created = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(created, verbosity=0)
+
+
 @pytest.fixture(scope="session")
 def stack_log_dir() -> Path:
     path = Path(settings.VAR_DIR) / "stack-logs"

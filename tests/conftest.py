@@ -171,11 +171,51 @@ def reconcile_paused() -> Iterator[None]:
     rows the reconcile loop owns by hand: the loop would otherwise correct them. Tasks
     queued meanwhile run once it continues."""
     paused = [w for w in _WORKERS if w.alive]
-    for worker in paused:
-        worker.send_signal(signal.SIGSTOP)
+
+    def stopped_between_writes() -> bool:
+        for worker in paused:
+            worker.send_signal(signal.SIGSTOP)
+        if not _database_held():
+            return True
+        # Stopped inside a write, it would keep the database locked for the whole module.
+        for worker in paused:
+            worker.send_signal(signal.SIGCONT)
+        return False
+
+    if paused:
+        wait_for(
+            stopped_between_writes, timeout=60, what="the worker between writes", interval=0.05
+        )
     yield
     for worker in paused:
         worker.send_signal(signal.SIGCONT)
+
+
+def _database_held() -> bool:
+    """Whether another connection is inside a transaction on the test database: one that
+    holds SQLite's write lock (or is checkpointing), or a PostgreSQL session left idle in a
+    transaction, which keeps the rows it wrote locked."""
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        import sqlite3
+
+        probe = sqlite3.connect(database["NAME"], timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            probe.close()
+        return False
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"]) as probe:
+        [(held,)] = probe.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state LIKE 'idle in transaction%'"
+        ).fetchall()
+    return held > 0
 
 
 @pytest.fixture

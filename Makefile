@@ -62,8 +62,16 @@ run-cluster: install system-deps
 # The whole suite runs on PostgreSQL (SERVING_TEST_DB=postgres: the run starts its own
 # server on 127.0.0.1), the 2-node Ray cluster tests included. On SQLite, the embedded
 # default, it runs again without the example models (torch, transformers: minutes of model
-# loading that no database behaviour depends on) and without the Ray cluster tests, so the
-# whole of `make test` stays within ~30 minutes on a 2-core machine.
+# loading that no database behaviour depends on) and without the Ray cluster tests.
+# Each run has two phases: the tests in parallel on TEST_WORKERS pytest-xdist workers (each
+# with its own Redis, Celery worker, web server, data directory and database; whole modules
+# per worker, so module fixtures start once), then the tests marked `serial` (a wall-clock
+# guard, gigabytes of models or cluster) alone. Most tests wait on processes, so workers
+# beyond the cores pay off: see README.md for the measurements.
+TEST_WORKERS := 3
+PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST_SERIAL := $(VENV)/bin/pytest -p no:xdist
+
 test: install system-deps browser-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -71,13 +79,15 @@ test: install system-deps browser-deps
 	$(MAKE) --no-print-directory test-postgres
 
 test-sqlite: install system-deps browser-deps
-	$(VENV)/bin/pytest -m "not examples and not cluster"
+	$(PYTEST_PARALLEL) -m "not serial and not examples and not cluster"
+	$(PYTEST_SERIAL) -m "serial and not examples and not cluster"
 
 test-postgres: install system-deps browser-deps
-	SERVING_TEST_DB=postgres $(VENV)/bin/pytest
+	SERVING_TEST_DB=postgres $(PYTEST_PARALLEL) -m "not serial"
+	SERVING_TEST_DB=postgres $(PYTEST_SERIAL) -m serial
 
 test-fast: install system-deps
-	$(VENV)/bin/pytest -m "not browser and not examples and not reliability and not cluster"
+	$(PYTEST_PARALLEL) -m "not browser and not examples and not reliability and not cluster"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,7 @@ reconcile loop starts its replica. Then:
   ``requests.Session``, through the front door, have a median under 15 ms. This is the
   suite's one wall-clock assertion: it detects a cliff (Nagle against a client's delayed
   ACK costs 40 ms or more per request; an answer takes 1-3 ms here), not a speed, and the
-  suite runs serially.
+  module is marked ``serial``: `make test` runs it alone, after the parallel part.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ from fakes import copy_of_iris
 from endpoints import services
 from endpoints.models import Replica, ReplicaState, ServingEndpoint
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.timeout(900)]
+# serial: the latency guard times requests, with nothing else running.
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.integration,
+    pytest.mark.serial,
+    pytest.mark.timeout(900),
+]
 
 MODES = {
     "zygote": {},

@@ -170,6 +170,16 @@ def reconcile_paused() -> Iterator[None]:
     """Hold the session's worker (and its beat) still for a module whose tests write the
     rows the reconcile loop owns by hand: the loop would otherwise correct them. Tasks
     queued meanwhile run once it continues."""
+    paused = pause_workers()
+    yield
+    for worker in paused:
+        worker.send_signal(signal.SIGCONT)
+
+
+def pause_workers() -> list[ManagedProcess]:
+    """Stop (SIGSTOP) the session's workers at a moment none of them is inside a write:
+    stopped inside one, a worker would keep the database locked until it continues. The
+    caller continues (SIGCONT) the workers returned."""
     paused = [w for w in _WORKERS if w.alive]
 
     def stopped_between_writes() -> bool:
@@ -177,7 +187,6 @@ def reconcile_paused() -> Iterator[None]:
             worker.send_signal(signal.SIGSTOP)
         if not _database_held():
             return True
-        # Stopped inside a write, it would keep the database locked for the whole module.
         for worker in paused:
             worker.send_signal(signal.SIGCONT)
         return False
@@ -186,9 +195,7 @@ def reconcile_paused() -> Iterator[None]:
         wait_for(
             stopped_between_writes, timeout=60, what="the worker between writes", interval=0.05
         )
-    yield
-    for worker in paused:
-        worker.send_signal(signal.SIGCONT)
+    return paused
 
 
 def _database_held() -> bool:

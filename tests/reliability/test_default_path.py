@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import requests
 import sockets
-from conftest import _WORKERS, WEB_SERVERS, _start_worker, wait_for
+from conftest import WEB_SERVERS, _start_worker, pause_workers, wait_for
 from fakes import copy_of_iris
 
 from endpoints import services
@@ -73,9 +74,7 @@ def served(
     from django.contrib.auth import get_user_model
 
     mode = request.param
-    paused = [w for w in _WORKERS if w.alive]
-    for worker in paused:
-        worker.send_signal(signal.SIGSTOP)
+    paused = pause_workers()
     worker = _start_worker(stack_log_dir, f"worker-{mode}", MODES[mode], unset=TEST_OVERRIDES)
     try:
         with django_db_blocker.unblock():
@@ -91,7 +90,7 @@ def served(
                 what=f"a replica started in {mode} mode",
                 interval=0.5,
             )
-        yield Served(
+        served = Served(
             mode=mode,
             base=web_server,
             path=f"/model-endpoint/{name}/Production/invocations",
@@ -99,6 +98,10 @@ def served(
             replica=replica,
             web_pid=_web_pid(web_server),
         )
+        # A running replica is routed to once its version is READY and the front door has
+        # seen it: the tests start from an endpoint that answers.
+        wait_for(lambda: _answers(served), timeout=120, what=f"{name} to answer", interval=0.5)
+        yield served
         with django_db_blocker.unblock():
             services.endpoint_disable(name=name, user=owner)
             wait_for(
@@ -115,6 +118,16 @@ def served(
         worker.stop()
         for paused_worker in paused:
             paused_worker.send_signal(signal.SIGCONT)
+
+
+def _answers(served: Served) -> bool:
+    answer = requests.post(
+        served.base + served.path,
+        json=sockets.IRIS_ROW,
+        headers={"Authorization": f"Bearer {served.token}"},
+        timeout=30,
+    )
+    return answer.status_code == 200
 
 
 def _web_pid(base: str) -> int:

@@ -12,18 +12,30 @@ PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 # Run apt-get directly as root, through sudo otherwise.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help run run-cluster test test-sqlite test-postgres test-fast smoke lint format bench install system-deps browser-deps clean
+.PHONY: help run run-cluster test test-sqlite test-postgres test-sqlite-parallel test-sqlite-serial \
+	test-postgres-parallel test-postgres-serial test-fast smoke lint format bench install \
+	system-deps browser-deps clean
 
 help:
 	@echo "make run    install everything and start the product (web, gateway, worker, beat)"
 	@echo "make run-cluster  the same with replicas on a 2-node Ray cluster, PostgreSQL and an"
 	@echo "            MLflow tracking server, all on this machine (loopback only)"
-	@echo "make test   install what the tests need and run the suite on SQLite and on PostgreSQL"
+	@echo "make test   install what the tests need, lint, and run the suite on SQLite and on"
+	@echo "            PostgreSQL: both in parallel on pytest-xdist workers, then the serial tests"
+	@echo "make test-sqlite / test-postgres  one database's run (parallel, then serial tests)"
+	@echo "make test-sqlite-parallel / test-sqlite-serial / test-postgres-parallel /"
+	@echo "            test-postgres-serial  one phase of one database's run"
+	@echo "make test-fast  without the browser, example, reliability and cluster tests"
 	@echo "make smoke  make run and make run-cluster from fresh clones, as root and as an"
 	@echo "            ordinary user: up, a model enabled and scoring, Ctrl-C stops everything"
 	@echo "make lint   ruff check and format check"
+	@echo "make format apply ruff's formatting and fixes"
 	@echo "make bench  front door, replica, replica start, batching and Ray-placed replica"
 	@echo "            benchmarks (PASS/MISS)"
+	@echo "make install       the Python environment in .venv (every other target builds it)"
+	@echo "make system-deps   redis-server, bubblewrap and postgresql (apt-get, as root or sudo)"
+	@echo "make browser-deps  chromium for the browser tests (apt-get)"
+	@echo "make clean  remove .venv, var/ and the tools' caches"
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -62,22 +74,47 @@ run-cluster: install system-deps
 # The whole suite runs on PostgreSQL (SERVING_TEST_DB=postgres: the run starts its own
 # server on 127.0.0.1), the 2-node Ray cluster tests included. On SQLite, the embedded
 # default, it runs again without the example models (torch, transformers: minutes of model
-# loading that no database behaviour depends on) and without the Ray cluster tests, so the
-# whole of `make test` stays within ~30 minutes on a 2-core machine.
+# loading that no database behaviour depends on) and without the Ray cluster tests.
+# Each database's run has two phases: the tests in parallel on TEST_WORKERS pytest-xdist
+# workers (each with its own Redis, Celery worker, web server, data directory and
+# database), then the tests marked `serial` (the latency guards, the example models, the Ray
+# cluster) alone. Most tests wait on processes, so `make test` runs the two databases'
+# parallel phases at once, then the serial phases one after the other (README.md has the
+# timings).
+TEST_WORKERS := 3
+PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal
+PYTEST_SERIAL := $(VENV)/bin/pytest -p no:xdist
+SQLITE_TESTS := not examples and not cluster
+POSTGRES := SERVING_TEST_DB=postgres
+
 test: install system-deps browser-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(MAKE) --no-print-directory test-sqlite
-	$(MAKE) --no-print-directory test-postgres
+	@echo "SQLite and PostgreSQL in parallel (each one's output when it ends), then the serial tests"
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite-parallel test-postgres-parallel
+	$(MAKE) --no-print-directory test-sqlite-serial
+	$(MAKE) --no-print-directory test-postgres-serial
 
-test-sqlite: install system-deps browser-deps
-	$(VENV)/bin/pytest -m "not examples and not cluster"
+test-sqlite: test-sqlite-parallel
+	$(MAKE) --no-print-directory test-sqlite-serial
 
-test-postgres: install system-deps browser-deps
-	SERVING_TEST_DB=postgres $(VENV)/bin/pytest
+test-postgres: test-postgres-parallel
+	$(MAKE) --no-print-directory test-postgres-serial
+
+test-sqlite-parallel: install system-deps browser-deps
+	$(PYTEST_PARALLEL) -m "not serial and $(SQLITE_TESTS)"
+
+test-sqlite-serial: install system-deps browser-deps
+	$(PYTEST_SERIAL) -m "serial and $(SQLITE_TESTS)"
+
+test-postgres-parallel: install system-deps browser-deps
+	$(POSTGRES) $(PYTEST_PARALLEL) -m "not serial"
+
+test-postgres-serial: install system-deps browser-deps
+	$(POSTGRES) $(PYTEST_SERIAL) -m serial
 
 test-fast: install system-deps
-	$(VENV)/bin/pytest -m "not browser and not examples and not reliability and not cluster"
+	$(PYTEST_PARALLEL) -m "not browser and not examples and not reliability and not cluster"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -55,6 +55,39 @@ def _until_up(
         pytest.fail(f"{exc}\n{process.output()[-3000:]}")
 
 
+# --- the test database ----------------------------------------------------------------------
+
+# What makes pytest-django set up the test database for a test (its own rule).
+_ASKS_FOR_DATABASE = {"db", "transactional_db", "live_server"}
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings_xdist_suffix() -> None:
+    """No suffix on the test database's name per xdist worker: ``settings_test`` names each
+    worker's database already, where the processes the worker starts read it too."""
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, request, django_db_blocker) -> Iterator[None]:
+    """The test database, also when no test of the run asks for one: pytest-django creates
+    only the databases the selected tests ask for, while the session's fixtures (the demo
+    registry, the worker, the web server, the reliability suite's deployment) write through
+    ``django_db_blocker`` whichever tests are selected (``pytest -k``, one module)."""
+    if any(
+        _ASKS_FOR_DATABASE.intersection(item.fixturenames) or item.get_closest_marker("django_db")
+        for item in request.session.items
+    ):
+        yield
+        return
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        created = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(created, verbosity=0)
+
+
 @pytest.fixture(scope="session")
 def stack_log_dir() -> Path:
     path = Path(settings.VAR_DIR) / "stack-logs"
@@ -137,12 +170,59 @@ def reconcile_paused() -> Iterator[None]:
     """Hold the session's worker (and its beat) still for a module whose tests write the
     rows the reconcile loop owns by hand: the loop would otherwise correct them. Tasks
     queued meanwhile run once it continues."""
-    paused = [w for w in _WORKERS if w.alive]
-    for worker in paused:
-        worker.send_signal(signal.SIGSTOP)
+    paused = pause_workers()
     yield
     for worker in paused:
         worker.send_signal(signal.SIGCONT)
+
+
+def pause_workers() -> list[ManagedProcess]:
+    """Stop (SIGSTOP) the session's workers at a moment none of them is inside a write:
+    stopped inside one, a worker would keep the database locked until it continues. The
+    caller continues (SIGCONT) the workers returned."""
+    paused = [w for w in _WORKERS if w.alive]
+
+    def stopped_between_writes() -> bool:
+        for worker in paused:
+            worker.send_signal(signal.SIGSTOP)
+        if not _database_held():
+            return True
+        for worker in paused:
+            worker.send_signal(signal.SIGCONT)
+        return False
+
+    if paused:
+        wait_for(
+            stopped_between_writes, timeout=60, what="the worker between writes", interval=0.05
+        )
+    return paused
+
+
+def _database_held() -> bool:
+    """Whether another connection is inside a transaction on the test database: one that
+    holds SQLite's write lock (or is checkpointing), or a PostgreSQL session left idle in a
+    transaction, which keeps the rows it wrote locked."""
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        import sqlite3
+
+        probe = sqlite3.connect(database["NAME"], timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            probe.close()
+        return False
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"]) as probe:
+        [(held,)] = probe.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state LIKE 'idle in transaction%'"
+        ).fetchall()
+    return held > 0
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ from endpoints import services
 from endpoints.models import Event, EventType, Replica, ReplicaState, StageAlias
 from endpoints.runtime import get_runtime
 
-pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+# serial: a 2-node cluster takes gigabytes, and its latency guard times requests.
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.serial]
 
 API = "/api/2.0/preview/mlflow/endpoints-v2/"
 READY_TIMEOUT = 180

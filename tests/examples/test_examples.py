@@ -21,7 +21,8 @@ EXAMPLES = ROOT / "examples"
 # minute here; the bound only turns a hang into a failure.
 SCRIPT_TIMEOUT_SECONDS = 480
 
-pytestmark = pytest.mark.examples
+# serial: torch and transformers models take gigabytes.
+pytestmark = [pytest.mark.examples, pytest.mark.serial]
 
 
 def run_example(

@@ -14,7 +14,7 @@ reconcile loop starts its replica. Then:
   rounds). This is the
   suite's one wall-clock assertion: it detects a cliff (Nagle against a client's delayed
   ACK costs 40 ms or more per request; an answer takes 1-3 ms here), not a speed, and the
-  suite runs serially.
+  module is marked ``serial``: `make test` runs it alone, after the parallel part.
 """
 
 from __future__ import annotations
@@ -25,14 +25,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import requests
 import sockets
-from conftest import _WORKERS, WEB_SERVERS, _start_worker, wait_for
+from conftest import WEB_SERVERS, _start_worker, pause_workers, wait_for
 from fakes import copy_of_iris
 
 from endpoints import services
 from endpoints.models import Replica, ReplicaState, ServingEndpoint, StageAlias
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.timeout(900)]
+# serial: the latency guard times requests, with nothing else running.
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.integration,
+    pytest.mark.serial,
+    pytest.mark.timeout(900),
+]
 
 MODES = {
     "zygote": {},
@@ -68,9 +75,7 @@ def served(
     from django.contrib.auth import get_user_model
 
     mode = request.param
-    paused = [w for w in _WORKERS if w.alive]
-    for worker in paused:
-        worker.send_signal(signal.SIGSTOP)
+    paused = pause_workers()
     worker = _start_worker(stack_log_dir, f"worker-{mode}", MODES[mode], unset=TEST_OVERRIDES)
     try:
         with django_db_blocker.unblock():
@@ -86,7 +91,7 @@ def served(
                 interval=0.5,
             )
             replica = Replica.objects.get(version__endpoint=endpoint, state=ReplicaState.RUNNING)
-        yield Served(
+        served = Served(
             mode=mode,
             base=web_server,
             path=f"/model-endpoint/{name}/Production/invocations",
@@ -94,6 +99,10 @@ def served(
             replica=replica,
             web_pid=_web_pid(web_server),
         )
+        # A running replica is routed to once its version is READY and the front door has
+        # seen it: the tests start from an endpoint that answers.
+        wait_for(lambda: _answers(served), timeout=120, what=f"{name} to answer", interval=0.5)
+        yield served
         with django_db_blocker.unblock():
             services.endpoint_disable(name=name, user=owner)
             wait_for(
@@ -111,6 +120,16 @@ def served(
         worker.stop()
         for paused_worker in paused:
             paused_worker.send_signal(signal.SIGCONT)
+
+
+def _answers(served: Served) -> bool:
+    answer = requests.post(
+        served.base + served.path,
+        json=sockets.IRIS_ROW,
+        headers={"Authorization": f"Bearer {served.token}"},
+        timeout=30,
+    )
+    return answer.status_code == 200
 
 
 def _web_pid(base: str) -> int:

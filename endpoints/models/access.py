@@ -1,5 +1,4 @@
-"""Who calls: access tokens and service principals. (Imported by ``endpoints.models``, so
-they are the app's models like the others.)"""
+"""Who may call: service principals, access tokens and per-endpoint permissions."""
 
 from __future__ import annotations
 
@@ -10,6 +9,8 @@ from datetime import datetime
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+from .serving import ServingEndpoint
 
 
 class ServicePrincipal(models.Model):
@@ -106,3 +107,36 @@ class AccessToken(models.Model):
             )
             revoked += AccessToken.objects.filter(pk__in=frontier).update(revoked_at=when)
         return revoked
+
+
+class PermissionLevel(models.TextChoices):
+    CAN_VIEW = "CAN_VIEW"
+    CAN_QUERY = "CAN_QUERY"
+    CAN_MANAGE = "CAN_MANAGE"
+
+
+PERMISSION_RANK = {
+    PermissionLevel.CAN_VIEW: 1,
+    PermissionLevel.CAN_QUERY: 2,
+    PermissionLevel.CAN_MANAGE: 3,
+}
+
+
+class EndpointPermission(models.Model):
+    endpoint = models.ForeignKey(
+        ServingEndpoint, on_delete=models.CASCADE, related_name="permissions"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="endpoint_permissions"
+    )
+    level = models.CharField(max_length=16, choices=PermissionLevel.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["endpoint", "user"]
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "user"], name="unique_endpoint_permission")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.level} on {self.endpoint}"

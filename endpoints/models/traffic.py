@@ -1,18 +1,13 @@
 """Desired state about traffic: how a target's requests are split between versions, and
-whether an endpoint keeps an inference table. (Imported by ``endpoints.models``, so they
-are the app's models like the others.)"""
+whether an endpoint keeps an inference table."""
 
 from __future__ import annotations
 
-import time
-
 from django.db import models
 
-from .targets import TARGET_MAX_LENGTH
+from endpoints.targets import TARGET_MAX_LENGTH
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+from .serving import now_ms
 
 
 class TrafficSplit(models.Model):

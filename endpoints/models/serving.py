@@ -1,9 +1,6 @@
-"""The product's data: desired state (what users asked for) and observed state (what runs).
-
-Web processes write desired state only: an endpoint is enabled, a stage has a compute
-config. The reconcile loop (``endpoints.provisioning.reconcile``) reads it together with the MLflow
-registry and writes observed state: endpoint versions, replicas, routing and events.
-"""
+"""Serving an endpoint: desired state (the endpoint, a compute config per target) and
+observed state (versions, routing pointers, replicas), written by the reconcile loop
+(``endpoints.provisioning``)."""
 
 from __future__ import annotations
 
@@ -14,10 +11,11 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from .targets import TARGET_MAX_LENGTH
+from endpoints.targets import TARGET_MAX_LENGTH
 
 
 def now_ms() -> int:
+    """Unix time in milliseconds: the timestamps of configs, events and traffic rows."""
     return int(time.time() * 1000)
 
 
@@ -66,19 +64,6 @@ class ReplicaState(models.TextChoices):
     TERMINATING = "Terminating"
     TERMINATED = "Terminated"
     ERROR = "Error"
-
-
-class PermissionLevel(models.TextChoices):
-    CAN_VIEW = "CAN_VIEW"
-    CAN_QUERY = "CAN_QUERY"
-    CAN_MANAGE = "CAN_MANAGE"
-
-
-PERMISSION_RANK = {
-    PermissionLevel.CAN_VIEW: 1,
-    PermissionLevel.CAN_QUERY: 2,
-    PermissionLevel.CAN_MANAGE: 3,
-}
 
 
 class ServingEndpoint(models.Model):
@@ -301,128 +286,3 @@ class Replica(models.Model):
     @property
     def is_live(self) -> bool:
         return self.state in (ReplicaState.PENDING, ReplicaState.RUNNING)
-
-
-class EventType(models.TextChoices):
-    # model level
-    ENDPOINT_ENABLED = "ENDPOINT_ENABLED"
-    ENDPOINT_DISABLED = "ENDPOINT_DISABLED"
-    ENDPOINT_READY = "ENDPOINT_READY"
-    ENDPOINT_FAILED = "ENDPOINT_FAILED"
-    COMPUTE_CONFIG_UPDATED = "COMPUTE_CONFIG_UPDATED"
-    PERMISSIONS_CHANGED = "PERMISSIONS_CHANGED"
-    SERVED_ALIASES_CHANGED = "SERVED_ALIASES_CHANGED"
-    TRAFFIC_SPLIT_CHANGED = "TRAFFIC_SPLIT_CHANGED"
-    INFERENCE_TABLE_CHANGED = "INFERENCE_TABLE_CHANGED"
-    # version level
-    VERSION_DEPLOYING = "VERSION_DEPLOYING"
-    VERSION_READY = "VERSION_READY"
-    VERSION_FAILED = "VERSION_FAILED"
-    VERSION_STAGE_CHANGED = "VERSION_STAGE_CHANGED"
-    VERSION_ALIAS_MOVED = "VERSION_ALIAS_MOVED"
-    MODEL_ALIAS_SET = "MODEL_ALIAS_SET"
-    VERSION_RETIRED = "VERSION_RETIRED"
-    CONFIG_UPDATE_STARTED = "CONFIG_UPDATE_STARTED"
-    CONFIG_UPDATE_APPLIED = "CONFIG_UPDATE_APPLIED"
-    CONFIG_UPDATE_FAILED = "CONFIG_UPDATE_FAILED"
-    SCALED_UP = "SCALED_UP"
-    SCALED_DOWN = "SCALED_DOWN"
-    SCALED_TO_ZERO = "SCALED_TO_ZERO"
-    WOKEN_FROM_ZERO = "WOKEN_FROM_ZERO"
-    BUILD_STARTED = "BUILD_STARTED"
-    BUILD_FINISHED = "BUILD_FINISHED"
-    BUILD_FAILED = "BUILD_FAILED"
-    # container / replica level
-    REPLICA_STARTED = "REPLICA_STARTED"
-    REPLICA_READY = "REPLICA_READY"
-    REPLICA_CRASHED = "REPLICA_CRASHED"
-    REPLICA_UNHEALTHY = "REPLICA_UNHEALTHY"
-    REPLICA_RESTARTED = "REPLICA_RESTARTED"
-    REPLICA_STOPPED = "REPLICA_STOPPED"
-    REPLICA_ADOPTED = "REPLICA_ADOPTED"
-    ZYGOTE_STARTED = "ZYGOTE_STARTED", "Replica environment warmed up"
-
-
-class EventLevel(models.TextChoices):
-    MODEL = "MODEL"
-    VERSION = "VERSION"
-    REPLICA = "REPLICA"
-
-
-class Event(models.Model):
-    """One significant service event; these rows are the Model Events tab."""
-
-    endpoint = models.ForeignKey(ServingEndpoint, on_delete=models.CASCADE, related_name="events")
-    timestamp = models.BigIntegerField(default=now_ms, db_index=True)
-    type = models.CharField(max_length=40, choices=EventType.choices)
-    level = models.CharField(max_length=8, choices=EventLevel.choices, default=EventLevel.MODEL)
-    message = models.TextField()
-    endpoint_version_name = models.CharField(max_length=32, blank=True, default="")
-    stage = models.CharField(max_length=16, blank=True, default="")
-    # The MLflow alias the event is about (without "@"), when it is about one.
-    alias = models.CharField(max_length=255, blank=True, default="")
-    replica_id = models.CharField(max_length=32, blank=True, default="")
-
-    class Meta:
-        ordering = ["-timestamp", "-pk"]
-
-    def __str__(self) -> str:
-        return f"{self.type}: {self.message}"
-
-    @classmethod
-    def record(
-        cls,
-        endpoint: ServingEndpoint,
-        type: str,
-        message: str,
-        *,
-        version: EndpointVersion | None = None,
-        replica: Replica | None = None,
-        alias: str = "",
-    ) -> Event:
-        level = (
-            EventLevel.REPLICA if replica else EventLevel.VERSION if version else EventLevel.MODEL
-        )
-        return cls.objects.create(
-            endpoint=endpoint,
-            type=type,
-            level=level,
-            message=message,
-            endpoint_version_name=version.version if version else "",
-            stage=version.registry_stage if version else "",
-            replica_id=replica.replica_id if replica else "",
-            alias=alias,
-        )
-
-
-class EndpointPermission(models.Model):
-    endpoint = models.ForeignKey(
-        ServingEndpoint, on_delete=models.CASCADE, related_name="permissions"
-    )
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="endpoint_permissions"
-    )
-    level = models.CharField(max_length=16, choices=PermissionLevel.choices)
-    created_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        ordering = ["endpoint", "user"]
-        constraints = [
-            models.UniqueConstraint(fields=["endpoint", "user"], name="unique_endpoint_permission")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.user} {self.level} on {self.endpoint}"
-
-
-# Tokens and service principals, traffic splits and inference tables live in modules of
-# their own; importing them here makes them models of this app like the others.
-from .access_models import (  # noqa: E402, F401
-    TOKEN_PREFIX,
-    AccessToken,
-    AccessTokenQuerySet,
-    ServicePrincipal,
-    hash_token,
-    unexpired,
-)
-from .traffic_models import InferenceTable, TrafficSplit  # noqa: E402, F401

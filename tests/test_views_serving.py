@@ -17,7 +17,7 @@ from conftest import add_version
 from django.conf import settings
 from django.test import Client
 
-from endpoints import services, traffic
+from endpoints import services
 from endpoints.gateway import app as gateway_app
 from endpoints.kv import bump_generation
 from endpoints.models import (
@@ -29,6 +29,7 @@ from endpoints.models import (
     ServiceState,
     ServingEndpoint,
 )
+from endpoints.services import traffic
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 

@@ -1,6 +1,6 @@
 """API calls about where traffic goes: MLflow aliases (set, delete, which ones an endpoint
 serves), traffic splits (set, promote, roll back, read) and inference tables. Thin: parse, call
-``endpoints.traffic``, answer with ``selectors``' shapes."""
+``endpoints.services``, answer with ``selectors``' shapes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from endpoints import selectors, services, traffic
+from endpoints import selectors, services
 from endpoints.errors import InvalidParameter
 
 from . import serializers as s
@@ -59,7 +59,7 @@ class ModelAliasView(ManageView):
     )
     def post(self, request: Request) -> Response:
         args = parse(request, SetAliasRequest)
-        traffic.model_alias_set(
+        services.model_alias_set(
             name=registry_name(args["name"]),
             alias=args["alias"],
             version=args["version"],
@@ -79,7 +79,7 @@ class ModelAliasView(ManageView):
     )
     def delete(self, request: Request) -> Response:
         args = parse(request, AliasRequest)
-        traffic.model_alias_set(
+        services.model_alias_set(
             name=registry_name(args["name"]), alias=args["alias"], version=None, user=request.user
         )
         return Response({})
@@ -98,7 +98,7 @@ class UpdateServedAliasesView(ManageView):
     )
     def put(self, request: Request) -> Response:
         args = parse(request, ServedAliasesRequest)
-        endpoint = traffic.served_aliases_set(
+        endpoint = services.served_aliases_set(
             name=args["registered_model_name"],
             aliases=args["served_aliases"],
             user=request.user,
@@ -169,7 +169,7 @@ class UpdateTrafficSplitView(ManageView):
             if name in weights:
                 raise InvalidParameter(f"Version {name} is listed twice.")
             weights[name] = share["traffic_percentage"]
-        split = traffic.traffic_split_set(
+        split = services.traffic_split_set(
             name=args["registered_model_name"],
             target=args["target"],
             weights=weights,
@@ -192,7 +192,7 @@ class PromoteTrafficSplitView(ManageView):
     )
     def post(self, request: Request) -> Response:
         args = parse(request, PromoteRequest)
-        split = traffic.traffic_split_promote(
+        split = services.traffic_split_promote(
             name=args["registered_model_name"],
             target=args["target"],
             version=args["endpoint_version_name"],
@@ -213,7 +213,7 @@ class RollbackTrafficSplitView(ManageView):
     )
     def post(self, request: Request) -> Response:
         args = parse(request, s.TargetRequest)
-        endpoint = traffic.traffic_split_rollback(
+        endpoint = services.traffic_split_rollback(
             name=args["registered_model_name"], target=args["target"], user=request.user
         )
         return Response({"traffic_splits": selectors.traffic_splits_json(endpoint)})
@@ -317,7 +317,7 @@ class UpdateInferenceTableView(ManageView):
     )
     def put(self, request: Request) -> Response:
         args = parse(request, InferenceTableRequest)
-        table = traffic.inference_table_update(
+        table = services.inference_table_update(
             name=args["registered_model_name"],
             enabled=args["enabled"],
             sample_rate=args["sample_rate"],

@@ -28,12 +28,12 @@ def register() -> None:
 
 def configure(user: object) -> None:
     """The split and the inference table, once both endpoints are READY."""
-    from endpoints import traffic
+    from endpoints import services
 
-    traffic.traffic_split_set(
+    services.traffic_split_set(
         name=SPLIT_MODEL, target="Production", weights=SPLIT_WEIGHTS, user=user
     )
-    traffic.inference_table_update(name=CAPTURE_MODEL, enabled=True, sample_rate=1.0, user=user)
+    services.inference_table_update(name=CAPTURE_MODEL, enabled=True, sample_rate=1.0, user=user)
 
 
 def targets(front) -> dict[str, dict]:

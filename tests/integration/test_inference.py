@@ -18,9 +18,10 @@ from conftest import wait_for
 from django.test import Client
 from fakes import constant_model, register
 
-from endpoints import devstack, inference, services, traffic
+from endpoints import devstack, inference, services
 from endpoints.devstack import ManagedProcess
 from endpoints.models import AccessToken, ServingEndpoint
+from endpoints.services import traffic
 
 from .test_provisioning import wait_ready
 

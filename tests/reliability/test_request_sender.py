@@ -18,8 +18,9 @@ from conftest import serve_product, wait_for
 from fakes import constant_model, gate_artifacts, gate_model, register
 from ui_sender import UiClient
 
-from endpoints import inference, load, traffic
+from endpoints import inference, load
 from endpoints.gateway.app import PAGE_SENDS
+from endpoints.services import traffic
 from serving_ui.asgi import PAGE_THREADS
 
 from .helpers import Deployment

@@ -1,10 +1,8 @@
-"""Writes of desired state about where traffic goes: which MLflow aliases an endpoint
-serves, where an alias points, traffic splits between versions, and inference tables.
+"""Where traffic goes: which MLflow aliases an endpoint serves, where an alias points,
+traffic splits between versions, and inference tables.
 
-Like ``services``: keyword-only functions that check permissions, write in one
-transaction, record an Event and ask a worker to reconcile once it commits. The gateway
-follows the reconcile loop, never these writes: an alias moved here serves its new
-version only once that version is READY.
+The gateway follows the reconcile loop, never these writes: an alias moved here serves its
+new version only once that version is READY.
 """
 
 from __future__ import annotations
@@ -14,10 +12,10 @@ from collections.abc import Iterable, Mapping
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from . import registry
-from .auth import can_create_endpoint, has_permission
-from .errors import InvalidParameter, NotFound, PermissionDenied, Unavailable
-from .models import (
+from endpoints import registry
+from endpoints.auth import can_create_endpoint, has_permission
+from endpoints.errors import InvalidParameter, NotFound, PermissionDenied, Unavailable
+from endpoints.models import (
     Event,
     EventType,
     InferenceTable,
@@ -27,8 +25,10 @@ from .models import (
     TrafficSplit,
     now_ms,
 )
-from .services import get_endpoint_for_user, invalidate_caches, request_reconcile, user_label
-from .targets import alias_name, is_alias, valid_alias, valid_target
+from endpoints.targets import alias_name, is_alias, valid_alias, valid_target
+
+from .endpoints import get_endpoint_for_user, request_reconcile, user_label
+from .invalidation import invalidate_caches
 
 
 def _check_alias(alias: str) -> str:

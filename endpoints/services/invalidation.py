@@ -21,8 +21,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from .kv import bump_generation
-from .models import AccessToken, EndpointPermission, ServicePrincipal, ServingEndpoint
+from endpoints.kv import bump_generation
+from endpoints.models import AccessToken, EndpointPermission, ServicePrincipal, ServingEndpoint
 
 log = logging.getLogger(__name__)
 

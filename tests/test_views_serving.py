@@ -707,7 +707,7 @@ def forget_metrics(version_pk: int) -> None:
 def test_metrics_tab_draws_the_charts_of_the_window(owner, endpoint, model_name):
     import time
 
-    from endpoints import metrics
+    from endpoints.telemetry import metrics
 
     v = add_version(endpoint, "1", "Production")
     forget_metrics(v.pk)
@@ -740,7 +740,7 @@ def test_metrics_tab_draws_the_charts_of_the_window(owner, endpoint, model_name)
 def test_metrics_tab_window_choice_downsamples(owner, endpoint, model_name):
     import time
 
-    from endpoints import metrics
+    from endpoints.telemetry import metrics
 
     v = add_version(endpoint, "1", "Production")
     forget_metrics(v.pk)

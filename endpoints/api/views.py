@@ -21,9 +21,10 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from endpoints import logs, selectors, services
+from endpoints import selectors, services
 from endpoints.errors import NotFound
 from endpoints.models import EndpointVersion, PermissionLevel
+from endpoints.telemetry import logs
 
 from . import serializers as s
 from .base import (

@@ -71,9 +71,12 @@ def rows(runs: dict[tuple[str, str], Result], plain: Result, client: str) -> lis
 
 def captured_rows() -> list[Row]:
     """What the capture endpoint's inference table holds so far, and what it left out."""
-    from endpoints import inference
+    from endpoints.telemetry import inference_tables
 
-    written, dropped = inference.count_rows(CAPTURE_MODEL), inference.dropped(CAPTURE_MODEL)
+    written, dropped = (
+        inference_tables.count_rows(CAPTURE_MODEL),
+        inference_tables.dropped(CAPTURE_MODEL),
+    )
     return [("capture: rows written / left out so far", f"{written} / {dropped}", "-", None)]
 
 

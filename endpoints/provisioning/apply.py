@@ -13,7 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from endpoints import kv, load, metrics
+from endpoints import kv
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,
@@ -22,6 +22,7 @@ from endpoints.models import (
     ReplicaState,
     ServiceState,
 )
+from endpoints.telemetry import load_reports, metrics
 
 from . import actions as a
 from . import environments, replicas
@@ -209,7 +210,7 @@ def _set_stage(run: Pass, action: a.SetStage) -> None:
 
 def _mark_activity(run: Pass, action: a.MarkActivity) -> None:
     with suppress(RedisError):
-        load.mark_request(run.version(action.version).pk)
+        load_reports.mark_request(run.version(action.version).pk)
 
 
 def _retry_version(run: Pass, action: a.RetryVersion) -> None:
@@ -278,7 +279,7 @@ def _set_scale_timer(run: Pass, action: a.SetScaleTimer) -> None:
         else:
             client.set(kv.low_since_key(pk), repr(action.low_since), ex=3600)
         if action.clear_wake:
-            load.clear_wake(pk)
+            load_reports.clear_wake(pk)
 
 
 def _set_replica_target(run: Pass, action: a.SetReplicaTarget) -> None:

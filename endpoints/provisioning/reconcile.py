@@ -29,10 +29,11 @@ from contextlib import AbstractContextManager, suppress
 from django.db.models import Q
 from redis.exceptions import RedisError
 
-from endpoints import kv, metrics, triggers
+from endpoints import kv, triggers
 from endpoints.kv import bump_generation, redis_client
 from endpoints.models import Replica, ReplicaState, ServingEndpoint
 from endpoints.runtime import get_runtime
+from endpoints.telemetry import metrics
 
 from . import environments, lease, replicas
 from .converge import run_pass

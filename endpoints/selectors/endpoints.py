@@ -9,7 +9,6 @@ import redis
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
-from endpoints import metrics
 from endpoints.auth import has_permission
 from endpoints.errors import NotFound, Unavailable
 from endpoints.models import (
@@ -23,6 +22,7 @@ from endpoints.models import (
     Stage,
 )
 from endpoints.targets import is_alias
+from endpoints.telemetry import metrics
 
 from .compute import alias_config_targets, compute_config_json
 from .traffic import traffic_splits_json

@@ -8,12 +8,12 @@ import redis
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
-from endpoints import inference
 from endpoints.auth import READ_CAPTURED, ROWS_WITHHELD, has_permission
 from endpoints.models import (
     InferenceTable,
     ServingEndpoint,
 )
+from endpoints.telemetry import inference_tables
 
 from .compute import target_json
 
@@ -40,14 +40,14 @@ def inference_table_json(endpoint: ServingEndpoint) -> dict[str, Any]:
     table = InferenceTable.objects.filter(endpoint=endpoint).first()
     name = endpoint.registered_model_name
     try:
-        by_reason: dict[str, int] | None = inference.dropped_counts([name])[name]
+        by_reason: dict[str, int] | None = inference_tables.dropped_counts([name])[name]
     except redis.RedisError:
         by_reason = None
     return {
         "enabled": bool(table and table.enabled),
         "sample_rate": table.sample_rate if table else 1.0,
         "retention_days": settings.SERVING["INFERENCE_RETENTION_DAYS"],
-        "location": str(inference.table_dir(name)),
+        "location": str(inference_tables.table_dir(name)),
         "dropped_requests": sum(by_reason.values()) if by_reason is not None else None,
         "dropped_requests_by_reason": by_reason,
     }
@@ -63,7 +63,7 @@ def inference_table_read(
     if not has_permission(user, endpoint, READ_CAPTURED):
         answer["message"] = ROWS_WITHHELD
         return answer
-    found = inference.latest_rows(endpoint.registered_model_name, limit)
+    found = inference_tables.latest_rows(endpoint.registered_model_name, limit)
     answer["rows"] = [
         {**row, "timestamp": int(row["timestamp"].timestamp() * 1000)} for row in found.rows
     ]

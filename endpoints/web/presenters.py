@@ -20,7 +20,7 @@ from django.db.models import QuerySet
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from endpoints import logs, registry, selectors
+from endpoints import registry, selectors
 from endpoints.auth import can_create_endpoint, has_permission, permission_level
 from endpoints.models import (
     ComputeConfig,
@@ -32,6 +32,7 @@ from endpoints.models import (
     Stage,
 )
 from endpoints.targets import alias_name, config_target, is_alias, version_targets
+from endpoints.telemetry import logs
 from endpoints.web import traffic_panel
 
 from . import charts

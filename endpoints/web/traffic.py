@@ -14,10 +14,11 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_POST
 
-from endpoints import inference, services
+from endpoints import services
 from endpoints.auth import READ_CAPTURED
 from endpoints.errors import ServingError
 from endpoints.models import PermissionLevel
+from endpoints.telemetry import inference_tables
 
 from . import presenters
 from .forms import InferenceTableForm, ModelAliasForm, ServedAliasesForm, TrafficSplitForm
@@ -137,7 +138,7 @@ def inference_download(request: HttpRequest, name: str) -> HttpResponseBase:
     is produced (a week of captured requests is never held in memory)."""
     endpoint = services.get_endpoint_for_user(name, request.user, READ_CAPTURED)
     response = StreamingHttpResponse(
-        inference.download(endpoint.registered_model_name, DOWNLOAD_DAYS),
+        inference_tables.download(endpoint.registered_model_name, DOWNLOAD_DAYS),
         content_type="application/vnd.apache.parquet",
     )
     filename = quote(f"{name}-inference.parquet")

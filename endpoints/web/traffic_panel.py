@@ -10,9 +10,10 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 
-from endpoints import metrics, registry, selectors
+from endpoints import registry, selectors
 from endpoints.models import ServiceState, ServingEndpoint
 from endpoints.targets import alias_name, alias_target, is_alias, valid_alias
+from endpoints.telemetry import metrics
 
 INFERENCE_ROWS_SHOWN = 50
 

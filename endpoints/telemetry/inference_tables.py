@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 
-from . import kv
+from endpoints import kv
 
 log = logging.getLogger(__name__)
 

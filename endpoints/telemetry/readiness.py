@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db import connection
 
-from . import kv
+from endpoints import kv
 
 log = logging.getLogger(__name__)
 

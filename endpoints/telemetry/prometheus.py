@@ -1,7 +1,7 @@
 """``/metrics`` in the Prometheus text format: a collector that reads, at scrape time, the
-totals the gateway processes flush to Redis (``endpoints.metrics``), the in-flight reports
-(``endpoints.load``), the reconcile loop's pass totals, the replica rows and the requests
-left out of inference tables (``endpoints.inference``).
+totals the gateway processes flush to Redis (``metrics``), the in-flight reports
+(``load_reports``), the reconcile loop's pass totals, the replica rows and the requests
+left out of inference tables (``inference_tables``).
 
 Requests only touch counters in memory of their gateway process (``gateway.reporting``);
 nothing is recorded per request in Redis, a file or a lock of this module. Because every
@@ -32,8 +32,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from . import inference, load, metrics
-from .models import EndpointVersion, InferenceTable, Replica, ReplicaState
+from endpoints.models import EndpointVersion, InferenceTable, Replica, ReplicaState
+
+from . import inference_tables, load_reports, metrics
 
 # The classic text format: every Prometheus version reads it (the names need nothing newer).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -58,7 +59,7 @@ class ServingCollector(Collector):
         labels = {pk: [name, version] for pk, name, version in versions}
         pks = list(labels)
         totals = metrics.totals(pks)
-        in_flight = load.in_flight(pks)
+        in_flight = load_reports.in_flight(pks)
 
         requests = CounterMetricFamily(
             "serving_ui_requests",
@@ -155,7 +156,7 @@ class ServingCollector(Collector):
         names = sorted(
             InferenceTable.objects.values_list("endpoint__registered_model_name", flat=True)
         )
-        for name, counts in inference.dropped_counts(names).items():
+        for name, counts in inference_tables.dropped_counts(names).items():
             for reason, count in counts.items():
                 family.add_metric([name, reason], count)
         return family

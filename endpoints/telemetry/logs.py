@@ -8,8 +8,8 @@ data) is checked by the callers; see docs/security.md.
 
 from __future__ import annotations
 
-from .models import EndpointVersion, Replica
-from .runtime import get_runtime
+from endpoints.models import EndpointVersion, Replica
+from endpoints.runtime import get_runtime
 
 # How much output the Logs tab and the API return, all replicas together.
 MAX_LOG_BYTES = 256 * 1024

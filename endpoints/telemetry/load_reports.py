@@ -13,8 +13,8 @@ import socket
 import time
 from dataclasses import dataclass
 
-from . import kv, triggers
-from .kv import redis_client
+from endpoints import kv, triggers
+from endpoints.kv import redis_client
 
 # A report older than this is from a gateway process that is gone.
 REPORT_TTL_SECONDS = 15

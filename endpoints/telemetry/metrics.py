@@ -7,7 +7,7 @@ in the buckets: they say nothing about how the model serves.
 
 The same flush adds to each version's *totals* (requests by status code, the latency
 histogram, queue rejections), which only ever grow: ``/metrics`` exposes them as
-Prometheus counters (``endpoints.prometheus``). One histogram, ``LATENCY_BOUNDS``, serves
+Prometheus counters (``prometheus``). One histogram, ``LATENCY_BOUNDS``, serves
 both, so the percentiles of ``get-version-metrics`` and a Prometheus
 ``histogram_quantile`` agree.
 """
@@ -19,8 +19,8 @@ from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import kv
-from .kv import redis_client
+from endpoints import kv
+from endpoints.kv import redis_client
 
 BUCKET_SECONDS = 10
 RETENTION_SECONDS = 24 * 3600

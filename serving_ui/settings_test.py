@@ -5,7 +5,7 @@ its own Redis port, exported as environment variables so that the worker and web
 processes the integration fixtures start see exactly the same configuration.
 
 ``SERVING_TEST_DB=postgres`` runs the suite on PostgreSQL instead: the run starts its own
-throwaway server on 127.0.0.1 (``endpoints.devdb``; initdb into the data directory, a free
+throwaway server on 127.0.0.1 (``endpoints.dev.devdb``; initdb into the data directory, a free
 port, a password generated into a 0600 file next to it) and stops it when the run ends. The
 processes the fixtures start inherit its URL.
 """
@@ -50,7 +50,7 @@ if TEST_DB == "postgres" and "SERVING_TEST_PG_PORT" not in os.environ:
     import shutil
     from pathlib import Path
 
-    from endpoints import devdb
+    from endpoints.dev import devdb
 
     # A directory of its own: as root the server runs as the postgres user, which cannot
     # enter the (private) data directory of the run.
@@ -61,7 +61,7 @@ if TEST_DB == "postgres" and "SERVING_TEST_PG_PORT" not in os.environ:
     os.environ["SERVING_TEST_PG_PORT"] = str(_pg.port)
     os.environ["SERVING_TEST_PG_DIR"] = str(_pg_dir)
 if TEST_DB == "postgres":
-    from endpoints import devdb
+    from endpoints.dev import devdb
 
     # Django creates (and drops) this database; the fixtures' processes use it too.
     os.environ["DATABASE_URL"] = devdb.url(

@@ -13,7 +13,7 @@ from conftest import add_version
 from django.test import Client
 from django.utils import timezone
 
-from endpoints import devstack
+from endpoints.dev import devstack
 from endpoints.gateway import app as gateway_app
 from endpoints.gateway import reporting, routing
 from endpoints.gateway.routing import RoutingCache

@@ -24,7 +24,7 @@ import requests
 from django.conf import settings
 from django.core.management.base import CommandError
 
-from endpoints import devstack
+from endpoints.dev import devstack
 from endpoints.management.commands.run_cluster import start_ray_cluster
 from endpoints.management.commands.run_product import beat_command, worker_command
 

@@ -21,7 +21,7 @@ from playwright.sync_api import Page, expect
 from test_serving_tab import log_in, open_panel
 
 from endpoints import services
-from endpoints.devstack import wait_for
+from endpoints.dev.devstack import wait_for
 from endpoints.models import Replica, ReplicaState, ServiceState, ServingEndpoint, StageAlias
 from endpoints.telemetry import metrics
 

@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect
 from test_serving_tab import READY_TIMEOUT_MS, log_in, open_panel, shot
 
 from endpoints import registry, services
-from endpoints.devstack import wait_for
+from endpoints.dev.devstack import wait_for
 from endpoints.models import StageAlias
 from endpoints.telemetry import inference_tables
 

@@ -18,8 +18,9 @@ from conftest import wait_for
 from django.test import Client
 from fakes import constant_model, register
 
-from endpoints import devstack, services
-from endpoints.devstack import ManagedProcess
+from endpoints import services
+from endpoints.dev import devstack
+from endpoints.dev.devstack import ManagedProcess
 from endpoints.models import AccessToken, ServingEndpoint
 from endpoints.services import traffic
 from endpoints.telemetry import inference_tables

@@ -27,8 +27,8 @@ from types import FrameType
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from endpoints import devdb, devstack
-from endpoints.devstack import LOOPBACK, ManagedProcess
+from endpoints.dev import devdb, devstack
+from endpoints.dev.devstack import LOOPBACK, ManagedProcess
 
 # Ray otherwise picks this machine's own interface address; with this, every node, actor
 # and socket of the one-machine cluster stays on loopback.

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import redis
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from importlib import metadata
 
 import numpy as np
 
-from . import registry
+from endpoints import registry
 
 log = logging.getLogger(__name__)
 

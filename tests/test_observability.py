@@ -15,9 +15,9 @@ from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from endpoints import kv
-from endpoints.gateway.app import Gateway
 from endpoints.gateway.ops import answer
 from endpoints.gateway.reporting import LoadTracker, send_reports
+from endpoints.gateway.scoring import Gateway
 from endpoints.models import ReplicaState, ServingEndpoint
 from endpoints.telemetry import metrics, prometheus, readiness
 from endpoints.web import charts

@@ -14,8 +14,8 @@ from django.test import Client
 from django.utils import timezone
 
 from endpoints.dev import devstack
-from endpoints.gateway import app as gateway_app
 from endpoints.gateway import reporting, routing
+from endpoints.gateway import scoring as gateway_app
 from endpoints.gateway.routing import RoutingCache
 from endpoints.models import (
     AccessToken,

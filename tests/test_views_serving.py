@@ -18,7 +18,7 @@ from django.conf import settings
 from django.test import Client
 
 from endpoints import services
-from endpoints.gateway import app as gateway_app
+from endpoints.gateway import scoring as gateway_app
 from endpoints.kv import bump_generation
 from endpoints.models import (
     ComputeConfig,

@@ -25,19 +25,6 @@ from endpoints.auth import token_from_authorization
 from endpoints.errors import NotFound, ServingError
 
 from .admission import HOLD_POLL_SECONDS, fresh_target, request_wake
-from .app import (
-    GATEWAY_PREFIXES,
-    Answer,
-    Gateway,
-    MethodNotAllowed,
-    answered_by,
-    capture_rate,
-    error_answer,
-    gateway,
-    normalise_request,
-    parse_path,
-    translate_answer,
-)
 from .bodies import (
     BodyBudget,
     ClientGone,
@@ -52,6 +39,19 @@ from .capture import close_all as close_captures
 from .ops import METRICS_PATH, OPS_PATHS
 from .ops import answer as ops_answer
 from .routing import Snapshot, Target
+from .scoring import (
+    GATEWAY_PREFIXES,
+    Answer,
+    Gateway,
+    MethodNotAllowed,
+    answered_by,
+    capture_rate,
+    error_answer,
+    gateway,
+    normalise_request,
+    parse_path,
+    translate_answer,
+)
 from .transport import Header
 
 Scope = MutableMapping[str, Any]
@@ -230,7 +230,7 @@ class Scoring:
             body, content_type = normalise_request(body, self.headers.get(b"content-type"))
             serving = await await_replica(self.gw, target)
             answer = translate_answer(
-                *await self.gw.streams.forward(
+                *await self.gw.upstream_async.forward(
                     serving,
                     body,
                     content_type,
@@ -320,4 +320,4 @@ async def _prune_forever() -> None:
         gw = gateway()
         snapshot = gw.routing.latest
         if snapshot is not None:
-            gw.streams.prune(snapshot.table.addresses())
+            gw.upstream_async.prune(snapshot.table.addresses())

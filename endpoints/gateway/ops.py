@@ -22,8 +22,8 @@ from endpoints.auth import token_from_authorization
 from endpoints.errors import NotFound, PermissionDenied, ServingError, Unauthenticated
 from endpoints.telemetry import prometheus, readiness
 
-from .app import JSON, Answer, Gateway, error_answer
 from .routing import run_db
+from .scoring import JSON, Answer, Gateway, error_answer
 
 METRICS_PATH = "/metrics"
 OPS_PATHS = frozenset({"/healthz", "/readyz", METRICS_PATH})

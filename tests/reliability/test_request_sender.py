@@ -18,7 +18,7 @@ from conftest import serve_product, wait_for
 from fakes import constant_model, gate_artifacts, gate_model, register
 from ui_sender import UiClient
 
-from endpoints.gateway.app import PAGE_SENDS
+from endpoints.gateway.scoring import PAGE_SENDS
 from endpoints.services import traffic
 from endpoints.telemetry import inference_tables, load_reports
 from serving_ui.asgi import PAGE_THREADS

@@ -1,25 +1,14 @@
-"""The scoring gateway's shared logic: ``/model-endpoint/<name>/<stage|version>/invocations``
-and ``/model/<name>/<stage|version>/invocations``.
+"""The scoring path the front door and the UI share: ``<name>/<target>/invocations`` under
+``/model-endpoint/`` and ``/model/``, answered by one ``Gateway`` per process. The front door
+(``front``) drives it from its event loop; the UI's Send Request without JavaScript calls
+``invoke`` from a Django view thread.
 
-The front door (``front``, an ASGI app under uvicorn) answers these URLs from its event
-loop (the web UI's Send Request among them, with a session instead of a token:
-``browser``); the UI's form without JavaScript calls ``invoke`` from a Django view thread.
-Both go through one ``Gateway`` per process, which
-
-1. authenticates the token and checks CAN_QUERY from caches in memory (``routing``),
-2. resolves the URL (a stage, an ``@alias`` or a version) to a version and its Running
-   replicas (same snapshot; Redis pushes changes, so usually no round trip),
-3. admits the request against its endpoint's and version's limits (per process),
-   holding it while a scaled-to-zero version wakes up (``admission``),
-4. forwards the body unchanged (the replica parses the four JSON formats and CSV) over
-   pooled keep-alive connections to the least-loaded replica, once more to another replica
-   only when the first cannot have read it (``streams`` from the loop, ``upstream`` from
-   threads; the rule is ``upstream.never_read``),
-5. returns the replica's answer, naming the version in ``X-Serving-Version``; every error
-   of its own is ``{"error_code", "message"}``.
-
-Each process counts in-flight requests per version; a background thread (one per process)
-reports them for the autoscaler and records metrics about once a second (``reporting``).
+A request: the token and CAN_QUERY from the in-memory snapshot (``routing``); the URL's
+stage, ``@alias`` or version to a version and its Running replicas; the limits, holding it
+while a version wakes (``admission``); the body, unchanged, to the least-loaded replica
+(``upstream_async`` or ``upstream_blocking``); the answer, with ``X-Serving-Version``.
+Every error of its own is ``{"error_code", "message"}``; docs/architecture.md follows a
+request through.
 """
 
 from __future__ import annotations
@@ -54,9 +43,10 @@ from .bodies import UNREAD_BODY_ERRORS, BodyBudget, RouteLimits
 from .capture import Capture
 from .reporting import Flusher, LoadTracker, TokenUse, run_each, send_reports
 from .routing import CachedToken, RoutingCache, Snapshot, Target
-from .streams import StreamUpstream
 from .transport import Transport
-from .upstream import INVOCATIONS, JSON, Upstream
+from .upstream import INVOCATIONS, JSON
+from .upstream_async import StreamUpstream
+from .upstream_blocking import Upstream
 
 GATEWAY_PREFIXES = ("/model-endpoint/", "/model/")
 RETRY_AFTER_SECONDS = "1"
@@ -216,8 +206,8 @@ class Gateway:
         self.load = LoadTracker()
         timeout = float(serving["REQUEST_TIMEOUT_SECONDS"])
         max_response = int(serving["MAX_RESPONSE_BYTES"])
-        self.upstream = Upstream(timeout, max_response)
-        self.streams = StreamUpstream(timeout, max_response)
+        self.upstream_blocking = Upstream(timeout, max_response)
+        self.upstream_async = StreamUpstream(timeout, max_response)
         self.admission = Admission(
             self.routing,
             self.load,
@@ -304,7 +294,7 @@ class Gateway:
             body, content_type = normalise_request(body, content_type)
             serving = self.admission.await_replica(target)
             answer = translate_answer(
-                *self.upstream.forward(
+                *self.upstream_blocking.forward(
                     serving, body, content_type, load=self.load, refresh=self._fresh
                 )
             )
@@ -333,7 +323,7 @@ class Gateway:
     def _prune(self) -> None:
         snapshot = self.routing.latest
         if snapshot is not None:
-            self.upstream.prune(snapshot.table.addresses())
+            self.upstream_blocking.prune(snapshot.table.addresses())
 
 
 _gateway: Gateway | None = None

@@ -1,10 +1,8 @@
 """Forwarding to replicas from the event loop: pooled asyncio streams, one retry on
 another replica when the first cannot have read the request (``upstream.never_read``).
-
-The async twin of ``upstream``: the same single exchange (``POST /invocations``, one
-answer framed by Content-Length, chunked encoding or the end of the connection), written
-by hand on asyncio streams because a general-purpose async client costs several times
-what the whole hop costs here (see docs/performance.md).
+The twin for threads is ``upstream_blocking``; both speak what ``upstream`` defines, by
+hand, because a general-purpose async client costs several times what the whole hop
+costs here (see docs/performance.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ environment (``BatchSettings.env``) and the replica's app reads them back (``fro
 Merging is only correct for a model whose answer for a row does not depend on the other
 rows, which is why it is off unless asked for.
 
-This module decides *which* requests are merged and *when*; the app (``runtime.server``)
+This module decides *which* requests are merged and *when*; the app (``replica_app``)
 parses, predicts and encodes them with MLflow's own functions. It imports only the
 standard library, so provisioning can use ``BatchSettings`` without loading MLflow.
 

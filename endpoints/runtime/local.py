@@ -12,7 +12,7 @@ can be reached it is launched as above, so starting never fails because of a zyg
 
 Unless ``SERVING_SANDBOX=off``, a replica runs in the sandbox of ``sandbox``: a fresh one
 under ``bwrap`` (its pid is the replica's, not bwrap's), a forked one from a zygote that
-runs under ``bwrap`` and confines each child (see ``zygotes`` and ``zygote``). Without a
+runs under ``bwrap`` and confines each child (see ``zygote_pool`` and ``zygote``). Without a
 network of its own, a replica is handed the socket it serves on, bound on the host.
 """
 
@@ -32,7 +32,7 @@ import psutil
 
 from . import confine, sandbox, seccomp
 from .base import Placement, ReplicaSpec, listening_socket, ping
-from .zygotes import (
+from .zygote_pool import (
     Zygotes,
     ZygoteSite,
     ZygoteUnavailable,

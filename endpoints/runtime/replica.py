@@ -1,6 +1,6 @@
 """A replica: one loaded model answering MLflow's scoring protocol over HTTP, under uvicorn.
 
-``--server serving-ui`` (the default) runs the product's own app (``runtime.server``),
+``--server serving-ui`` (the default) runs the product's own app (``runtime.replica_app``),
 which answers exactly what MLflow's scoring server answers with far less overhead per
 request; ``--server mlflow`` runs MLflow's own FastAPI app, kept for comparison. Both are
 launched directly rather than through ``mlflow models serve`` (which keeps a CLI parent
@@ -91,7 +91,7 @@ def main() -> None:
 def _app(server: str, model_path: str):
     if server == "serving-ui":
         try:
-            from endpoints.runtime.server import load_app
+            from endpoints.runtime.replica_app import load_app
         except ImportError as exc:
             # A per-model environment may hold an MLflow without what the app reuses.
             print(f"falling back to MLflow's scoring server: {exc}", flush=True)

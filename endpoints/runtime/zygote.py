@@ -40,7 +40,7 @@ import psutil
 
 from . import confine, replica
 from .base import listening_socket
-from .zygotes import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
+from .zygote_pool import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
 
 # Imported before the first fork; a module missing from an environment is skipped.
 WARM_MODULES = (
@@ -59,7 +59,7 @@ WARM_MODULES = (
     # every scikit-learn estimator (seconds).
     "skops.io",
     "uvicorn",
-    "endpoints.runtime.server",
+    "endpoints.runtime.replica_app",
 )
 # How long a client may take to send its request.
 READ_TIMEOUT_SECONDS = 2.0

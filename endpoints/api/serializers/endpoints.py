@@ -1,20 +1,10 @@
-"""Request parsing and response shapes of the REST API.
-
-Request serializers validate arguments and nothing more. Their fields are strict about JSON
-types (a string where a string is expected, a boolean where a boolean is), so what the
-OpenAPI schema promises is exactly what is accepted. Arguments of GET calls arrive as query
-parameters, which are always strings, so there the usual conversions apply.
-
-Response serializers describe the answers' shapes for the OpenAPI schema; the bodies
-themselves come from ``endpoints.selectors``. Tokens, permissions and service principals
-are in ``access_serializers``.
-"""
+"""Request and response shapes of the endpoint calls: endpoints, versions, compute
+configs, replicas, events, metrics, logs and stage transitions. Requests validate
+arguments and nothing more; responses describe for the OpenAPI schema the answers
+``endpoints.selectors`` shape."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from endpoints import registry
@@ -29,88 +19,24 @@ from endpoints.models import (
     WorkloadSize,
 )
 
+from .common import (
+    Choice,
+    Flag,
+    ModelNameRequest,
+    Number,
+    TargetRequest,
+    Text,
+    VersionRequest,
+    model_name_field,
+    version_field,
+)
+
 # Upper bound for timestamps in milliseconds: the largest integer a JSON number holds exactly.
 MAX_TIMESTAMP_MS = 2**53
 
+
 # Every registry stage, None and Archived too (only Staging and Production are served).
 REGISTRY_STAGE_CHOICES = [(stage, stage) for stage in registry.ALL_STAGES]
-
-_NO_NUL = RegexValidator(r"^[^\x00]*$", "Must not contain NUL characters.")
-_DIGITS = RegexValidator(r"^[0-9]+$", "Must be a number, such as '1'.")
-
-
-def _is_json(field: serializers.Field) -> bool:
-    """Whether the arguments came from a JSON body (typed) rather than a query string."""
-    return field.root.context.get("source") == "json"
-
-
-class Text(serializers.CharField):
-    """A string that is not converted from other JSON types. ``example`` shows in the schema
-    (``endpoints.api.schema.JsonSchema``)."""
-
-    def __init__(self, *, example: str | None = None, **kwargs: Any) -> None:
-        self.example = example
-        kwargs.setdefault("trim_whitespace", False)
-        if not kwargs.get("allow_blank", False):
-            # Stated as a length so that the schema shows it too.
-            kwargs.setdefault("min_length", 1)
-        super().__init__(**kwargs)
-        # A field with its own pattern already excludes NUL; the schema shows one pattern.
-        if not any(isinstance(v, RegexValidator) for v in self.validators):
-            self.validators.append(_NO_NUL)
-
-    def to_internal_value(self, data: Any) -> str:
-        if _is_json(self) and not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class Number(serializers.IntegerField):
-    def to_internal_value(self, data: Any) -> int:
-        if _is_json(self) and (not isinstance(data, int) or isinstance(data, bool)):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class Flag(serializers.BooleanField):
-    def to_internal_value(self, data: Any) -> bool:
-        if _is_json(self) and not isinstance(data, bool):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class Choice(serializers.ChoiceField):
-    def to_internal_value(self, data: Any) -> Any:
-        if _is_json(self) and data is not None and not isinstance(data, str):
-            self.fail("invalid_choice", input=data)
-        return super().to_internal_value(data)
-
-
-def model_name_field(**kwargs: Any) -> Text:
-    return Text(
-        max_length=256, help_text="Name of the registered model.", example="ElasticNet", **kwargs
-    )
-
-
-def version_field(**kwargs: Any) -> Text:
-    return Text(
-        max_length=18,
-        validators=[_DIGITS],
-        help_text="A model version number, such as '1'.",
-        example="1",
-        **kwargs,
-    )
-
-
-# --- requests ------------------------------------------------------------------------------
-
-
-class ModelNameRequest(serializers.Serializer):
-    registered_model_name = model_name_field()
-
-
-class VersionRequest(ModelNameRequest):
-    endpoint_version_name = version_field()
 
 
 class VersionLogsRequest(VersionRequest):
@@ -145,19 +71,6 @@ class EventHistoryRequest(ModelNameRequest):
         help_text="Only events at or after this time (milliseconds since the epoch).",
     )
     max_results = Number(min_value=1, max_value=1000, required=False, default=100)
-
-
-class TargetRequest(ModelNameRequest):
-    """A stage, or (instead) an MLflow alias served by the endpoint."""
-
-    stage = Choice(choices=Stage.choices, required=False)
-    alias = Text(max_length=255, required=False, help_text="An MLflow alias instead of a stage.")
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if ("stage" in attrs) == ("alias" in attrs):
-            raise serializers.ValidationError("Give exactly one of 'stage' and 'alias'.")
-        attrs["target"] = attrs.get("stage") or "@" + attrs["alias"].removeprefix("@")
-        return attrs
 
 
 class RestartComputeConfigRequest(TargetRequest):
@@ -213,14 +126,6 @@ class TransitionStageRequest(serializers.Serializer):
         default="",
         example="Deploying version 1 to Staging",
     )
-
-
-# --- responses -----------------------------------------------------------------------------
-
-
-class ErrorResponse(serializers.Serializer):
-    error_code = serializers.CharField()
-    message = serializers.CharField()
 
 
 class Batching(serializers.Serializer):
@@ -379,7 +284,3 @@ class ModelVersion(serializers.Serializer):
 
 class ModelVersionResponse(serializers.Serializer):
     model_version = ModelVersion()
-
-
-class EmptyResponse(serializers.Serializer):
-    pass

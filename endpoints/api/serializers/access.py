@@ -10,7 +10,7 @@ from rest_framework import serializers
 
 from endpoints.models import AccessToken, PermissionLevel, ServicePrincipal
 
-from .serializers import _DIGITS, Choice, ModelNameRequest, Number, Text
+from .common import DIGITS, Choice, ModelNameRequest, Number, Text
 
 MAX_TOKEN_LIFETIME_SECONDS = 10 * 365 * 24 * 3600
 
@@ -31,7 +31,7 @@ class TokenCreateRequest(serializers.Serializer):
 
 
 class TokenDeleteRequest(serializers.Serializer):
-    token_id = Text(max_length=18, validators=[_DIGITS])
+    token_id = Text(max_length=18, validators=[DIGITS])
 
 
 class AccessControlEntryRequest(serializers.Serializer):

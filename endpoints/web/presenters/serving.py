@@ -1,8 +1,6 @@
-"""What each page shows: plain functions that turn domain objects into template context.
-
-Views parse the request and pass what they read from it as keyword arguments; nothing
-here looks at the request. Reads go through selectors, the registry, logs and metrics.
-"""
+"""What the Serving tab shows: the versions and their status, the selected panel (calling
+the model, logs, metrics, events, compute settings; traffic in ``traffic``) and the
+request sender's answer."""
 
 from __future__ import annotations
 
@@ -10,34 +8,32 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
 from django.template.loader import render_to_string
-from django.urls import reverse
 
 from endpoints import registry, selectors
-from endpoints.auth import can_create_endpoint, has_permission, permission_level
+from endpoints.auth import can_create_endpoint, has_permission
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,
     PermissionLevel,
-    ServicePrincipal,
     ServiceState,
     ServingEndpoint,
     Stage,
 )
 from endpoints.targets import alias_name, config_target, is_alias, version_targets
 from endpoints.telemetry import logs
-from endpoints.web import traffic_panel
+from endpoints.web import charts
 
-from . import charts
+from . import traffic
+from .model import serving_url, when
 
 log = logging.getLogger(__name__)
+
 
 PANEL_TABS = (
     ("call", "Call the model"),
@@ -48,68 +44,25 @@ PANEL_TABS = (
     ("traffic", "Traffic"),
     ("inference", "Inference table"),
 )
+
+
 SERVING_TABS = tuple(key for key, _ in PANEL_TABS)
+
+
 UNMANAGED_TABS = tuple((key, title) for key, title in PANEL_TABS if key != "logs")
+
+
 LOGS_REFUSED = "Reading logs needs CAN_MANAGE on this endpoint: logs can hold request data."
+
+
 EVENTS_SHOWN = 200
-BADGES = {"PENDING": "Pending", "READY": "Ready", "FAILED": "Failed"}
+
+
 # What the batching inputs propose before a stage turns batching on.
 SUGGESTED_BATCHING = {"max_batch_size": 32, "max_wait_ms": 5}
 
+
 AbsoluteUri = Callable[[str], str]
-
-
-def serving_url(
-    name: str, *, version: str = "", tab: str = "", example: str = "", shown: str = ""
-) -> str:
-    """The Serving tab of model ``name`` with the given query (empty values left out)."""
-    params = {"version": version, "tab": tab, "example": example, "shown": shown}
-    query = "&".join(f"{k}={quote(v)}" for k, v in params.items() if v)
-    url = reverse("serving", args=[name])
-    return f"{url}?{query}" if query else url
-
-
-def when(ms: int | None) -> datetime | None:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
-
-
-# --- models list and model header --------------------------------------------------------------
-
-
-def badge(endpoint: ServingEndpoint | None, level: str | None) -> str:
-    """The serving badge of a user whose permission on ``endpoint`` is ``level``."""
-    if endpoint is None:
-        return "Off"
-    if level is None:
-        return "Restricted"
-    return BADGES.get(endpoint.state, "Pending")
-
-
-def model_header(
-    *, model: registry.RegisteredModelInfo, user: AbstractBaseUser, tab: str
-) -> dict[str, Any]:
-    """The header every model page shares: name, serving badge and tabs."""
-    endpoint = selectors.enabled_endpoint(model.name)
-    level = permission_level(user, endpoint) if endpoint else None
-    return {
-        "model": model,
-        "model_tab": tab,
-        "badge": badge(endpoint, level),
-        "can_manage": level == PermissionLevel.CAN_MANAGE,
-    }
-
-
-def model_detail(*, model: registry.RegisteredModelInfo, user: AbstractBaseUser) -> dict[str, Any]:
-    return {
-        **model_header(model=model, user=user, tab="details"),
-        "stages": registry.ALL_STAGES,
-        "version_rows": [
-            {"info": v, "created": when(v.creation_timestamp)} for v in reversed(model.versions)
-        ],
-    }
-
-
-# --- the Serving tab ---------------------------------------------------------------------------
 
 
 def serving_off(*, name: str, user: AbstractBaseUser) -> dict[str, Any]:
@@ -232,9 +185,9 @@ def panel_context(
     if tab == "compute":
         return {"compute": compute_rows(endpoint), "sizes": selectors.supported_workload_sizes()}
     if tab == "traffic":
-        return traffic_panel.traffic(endpoint=endpoint)
+        return traffic.traffic(endpoint=endpoint)
     if tab == "inference":
-        return traffic_panel.inference_panel(endpoint=endpoint, user=user)
+        return traffic.inference_panel(endpoint=endpoint, user=user)
     return {}
 
 
@@ -246,7 +199,7 @@ def metrics_context(
         context = charts.metrics_charts(version.pk, window)
         end = int(time.time() * 1000)
         start = end - charts.WINDOWS[context["window"]][0] * 1000
-        context["splits"] = traffic_panel.split_metrics(endpoint, start_ms=start, end_ms=end)
+        context["splits"] = traffic.split_metrics(endpoint, start_ms=start, end_ms=end)
         return context
     except Exception as exc:  # Redis away: the rest of the page is still useful
         log.warning("metrics unavailable: %s", exc)
@@ -408,33 +361,3 @@ def _pretty(body: bytes) -> str:
         return json.dumps(json.loads(body), indent=2)
     except ValueError:
         return body.decode(errors="replace")
-
-
-# --- permissions, tokens, service principals ----------------------------------------------------
-
-
-def permissions(
-    *,
-    model: registry.RegisteredModelInfo,
-    user: AbstractBaseUser,
-    endpoint: ServingEndpoint,
-    form: Any,
-) -> dict[str, Any]:
-    return {
-        **model_header(model=model, user=user, tab="permissions"),
-        "form": form,
-        "endpoint": endpoint,
-        "grants": selectors.endpoint_grants(endpoint),
-        "levels": PermissionLevel.choices,
-    }
-
-
-def tokens(*, user: AbstractBaseUser, form: Any, created: dict | None) -> dict[str, Any]:
-    return {"form": form, "created": created, "tokens": selectors.unrevoked_tokens(user)}
-
-
-def principals(
-    *, principals: QuerySet[ServicePrincipal], form: Any, created: dict | None
-) -> dict[str, Any]:
-    rows = [{"principal": p, "tokens": selectors.unrevoked_tokens(p.user)} for p in principals]
-    return {"form": form, "rows": rows, "created": created}

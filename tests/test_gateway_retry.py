@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from endpoints.gateway.reporting import LoadTracker
-from endpoints.gateway.routing import Address, Target
+from endpoints.gateway.routing_table import Address, Target
 from endpoints.gateway.upstream import (
     JSON,
     BadGateway,

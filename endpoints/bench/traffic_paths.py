@@ -89,7 +89,7 @@ def hot_path_costs(body: bytes, *, runs: int = 21, calls: int = 10_000) -> dict[
     import time
 
     from endpoints.gateway.capture import Capture
-    from endpoints.gateway.routing import Target
+    from endpoints.gateway.routing_table import Target
     from endpoints.gateway.split import build_split
 
     def target(version: str) -> Target:

@@ -11,8 +11,9 @@
   (path, token, permission, answers), and ``invoke`` for that sender without JavaScript;
 - ``browser``: the UI's Send Request on the scoring URLs: a session and its CSRF token
   instead of a token;
-- ``routing``: the per-process snapshot of routes, tokens and permissions it reads
-  (``watcher``: Redis pushes that it changed; ``split``: weighted versions);
+- ``routing``: the per-process snapshot of routes, tokens and permissions it reads;
+  ``routing_table``: which replicas answer each URL, read from the database;
+  ``split``: weighted versions in it; ``watcher``: Redis pushes that it changed;
 - ``admission``: each endpoint's and version's limits, and holding requests while a
   version wakes;
 - ``upstream``: what forwarding to a replica means (one request, one answer, when a

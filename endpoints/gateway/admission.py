@@ -16,7 +16,8 @@ from endpoints.errors import NotFound, RateLimited, Unavailable
 from endpoints.telemetry import load_reports
 
 from .reporting import LoadTracker
-from .routing import RoutingCache, Snapshot, Target
+from .routing import RoutingCache, Snapshot
+from .routing_table import Target
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,8 @@ from .browser import has_session
 from .capture import close_all as close_captures
 from .ops import METRICS_PATH, OPS_PATHS
 from .ops import answer as ops_answer
-from .routing import Snapshot, Target
+from .routing import Snapshot
+from .routing_table import Target
 from .scoring import (
     GATEWAY_PREFIXES,
     Answer,

@@ -22,7 +22,8 @@ from endpoints.auth import last_use_due, touch_last_used
 from endpoints.telemetry import load_reports, metrics
 from endpoints.telemetry.metrics import LATENCY_BOUNDS, latency_bucket
 
-from .routing import Address, run_db
+from .routing import run_db
+from .routing_table import Address
 
 log = logging.getLogger(__name__)
 

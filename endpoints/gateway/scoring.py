@@ -42,7 +42,8 @@ from .admission import Admission
 from .bodies import UNREAD_BODY_ERRORS, BodyBudget, RouteLimits
 from .capture import Capture
 from .reporting import Flusher, LoadTracker, TokenUse, run_each, send_reports
-from .routing import CachedToken, RoutingCache, Snapshot, Target
+from .routing import CachedToken, RoutingCache, Snapshot
+from .routing_table import Target
 from .transport import Transport
 from .upstream import INVOCATIONS, JSON
 from .upstream_async import StreamUpstream

@@ -16,7 +16,7 @@ import struct
 
 from endpoints.errors import ServingError, Timeout, Unavailable
 
-from .routing import Address, Target
+from .routing_table import Address, Target
 
 INVOCATIONS = "/invocations"
 JSON = "application/json"

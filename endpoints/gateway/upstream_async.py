@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from .reporting import LoadTracker
-from .routing import Address, Target
+from .routing_table import Address, Target
 from .upstream import (
     CONNECT_TIMEOUT_SECONDS,
     MAX_ANSWER_HEAD,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from .reporting import LoadTracker
-from .routing import Address, Target
+from .routing_table import Address, Target
 from .upstream import (
     CONNECT_TIMEOUT_SECONDS,
     JSON,

@@ -46,7 +46,7 @@ from .housekeeping import (
 )
 from .lease import Lease, LeaseExpired
 from .observe import NOT_STOPPED
-from .plan import choose_alias
+from .plan_serving import choose_alias
 
 log = logging.getLogger(__name__)
 

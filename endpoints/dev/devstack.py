@@ -1,5 +1,5 @@
 """Running the product's processes on this machine: ``make run``, ``make bench`` and the
-integration tests start Redis, gunicorn and Celery the same way through this module.
+integration tests start Redis, the web server and Celery the same way through this module.
 
 Everything listens on loopback only. Errors are ``StackError`` subclasses; the caller
 decides how to report them (a management command exits, a test fails).
@@ -93,7 +93,7 @@ class ManagedProcess:
     console when ``log_dir`` is None).
 
     With ``new_session`` (the default) it runs in a session of its own, so stopping it
-    signals its whole process group: gunicorn's or Celery's workers never outlive it.
+    signals its whole process group: the web server's or Celery's workers never outlive it.
     Without, it shares this process's terminal, so Ctrl-C reaches it directly and only it
     is signalled (its group is also this process's).
     """

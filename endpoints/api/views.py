@@ -1,9 +1,9 @@
 """The REST API's endpoints-v2 family, compute config and transition-stage calls.
 
 Every view is thin: parse the arguments with a serializer, call ``endpoints.services``
-(writes) or ``endpoints.selectors`` / ``logs`` (reads), return the JSON. Errors are
+(writes) or ``endpoints.selectors`` / ``telemetry.logs`` (reads), return the JSON. Errors are
 ``endpoints.errors.ServingError`` subclasses rendered by the one exception handler in
-``endpoints.api.errors``. Tokens, permissions and service principals are in ``access``.
+``api.errors``. Tokens, permissions and principals are in ``access``, traffic in ``traffic``.
 """
 
 from __future__ import annotations

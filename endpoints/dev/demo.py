@@ -1,15 +1,7 @@
-"""The demo models: really trained, logged with a signature and an input example, registered.
-
-- ``iris-classifier``: LogisticRegression on sklearn's iris frame (named columns);
-  v1 in Production, v2 in Staging.
-- ``ElasticNet``: regression on sklearn's diabetes data; v1 in Staging.
-- ``iris-tensor``: the iris classifier with a tensor signature, so it accepts
-  ``{"inputs": [[5.1, 3.5, 1.4, 0.2]]}`` and row ``instances``; v1 in Production.
-- ``tensor-echo``: a custom pyfunc model with named tensors t1, t2, t3 that answers with
-  each tensor's shape; v1 in Production.
-
-Seeding is idempotent: a model that already has its versions is left alone, a partly
-registered one (an interrupted first start) is registered again from scratch.
+"""The demo models ``make run`` registers: really trained, logged with a signature and an
+input example (``iris-classifier``, ``ElasticNet``, ``iris-tensor``, ``tensor-echo``: the
+README lists them). Seeding is idempotent: a model that has its versions is left alone, a
+partly registered one (an interrupted first start) is registered again from scratch.
 """
 
 from __future__ import annotations

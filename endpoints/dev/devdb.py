@@ -1,19 +1,8 @@
-"""A throwaway PostgreSQL server on loopback: the test suite on PostgreSQL and
-``make run-cluster`` start one with Debian's ``postgresql`` binaries.
-
-``initdb`` into a fresh directory, ``postgres`` listening on 127.0.0.1 only (its Unix socket
-inside the data directory), one role that must give its password over TCP and over the
-socket alike (SCRAM-SHA-256): a served model's code runs on the same machine and must not
-reach the database. The password is generated once into a file the caller names (mode
-0600 from its creation, ``serving_ui.private``) and reaches the PostgreSQL tools through
-``PGPASSWORD``, never a command line. PostgreSQL refuses to run as root, so as root both run
-as the ``postgres`` system user, and ``initdb`` reads the password from a copy that user
-owns (0600) only while it runs. That user cannot enter ``var/`` (0700), so as root
-``make run-cluster`` keeps the server's data in a directory of its own (``data_directory``).
-Durability settings are off: the data need not survive a crash of the machine.
-
-A data directory an older version initialised with trust authentication is not started:
-``start_postgres`` says so and asks for it to be removed.
+"""A throwaway PostgreSQL server on loopback for the PostgreSQL test run and
+``make run-cluster``, with Debian's binaries: one role whose password (generated once into a
+0600 file, passed to the tools through ``PGPASSWORD``) is required over TCP and the socket
+alike, since model code runs on the same machine. As root it runs as the ``postgres``
+user; durability is off (docs/security.md, docs/deploy.md).
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
-"""Capturing scoring requests into inference tables, off the hot path.
-
-A request to an endpoint whose inference table is on is sampled (its rate is in the
-routing snapshot, no I/O); a sampled one is appended to an in-memory queue bounded in
-bytes (``SERVING_CAPTURE_QUEUE_BYTES``: the bodies plus a fixed cost per row). One writer
-thread per gateway process empties it every ``SERVING_CAPTURE_FLUSH_SECONDS`` into Parquet
-files (``telemetry.inference_tables``); when the process stops, the front door's lifespan
-calls ``close_all``, which writes what is left. A request that cannot be kept (the queue is
-full, its write failed, the process was stopping) never slows or fails the request: it is
-counted per endpoint and reason in Redis, which ``/metrics`` exposes.
+"""Capturing scoring requests into inference tables, off the hot path: a sampled request
+(its endpoint's rate is in the routing snapshot) joins an in-memory queue bounded in bytes,
+and one writer thread per process writes the queue out as Parquet files
+(``telemetry.inference_tables``) every ``SERVING_CAPTURE_FLUSH_SECONDS`` and at shutdown
+(``close_all``). A request that cannot be kept never slows or fails the request: it is
+counted per endpoint and reason, which ``/metrics`` exposes.
 """
 
 from __future__ import annotations

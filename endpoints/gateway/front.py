@@ -1,15 +1,9 @@
-"""The front door: one ASGI application on the public port, run under uvicorn.
-
-Scoring URLs are answered here, on the event loop: a connection costs a few kilobytes
-instead of a thread, so idle, slow or half-open connections cannot stop anything (see
-docs/performance.md). Everything else goes to Django (``serving_ui.asgi``: its WSGI app
-in a thread pool, behind ``whole_body``, which reads a request's body on the loop before a
-thread is taken). A body too large for its route or for the process (``bodies``) is
-refused from the request head, before a byte of it is read.
-
-Only I/O is async: token, permission and routing look-ups are the shared in-memory
-snapshot (``routing``); a look-up that would query the database, ask Redis or request a
-wake-up runs in a thread (``asyncio.to_thread``), never on the loop.
+"""The front door: one ASGI application on the public port, run under uvicorn. Scoring URLs
+are answered on the event loop, so idle, slow or half-open connections hold no thread;
+everything else goes to Django's WSGI app in a thread pool once ``whole_body`` has read
+the request's body on the loop. Only I/O is async: look-ups come from the in-memory
+snapshot, and one that would query the database or Redis runs in a thread
+(docs/performance.md, "Choices, and why").
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def run_db(fn: Callable[..., T], *args: Any) -> T:
 
     The gateway's raw WSGI path never sends Django's request_finished signal, so nothing
     else would close connections that worker threads open. A caller inside a transaction
-    (a Django view calling ``gateway.invoke``) keeps its connection."""
+    (a Django view calling ``scoring.invoke``) keeps its connection."""
     try:
         return fn(*args)
     finally:

@@ -1,27 +1,9 @@
-"""The replica's HTTP server: MLflow's scoring protocol on a bare ASGI app.
-
-MLflow's own scoring server wraps its ``invocations`` function in FastAPI; on one-row
-requests that framework costs about as much as parsing and predicting together. This app
-answers the same four routes with the same status codes, bodies and content types:
-
-- ``/ping`` and ``/health`` (GET): ``200`` with a newline;
-- ``/version`` (GET): MLflow's version;
-- ``/invocations`` (POST): MLflow's own ``invocations`` (its parsing of the four JSON
-  formats, ``params``, CSV and Parquet, its schema enforcement and its JSON encoding), run
-  in a worker thread like MLflow runs it, bounded by the same request timeout — except
-  where ``fastpath`` proves a shortcut gives the same answer;
-- anything else: the ``404``/``405``/``307`` answers FastAPI gives.
-
-``tests/test_replica_parity.py`` sends generated requests to this app and to MLflow's
-FastAPI app and requires identical answers.
-
-With batching on (``runtime.batching``: the stage opted in), concurrent requests that
-``request_shape`` finds mergeable are parsed one by one with MLflow's parser, concatenated,
-predicted in one call and split back by row counts; each part is encoded with MLflow's
-encoder, so every caller gets the body it would have got alone. Whatever cannot be proven
-that way (frames of different dtypes, an output without one row per input row, an error
-while parsing or predicting) is answered request by request, MLflow's way.
-``tests/test_batching.py`` holds batched answers to the unbatched app's.
+"""The replica's HTTP server: MLflow's scoring protocol on a bare ASGI app, without the
+FastAPI stack that costs MLflow's server about as much per one-row request as parsing and
+predicting together. The same routes, status codes and bodies: ``/invocations`` is MLflow's
+own ``invocations`` except where ``fastpath`` proves a shortcut equal; with batching on,
+mergeable concurrent requests share one predict call (``batching``). The parity tests
+(``tests/test_replica_parity.py``, ``tests/test_batching.py``) hold it to MLflow's answers.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""Who may do what changed: gateways drop their token and permission caches at once.
-
-Every write to a row the gateway's caches depend on bumps the cache generation once its
-transaction commits, whoever makes it: a service, the Django admin (user pages included),
-a management command or a shell. The receivers below are connected when the app is ready
-(``EndpointsConfig.ready``), so no path around the services can leave a gateway serving a
-revoked token, a deactivated user or a removed grant.
-
-Watched: users (saved, deleted, group or permission changes), access tokens, endpoint
-permissions, service principals, and endpoints whose creator or enabled flag changed.
-Writes that change nothing about access are ignored: a user's ``last_login`` on every
-login, a token's ``last_used_at``, an endpoint's observed state.
+"""Who may do what changed: every gateway drops its token and permission caches once the
+write commits, whoever makes it (a service, the admin, a command, a shell). Signal
+receivers on users, tokens, permissions, principals and endpoints bump the cache
+generation, connected when the app is ready; writes that change no access (a login, a
+token's last use, observed state) bump nothing (docs/security.md, "Revocation").
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
-"""Inference tables on disk: where the captured requests of an endpoint live, writing a
-batch of them, reading them back, the download, removing days past the retention, and the
-counts of requests the gateways could not keep.
-
-Layout (Hive-style partitions, so ``pandas.read_parquet`` on an endpoint's directory
-yields every row with a ``date`` column)::
-
-    <SERVING_INFERENCE_DIR>/<endpoint>/date=YYYY-MM-DD/<time>-<pid>-<n>.parquet
-
-One file per batch the gateway's writer flushes. A file is written under a temporary name,
-flushed to disk, renamed, and the rename flushed too: after a crash or a power cut a file
-is whole or absent, and a reader never sees half a file. A file that cannot be read anyway
-(damaged on disk, put there by hand) is skipped by every read, logged and reported.
+"""Inference tables on disk: captured requests as Parquet files, partitioned by endpoint and
+day (``<SERVING_INFERENCE_DIR>/<endpoint>/date=YYYY-MM-DD/…``, docs/api.md); writing a
+batch, reading rows back, the download, purging days past the retention, and counting the
+requests gateways could not keep. A file is written whole or not at all (temporary name,
+flush, rename); one that cannot be read is skipped by every read, logged and reported.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""Per-version serving metrics in Redis: 10-second buckets kept for a day, and totals.
-
-The gateway adds request counts, errors, latency and a latency histogram per bucket (each
-process flushes its own counters about once a second); the reconcile loop records the
-replica count. Requests refused for rate limits or failed authentication are not counted
-in the buckets: they say nothing about how the model serves.
-
-The same flush adds to each version's *totals* (requests by status code, the latency
-histogram, queue rejections), which only ever grow: ``/metrics`` exposes them as
-Prometheus counters (``prometheus``). One histogram, ``LATENCY_BOUNDS``, serves
-both, so the percentiles of ``get-version-metrics`` and a Prometheus
-``histogram_quantile`` agree.
+"""Per-version serving metrics in Redis: 10-second buckets kept for a day (requests, errors,
+latency and its histogram, the replica count), and running totals that ``prometheus``
+exposes as counters. Gateway processes flush their counters here about once a second;
+requests refused for limits or authentication stay out of the buckets. One histogram
+(``LATENCY_BOUNDS``) serves both, so the API's percentiles and Prometheus's agree.
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """``/metrics`` in the Prometheus text format: a collector that reads, at scrape time, the
-totals the gateway processes flush to Redis (``metrics``), the in-flight reports
-(``load_reports``), the reconcile loop's pass totals, the replica rows and the requests
-left out of inference tables (``inference_tables``).
-
-Requests only touch counters in memory of their gateway process (``gateway.reporting``);
-nothing is recorded per request in Redis, a file or a lock of this module. Because every
-process adds its counts to the same Redis hashes, one scrape of any web server process
-sees the whole installation: every web server process, every host, and the Celery worker.
-A scrape costs one database query for versions, one for replica counts, one for inference
-tables and four Redis round trips.
-
-Names follow Prometheus's conventions (base units, ``_total`` counters); the labels
-``endpoint`` (the registered model) and ``version`` match how KServe and Ray Serve label
-their serving metrics.
+totals every gateway process and the worker add to Redis (``metrics``, ``load_reports``,
+the reconcile loop's passes, ``inference_tables``' dropped requests) and the replica rows,
+so one scrape of any web server process sees the whole installation; nothing is recorded
+per request. Names and labels are docs/observability.md's.
 """
 
 from __future__ import annotations

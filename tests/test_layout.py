@@ -7,6 +7,7 @@ go away, it only makes it fail later.
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -237,3 +238,41 @@ def test_the_deployments_plugin_needs_only_mlflow_on_a_client_machine():
         assert not {"django", "rest_framework", "celery", "serving_ui"} & (
             _imported_top_level_names(path)
         ), path
+
+
+def _documented_modules(doc: str) -> dict[str, list[str]]:
+    """{folder: module file names} of the ``endpoints/`` tree in docs/architecture.md's
+    layout block: a folder is a name ending in ``/`` in the name column (before column 25,
+    indented two spaces per level), and every ``*.py`` named on its lines belongs to the
+    folder of the name column above it."""
+    block = doc[doc.index("## The layout") :].split("```")[1]
+    listed: dict[str, list[str]] = {}
+    stack: list[tuple[int, str]] = []
+    for line in block.splitlines():
+        if not line.strip() or line.lstrip().startswith("──"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        first = line.split()[0]
+        if indent == 0:
+            stack = [(0, "endpoints")] if first == "endpoints/" else []
+            continue
+        if not stack:
+            continue
+        text = line
+        if indent < 25:
+            while stack[-1][0] >= indent:
+                stack.pop()
+            if first.endswith("/"):
+                stack.append((indent, f"{stack[-1][1]}/{first.rstrip('/')}"))
+                text = line[indent + len(first) :]
+        for name in re.findall(r"(?<![\w/.])(\w+\.py)\b", text):
+            listed.setdefault(stack[-1][1], []).append(name)
+    return listed
+
+
+def test_the_architecture_doc_lists_every_module_once_in_its_folder():
+    listed = _documented_modules((ROOT / "docs" / "architecture.md").read_text())
+    actual: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        actual.setdefault(str(path.parent.relative_to(ROOT)), []).append(path.name)
+    assert {folder: sorted(names) for folder, names in listed.items()} == actual

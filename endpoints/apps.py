@@ -9,6 +9,6 @@ class EndpointsConfig(AppConfig):
 
     def ready(self) -> None:
         # Any write that changes who may do what refreshes the gateways' caches.
-        from . import invalidation
+        from .services import invalidation
 
         invalidation.connect()

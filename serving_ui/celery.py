@@ -43,9 +43,9 @@ _heartbeat = None
 
 @signals.worker_ready.connect
 def _start_heartbeat(sender: object, **kwargs: object) -> None:
-    # The front door's /readyz counts workers by this heartbeat (endpoints.readiness).
+    # The front door's /readyz counts workers by this heartbeat (endpoints.telemetry.readiness).
     global _heartbeat
-    from endpoints.readiness import Heartbeat
+    from endpoints.telemetry.readiness import Heartbeat
 
     _heartbeat = Heartbeat(str(sender.hostname))
     _heartbeat.start()

@@ -333,7 +333,7 @@ SPECTACULAR_SETTINGS = {
     # One name per choice set that several fields share.
     "ENUM_NAME_OVERRIDES": {
         "ServedStageEnum": "endpoints.models.Stage",
-        "RegistryStageEnum": "endpoints.api.serializers.REGISTRY_STAGE_CHOICES",
+        "RegistryStageEnum": "endpoints.api.serializers.endpoints.REGISTRY_STAGE_CHOICES",
     },
 }
 

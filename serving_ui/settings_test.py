@@ -9,7 +9,7 @@ test database): the controller process imports these settings too and its worker
 its environment, so a worker takes fresh values in place of the controller's.
 
 ``SERVING_TEST_DB=postgres`` runs the suite on PostgreSQL instead: the run starts its own
-throwaway server on 127.0.0.1 (``endpoints.devdb``; initdb into the data directory, a free
+throwaway server on 127.0.0.1 (``endpoints.dev.devdb``; initdb into the data directory, a free
 port, a password generated into a 0600 file next to it) and stops it when the run ends. The
 processes the fixtures start inherit its URL.
 """
@@ -73,7 +73,7 @@ if TEST_DB == "postgres" and "SERVING_TEST_PG_PORT" not in os.environ:
     import shutil
     from pathlib import Path
 
-    from endpoints import devdb
+    from endpoints.dev import devdb
 
     # A directory of its own: as root the server runs as the postgres user, which cannot
     # enter the (private) data directory of the run; this one lets it through (0711: in,
@@ -86,7 +86,7 @@ if TEST_DB == "postgres" and "SERVING_TEST_PG_PORT" not in os.environ:
     os.environ["SERVING_TEST_PG_PORT"] = str(_pg.port)
     os.environ["SERVING_TEST_PG_DIR"] = str(_pg_dir)
 if TEST_DB == "postgres":
-    from endpoints import devdb
+    from endpoints.dev import devdb
 
     # Django creates (and drops) this database; the fixtures' processes use it too. The
     # workers of one run share the server, each with a database of its own.

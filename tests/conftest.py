@@ -22,8 +22,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from endpoints import devstack
-from endpoints.devstack import ManagedProcess, free_port
+from endpoints.dev import devstack
+from endpoints.dev.devstack import ManagedProcess, free_port
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,

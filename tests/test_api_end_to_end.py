@@ -1,4 +1,4 @@
-"""The API driving the whole product: real gunicorn, real Celery worker, real model servers.
+"""The API driving the whole product: the real web server, Celery worker and model servers.
 
 Enable the demo model and follow it to READY through get-status; then move a stage to a
 new version and watch the stage alias move only once that version is ready.

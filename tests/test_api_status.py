@@ -11,7 +11,7 @@ import pytest
 from conftest import add_version, assert_error
 from rest_framework.test import APIClient
 
-from endpoints import kv, metrics, services
+from endpoints import kv, services
 from endpoints.kv import redis_client
 from endpoints.models import (
     ComputeConfig,
@@ -23,6 +23,7 @@ from endpoints.models import (
     ServiceState,
     ServingEndpoint,
 )
+from endpoints.telemetry import metrics
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 

@@ -273,10 +273,10 @@ def test_the_inference_table_is_opt_in_with_a_sampling_rate(as_user, owner, memb
 def captured(name: str, request: str) -> None:
     from datetime import UTC, datetime
 
-    from endpoints import inference
+    from endpoints.telemetry import inference_tables
 
     row = (1.0, name, "Production", "1", 200, 2.5, 7, request, '{"predictions": [0]}')
-    inference.write_batch(name, datetime.now(UTC).date(), [row])
+    inference_tables.write_batch(name, datetime.now(UTC).date(), [row])
 
 
 def test_captured_rows_are_answered_with_manage_only_and_settings_with_view(

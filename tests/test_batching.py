@@ -32,7 +32,7 @@ from endpoints.runtime.batching import (
     BatchSettings,
     request_shape,
 )
-from endpoints.runtime.server import TIMEOUT_BODY, ReplicaApp
+from endpoints.runtime.replica_app import TIMEOUT_BODY, ReplicaApp
 
 JSON_TYPE = "application/json"
 # Rows of every predict call, in order (the models below append to it).

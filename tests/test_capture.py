@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from endpoints import inference, kv, prometheus, tasks
+from endpoints import kv, tasks
 from endpoints.gateway import capture as capture_module
 from endpoints.gateway.capture import ROW_OVERHEAD_BYTES, Capture
 from endpoints.models import InferenceTable, ServingEndpoint
+from endpoints.telemetry import inference_tables, prometheus
 
 REQUEST = b'{"inputs": [0]}'
 RESPONSE = b'{"predictions": [0]}'
@@ -71,16 +72,16 @@ def test_rows_are_written_as_parquet_that_pandas_reads(table_dir):
     for i in range(8):
         offer(capture, i=i)
     assert capture.flush() == 8
-    table = pd.read_parquet(inference.table_dir("iris"))
+    table = pd.read_parquet(inference_tables.table_dir("iris"))
     assert len(table) == 8
-    assert list(table.columns[: len(inference.COLUMNS)]) == list(inference.COLUMNS)
+    assert list(table.columns[: len(inference_tables.COLUMNS)]) == list(inference_tables.COLUMNS)
     assert sorted(table["request"]) == sorted(f'{{"inputs": [{i}]}}' for i in range(8))
     assert set(table["token_id"]) == {7}
     assert str(table["timestamp"].dt.tz) == "UTC"
-    [partition] = list(inference.table_dir("iris").glob("date=*"))
+    [partition] = list(inference_tables.table_dir("iris").glob("date=*"))
     assert partition.name == f"date={table['timestamp'].iloc[0].date().isoformat()}"
-    assert inference.latest_rows("iris", 3).rows[0]["version"] == "2"
-    assert inference.count_rows("iris") == 8
+    assert inference_tables.latest_rows("iris", 3).rows[0]["version"] == "2"
+    assert inference_tables.count_rows("iris") == 8
     assert capture.queued_bytes == 0
 
 
@@ -111,7 +112,7 @@ def test_a_row_holds_its_bytes_until_its_write_is_done(table_dir, monkeypatch):
         offer(capture)  # a request arriving during the write
         seen.append(capture.queued_bytes)
 
-    monkeypatch.setattr(inference, "write_batch", write_batch)
+    monkeypatch.setattr(inference_tables, "write_batch", write_batch)
     capture.flush()
     assert seen == [10 * ROW_BYTES]
     assert capture.dropped_total == 1
@@ -142,7 +143,7 @@ def test_a_write_that_fails_counts_its_rows_as_dropped(table_dir):
         offer(capture, i=i)
     assert capture.flush() == 0
     assert capture.dropped_total == 3
-    assert capture._dropped == {("iris", inference.WRITE_FAILED): 3}
+    assert capture._dropped == {("iris", inference_tables.WRITE_FAILED): 3}
     assert capture.queued_bytes == 0
     assert not list(table_dir.rglob("*.partial"))
 
@@ -161,16 +162,16 @@ def test_requests_left_out_are_counted_by_endpoint_and_reason_in_metrics(table_d
     for i in range(12):  # 2 over the budget
         offer(capture, i=i, endpoint=name)
     table_dir.mkdir(parents=True)
-    inference.table_dir(name).write_text("a file where the table's directory should be")
+    inference_tables.table_dir(name).write_text("a file where the table's directory should be")
     capture.flush()  # 10 rows fail to write
     capture.close()  # and one offered afterwards is lost at shutdown
     offer(capture, endpoint=name)
     capture.close()
 
-    assert inference.dropped_counts([name]) == {
+    assert inference_tables.dropped_counts([name]) == {
         name: {"queue_full": 2, "write_failed": 10, "shutdown": 1}
     }
-    assert inference.dropped(name) == 13
+    assert inference_tables.dropped(name) == 13
     samples = {
         tuple(sorted(s.labels.items())): s.value
         for family in prometheus_families()
@@ -196,9 +197,9 @@ def test_closing_writes_what_is_queued_and_counts_later_requests_as_lost(table_d
         offer(capture, i=i)
     capture._report = lambda: True  # no Redis here: the counts stay in memory
     capture.close()
-    assert inference.count_rows("iris") == 4
+    assert inference_tables.count_rows("iris") == 4
     offer(capture)
-    assert capture._dropped == {("iris", inference.SHUTDOWN): 1}
+    assert capture._dropped == {("iris", inference_tables.SHUTDOWN): 1}
 
 
 def test_closing_stops_the_writer_thread_after_its_last_write(table_dir, settings):
@@ -210,7 +211,7 @@ def test_closing_stops_the_writer_thread_after_its_last_write(table_dir, setting
     assert capture in capture_module._running
     capture_module.close_all()
     assert not capture._thread.is_alive()
-    assert inference.count_rows("iris") == 5
+    assert inference_tables.count_rows("iris") == 5
     assert capture.dropped_total == 0
 
 
@@ -221,7 +222,7 @@ def test_rows_a_hung_write_holds_are_counted_as_lost_at_shutdown(table_dir, monk
         entered.set()
         release.wait(30)
 
-    monkeypatch.setattr(inference, "write_batch", hung_write)
+    monkeypatch.setattr(inference_tables, "write_batch", hung_write)
     capture = Capture()
     capture.flush_seconds = 0.0
     capture._report = lambda: True
@@ -232,7 +233,7 @@ def test_rows_a_hung_write_holds_are_counted_as_lost_at_shutdown(table_dir, monk
         offer(capture, i=i)  # queued behind the hung write
     try:
         capture.close(timeout=0.2)
-        assert capture._dropped == {("iris", inference.SHUTDOWN): 5}
+        assert capture._dropped == {("iris", inference_tables.SHUTDOWN): 5}
     finally:
         release.set()
         capture._thread.join(30)
@@ -250,26 +251,26 @@ def test_a_batch_is_flushed_to_disk_before_and_after_its_rename(table_dir, monke
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    path = inference.write_batch("iris", today(), [row()])
+    path = inference_tables.write_batch("iris", today(), [row()])
     partition = path.parent
     partial = str(partition / f".{path.stem}.parquet.partial")
     # The file's data before it takes its name, then the name; and each new directory.
     assert synced.index(partial) < synced.index(str(partition))
     assert str(table_dir) in synced and str(partition.parent) in synced
     synced.clear()
-    inference.write_batch("iris", today(), [row()])
+    inference_tables.write_batch("iris", today(), [row()])
     assert len(synced) == 2  # the partition exists now: the file and its rename only
 
 
 def test_unreadable_files_are_skipped_reported_and_logged(table_dir, caplog):
-    good = inference.write_batch("iris", today(), [row(1.0, "good")])
+    good = inference_tables.write_batch("iris", today(), [row(1.0, "good")])
     partition = good.parent
     (partition / "0-garbage.parquet").write_bytes(b"not parquet at all")
     (partition / "1-truncated.parquet").write_bytes(good.read_bytes()[:40])
     pq.write_table(pa.table({"other": [1]}), partition / "2-foreign.parquet")
-    caplog.set_level(logging.WARNING, logger="endpoints.inference")
+    caplog.set_level(logging.WARNING, logger="endpoints.telemetry.inference_tables")
 
-    found = inference.latest_rows("iris", 10)
+    found = inference_tables.latest_rows("iris", 10)
     assert [r["request"] for r in found.rows] == ["good"]
     day = partition.name
     assert sorted(found.unreadable) == [
@@ -278,25 +279,27 @@ def test_unreadable_files_are_skipped_reported_and_logged(table_dir, caplog):
         f"{day}/2-foreign.parquet",
     ]
     assert "0-garbage.parquet" in caplog.text and "2-foreign.parquet" in caplog.text
-    assert inference.count_rows("iris") == 1
-    downloaded = pd.read_parquet(io.BytesIO(b"".join(inference.download("iris", 7))))
+    assert inference_tables.count_rows("iris") == 1
+    downloaded = pd.read_parquet(io.BytesIO(b"".join(inference_tables.download("iris", 7))))
     assert list(downloaded["request"]) == ["good"]
 
 
 def test_the_download_is_produced_file_by_file(table_dir, monkeypatch):
-    monkeypatch.setattr(inference, "DOWNLOAD_ROW_GROUP_BYTES", 1)
+    monkeypatch.setattr(inference_tables, "DOWNLOAD_ROW_GROUP_BYTES", 1)
     for i in range(3):
-        inference.write_batch("iris", today(), [row(float(i), f"r{i}"), row(float(i), f"s{i}")])
-    inference.write_batch("iris", date(2020, 1, 1), [row(0.0, "too old")])
+        inference_tables.write_batch(
+            "iris", today(), [row(float(i), f"r{i}"), row(float(i), f"s{i}")]
+        )
+    inference_tables.write_batch("iris", date(2020, 1, 1), [row(0.0, "too old")])
     opened: list[str] = []
-    real_open = inference._open
+    real_open = inference_tables._open
 
     def spy(path, unreadable):
         opened.append(path.name)
         return real_open(path, unreadable)
 
-    monkeypatch.setattr(inference, "_open", spy)
-    chunks = inference.download("iris", 7)
+    monkeypatch.setattr(inference_tables, "_open", spy)
+    chunks = inference_tables.download("iris", 7)
     first = next(chunks)
     assert len(opened) == 1  # one file read, its bytes already on their way
     data = first + b"".join(chunks)
@@ -309,9 +312,9 @@ def test_the_download_is_produced_file_by_file(table_dir, monkeypatch):
 
 
 def test_a_download_of_an_empty_table_is_a_parquet_file_without_rows(table_dir):
-    downloaded = pd.read_parquet(io.BytesIO(b"".join(inference.download("other", 7))))
+    downloaded = pd.read_parquet(io.BytesIO(b"".join(inference_tables.download("other", 7))))
     assert len(downloaded) == 0
-    assert list(downloaded.columns) == list(inference.COLUMNS)
+    assert list(downloaded.columns) == list(inference_tables.COLUMNS)
 
 
 # --- retention ----------------------------------------------------------------------------------
@@ -319,10 +322,10 @@ def test_a_download_of_an_empty_table_is_a_parquet_file_without_rows(table_dir):
 
 def test_days_past_the_retention_are_removed(table_dir):
     for day in ("2026-11-01", "2026-11-28", "2026-11-30"):
-        inference.write_batch("iris", date.fromisoformat(day), [row()])
-    removed = inference.purge(3, today=date(2026, 11, 30))
+        inference_tables.write_batch("iris", date.fromisoformat(day), [row()])
+    removed = inference_tables.purge(3, today=date(2026, 11, 30))
     assert [p.name for p in removed] == ["date=2026-11-01"]
-    left = sorted(p.name for p in inference.table_dir("iris").glob("date=*"))
+    left = sorted(p.name for p in inference_tables.table_dir("iris").glob("date=*"))
     assert left == ["date=2026-11-28", "date=2026-11-30"]
 
 
@@ -330,11 +333,11 @@ def test_celery_beat_purges_old_days_whether_or_not_anything_is_captured(table_d
     from serving_ui.celery import app
 
     settings.SERVING = {**settings.SERVING, "INFERENCE_RETENTION_DAYS": 2}
-    inference.write_batch("quiet", date(2020, 1, 1), [row()])
-    inference.write_batch("quiet", today(), [row()])
+    inference_tables.write_batch("quiet", date(2020, 1, 1), [row()])
+    inference_tables.write_batch("quiet", today(), [row()])
     app.finalize()
     scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
     assert "endpoints.tasks.purge_inference_tables" in scheduled
     tasks.purge_inference_tables()
-    left = [p.name for p in inference.table_dir("quiet").glob("date=*")]
+    left = [p.name for p in inference_tables.table_dir("quiet").glob("date=*")]
     assert left == [f"date={today().isoformat()}"]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from endpoints import demo, registry
+from endpoints import registry
+from endpoints.dev import demo
 
 # What inferring the requirements used to add, because the logging process had them loaded.
 NOT_NEEDED = {"torch", "pytest", "rich", "tqdm", "playwright", "django"}

@@ -1,7 +1,7 @@
 """The throwaway PostgreSQL server (the PostgreSQL test run, ``make run-cluster``) lets in
 only who gives its role's password: over TCP on loopback and over its Unix socket alike.
 
-A real server from ``endpoints.devdb``, started as the product starts it.
+A real server from ``endpoints.dev.devdb``, started as the product starts it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from endpoints import devdb
-from endpoints.devstack import LOOPBACK, StackError
+from endpoints.dev import devdb
+from endpoints.dev.devstack import LOOPBACK, StackError
 
 pytestmark = [
     pytest.mark.integration,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from endpoints.devstack import free_port
+from endpoints.dev.devstack import free_port
 from endpoints.provisioning import environments
 from endpoints.runtime import ReplicaSpec, get_runtime
 from endpoints.runtime.local import wait_until

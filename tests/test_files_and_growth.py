@@ -16,7 +16,6 @@ import pytest
 from conftest import add_version, assert_error
 from django.utils import timezone
 
-from endpoints import logs
 from endpoints.api.parsers import read_limited
 from endpoints.auth import token_for
 from endpoints.errors import PayloadTooLarge
@@ -33,6 +32,7 @@ from endpoints.models import (
     now_ms,
 )
 from endpoints.provisioning import housekeeping
+from endpoints.telemetry import logs
 from serving_ui import private
 
 V2 = "/api/2.0/preview/mlflow/endpoints-v2/"

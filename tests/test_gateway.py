@@ -13,13 +13,6 @@ import pytest
 
 from endpoints.errors import BadRequest, PayloadTooLarge, RateLimited, Unauthenticated
 from endpoints.gateway.admission import EndpointLimit
-from endpoints.gateway.app import (
-    error_answer,
-    normalise_request,
-    parse_path,
-    status_line,
-    translate_answer,
-)
 from endpoints.gateway.bodies import (
     BadFraming,
     BodyBudget,
@@ -32,15 +25,22 @@ from endpoints.gateway.bodies import (
 )
 from endpoints.gateway.front import body_limit, origin_path, whole_body
 from endpoints.gateway.reporting import LoadTracker
-from endpoints.gateway.streams import StreamUpstream
+from endpoints.gateway.scoring import (
+    error_answer,
+    normalise_request,
+    parse_path,
+    status_line,
+    translate_answer,
+)
 from endpoints.gateway.upstream import (
     JSON,
     ReplicaFailed,
     ReplicaTimeout,
     ReplicaUnreachable,
     ResponseTooLarge,
-    Upstream,
 )
+from endpoints.gateway.upstream_async import StreamUpstream
+from endpoints.gateway.upstream_blocking import Upstream
 
 MIB = 1024 * 1024
 

@@ -15,16 +15,15 @@ import threading
 import pytest
 
 from endpoints.gateway.reporting import LoadTracker
-from endpoints.gateway.routing import Address, Target
-from endpoints.gateway.streams import StreamConnection, StreamUpstream
+from endpoints.gateway.routing_table import Address, Target
 from endpoints.gateway.upstream import (
     JSON,
     BadGateway,
     ConnectionClosed,
-    ReplicaConnection,
-    Upstream,
     never_read,
 )
+from endpoints.gateway.upstream_async import StreamConnection, StreamUpstream
+from endpoints.gateway.upstream_blocking import ReplicaConnection, Upstream
 
 MIB = 1024 * 1024
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"

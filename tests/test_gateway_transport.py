@@ -9,9 +9,9 @@ import json
 import pytest
 from mlflow.exceptions import MlflowException
 
-from endpoints.gateway import app as gateway_app
 from endpoints.gateway import front
-from endpoints.gateway.app import translate_answer
+from endpoints.gateway import scoring as gateway_app
+from endpoints.gateway.scoring import translate_answer
 from endpoints.gateway.upstream import JSON
 
 SCORING = "/model-endpoint/iris/Production/invocations"

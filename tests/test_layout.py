@@ -7,6 +7,7 @@ go away, it only makes it fail later.
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "endpoints"
 MAX_MODULE_LINES = 500
+MAX_TOP_LEVEL_MODULES = 10
 
 
 def _modules() -> dict[str, Path]:
@@ -99,31 +101,105 @@ def test_endpoints_has_no_import_cycle():
     assert find_cycle(import_graph()) is None
 
 
-@pytest.mark.parametrize(
-    ("lower", "upper"),
-    [
-        ("endpoints.models", "endpoints.services"),
-        ("endpoints.registry", "endpoints.provisioning"),
-        ("endpoints.gateway", "endpoints.registry"),
-        ("endpoints.gateway", "endpoints.provisioning"),
-        ("endpoints.gateway", "endpoints.web"),
-        ("endpoints.provisioning", "endpoints.web"),
-        ("endpoints.provisioning", "endpoints.api"),
-        ("endpoints.services", "endpoints.web"),
-        ("endpoints.services", "endpoints.api"),
-        ("endpoints.runtime", "endpoints.provisioning"),
-    ],
-)
+# (lower, upper): nothing in ``lower`` imports ``upper``. Arrows run downward: web, api and
+# admin -> services and selectors -> models and the registry; provisioning -> runtime,
+# registry, models; gateway -> its routing snapshot -> models (never the registry or
+# provisioning); telemetry sits beside the models, below everything that reports or reads.
+LAYERS = [
+    ("endpoints.models", "endpoints.services"),
+    ("endpoints.models", "endpoints.selectors"),
+    ("endpoints.models", "endpoints.telemetry"),
+    ("endpoints.registry", "endpoints.models"),
+    ("endpoints.registry", "endpoints.provisioning"),
+    ("endpoints.selectors", "endpoints.services"),
+    ("endpoints.selectors", "endpoints.web"),
+    ("endpoints.selectors", "endpoints.api"),
+    ("endpoints.services", "endpoints.web"),
+    ("endpoints.services", "endpoints.api"),
+    ("endpoints.services", "endpoints.provisioning"),
+    ("endpoints.services", "endpoints.gateway"),
+    ("endpoints.services", "endpoints.tasks"),
+    ("endpoints.gateway", "endpoints.registry"),
+    ("endpoints.gateway", "endpoints.provisioning"),
+    ("endpoints.gateway", "endpoints.services"),
+    ("endpoints.gateway", "endpoints.selectors"),
+    ("endpoints.gateway", "endpoints.web"),
+    ("endpoints.gateway", "endpoints.api"),
+    ("endpoints.gateway", "endpoints.tasks"),
+    ("endpoints.provisioning", "endpoints.web"),
+    ("endpoints.provisioning", "endpoints.api"),
+    ("endpoints.provisioning", "endpoints.services"),
+    ("endpoints.provisioning", "endpoints.gateway"),
+    ("endpoints.provisioning", "endpoints.tasks"),
+    ("endpoints.runtime", "endpoints.provisioning"),
+    ("endpoints.telemetry", "endpoints.services"),
+    ("endpoints.telemetry", "endpoints.selectors"),
+    ("endpoints.telemetry", "endpoints.gateway"),
+    ("endpoints.telemetry", "endpoints.provisioning"),
+    ("endpoints.telemetry", "endpoints.registry"),
+    ("endpoints.telemetry", "endpoints.web"),
+    ("endpoints.telemetry", "endpoints.api"),
+    ("endpoints.telemetry", "endpoints.tasks"),
+]
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+@pytest.mark.parametrize(("lower", "upper"), LAYERS)
 def test_lower_layers_do_not_import_upper_ones(lower: str, upper: str):
     graph = import_graph()
     offenders = {
         (module, target)
         for module, targets in graph.items()
-        if module == lower or module.startswith(lower + ".")
+        if _within(module, lower)
         for target in targets
-        if target == upper or target.startswith(upper + ".")
+        if _within(target, upper)
     }
     assert offenders == set()
+
+
+# Development tools and benchmarks: only management commands (their entry points) and the
+# benchmarks themselves import them; the benchmarks use the development tools, not the reverse.
+TOOLS = {
+    "endpoints.dev": ("endpoints.management", "endpoints.bench"),
+    "endpoints.bench": ("endpoints.management",),
+}
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_only_management_commands_import_the_development_tools(tool: str):
+    allowed = (tool, *TOOLS[tool])
+    offenders = {
+        (module, target)
+        for module, targets in import_graph().items()
+        if not any(_within(module, package) for package in allowed)
+        for target in targets
+        if _within(target, tool)
+    }
+    assert offenders == set()
+
+
+def test_the_runtime_imports_nothing_of_the_product_but_itself():
+    """A replica's sandbox holds ``endpoints/runtime/`` only of the product's code (no
+    settings, no models): a runtime module that imported anything else could not start
+    a replica."""
+    outside = {
+        (module, target)
+        for module, targets in import_graph().items()
+        if _within(module, "endpoints.runtime")
+        for target in targets
+        if not _within(target, "endpoints.runtime")
+    }
+    assert outside == set()
+
+
+def test_endpoints_itself_holds_at_most_ten_modules():
+    """The package's top level is the shared ground floor; everything else lives in the
+    package of its group."""
+    top = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, top
 
 
 def test_no_module_is_over_the_line_limit():
@@ -162,3 +238,41 @@ def test_the_deployments_plugin_needs_only_mlflow_on_a_client_machine():
         assert not {"django", "rest_framework", "celery", "serving_ui"} & (
             _imported_top_level_names(path)
         ), path
+
+
+def _documented_modules(doc: str) -> dict[str, list[str]]:
+    """{folder: module file names} of the ``endpoints/`` tree in docs/architecture.md's
+    layout block: a folder is a name ending in ``/`` in the name column (before column 25,
+    indented two spaces per level), and every ``*.py`` named on its lines belongs to the
+    folder of the name column above it."""
+    block = doc[doc.index("## The layout") :].split("```")[1]
+    listed: dict[str, list[str]] = {}
+    stack: list[tuple[int, str]] = []
+    for line in block.splitlines():
+        if not line.strip() or line.lstrip().startswith("──"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        first = line.split()[0]
+        if indent == 0:
+            stack = [(0, "endpoints")] if first == "endpoints/" else []
+            continue
+        if not stack:
+            continue
+        text = line
+        if indent < 25:
+            while stack[-1][0] >= indent:
+                stack.pop()
+            if first.endswith("/"):
+                stack.append((indent, f"{stack[-1][1]}/{first.rstrip('/')}"))
+                text = line[indent + len(first) :]
+        for name in re.findall(r"(?<![\w/.])(\w+\.py)\b", text):
+            listed.setdefault(stack[-1][1], []).append(name)
+    return listed
+
+
+def test_the_architecture_doc_lists_every_module_once_in_its_folder():
+    listed = _documented_modules((ROOT / "docs" / "architecture.md").read_text())
+    actual: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        actual.setdefault(str(path.parent.relative_to(ROOT)), []).append(path.name)
+    assert {folder: sorted(names) for folder, names in listed.items()} == actual

@@ -14,11 +14,12 @@ from conftest import add_replica, add_version
 from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from endpoints import kv, metrics, prometheus, readiness
-from endpoints.gateway.app import Gateway
+from endpoints import kv
 from endpoints.gateway.ops import answer
 from endpoints.gateway.reporting import LoadTracker, send_reports
+from endpoints.gateway.scoring import Gateway
 from endpoints.models import ReplicaState, ServingEndpoint
+from endpoints.telemetry import metrics, prometheus, readiness
 from endpoints.web import charts
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
@@ -122,13 +123,13 @@ def test_counted_requests_reach_the_collector_by_code_with_rejections(version):
 
 
 def test_cold_starts_count_one_per_wake_up(version):
-    from endpoints import load
+    from endpoints.telemetry import load_reports
 
-    load.clear_wake(version.pk)
-    load.request_wake(version.pk, version.endpoint_id)
-    load.request_wake(version.pk, version.endpoint_id)  # a second request waiting
+    load_reports.clear_wake(version.pk)
+    load_reports.request_wake(version.pk, version.endpoint_id)
+    load_reports.request_wake(version.pk, version.endpoint_id)  # a second request waiting
     assert scrape()["serving_ui_cold_starts_total"][labels()] == 1
-    load.clear_wake(version.pk)
+    load_reports.clear_wake(version.pk)
 
 
 def test_reconcile_passes_are_a_histogram_with_failures(monkeypatch, redis_server):

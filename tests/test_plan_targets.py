@@ -7,8 +7,20 @@ import pytest
 from test_plan import event_types, of, running, serving, starting
 
 from endpoints.models import EndpointState, EventType
-from endpoints.provisioning import actions as a
-from endpoints.provisioning.plan import endpoint_state, plan_serving, plan_sync
+from endpoints.provisioning.actions import (
+    ClearSplit,
+    CreateVersion,
+    MarkActivity,
+    MoveAlias,
+    PublishRouting,
+    RecordEvent,
+    RemoveAlias,
+    RetireVersion,
+    SetStage,
+    StopReplica,
+)
+from endpoints.provisioning.plan import plan_sync
+from endpoints.provisioning.plan_serving import endpoint_state, plan_serving
 from endpoints.provisioning.snapshot import EndpointView, VersionView
 from endpoints.targets import config_target, served_aliases, valid_target
 
@@ -25,34 +37,32 @@ def aliased(version: str, *aliases: str, **kwargs) -> VersionView:
 
 def test_a_version_named_only_by_an_alias_is_deployed_for_it():
     planned = plan_sync(stages={}, aliases={"champion": "3"}, versions=[])
-    assert of(planned, a.CreateVersion) == [a.CreateVersion("3", "", ("champion",))]
+    assert of(planned, CreateVersion) == [CreateVersion("3", "", ("champion",))]
     assert event_types(planned) == [EventType.VERSION_DEPLOYING]
-    assert "@champion" in of(planned, a.RecordEvent)[0].message
+    assert "@champion" in of(planned, RecordEvent)[0].message
 
 
 def test_a_version_in_a_stage_with_aliases_is_created_once_with_all_of_them():
     planned = plan_sync(
         stages={"1": "Production"}, aliases={"champion": "1", "stable": "1"}, versions=[]
     )
-    assert of(planned, a.CreateVersion) == [
-        a.CreateVersion("1", "Production", ("champion", "stable"))
-    ]
+    assert of(planned, CreateVersion) == [CreateVersion("1", "Production", ("champion", "stable"))]
 
 
 def test_moving_an_alias_makes_the_new_version_desired_and_the_old_one_not():
     planned = plan_sync(stages={}, aliases={"champion": "2"}, versions=[aliased("1", "champion")])
-    assert of(planned, a.CreateVersion) == [a.CreateVersion("2", "", ("champion",))]
-    assert of(planned, a.SetStage) == [a.SetStage("1", "")]
+    assert of(planned, CreateVersion) == [CreateVersion("2", "", ("champion",))]
+    assert of(planned, SetStage) == [SetStage("1", "")]
 
 
 def test_gaining_an_alias_counts_as_activity_losing_one_does_not():
     gained = plan_sync(
         stages={"1": "Production"}, aliases={"champion": "1"}, versions=[serving("1")]
     )
-    assert gained == [a.SetStage("1", "Production", ("champion",)), a.MarkActivity("1")]
+    assert gained == [SetStage("1", "Production", ("champion",)), MarkActivity("1")]
     kept = serving("1", aliases=("champion",))
     lost = plan_sync(stages={"1": "Production"}, aliases={}, versions=[kept])
-    assert lost == [a.SetStage("1", "Production", ())]
+    assert lost == [SetStage("1", "Production", ())]
 
 
 def test_unchanged_aliases_change_nothing():
@@ -66,8 +76,8 @@ def test_unchanged_aliases_change_nothing():
 
 def test_an_alias_pointer_goes_to_its_version_once_ready():
     planned = plan_serving(endpoint=READY_ENDPOINT, versions=[aliased("1", "champion")], aliases={})
-    assert of(planned, a.MoveAlias) == [a.MoveAlias("@champion", "1")]
-    [moved] = of(planned, a.RecordEvent)
+    assert of(planned, MoveAlias) == [MoveAlias("@champion", "1")]
+    [moved] = of(planned, RecordEvent)
     assert (moved.type, moved.alias) == (EventType.VERSION_ALIAS_MOVED, "champion")
 
 
@@ -75,18 +85,18 @@ def test_a_moved_alias_keeps_the_old_version_until_the_new_one_is_ready():
     old = serving("1", stage="", desired=False)
     new = VersionView("2", aliases=("champion",), replicas=(starting("v2-a", "2"),))
     planned = plan_serving(endpoint=READY_ENDPOINT, versions=[old, new], aliases={"@champion": "1"})
-    assert of(planned, a.MoveAlias) == []
-    assert of(planned, a.RetireVersion) == []
-    assert of(planned, a.StopReplica) == []
+    assert of(planned, MoveAlias) == []
+    assert of(planned, RetireVersion) == []
+    assert of(planned, StopReplica) == []
 
 
 def test_a_moved_alias_switches_once_ready_then_the_old_version_drains():
     old = serving("1", stage="", desired=False)
     new = aliased("2", "champion", replicas=(running("v2-a", "2"),))
     planned = plan_serving(endpoint=READY_ENDPOINT, versions=[old, new], aliases={"@champion": "1"})
-    assert planned.index(a.MoveAlias("@champion", "2")) < planned.index(a.RetireVersion("1"))
-    assert of(planned, a.StopReplica) == [
-        a.StopReplica("v1-a", "The version no longer serves a stage or alias.")
+    assert planned.index(MoveAlias("@champion", "2")) < planned.index(RetireVersion("1"))
+    assert of(planned, StopReplica) == [
+        StopReplica("v1-a", "The version no longer serves a stage or alias.")
     ]
 
 
@@ -95,14 +105,14 @@ def test_an_alias_that_is_no_longer_served_loses_its_url():
     planned = plan_serving(
         endpoint=READY_ENDPOINT, versions=[gone], aliases={"Production": "1", "@champion": "1"}
     )
-    assert of(planned, a.RemoveAlias) == [a.RemoveAlias("@champion")]
-    assert of(planned, a.RetireVersion) == []  # still Production's
+    assert of(planned, RemoveAlias) == [RemoveAlias("@champion")]
+    assert of(planned, RetireVersion) == []  # still Production's
 
 
 def test_an_alias_of_a_version_in_a_stage_points_at_it_beside_the_stage():
     both = serving("1", aliases=("champion",))
     planned = plan_serving(endpoint=READY_ENDPOINT, versions=[both], aliases={"Production": "1"})
-    assert of(planned, a.MoveAlias) == [a.MoveAlias("@champion", "1")]
+    assert of(planned, MoveAlias) == [MoveAlias("@champion", "1")]
 
 
 def test_the_endpoint_waits_for_an_alias_s_first_version():
@@ -162,9 +172,9 @@ def test_every_version_of_a_split_stays_deployed():
         aliases={"@champion": "2"},
         splits={"@champion": {"1": 10, "2": 90}},
     )
-    assert of(planned, a.RetireVersion) == []
-    assert of(planned, a.StopReplica) == []
-    assert of(planned, a.ClearSplit) == []
+    assert of(planned, RetireVersion) == []
+    assert of(planned, StopReplica) == []
+    assert of(planned, ClearSplit) == []
 
 
 def test_a_version_with_no_weight_left_is_retired():
@@ -175,7 +185,7 @@ def test_a_version_with_no_weight_left_is_retired():
         aliases={"@champion": "2", "@other": "3"},
         splits={"@champion": {"1": 0, "2": 50, "3": 50}},
     )
-    assert of(planned, a.RetireVersion) == [a.RetireVersion("1")]
+    assert of(planned, RetireVersion) == [RetireVersion("1")]
 
 
 def test_a_promotion_ends_its_split_once_the_pointer_names_the_promoted_version():
@@ -187,17 +197,17 @@ def test_a_promotion_ends_its_split_once_the_pointer_names_the_promoted_version(
         aliases={"@champion": "1"},
         splits=promoted,
     )
-    assert of(waiting, a.ClearSplit) == []
+    assert of(waiting, ClearSplit) == []
     done = plan_serving(
         endpoint=READY_ENDPOINT,
         versions=[old, aliased("2", "champion")],
         aliases={"@champion": "1"},
         splits=promoted,
     )
-    assert of(done, a.MoveAlias) == [a.MoveAlias("@champion", "2")]
-    assert of(done, a.ClearSplit) == [a.ClearSplit("@champion")]
+    assert of(done, MoveAlias) == [MoveAlias("@champion", "2")]
+    assert of(done, ClearSplit) == [ClearSplit("@champion")]
     assert EventType.TRAFFIC_SPLIT_CHANGED in event_types(done)
-    assert of(done, a.RetireVersion) == [a.RetireVersion("1")]
+    assert of(done, RetireVersion) == [RetireVersion("1")]
 
 
 def test_a_split_of_a_target_that_is_no_longer_served_ends():
@@ -207,5 +217,5 @@ def test_a_split_of_a_target_that_is_no_longer_served_ends():
         aliases={"Production": "1", "Staging": "2"},
         splits={"@gone": {"1": 50, "2": 50}},
     )
-    assert of(planned, a.ClearSplit) == [a.ClearSplit("@gone")]
-    assert a.PublishRouting() in planned
+    assert of(planned, ClearSplit) == [ClearSplit("@gone")]
+    assert PublishRouting() in planned

@@ -18,7 +18,8 @@ import psutil
 import pytest
 import redis
 
-from endpoints import devstack, kv
+from endpoints import kv
+from endpoints.dev import devstack
 from endpoints.models import ServingEndpoint
 from endpoints.provisioning import apply, converge, reconcile
 from endpoints.provisioning.lease import LeaseExpired, held

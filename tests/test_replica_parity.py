@@ -1,7 +1,7 @@
 """The replica's own server answers exactly what MLflow's scoring server answers.
 
 Every request, generated or written out, goes to MLflow's FastAPI app
-(``mlflow.pyfunc.scoring_server.init``) and to ``endpoints.runtime.server.ReplicaApp``
+(``mlflow.pyfunc.scoring_server.init``) and to ``endpoints.runtime.replica_app.ReplicaApp``
 wrapped around the same loaded model, in process; status, body and content type must be
 identical. The models cover the signature kinds MLflow treats differently: named columns
 of doubles (scikit-learn), mixed doubles/longs/strings, a tensor signature, no signature,
@@ -29,7 +29,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from sklearn.linear_model import LogisticRegression
 
 from endpoints.runtime import fastpath
-from endpoints.runtime.server import ReplicaApp
+from endpoints.runtime.replica_app import ReplicaApp
 
 JSON_TYPE = "application/json"
 

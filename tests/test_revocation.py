@@ -13,9 +13,9 @@ from conftest import add_version
 from django.test import Client
 from django.utils import timezone
 
-from endpoints import devstack
-from endpoints.gateway import app as gateway_app
+from endpoints.dev import devstack
 from endpoints.gateway import reporting, routing
+from endpoints.gateway import scoring as gateway_app
 from endpoints.gateway.routing import RoutingCache
 from endpoints.models import (
     AccessToken,
@@ -262,7 +262,7 @@ def test_a_failing_load_report_does_not_stop_the_refresh(endpoint, monkeypatch):
     def broken(*args, **kwargs):
         raise ConnectionError("Redis is away")
 
-    monkeypatch.setattr(reporting.load, "report", broken)
+    monkeypatch.setattr(reporting.load_reports, "report", broken)
     old.built_at -= routing.MAX_AGE_SECONDS + 1
     gateway.flush()
     assert gateway.routing.latest is not old

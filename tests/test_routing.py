@@ -11,7 +11,8 @@ from django.utils import timezone
 from endpoints import services
 from endpoints.errors import NotFound, Unavailable
 from endpoints.gateway import routing
-from endpoints.gateway.routing import RoutingCache, Snapshot, build_table
+from endpoints.gateway.routing import RoutingCache, Snapshot
+from endpoints.gateway.routing_table import build_table
 from endpoints.kv import bump_generation, redis_client
 from endpoints.models import (
     AccessToken,

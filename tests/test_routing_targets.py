@@ -11,7 +11,7 @@ import pytest
 from conftest import add_version
 
 from endpoints.errors import NotFound, Unavailable
-from endpoints.gateway.routing import build_table
+from endpoints.gateway.routing_table import build_table
 from endpoints.models import (
     ComputeConfig,
     InferenceTable,

@@ -1,4 +1,4 @@
-"""The API against its own OpenAPI schema, on the real server (gunicorn).
+"""The API against its own OpenAPI schema, on the real web server.
 
 schemathesis generates requests for every operation of ``/api/schema/`` (valid and
 invalid ones) and runs all its checks on the answers: no server error, status codes and
@@ -54,7 +54,7 @@ def _token(user, offset: int) -> tuple[AccessToken, str]:
 def api_world(transactional_db, web_server, owner, member, outsider, admin_user) -> dict[str, Any]:
     """The owner's enabled endpoint (with a served version), a service principal and
     everyone's tokens. ``member`` is there as the user the schema's examples name."""
-    # The registry database exists before gunicorn's threads first open it.
+    # The registry database exists before the web server's threads first open it.
     (Path(settings.VAR_DIR) / "mlflow").mkdir(parents=True, exist_ok=True)
     registry.search_models(max_results=1)
     endpoint = ServingEndpoint.objects.create(

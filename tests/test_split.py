@@ -1,5 +1,5 @@
 """The gateway's traffic split: which versions a split keeps and how a draw picks one.
-Plain values only (``routing.Target``), no database or Redis."""
+Plain values only (``routing_table.Target``), no database or Redis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from endpoints.gateway.routing import Target
+from endpoints.gateway.routing_table import Target
 from endpoints.gateway.split import build_split, build_splits
 
 

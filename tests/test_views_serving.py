@@ -17,8 +17,8 @@ from conftest import add_version
 from django.conf import settings
 from django.test import Client
 
-from endpoints import services, traffic
-from endpoints.gateway import app as gateway_app
+from endpoints import services
+from endpoints.gateway import scoring as gateway_app
 from endpoints.kv import bump_generation
 from endpoints.models import (
     ComputeConfig,
@@ -29,6 +29,7 @@ from endpoints.models import (
     ServiceState,
     ServingEndpoint,
 )
+from endpoints.services import traffic
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 
@@ -706,7 +707,7 @@ def forget_metrics(version_pk: int) -> None:
 def test_metrics_tab_draws_the_charts_of_the_window(owner, endpoint, model_name):
     import time
 
-    from endpoints import metrics
+    from endpoints.telemetry import metrics
 
     v = add_version(endpoint, "1", "Production")
     forget_metrics(v.pk)
@@ -739,7 +740,7 @@ def test_metrics_tab_draws_the_charts_of_the_window(owner, endpoint, model_name)
 def test_metrics_tab_window_choice_downsamples(owner, endpoint, model_name):
     import time
 
-    from endpoints import metrics
+    from endpoints.telemetry import metrics
 
     v = add_version(endpoint, "1", "Production")
     forget_metrics(v.pk)

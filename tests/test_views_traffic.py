@@ -15,7 +15,7 @@ import pytest
 from conftest import add_version
 from django.test import Client
 
-from endpoints import inference, registry, services
+from endpoints import registry, services
 from endpoints.models import (
     ComputeConfig,
     InferenceTable,
@@ -23,6 +23,7 @@ from endpoints.models import (
     StageAlias,
     TrafficSplit,
 )
+from endpoints.telemetry import inference_tables
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 
@@ -168,7 +169,7 @@ def test_the_inference_panel_turns_capture_on_and_shows_rows(
     )
     table = InferenceTable.objects.get(endpoint=endpoint)
     assert (table.enabled, table.sample_rate) == (True, 0.5)
-    inference.write_batch(model_name, datetime.now(UTC).date(), [captured_row(model_name)])
+    inference_tables.write_batch(model_name, datetime.now(UTC).date(), [captured_row(model_name)])
     html = client.get(serving_url(model_name, tab="inference")).content.decode()
     assert "On, capturing 50.0 % of requests" in html
     assert "{&quot;predictions&quot;: [0]}" in html
@@ -184,7 +185,9 @@ def test_captured_rows_and_the_download_need_manage_settings_need_view(
 ):
     settings.SERVING = {**settings.SERVING, "INFERENCE_DIR": tmp_path}
     secret = '{"inputs": ["a customer\'s private text"]}'
-    inference.write_batch(model_name, datetime.now(UTC).date(), [captured_row(model_name, secret)])
+    inference_tables.write_batch(
+        model_name, datetime.now(UTC).date(), [captured_row(model_name, secret)]
+    )
     page = serving_url(model_name, tab="inference")
     download = f"/models/{model_name}/serving/inference/download/"
     for level in ("CAN_VIEW", "CAN_QUERY"):
@@ -212,7 +215,7 @@ def test_the_panel_names_files_it_could_not_read_and_shows_the_rest(
     owner, endpoint, model_name, settings, tmp_path
 ):
     settings.SERVING = {**settings.SERVING, "INFERENCE_DIR": tmp_path}
-    good = inference.write_batch(
+    good = inference_tables.write_batch(
         model_name, datetime.now(UTC).date(), [captured_row(model_name, "still here")]
     )
     (good.parent / "0-broken.parquet").write_bytes(b"PAR1 and then nothing")

@@ -12,9 +12,22 @@ from rest_framework.response import Response
 from endpoints import selectors, services
 from endpoints.models import AccessToken
 
-from . import access_serializers as sa
-from . import serializers as s
 from .base import GET_ARGS, PERMISSIONS, PRINCIPALS, TOKENS, ApiView, ManageView, doc, parse
+from .serializers.access import (
+    PermissionsResponse,
+    ServicePrincipalCreateRequest,
+    ServicePrincipalInfo,
+    ServicePrincipalListResponse,
+    ServicePrincipalResponse,
+    ServicePrincipalTokenRequest,
+    SetPermissionsRequest,
+    TokenCreateRequest,
+    TokenCreateResponse,
+    TokenDeleteRequest,
+    TokenInfo,
+    TokenListResponse,
+)
+from .serializers.common import EmptyResponse, ModelNameRequest
 
 # --- tokens ------------------------------------------------------------------------------------
 
@@ -30,29 +43,29 @@ class TokenCreateView(ManageView):
         "tokenCreate",
         "Create a personal access token",
         tag=TOKENS,
-        request=sa.TokenCreateRequest,
-        response=sa.TokenCreateResponse,
+        request=TokenCreateRequest,
+        response=TokenCreateResponse,
         errors=(429,),
         description="token_value is shown only in this answer; only its hash is stored. "
         "A token created by a request authenticated with a token expires no later than "
         "that token and is revoked with it.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, sa.TokenCreateRequest)
+        args = parse(request, TokenCreateRequest)
         token, plaintext = services.token_create(
             user=request.user,
             name=args["comment"],
             expires_at=services.token_expiry(lifetime_seconds=args["lifetime_seconds"]),
             parent=calling_token(request),
         )
-        return Response({"token_value": plaintext, "token_info": sa.TokenInfo(token).data})
+        return Response({"token_value": plaintext, "token_info": TokenInfo(token).data})
 
 
 class TokenListView(ApiView):
-    @doc("tokenList", "The caller's active tokens", tag=TOKENS, response=sa.TokenListResponse)
+    @doc("tokenList", "The caller's active tokens", tag=TOKENS, response=TokenListResponse)
     def get(self, request: Request) -> Response:
         tokens = selectors.active_tokens(request.user)
-        return Response({"token_infos": sa.TokenInfo(tokens, many=True).data})
+        return Response({"token_infos": TokenInfo(tokens, many=True).data})
 
 
 class TokenDeleteView(ManageView):
@@ -60,12 +73,12 @@ class TokenDeleteView(ManageView):
         "tokenDelete",
         "Revoke one of the caller's tokens",
         tag=TOKENS,
-        request=sa.TokenDeleteRequest,
-        response=s.EmptyResponse,
+        request=TokenDeleteRequest,
+        response=EmptyResponse,
         errors=(429,),
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, sa.TokenDeleteRequest)
+        args = parse(request, TokenDeleteRequest)
         services.token_revoke(token_id=int(args["token_id"]), user=request.user)
         return Response({})
 
@@ -78,12 +91,12 @@ class GetPermissionsView(ApiView):
         "endpointsV2GetPermissions",
         "Who may view, query or manage an endpoint",
         tag=PERMISSIONS,
-        query=s.ModelNameRequest,
-        response=sa.PermissionsResponse,
+        query=ModelNameRequest,
+        response=PermissionsResponse,
         description=GET_ARGS + " Admins hold CAN_MANAGE everywhere and are not listed.",
     )
     def get(self, request: Request) -> Response:
-        args = parse(request, s.ModelNameRequest)
+        args = parse(request, ModelNameRequest)
         endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
         return Response(selectors.access_control_list_json(endpoint))
 
@@ -93,14 +106,14 @@ class SetPermissionsView(ManageView):
         "endpointsV2SetPermissions",
         "Grant or remove users' permissions on an endpoint",
         tag=PERMISSIONS,
-        request=sa.SetPermissionsRequest,
-        response=sa.PermissionsResponse,
+        request=SetPermissionsRequest,
+        response=PermissionsResponse,
         errors=(429,),
         description="Needs CAN_MANAGE. A null permission_level removes the user's grant. "
         "All entries apply, or none.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, sa.SetPermissionsRequest)
+        args = parse(request, SetPermissionsRequest)
         endpoint = services.access_control_set(
             name=args["registered_model_name"],
             entries=[(e["user_name"], e["permission_level"]) for e in args["access_control_list"]],
@@ -117,18 +130,18 @@ class ServicePrincipalCreateView(ManageView):
         "servicePrincipalCreate",
         "Create a service principal (admins)",
         tag=PRINCIPALS,
-        request=sa.ServicePrincipalCreateRequest,
-        response=sa.ServicePrincipalResponse,
+        request=ServicePrincipalCreateRequest,
+        response=ServicePrincipalResponse,
         errors=(409, 429),
         description="A non-human identity for automation: it cannot log in to the UI, it "
         "holds tokens and per-endpoint permissions like a user.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, sa.ServicePrincipalCreateRequest)
+        args = parse(request, ServicePrincipalCreateRequest)
         principal = services.service_principal_create(
             username=args["user_name"], display_name=args["display_name"], by=request.user
         )
-        return Response({"service_principal": sa.ServicePrincipalInfo(principal).data})
+        return Response({"service_principal": ServicePrincipalInfo(principal).data})
 
 
 class ServicePrincipalListView(ApiView):
@@ -136,11 +149,11 @@ class ServicePrincipalListView(ApiView):
         "servicePrincipalList",
         "Every service principal (admins)",
         tag=PRINCIPALS,
-        response=sa.ServicePrincipalListResponse,
+        response=ServicePrincipalListResponse,
     )
     def get(self, request: Request) -> Response:
         principals = selectors.service_principals(user=request.user)
-        return Response({"service_principals": sa.ServicePrincipalInfo(principals, many=True).data})
+        return Response({"service_principals": ServicePrincipalInfo(principals, many=True).data})
 
 
 class ServicePrincipalTokenView(ManageView):
@@ -148,15 +161,15 @@ class ServicePrincipalTokenView(ManageView):
         "servicePrincipalCreateToken",
         "Create a token for a service principal (admins)",
         tag=PRINCIPALS,
-        request=sa.ServicePrincipalTokenRequest,
-        response=sa.TokenCreateResponse,
+        request=ServicePrincipalTokenRequest,
+        response=TokenCreateResponse,
         errors=(429,),
         description="token_value is shown only in this answer. Without lifetime_seconds "
         "it expires after SERVING_SERVICE_PRINCIPAL_TOKEN_DAYS (90 days by default); a "
         "request authenticated with a token caps it at that token's expiry.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, sa.ServicePrincipalTokenRequest)
+        args = parse(request, ServicePrincipalTokenRequest)
         principal = selectors.service_principal_named(
             user=request.user, user_name=args["user_name"]
         )
@@ -167,4 +180,4 @@ class ServicePrincipalTokenView(ManageView):
             expires_at=services.token_expiry(lifetime_seconds=args["lifetime_seconds"]),
             parent=calling_token(request),
         )
-        return Response({"token_value": plaintext, "token_info": sa.TokenInfo(token).data})
+        return Response({"token_value": plaintext, "token_info": TokenInfo(token).data})

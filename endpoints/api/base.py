@@ -15,9 +15,9 @@ from rest_framework.views import APIView
 
 from endpoints.errors import BadRequest, NotFound
 
-from . import serializers as s
 from .parsers import PARSERS
 from .schema import JsonSchema
+from .serializers.common import ErrorResponse
 from .throttling import ManageRateThrottle
 
 ENDPOINTS_V2 = "Serving endpoints (endpoints-v2)"
@@ -55,7 +55,7 @@ def doc(
         tags=[tag],
         request=request,
         parameters=[query] if query is not None else None,
-        responses={200: response, **dict.fromkeys(codes, s.ErrorResponse)},
+        responses={200: response, **dict.fromkeys(codes, ErrorResponse)},
     )
 
 

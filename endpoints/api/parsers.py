@@ -1,14 +1,8 @@
-"""Request body parsing: JSON, also when a client labels it as a form, up to a size limit.
-
-``curl -d '{"registered_model_name": "ElasticNet"}' …`` sends a JSON body with curl's
-default ``application/x-www-form-urlencoded`` type; MLflow's serving API accepted that, so
-scripts written for it work here unchanged. A body that is really a form is refused: the
-API speaks JSON only.
-
-No API call needs more than a few kilobytes: a body over ``API_MAX_BODY_BYTES`` is refused
-with 413 ``REQUEST_ENTITY_TOO_LARGE`` before it is parsed (by its Content-Length when it
-has one, else after reading one byte more than the limit). Scoring bodies go to the
-gateway, which keeps its own limit (``SERVING_MAX_PAYLOAD_BYTES``).
+"""Request body parsing: JSON, also when a client labels it as a form (``curl -d`` sends
+curl's default form type, which MLflow's serving API accepted, so scripts written for it
+work unchanged); a body that really is a form is refused. A body over
+``API_MAX_BODY_BYTES`` is refused with 413 before it is parsed; scoring bodies keep the
+gateway's own limit (docs/configuration.md).
 """
 
 from __future__ import annotations

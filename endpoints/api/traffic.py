@@ -1,47 +1,30 @@
 """API calls about where traffic goes: MLflow aliases (set, delete, which ones an endpoint
 serves), traffic splits (set, promote, roll back, read) and inference tables. Thin: parse, call
-``endpoints.traffic``, answer with ``selectors``' shapes."""
+``endpoints.services``, answer with ``selectors``' shapes."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from endpoints import selectors, services, traffic
+from endpoints import selectors, services
 from endpoints.errors import InvalidParameter
 
-from . import serializers as s
 from .base import ENDPOINTS_V2, GET_ARGS, REGISTRY, ApiView, ManageView, doc, parse, registry_name
-
-
-class AliasRequest(serializers.Serializer):
-    name = s.model_name_field()
-    alias = s.Text(max_length=255, help_text="The alias, such as 'champion'.", example="champion")
-
-
-class SetAliasRequest(AliasRequest):
-    version = s.version_field()
-
-
-class ServedAliasesRequest(s.ModelNameRequest):
-    served_aliases = serializers.ListField(
-        child=s.Text(max_length=255),
-        allow_null=True,
-        max_length=100,
-        help_text="The aliases to serve; null: every alias of the model (the default).",
-    )
-
-
-class Fraction(serializers.FloatField):
-    """A number that is not converted from other JSON types (not a boolean, not a string)."""
-
-    def to_internal_value(self, data: Any) -> float:
-        if s._is_json(self) and (isinstance(data, bool) or not isinstance(data, int | float)):
-            self.fail("invalid")
-        return super().to_internal_value(data)
+from .serializers.common import EmptyResponse, ModelNameRequest, TargetRequest
+from .serializers.endpoints import EndpointStatusResponse
+from .serializers.traffic import (
+    AliasRequest,
+    InferenceRowsRequest,
+    InferenceRowsResponse,
+    InferenceTableRequest,
+    InferenceTableResponse,
+    PromoteRequest,
+    ServedAliasesRequest,
+    SetAliasRequest,
+    SplitsResponse,
+    TrafficSplitRequest,
+)
 
 
 class ModelAliasView(ManageView):
@@ -50,7 +33,7 @@ class ModelAliasView(ManageView):
         "Point an MLflow alias at a model version",
         tag=REGISTRY,
         request=SetAliasRequest,
-        response=s.EmptyResponse,
+        response=EmptyResponse,
         errors=(429, 503),
         description="Sets the alias in the MLflow registry, as MLflow's own call does. When "
         "the endpoint serves the alias, its URL (/model-endpoint/<name>/@<alias>/invocations) "
@@ -59,7 +42,7 @@ class ModelAliasView(ManageView):
     )
     def post(self, request: Request) -> Response:
         args = parse(request, SetAliasRequest)
-        traffic.model_alias_set(
+        services.model_alias_set(
             name=registry_name(args["name"]),
             alias=args["alias"],
             version=args["version"],
@@ -72,14 +55,14 @@ class ModelAliasView(ManageView):
         "Delete an MLflow alias",
         tag=REGISTRY,
         query=AliasRequest,
-        response=s.EmptyResponse,
+        response=EmptyResponse,
         errors=(429, 503),
         description=GET_ARGS + " The alias's URL stops answering once the registry no "
         "longer has it.",
     )
     def delete(self, request: Request) -> Response:
         args = parse(request, AliasRequest)
-        traffic.model_alias_set(
+        services.model_alias_set(
             name=registry_name(args["name"]), alias=args["alias"], version=None, user=request.user
         )
         return Response({})
@@ -91,14 +74,14 @@ class UpdateServedAliasesView(ManageView):
         "Choose which MLflow aliases of the model are served",
         tag=ENDPOINTS_V2,
         request=ServedAliasesRequest,
-        response=s.EndpointStatusResponse,
+        response=EndpointStatusResponse,
         errors=(429,),
         description="Needs CAN_MANAGE. By default every alias is served; a list limits "
         "serving to those aliases, null goes back to every alias.",
     )
     def put(self, request: Request) -> Response:
         args = parse(request, ServedAliasesRequest)
-        endpoint = traffic.served_aliases_set(
+        endpoint = services.served_aliases_set(
             name=args["registered_model_name"],
             aliases=args["served_aliases"],
             user=request.user,
@@ -109,42 +92,17 @@ class UpdateServedAliasesView(ManageView):
 # --- traffic splits ----------------------------------------------------------------------------
 
 
-class VersionShare(serializers.Serializer):
-    endpoint_version_name = s.version_field()
-    traffic_percentage = s.Number(min_value=0, max_value=100)
-
-
-class TrafficSplitRequest(s.TargetRequest):
-    traffic = VersionShare(many=True, help_text="Percentages adding up to 100.")
-
-
-class PromoteRequest(s.TargetRequest):
-    endpoint_version_name = s.version_field()
-
-
-class SplitInfo(serializers.Serializer):
-    stage = serializers.CharField(required=False)
-    alias = serializers.CharField(required=False)
-    traffic = serializers.ListField(child=serializers.DictField())
-    user_id = serializers.CharField(allow_blank=True)
-    updated_timestamp = serializers.IntegerField()
-
-
-class SplitsResponse(serializers.Serializer):
-    traffic_splits = SplitInfo(many=True)
-
-
 class GetTrafficSplitsView(ApiView):
     @doc(
         "endpointsV2GetTrafficSplits",
         "The traffic splits of an endpoint's stages and aliases",
         tag=ENDPOINTS_V2,
-        query=s.ModelNameRequest,
+        query=ModelNameRequest,
         response=SplitsResponse,
         description=GET_ARGS,
     )
     def get(self, request: Request) -> Response:
-        args = parse(request, s.ModelNameRequest)
+        args = parse(request, ModelNameRequest)
         endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
         return Response({"traffic_splits": selectors.traffic_splits_json(endpoint)})
 
@@ -169,7 +127,7 @@ class UpdateTrafficSplitView(ManageView):
             if name in weights:
                 raise InvalidParameter(f"Version {name} is listed twice.")
             weights[name] = share["traffic_percentage"]
-        split = traffic.traffic_split_set(
+        split = services.traffic_split_set(
             name=args["registered_model_name"],
             target=args["target"],
             weights=weights,
@@ -192,7 +150,7 @@ class PromoteTrafficSplitView(ManageView):
     )
     def post(self, request: Request) -> Response:
         args = parse(request, PromoteRequest)
-        split = traffic.traffic_split_promote(
+        split = services.traffic_split_promote(
             name=args["registered_model_name"],
             target=args["target"],
             version=args["endpoint_version_name"],
@@ -206,82 +164,20 @@ class RollbackTrafficSplitView(ManageView):
         "endpointsV2RollbackTrafficSplit",
         "End a split: all traffic back to the version the stage or alias points at",
         tag=ENDPOINTS_V2,
-        request=s.TargetRequest,
+        request=TargetRequest,
         response=SplitsResponse,
         errors=(429,),
         description="Needs CAN_MANAGE. 404 when the target has no split.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, s.TargetRequest)
-        endpoint = traffic.traffic_split_rollback(
+        args = parse(request, TargetRequest)
+        endpoint = services.traffic_split_rollback(
             name=args["registered_model_name"], target=args["target"], user=request.user
         )
         return Response({"traffic_splits": selectors.traffic_splits_json(endpoint)})
 
 
 # --- inference tables --------------------------------------------------------------------------
-
-
-class InferenceTableRequest(s.ModelNameRequest):
-    enabled = s.Flag()
-    sample_rate = Fraction(
-        min_value=0.0001,
-        max_value=1.0,
-        required=False,
-        default=1.0,
-        help_text="The share of requests captured (1: all of them).",
-    )
-
-
-class InferenceRowsRequest(s.ModelNameRequest):
-    max_results = s.Number(min_value=1, max_value=1000, required=False, default=100)
-
-
-class DroppedByReason(serializers.Serializer):
-    queue_full = serializers.IntegerField(help_text="A web process's capture queue was full.")
-    write_failed = serializers.IntegerField(help_text="Writing their Parquet file failed.")
-    shutdown = serializers.IntegerField(
-        help_text="A web process stopped before it could write them."
-    )
-
-
-class InferenceTableInfo(serializers.Serializer):
-    enabled = serializers.BooleanField()
-    sample_rate = serializers.FloatField()
-    retention_days = serializers.IntegerField()
-    location = serializers.CharField()
-    dropped_requests = serializers.IntegerField(allow_null=True)
-    dropped_requests_by_reason = DroppedByReason(allow_null=True)
-
-
-class InferenceTableResponse(serializers.Serializer):
-    inference_table = InferenceTableInfo()
-
-
-class InferenceRow(serializers.Serializer):
-    timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
-    endpoint = serializers.CharField()
-    selector = serializers.CharField()
-    version = serializers.CharField()
-    status = serializers.IntegerField()
-    latency_ms = serializers.FloatField()
-    token_id = serializers.IntegerField(allow_null=True)
-    request = serializers.CharField(allow_blank=True)
-    response = serializers.CharField(allow_blank=True)
-
-
-class InferenceRowsResponse(InferenceTableResponse):
-    rows = InferenceRow(many=True, required=False, help_text="With CAN_MANAGE only.")
-    unreadable_files = serializers.ListField(
-        child=serializers.CharField(),
-        required=False,
-        help_text="With CAN_MANAGE only: files of the table that could not be read and "
-        "were skipped (date=…/….parquet).",
-    )
-    message = serializers.CharField(
-        required=False,
-        help_text="Why there are no rows (below CAN_MANAGE), or which files were skipped.",
-    )
 
 
 class GetInferenceTableView(ApiView):
@@ -317,7 +213,7 @@ class UpdateInferenceTableView(ManageView):
     )
     def put(self, request: Request) -> Response:
         args = parse(request, InferenceTableRequest)
-        table = traffic.inference_table_update(
+        table = services.inference_table_update(
             name=args["registered_model_name"],
             enabled=args["enabled"],
             sample_rate=args["sample_rate"],

@@ -1,9 +1,9 @@
 """The REST API's endpoints-v2 family, compute config and transition-stage calls.
 
 Every view is thin: parse the arguments with a serializer, call ``endpoints.services``
-(writes) or ``endpoints.selectors`` / ``logs`` (reads), return the JSON. Errors are
+(writes) or ``endpoints.selectors`` / ``telemetry.logs`` (reads), return the JSON. Errors are
 ``endpoints.errors.ServingError`` subclasses rendered by the one exception handler in
-``endpoints.api.errors``. Tokens, permissions and service principals are in ``access``.
+``api.errors``. Tokens, permissions and principals are in ``access``, traffic in ``traffic``.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from endpoints import logs, selectors, services
+from endpoints import selectors, services
 from endpoints.errors import NotFound
 from endpoints.models import EndpointVersion, PermissionLevel
+from endpoints.telemetry import logs
 
-from . import serializers as s
 from .base import (
     ENDPOINTS_V2,
     GET_ARGS,
@@ -35,6 +35,27 @@ from .base import (
     doc,
     parse,
     registry_name,
+)
+from .serializers.common import ModelNameRequest, VersionRequest
+from .serializers.endpoints import (
+    AliasesResponse,
+    ComputeConfigResponse,
+    EndpointListResponse,
+    EndpointStatusResponse,
+    EventHistoryRequest,
+    EventsResponse,
+    LogsResponse,
+    MetricsResponse,
+    ModelVersionResponse,
+    ReplicasResponse,
+    RestartComputeConfigRequest,
+    TransitionStageRequest,
+    UpdateComputeConfigRequest,
+    VersionListResponse,
+    VersionLogsRequest,
+    VersionMetricsRequest,
+    VersionStatusResponse,
+    WorkloadSizesResponse,
 )
 
 
@@ -57,14 +78,14 @@ class EnableView(ManageView):
         "endpointsV2Enable",
         "Enable serving for a registered model",
         tag=ENDPOINTS_V2,
-        request=s.ModelNameRequest,
-        response=s.EndpointStatusResponse,
+        request=ModelNameRequest,
+        response=EndpointStatusResponse,
         errors=(409, 429, 503),
         description="Needs the permission to create endpoints. Every version in Staging or "
         "Production is then served; the status is PENDING until they are up.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, s.ModelNameRequest)
+        args = parse(request, ModelNameRequest)
         name = registry_name(args["registered_model_name"])
         endpoint = services.endpoint_enable(name=name, user=request.user)
         return Response({"endpoint_status": selectors.endpoint_status_json(endpoint)})
@@ -75,13 +96,13 @@ class DisableView(ManageView):
         "endpointsV2Disable",
         "Disable serving: every replica of the model stops",
         tag=ENDPOINTS_V2,
-        request=s.ModelNameRequest,
-        response=s.EndpointStatusResponse,
+        request=ModelNameRequest,
+        response=EndpointStatusResponse,
         errors=(429,),
         description="Needs CAN_MANAGE on the endpoint.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, s.ModelNameRequest)
+        args = parse(request, ModelNameRequest)
         endpoint = services.endpoint_disable(name=args["registered_model_name"], user=request.user)
         return Response({"endpoint_status": selectors.endpoint_status_json(endpoint)})
 
@@ -94,12 +115,12 @@ class GetStatusView(ApiView):
         "endpointsV2GetStatus",
         "Status of a model's endpoint",
         tag=ENDPOINTS_V2,
-        query=s.ModelNameRequest,
-        response=s.EndpointStatusResponse,
+        query=ModelNameRequest,
+        response=EndpointStatusResponse,
         description=GET_ARGS,
     )
     def get(self, request: Request) -> Response:
-        args = parse(request, s.ModelNameRequest)
+        args = parse(request, ModelNameRequest)
         endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
         return Response({"endpoint_status": selectors.endpoint_status_json(endpoint)})
 
@@ -109,7 +130,7 @@ class ListView(ApiView):
         "endpointsV2List",
         "Every endpoint the caller may view",
         tag=ENDPOINTS_V2,
-        response=s.EndpointListResponse,
+        response=EndpointListResponse,
     )
     def get(self, request: Request) -> Response:
         endpoints = selectors.endpoints_visible_to(request.user)
@@ -121,12 +142,12 @@ class ListVersionsView(ApiView):
         "endpointsV2ListVersions",
         "Status of every served version",
         tag=ENDPOINTS_V2,
-        query=s.ModelNameRequest,
-        response=s.VersionListResponse,
+        query=ModelNameRequest,
+        response=VersionListResponse,
         description=GET_ARGS,
     )
     def get(self, request: Request) -> Response:
-        args = parse(request, s.ModelNameRequest)
+        args = parse(request, ModelNameRequest)
         endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
         versions = selectors.deployed_versions(endpoint)
         return Response({"endpoint_statuses": [selectors.version_status_json(v) for v in versions]})
@@ -137,12 +158,12 @@ class GetVersionStatusView(ApiView):
         "endpointsV2GetVersionStatus",
         "Status of one served version",
         tag=ENDPOINTS_V2,
-        query=s.VersionRequest,
-        response=s.VersionStatusResponse,
+        query=VersionRequest,
+        response=VersionStatusResponse,
         description=GET_ARGS,
     )
     def get(self, request: Request) -> Response:
-        args = parse(request, s.VersionRequest)
+        args = parse(request, VersionRequest)
         endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
         version = selectors.endpoint_version(
             endpoint, args["endpoint_version_name"], deployed_only=True
@@ -155,12 +176,12 @@ class ListVersionAliasesView(ApiView):
         "endpointsV2ListVersionAliases",
         "Which version each stage URL and each served alias URL answers with",
         tag=ENDPOINTS_V2,
-        query=s.ModelNameRequest,
-        response=s.AliasesResponse,
+        query=ModelNameRequest,
+        response=AliasesResponse,
         description=GET_ARGS + " An alias moves to a new version only once it is ready.",
     )
     def get(self, request: Request) -> Response:
-        args = parse(request, s.ModelNameRequest)
+        args = parse(request, ModelNameRequest)
         endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
         return Response({"aliases": selectors.aliases_json(endpoint)})
 
@@ -170,7 +191,7 @@ class SupportedWorkloadSizesView(ApiView):
         "endpointsV2GetSupportedWorkloadSizes",
         "Workload sizes and their concurrency range",
         tag=ENDPOINTS_V2,
-        response=s.WorkloadSizesResponse,
+        response=WorkloadSizesResponse,
         description="With scale to zero enabled, a size's minimum concurrency becomes 0.",
     )
     def get(self, request: Request) -> Response:
@@ -182,12 +203,12 @@ class VersionReplicasView(ApiView):
         "endpointsV2GetVersionReplicas",
         "Replicas (model server processes) of a version",
         tag=ENDPOINTS_V2,
-        query=s.VersionRequest,
-        response=s.ReplicasResponse,
+        query=VersionRequest,
+        response=ReplicasResponse,
         description=GET_ARGS,
     )
     def get(self, request: Request) -> Response:
-        version = _version_for(request, parse(request, s.VersionRequest))
+        version = _version_for(request, parse(request, VersionRequest))
         replicas = version.replicas.order_by("created_at")
         return Response({"replicas": [selectors.replica_json(r) for r in replicas]})
 
@@ -197,12 +218,12 @@ class EventHistoryView(ApiView):
         "endpointsV2GetEventHistory",
         "Service events of an endpoint, newest first",
         tag=ENDPOINTS_V2,
-        query=s.EventHistoryRequest,
-        response=s.EventsResponse,
+        query=EventHistoryRequest,
+        response=EventsResponse,
         description=GET_ARGS,
     )
     def get(self, request: Request) -> Response:
-        args = parse(request, s.EventHistoryRequest)
+        args = parse(request, EventHistoryRequest)
         endpoint = services.get_endpoint_for_user(args["registered_model_name"], request.user)
         events = selectors.endpoint_events(
             endpoint,
@@ -218,13 +239,13 @@ class VersionMetricsView(ApiView):
         "endpointsV2GetVersionMetrics",
         "Requests, errors, latency (with percentiles) and replicas over time, in 10-second buckets",
         tag=ENDPOINTS_V2,
-        query=s.VersionMetricsRequest,
-        response=s.MetricsResponse,
+        query=VersionMetricsRequest,
+        response=MetricsResponse,
         errors=(503,),
         description=GET_ARGS + " At most the last 24 hours of the window are returned.",
     )
     def get(self, request: Request) -> Response:
-        args = parse(request, s.VersionMetricsRequest)
+        args = parse(request, VersionMetricsRequest)
         return Response(
             selectors.version_metrics(
                 _version_for(request, args),
@@ -244,7 +265,7 @@ _BUILD_LOGS_DESCRIPTION = "The output of preparing the version's model and envir
 
 
 def _service_logs(request: Request) -> Response:
-    args = parse(request, s.VersionLogsRequest)
+    args = parse(request, VersionLogsRequest)
     version = _version_for(request, args, PermissionLevel.CAN_MANAGE)
     replica_id = args.get("replica_id")
     if replica_id:
@@ -253,7 +274,7 @@ def _service_logs(request: Request) -> Response:
 
 
 def _build_logs(request: Request) -> Response:
-    version = _version_for(request, parse(request, s.VersionRequest), PermissionLevel.CAN_MANAGE)
+    version = _version_for(request, parse(request, VersionRequest), PermissionLevel.CAN_MANAGE)
     return Response({"logs": logs.build_logs(version)})
 
 
@@ -264,8 +285,8 @@ class VersionLogsView(ApiView):
         "endpointsV2GetVersionLogs",
         "Model server output of a version",
         tag=ENDPOINTS_V2,
-        query=s.VersionLogsRequest,
-        response=s.LogsResponse,
+        query=VersionLogsRequest,
+        response=LogsResponse,
         description=f"{_LOGS_DESCRIPTION} {GET_ARGS}",
     )
     def get(self, request: Request) -> Response:
@@ -275,8 +296,8 @@ class VersionLogsView(ApiView):
         "endpointsV2GetVersionLogsPost",
         "Model server output of a version (arguments as a JSON body)",
         tag=ENDPOINTS_V2,
-        request=s.VersionLogsRequest,
-        response=s.LogsResponse,
+        request=VersionLogsRequest,
+        response=LogsResponse,
         description=_LOGS_DESCRIPTION,
     )
     def post(self, request: Request) -> Response:
@@ -288,8 +309,8 @@ class VersionBuildLogsView(ApiView):
         "endpointsV2GetVersionBuildLogs",
         "Environment build output of a version",
         tag=ENDPOINTS_V2,
-        query=s.VersionRequest,
-        response=s.LogsResponse,
+        query=VersionRequest,
+        response=LogsResponse,
         description=_BUILD_LOGS_DESCRIPTION + " " + GET_ARGS,
     )
     def get(self, request: Request) -> Response:
@@ -299,8 +320,8 @@ class VersionBuildLogsView(ApiView):
         "endpointsV2GetVersionBuildLogsPost",
         "Environment build output of a version (arguments as a JSON body)",
         tag=ENDPOINTS_V2,
-        request=s.VersionRequest,
-        response=s.LogsResponse,
+        request=VersionRequest,
+        response=LogsResponse,
         description=_BUILD_LOGS_DESCRIPTION,
     )
     def post(self, request: Request) -> Response:
@@ -315,13 +336,13 @@ class RestartComputeConfigUpdateView(ManageView):
         "endpointsV2RestartComputeConfigUpdate",
         "Retry a failed compute config rollout of a stage",
         tag=ENDPOINTS_V2,
-        request=s.RestartComputeConfigRequest,
-        response=s.EndpointStatusResponse,
+        request=RestartComputeConfigRequest,
+        response=EndpointStatusResponse,
         errors=(429,),
         description="Needs CAN_MANAGE. 400 when the stage has no failed rollout.",
     )
     def post(self, request: Request) -> Response:
-        args = parse(request, s.RestartComputeConfigRequest)
+        args = parse(request, RestartComputeConfigRequest)
         endpoint = services.compute_config_restart(
             name=args["registered_model_name"], stage=args["target"], user=request.user
         )
@@ -333,8 +354,8 @@ class UpdateComputeConfigView(ManageView):
         "endpointsV2UpdateComputeConfig",
         "Set a stage's (or an alias's) workload size, scale to zero and batching",
         tag=ENDPOINTS_V2,
-        request=s.UpdateComputeConfigRequest,
-        response=s.ComputeConfigResponse,
+        request=UpdateComputeConfigRequest,
+        response=ComputeConfigResponse,
         errors=(409, 429),
         description="Needs CAN_MANAGE. The change rolls out asynchronously: follow "
         "config_update_status in list-versions. 409 while a rollout of the stage runs. "
@@ -342,7 +363,7 @@ class UpdateComputeConfigView(ManageView):
         "predict call: only for models that answer each row independently.",
     )
     def put(self, request: Request) -> Response:
-        args = parse(request, s.UpdateComputeConfigRequest)
+        args = parse(request, UpdateComputeConfigRequest)
         spec = args["desired_workload_config_spec"]
         batching = spec["batching"] or {}
         config = services.compute_config_update(
@@ -362,7 +383,7 @@ class UpdateComputeConfigView(ManageView):
 
 class TransitionStageView(ManageView):
     def post(self, request: Request) -> Response:
-        args = parse(request, s.TransitionStageRequest)
+        args = parse(request, TransitionStageRequest)
         info = services.model_version_transition(
             name=registry_name(args["name"]),
             version=args["version"],
@@ -379,8 +400,8 @@ def _transition_doc(operation_id: str) -> Callable:
         operation_id,
         "Move a model version to a stage",
         tag=REGISTRY,
-        request=s.TransitionStageRequest,
-        response=s.ModelVersionResponse,
+        request=TransitionStageRequest,
+        response=ModelVersionResponse,
         errors=(429, 503),
         description="Performs the transition in the MLflow registry and starts serving the "
         "version when the stage is served. A stage URL moves to the new version only once it "

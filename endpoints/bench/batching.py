@@ -1,20 +1,9 @@
-"""The batching benchmark (``manage.py bench_batching``): replicas of the demo
-``iris-classifier`` with micro-batching off and on, in one run, on loopback.
-
-In the isolated stack the product (web server, Celery worker and beat as ``make run``
-starts them) serves two endpoints made of the same model version: ``iris-classifier``
-with its defaults (batching off) and ``iris-classifier-batching``, whose Production
-compute config turns batching on (``--max-batch-size``, ``--max-wait-ms``) from its first
-replica. The replicas the reconcile loop started are measured on their own ports, one at
-a time, alternating, with concurrent keep-alive clients sending one-row requests in two
-formats:
-
-- ``dataframe_records``: parsed and predicted MLflow's way, so batching merges them;
-- ``dataframe_split`` of doubles: the scikit-learn shortcut answers these before batching
-  is considered, so both replicas should measure alike (a control).
-
-It prints p50/p99 latency and requests per second of each (medians of ``--rounds``), and
-checks that both replicas give the same body to the same request.
+"""The batching benchmark (``manage.py bench_batching``): two endpoints made of the demo
+``iris-classifier``, one with batching off and one whose Production compute config turns it
+on, their replicas measured on their own ports, alternating, with concurrent one-row
+requests: ``dataframe_records`` (merged) and ``dataframe_split`` of doubles (answered by the
+scikit-learn shortcut first: a control). Both replicas must give the same bodies
+(docs/performance.md, "Batching").
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
-"""The cluster benchmark (``manage.py bench_cluster``): the front door in front of a
-replica the Ray runtime placed, against the same front door in front of a local replica,
-same run.
-
-Two installations of the product run side by side, each with its web server, Celery worker
-and beat started as ``make run`` starts them: the isolated stack's own with its defaults
-(the local runtime: replicas forked from a zygote, in the sandbox) and a second one, with
-its own data directory, database and Redis and the same registry, that runs its replicas
-on a 2-node Ray cluster on loopback (``SERVING_RUNTIME=ray``, as ``make run-cluster``
-runs it). Each enables the demo ``iris-classifier`` (the second through its REST API)
-and its reconcile loop starts the replicas. One-row ``dataframe_split`` requests go
-through each front door, sequentially and with 8 clients, alternating which goes first
-each round. Target: the Ray-placed replica's p50 within 1.1x of the local one's (the
-gateway forwards straight to the replica's address either way; Ray is not on the path).
+"""The cluster benchmark (``manage.py bench_cluster``): the front door in front of a replica
+the Ray runtime placed against one in front of a local replica, same run. Two
+installations side by side, each enabling the demo ``iris-classifier`` and letting its loop
+start the replica; target: the Ray-placed replica's p50 within 1.1x of the local one's
+(docs/performance.md, "How to measure").
 """
 
 from __future__ import annotations
@@ -24,7 +15,7 @@ import requests
 from django.conf import settings
 from django.core.management.base import CommandError
 
-from endpoints import devstack
+from endpoints.dev import devstack
 from endpoints.management.commands.run_cluster import start_ray_cluster
 from endpoints.management.commands.run_product import beat_command, worker_command
 

@@ -18,8 +18,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from endpoints import devstack
-from endpoints.devstack import ManagedProcess
+from endpoints.dev import devstack
+from endpoints.dev.devstack import ManagedProcess
 from endpoints.management.commands.run_product import beat_command, web_command, worker_command
 
 ISOLATED_ENV = "SERVING_BENCH_ISOLATED"
@@ -137,7 +137,8 @@ class Bench:
         """Redis, the database, the demo model in the registry, a superuser and its token."""
         from django.contrib.auth import get_user_model
 
-        from endpoints import demo, registry, services
+        from endpoints import registry, services
+        from endpoints.dev import demo
 
         self.start_redis(settings.REDIS_URL, self.var)
         call_command("migrate", interactive=False, verbosity=0)

@@ -1,21 +1,9 @@
-"""The provisioning benchmark (``manage.py bench_provisioning``): how long provisioning
-takes, in an isolated stack with the product's web server, Celery worker and beat started
-as ``make run`` starts them, for the demo ``iris-classifier``:
-
-- seconds from **enable** to the endpoint being READY (both versions up);
-- seconds from the **first request after scale to zero** to its answer (a cold start),
-  next to the same request while a replica runs (the warm baseline);
-- seconds from a **transition** of v2, already READY in Staging, into Production until
-  the stage answers (the alias moves at once: no new replica is needed), with clients
-  scoring Production throughout: every request must succeed;
-- the **unique memory** (USS) of each replica once Production runs Medium (2 replicas):
-  what one more replica of an environment that already runs costs.
-
-It runs twice, each time in a fresh stack: with the product's defaults (replicas forked
-from a zygote) and with ``SERVING_REPLICA_START=spawn`` (fresh interpreters) as the
-baseline, then prints both against the targets (PASS/MISS). Both shorten the quiet time
-before a version scales to zero (``SERVING_SCALE_TO_ZERO_AFTER_SECONDS``, 15 minutes by
-default): it decides when a replica stops, not how a request brings one back.
+"""The provisioning benchmark (``manage.py bench_provisioning``), for the demo
+``iris-classifier`` in an isolated stack started as ``make run`` starts it: enable → READY,
+the first request after scale to zero (next to a warm one), a transition of a READY
+version under load (every request must succeed) and the unique memory of one more
+replica; with replicas forked from a zygote and, as the baseline, spawned
+(docs/performance.md, "How to measure").
 """
 
 from __future__ import annotations

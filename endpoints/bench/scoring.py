@@ -18,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import CommandError
 
-from endpoints import devstack
+from endpoints.dev import devstack
 
 from . import traffic_paths
 from .client import CURL, HTTP_CLIENT, MINIMAL, REQUESTS

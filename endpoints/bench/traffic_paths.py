@@ -28,12 +28,12 @@ def register() -> None:
 
 def configure(user: object) -> None:
     """The split and the inference table, once both endpoints are READY."""
-    from endpoints import traffic
+    from endpoints import services
 
-    traffic.traffic_split_set(
+    services.traffic_split_set(
         name=SPLIT_MODEL, target="Production", weights=SPLIT_WEIGHTS, user=user
     )
-    traffic.inference_table_update(name=CAPTURE_MODEL, enabled=True, sample_rate=1.0, user=user)
+    services.inference_table_update(name=CAPTURE_MODEL, enabled=True, sample_rate=1.0, user=user)
 
 
 def targets(front) -> dict[str, dict]:
@@ -71,9 +71,12 @@ def rows(runs: dict[tuple[str, str], Result], plain: Result, client: str) -> lis
 
 def captured_rows() -> list[Row]:
     """What the capture endpoint's inference table holds so far, and what it left out."""
-    from endpoints import inference
+    from endpoints.telemetry import inference_tables
 
-    written, dropped = inference.count_rows(CAPTURE_MODEL), inference.dropped(CAPTURE_MODEL)
+    written, dropped = (
+        inference_tables.count_rows(CAPTURE_MODEL),
+        inference_tables.dropped(CAPTURE_MODEL),
+    )
     return [("capture: rows written / left out so far", f"{written} / {dropped}", "-", None)]
 
 
@@ -86,7 +89,7 @@ def hot_path_costs(body: bytes, *, runs: int = 21, calls: int = 10_000) -> dict[
     import time
 
     from endpoints.gateway.capture import Capture
-    from endpoints.gateway.routing import Target
+    from endpoints.gateway.routing_table import Target
     from endpoints.gateway.split import build_split
 
     def target(version: str) -> Target:

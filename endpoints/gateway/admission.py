@@ -12,11 +12,12 @@ import logging
 import threading
 import time
 
-from endpoints import load
 from endpoints.errors import NotFound, RateLimited, Unavailable
+from endpoints.telemetry import load_reports
 
 from .reporting import LoadTracker
-from .routing import RoutingCache, Snapshot, Target
+from .routing import RoutingCache, Snapshot
+from .routing_table import Target
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def request_wake(target: Target) -> None:
     if not target.scale_to_zero:
         return
     try:
-        load.request_wake(target.version_pk, target.endpoint_pk)
+        load_reports.request_wake(target.version_pk, target.endpoint_pk)
     except Exception as exc:  # Redis or the broker away: the reconcile loop wakes it
         log.warning("gateway: could not request a wake-up: %s", exc)
 

@@ -1,13 +1,9 @@
-"""Capturing scoring requests into inference tables, off the hot path.
-
-A request to an endpoint whose inference table is on is sampled (its rate is in the
-routing snapshot, no I/O); a sampled one is appended to an in-memory queue bounded in
-bytes (``SERVING_CAPTURE_QUEUE_BYTES``: the bodies plus a fixed cost per row). One writer
-thread per gateway process empties it every ``SERVING_CAPTURE_FLUSH_SECONDS`` into Parquet
-files (``endpoints.inference``); when the process stops, the front door's lifespan calls
-``close_all``, which writes what is left. A request that cannot be kept (the queue is
-full, its write failed, the process was stopping) never slows or fails the request: it is
-counted per endpoint and reason in Redis, which ``/metrics`` exposes.
+"""Capturing scoring requests into inference tables, off the hot path: a sampled request
+(its endpoint's rate is in the routing snapshot) joins an in-memory queue bounded in bytes,
+and one writer thread per process writes the queue out as Parquet files
+(``telemetry.inference_tables``) every ``SERVING_CAPTURE_FLUSH_SECONDS`` and at shutdown
+(``close_all``). A request that cannot be kept never slows or fails the request: it is
+counted per endpoint and reason, which ``/metrics`` exposes.
 """
 
 from __future__ import annotations
@@ -26,8 +22,8 @@ from django.conf import settings
 from django.db.models import Case, F, FloatField, Value, When
 from redis.exceptions import RedisError
 
-from endpoints import inference
-from endpoints.inference import QUEUE_FULL, SHUTDOWN, WRITE_FAILED
+from endpoints.telemetry import inference_tables
+from endpoints.telemetry.inference_tables import QUEUE_FULL, SHUTDOWN, WRITE_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +154,7 @@ class Capture:
         written = 0
         for (endpoint, day), rows in batches.items():
             try:
-                inference.write_batch(endpoint, day, [_columns(row) for row in rows])
+                inference_tables.write_batch(endpoint, day, [_columns(row) for row in rows])
             except Exception as exc:  # a full disk, a bad value: the writer must go on
                 log.warning("inference table of %s: %d rows lost (%s)", endpoint, len(rows), exc)
                 self._settle((endpoint, day), lost=True)
@@ -195,7 +191,7 @@ class Capture:
                 return True
             counts, self._dropped = self._dropped, Counter()
         try:
-            inference.add_dropped(counts)
+            inference_tables.add_dropped(counts)
         except RedisError as exc:
             log.warning("inference tables: could not report dropped requests: %s", exc)
             with self._lock:
@@ -237,7 +233,7 @@ class Capture:
 
 
 def _columns(row: tuple) -> tuple:
-    """A queued row as the table's columns (``inference.COLUMNS``)."""
+    """A queued row as the table's columns (``inference_tables.COLUMNS``)."""
     _, ts, endpoint, selector, version, status, latency, token, request, response = row
     return (
         ts,

@@ -1,15 +1,9 @@
-"""The front door: one ASGI application on the public port, run under uvicorn.
-
-Scoring URLs are answered here, on the event loop: a connection costs a few kilobytes
-instead of a thread, so idle, slow or half-open connections cannot stop anything (see
-docs/performance.md). Everything else goes to Django (``serving_ui.asgi``: its WSGI app
-in a thread pool, behind ``whole_body``, which reads a request's body on the loop before a
-thread is taken). A body too large for its route or for the process (``bodies``) is
-refused from the request head, before a byte of it is read.
-
-Only I/O is async: token, permission and routing look-ups are the shared in-memory
-snapshot (``routing``); a look-up that would query the database, ask Redis or request a
-wake-up runs in a thread (``asyncio.to_thread``), never on the loop.
+"""The front door: one ASGI application on the public port, run under uvicorn. Scoring URLs
+are answered on the event loop, so idle, slow or half-open connections hold no thread;
+everything else goes to Django's WSGI app in a thread pool once ``whole_body`` has read
+the request's body on the loop. Only I/O is async: look-ups come from the in-memory
+snapshot, and one that would query the database or Redis runs in a thread
+(docs/performance.md, "Choices, and why").
 """
 
 from __future__ import annotations
@@ -25,19 +19,6 @@ from endpoints.auth import token_from_authorization
 from endpoints.errors import NotFound, ServingError
 
 from .admission import HOLD_POLL_SECONDS, fresh_target, request_wake
-from .app import (
-    GATEWAY_PREFIXES,
-    Answer,
-    Gateway,
-    MethodNotAllowed,
-    answered_by,
-    capture_rate,
-    error_answer,
-    gateway,
-    normalise_request,
-    parse_path,
-    translate_answer,
-)
 from .bodies import (
     BodyBudget,
     ClientGone,
@@ -51,7 +32,21 @@ from .browser import has_session
 from .capture import close_all as close_captures
 from .ops import METRICS_PATH, OPS_PATHS
 from .ops import answer as ops_answer
-from .routing import Snapshot, Target
+from .routing import Snapshot
+from .routing_table import Target
+from .scoring import (
+    GATEWAY_PREFIXES,
+    Answer,
+    Gateway,
+    MethodNotAllowed,
+    answered_by,
+    capture_rate,
+    error_answer,
+    gateway,
+    normalise_request,
+    parse_path,
+    translate_answer,
+)
 from .transport import Header
 
 Scope = MutableMapping[str, Any]
@@ -230,7 +225,7 @@ class Scoring:
             body, content_type = normalise_request(body, self.headers.get(b"content-type"))
             serving = await await_replica(self.gw, target)
             answer = translate_answer(
-                *await self.gw.streams.forward(
+                *await self.gw.upstream_async.forward(
                     serving,
                     body,
                     content_type,
@@ -320,4 +315,4 @@ async def _prune_forever() -> None:
         gw = gateway()
         snapshot = gw.routing.latest
         if snapshot is not None:
-            gw.streams.prune(snapshot.table.addresses())
+            gw.upstream_async.prune(snapshot.table.addresses())

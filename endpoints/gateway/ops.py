@@ -1,9 +1,9 @@
 """The front door's operational paths, answered on the event loop without Django:
 
 - ``/healthz``: the process answers (no I/O at all);
-- ``/readyz``: the database, Redis and a live Celery worker (``endpoints.readiness``),
+- ``/readyz``: the database, Redis and a live Celery worker (``endpoints.telemetry.readiness``),
   checked in a thread at most once a second per process;
-- ``/metrics``: the Prometheus exposition (``endpoints.prometheus``), for an admin's
+- ``/metrics``: the Prometheus exposition (``endpoints.telemetry.prometheus``), for an admin's
   access token or the ``METRICS_TOKEN``; with ``METRICS_LISTEN`` set it is served on that
   address instead (``metrics_wsgi_app``, run by ``server``) and the public port says 404.
 """
@@ -18,12 +18,12 @@ from typing import Any
 
 from django.conf import settings
 
-from endpoints import prometheus, readiness
 from endpoints.auth import token_from_authorization
 from endpoints.errors import NotFound, PermissionDenied, ServingError, Unauthenticated
+from endpoints.telemetry import prometheus, readiness
 
-from .app import JSON, Answer, Gateway, error_answer
 from .routing import run_db
+from .scoring import JSON, Answer, Gateway, error_answer
 
 METRICS_PATH = "/metrics"
 OPS_PATHS = frozenset({"/healthz", "/readyz", METRICS_PATH})

@@ -2,8 +2,8 @@
 replica, request metrics, and which tokens were used.
 
 Requests only touch counters in memory; one background thread per process sends them on
-about once a second: load reports for the autoscaler (``endpoints.load``), metric buckets
-(``endpoints.metrics``) and ``last_used_at`` of tokens (``endpoints.auth``).
+about once a second: load reports for the autoscaler (``telemetry.load_reports``), metric
+buckets (``telemetry.metrics``) and ``last_used_at`` of tokens (``endpoints.auth``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from endpoints import load, metrics
 from endpoints.auth import last_use_due, touch_last_used
-from endpoints.metrics import LATENCY_BOUNDS, latency_bucket
+from endpoints.telemetry import load_reports, metrics
+from endpoints.telemetry.metrics import LATENCY_BOUNDS, latency_bucket
 
-from .routing import Address, run_db
+from .routing import run_db
+from .routing_table import Address
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def send_reports(tracker: LoadTracker) -> None:
 
 
 def _send(report: LoadReport) -> None:
-    load.report(
+    load_reports.report(
         report.version_pk,
         in_flight=report.in_flight,
         peak_in_flight=report.peak,

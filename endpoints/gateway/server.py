@@ -1,16 +1,9 @@
 """The web server: ``python -m endpoints.gateway.server --host H --port P --processes N``.
-
-One listening socket is bound here, then N processes are forked, each running the front
-door (``serving_ui.asgi``) under a single-worker uvicorn on that socket. uvicorn's own
-multi-worker mode is not used: on Linux its workers lose TCP_NODELAY, which costs ~45 ms
-per keep-alive request (docs/performance.md). This parent only supervises: a worker that
-dies is replaced; SIGTERM or SIGINT stops them all. With ``METRICS_LISTEN`` set, one more
-process serves ``/metrics`` on that address (``ops.metrics_wsgi_app``).
-
-Each connection speaks ``connection.FrontDoorProtocol``: deadlines for every request head
-(``SERVING_HEADER_TIMEOUT_SECONDS``) and body (``SERVING_BODY_TIMEOUT_SECONDS``) — an idle
-connection holds no thread, but without a bound enough of them would exhaust the
-process's file descriptors — and a lingering close after early answers.
+It binds one socket and forks N processes, each running the front door
+(``serving_ui.asgi``) under a single-worker uvicorn on it, over ``connection``'s protocol.
+uvicorn's own workers would lose TCP_NODELAY (~45 ms per keep-alive request; see
+docs/performance.md). The parent only supervises: a dead worker is replaced, SIGTERM stops
+all. With ``METRICS_LISTEN`` one more process serves ``/metrics`` there (``ops``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from endpoints.models import TrafficSplit
 
 
 class Target(Protocol):
-    """What a split needs of ``routing.Target`` (which module imports this one)."""
+    """What a split needs of ``routing_table.Target`` (which module imports this one)."""
 
     version: str
     routable: bool

@@ -1,16 +1,8 @@
 """What the production settings ask of the front door's scoring answers, as Django's
-``SecurityMiddleware`` and ``CommonMiddleware`` do for the pages.
-
-- ``ALLOWED_HOSTS``: a scoring request whose ``Host`` is not allowed is refused (400), as
-  Django refuses a page.
-- ``SECURE_SSL_REDIRECT``: a scoring request over plain HTTP is refused (403) before its
-  token is looked at; a redirect would only invite the client to send the token again.
-  Whether a request is secure follows ``SECURE_PROXY_SSL_HEADER`` behind a TLS proxy.
-- ``SECURE_HSTS_SECONDS`` (on secure requests) and ``SECURE_CONTENT_TYPE_NOSNIFF``: the
-  same ``Strict-Transport-Security`` and ``X-Content-Type-Options`` headers as the pages.
-
-The policy is read from the settings once per process; checking a request walks its few
-headers once.
+``SecurityMiddleware`` and ``CommonMiddleware`` do for the pages: ``ALLOWED_HOSTS`` (400),
+HTTPS before a token is looked at (403, never a redirect that invites the token again),
+HSTS and ``nosniff`` headers. Read from the settings once per process (docs/security.md,
+"Deployment settings").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-import endpoints.traffic_models
+import endpoints.models
 
 
 class Migration(migrations.Migration):
@@ -94,7 +94,7 @@ class Migration(migrations.Migration):
                 ("user_id", models.CharField(blank=True, default="", max_length=254)),
                 (
                     "updated_timestamp",
-                    models.BigIntegerField(default=endpoints.traffic_models.now_ms),
+                    models.BigIntegerField(default=endpoints.models.now_ms),
                 ),
                 (
                     "endpoint",
@@ -120,7 +120,7 @@ class Migration(migrations.Migration):
                 ("user_id", models.CharField(blank=True, default="", max_length=254)),
                 (
                     "updated_timestamp",
-                    models.BigIntegerField(default=endpoints.traffic_models.now_ms),
+                    models.BigIntegerField(default=endpoints.models.now_ms),
                 ),
                 (
                     "endpoint",

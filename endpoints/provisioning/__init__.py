@@ -3,8 +3,9 @@
 ``reconcile`` holds the entry points (one endpoint, all endpoints, shutdown) under a
 ``lease`` (the Redis lock) and ``converge`` one pass (its state in ``passes``), which reads
 state (``observe``, into the plain values of ``snapshot``), decides with pure functions
-(``health`` for each replica, ``plan`` for versions, aliases and the endpoint,
-``autoscale`` for sizing) and executes the resulting ``actions`` (``apply``, with
-``replicas`` for rows and processes). ``housekeeping`` stops orphan processes and rotates
-logs; ``environments`` downloads models and builds their environments.
+(``health`` for each replica, ``plan`` for versions, ``plan_serving`` for pointers, splits,
+retiring and the endpoint, ``sizing`` and ``autoscale`` for replica counts) and executes
+the resulting ``actions`` (``apply``, with ``replicas`` for rows and processes).
+``housekeeping`` stops orphan processes, rotates logs and applies retention;
+``environments`` downloads models and builds their environments.
 """

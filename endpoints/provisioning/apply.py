@@ -13,7 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from endpoints import kv, load, metrics
+from endpoints import kv
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,
@@ -22,9 +22,9 @@ from endpoints.models import (
     ReplicaState,
     ServiceState,
 )
+from endpoints.telemetry import load_reports, metrics
 
-from . import actions as a
-from . import environments, replicas
+from . import actions, environments, replicas
 from .actions import Action
 from .passes import Pass
 
@@ -49,20 +49,20 @@ def _save(version: EndpointVersion, **fields: Any) -> None:
 # --- the pass, events -----------------------------------------------------------------------
 
 
-def _follow_up(run: Pass, action: a.FollowUp) -> None:
+def _follow_up(run: Pass, action: actions.FollowUp) -> None:
     run.pending = True
     run.follow_up_seconds = min(run.follow_up_seconds, action.seconds)
 
 
-def _await_started(run: Pass, action: a.AwaitStarted) -> None:
+def _await_started(run: Pass, action: actions.AwaitStarted) -> None:
     run.await_seconds = max(run.await_seconds, action.seconds)
 
 
-def _publish_routing(run: Pass, action: a.PublishRouting) -> None:
+def _publish_routing(run: Pass, action: actions.PublishRouting) -> None:
     run.routing_changed = True
 
 
-def _record_event(run: Pass, action: a.RecordEvent) -> None:
+def _record_event(run: Pass, action: actions.RecordEvent) -> None:
     replica = run.replica(action.replica_id) if action.replica_id else None
     version = run.version(action.version) if action.version else None
     Event.record(
@@ -78,7 +78,7 @@ def _record_event(run: Pass, action: a.RecordEvent) -> None:
 # --- replicas ----------------------------------------------------------------------------
 
 
-def _adopt_process(run: Pass, action: a.AdoptProcess) -> None:
+def _adopt_process(run: Pass, action: actions.AdoptProcess) -> None:
     replica = run.replica(action.replica_id)
     replica.pid = action.pid
     fields = ["pid"]
@@ -89,7 +89,7 @@ def _adopt_process(run: Pass, action: a.AdoptProcess) -> None:
     replica.save(update_fields=fields)
 
 
-def _mark_running(run: Pass, action: a.MarkRunning) -> None:
+def _mark_running(run: Pass, action: actions.MarkRunning) -> None:
     replica = run.replica(action.replica_id)
     replica.state = ReplicaState.RUNNING
     replica.state_message = ""
@@ -98,19 +98,19 @@ def _mark_running(run: Pass, action: a.MarkRunning) -> None:
     replica.save(update_fields=["state", "state_message", "started_at", "probe_failures"])
 
 
-def _set_probe_failures(run: Pass, action: a.SetProbeFailures) -> None:
+def _set_probe_failures(run: Pass, action: actions.SetProbeFailures) -> None:
     replica = run.replica(action.replica_id)
     replica.probe_failures = action.count
     replica.save(update_fields=["probe_failures"])
 
 
-def _kill_process(run: Pass, action: a.KillProcess) -> None:
+def _kill_process(run: Pass, action: actions.KillProcess) -> None:
     replica = run.replica(action.replica_id)
     if replica.pid:
         run.runtime.kill(replica.pid, replica.replica_id)
 
 
-def _mark_error(run: Pass, action: a.MarkError) -> None:
+def _mark_error(run: Pass, action: actions.MarkError) -> None:
     replica = run.replica(action.replica_id)
     message = action.message
     if action.with_log_tail:
@@ -118,11 +118,11 @@ def _mark_error(run: Pass, action: a.MarkError) -> None:
     replicas.set_state(replica, ReplicaState.ERROR, message)
 
 
-def _mark_stopped(run: Pass, action: a.MarkStopped) -> None:
+def _mark_stopped(run: Pass, action: actions.MarkStopped) -> None:
     replicas.set_state(run.replica(action.replica_id), ReplicaState.TERMINATED, action.message)
 
 
-def _start_replica(run: Pass, action: a.StartReplica) -> None:
+def _start_replica(run: Pass, action: actions.StartReplica) -> None:
     version = run.version(action.version)
     run.pending = True
     port = replicas.allocate_port(run.runtime, settings.SERVING["REPLICA_HOST"])
@@ -144,16 +144,18 @@ def _start_replica(run: Pass, action: a.StartReplica) -> None:
     run.started.append(replica)
     for python in replicas.zygote_starts(run.runtime):
         text = f"Replica environment warmed up: {python} now forks replicas with imports done."
-        _record_event(run, a.RecordEvent(EventType.ZYGOTE_STARTED, text, version.version))
+        _record_event(run, actions.RecordEvent(EventType.ZYGOTE_STARTED, text, version.version))
     rid = replica.replica_id
     if action.restarts:
         text = f"Replica {rid} replaces a failed replica (restart {action.restarts})."
-        _record_event(run, a.RecordEvent(EventType.REPLICA_RESTARTED, text, version.version, rid))
+        _record_event(
+            run, actions.RecordEvent(EventType.REPLICA_RESTARTED, text, version.version, rid)
+        )
     text = f"Replica {rid} started on {replica.address} (pid {replica.pid}, node {replica.node})."
-    _record_event(run, a.RecordEvent(EventType.REPLICA_STARTED, text, version.version, rid))
+    _record_event(run, actions.RecordEvent(EventType.REPLICA_STARTED, text, version.version, rid))
 
 
-def _stop_replica(run: Pass, action: a.StopReplica) -> None:
+def _stop_replica(run: Pass, action: actions.StopReplica) -> None:
     replica = run.replica(action.replica_id)
     run.routing_changed |= replicas.begin_stop(replica, action.message)
     run.to_terminate.append(replica)
@@ -162,15 +164,15 @@ def _stop_replica(run: Pass, action: a.StopReplica) -> None:
 # --- versions ------------------------------------------------------------------------------
 
 
-def _count_start_failure(run: Pass, action: a.CountStartFailure) -> None:
+def _count_start_failure(run: Pass, action: actions.CountStartFailure) -> None:
     replicas.count_start_failure(run.version(action.version))
 
 
-def _note_replacement(run: Pass, action: a.NoteReplacement) -> None:
+def _note_replacement(run: Pass, action: actions.NoteReplacement) -> None:
     run.replaced[action.version] = action.restarts
 
 
-def _create_version(run: Pass, action: a.CreateVersion) -> None:
+def _create_version(run: Pass, action: actions.CreateVersion) -> None:
     version = EndpointVersion.objects.create(
         endpoint=run.endpoint,
         version=action.version,
@@ -181,7 +183,7 @@ def _create_version(run: Pass, action: a.CreateVersion) -> None:
     run.remember_version(version)
 
 
-def _redeploy_version(run: Pass, action: a.RedeployVersion) -> None:
+def _redeploy_version(run: Pass, action: actions.RedeployVersion) -> None:
     _save(
         run.version(action.version),
         desired=True,
@@ -198,7 +200,7 @@ def _redeploy_version(run: Pass, action: a.RedeployVersion) -> None:
     )
 
 
-def _set_stage(run: Pass, action: a.SetStage) -> None:
+def _set_stage(run: Pass, action: actions.SetStage) -> None:
     _save(
         run.version(action.version),
         desired=bool(action.stage or action.aliases),
@@ -207,12 +209,12 @@ def _set_stage(run: Pass, action: a.SetStage) -> None:
     )
 
 
-def _mark_activity(run: Pass, action: a.MarkActivity) -> None:
+def _mark_activity(run: Pass, action: actions.MarkActivity) -> None:
     with suppress(RedisError):
-        load.mark_request(run.version(action.version).pk)
+        load_reports.mark_request(run.version(action.version).pk)
 
 
-def _retry_version(run: Pass, action: a.RetryVersion) -> None:
+def _retry_version(run: Pass, action: actions.RetryVersion) -> None:
     version = run.version(action.version)
     config = _config(action.config)
     if action.redeploy:
@@ -235,11 +237,11 @@ def _retry_version(run: Pass, action: a.RetryVersion) -> None:
     )
 
 
-def _prepare_version(run: Pass, action: a.PrepareVersion) -> None:
+def _prepare_version(run: Pass, action: actions.PrepareVersion) -> None:
     version = run.version(action.version)
     name = run.endpoint.registered_model_name
     text = f"Preparing version {version.version}: downloading the model."
-    _record_event(run, a.RecordEvent(EventType.BUILD_STARTED, text, version.version))
+    _record_event(run, actions.RecordEvent(EventType.BUILD_STARTED, text, version.version))
     try:
         prepared = environments.prepare(name, version.version)
     except environments.BuildError as exc:
@@ -253,14 +255,14 @@ def _prepare_version(run: Pass, action: a.PrepareVersion) -> None:
         build_log_path=prepared.build_log_path,
     )
     text = f"Version {version.version} is prepared."
-    _record_event(run, a.RecordEvent(EventType.BUILD_FINISHED, text, version.version))
+    _record_event(run, actions.RecordEvent(EventType.BUILD_FINISHED, text, version.version))
 
 
-def _keep_config(run: Pass, action: a.KeepConfig) -> None:
+def _keep_config(run: Pass, action: actions.KeepConfig) -> None:
     _save(run.version(action.version), service_config=_config(action.config))
 
 
-def _start_config_update(run: Pass, action: a.StartConfigUpdate) -> None:
+def _start_config_update(run: Pass, action: actions.StartConfigUpdate) -> None:
     _save(
         run.version(action.version),
         config_update_state=ServiceState.PENDING,
@@ -269,7 +271,7 @@ def _start_config_update(run: Pass, action: a.StartConfigUpdate) -> None:
     )
 
 
-def _set_scale_timer(run: Pass, action: a.SetScaleTimer) -> None:
+def _set_scale_timer(run: Pass, action: actions.SetScaleTimer) -> None:
     pk = run.version(action.version).pk
     client = kv.redis_client()
     with suppress(RedisError):
@@ -278,10 +280,10 @@ def _set_scale_timer(run: Pass, action: a.SetScaleTimer) -> None:
         else:
             client.set(kv.low_since_key(pk), repr(action.low_since), ex=3600)
         if action.clear_wake:
-            load.clear_wake(pk)
+            load_reports.clear_wake(pk)
 
 
-def _set_replica_target(run: Pass, action: a.SetReplicaTarget) -> None:
+def _set_replica_target(run: Pass, action: actions.SetReplicaTarget) -> None:
     version = run.version(action.version)
     if version.desired_replicas != action.count:
         _save(version, desired_replicas=action.count)
@@ -289,7 +291,7 @@ def _set_replica_target(run: Pass, action: a.SetReplicaTarget) -> None:
         metrics.record_replicas(version.pk, action.count)
 
 
-def _mark_ready(run: Pass, action: a.MarkReady) -> None:
+def _mark_ready(run: Pass, action: actions.MarkReady) -> None:
     version = run.version(action.version)
     _save(
         version,
@@ -301,7 +303,7 @@ def _mark_ready(run: Pass, action: a.MarkReady) -> None:
     )
 
 
-def _apply_config_update(run: Pass, action: a.ApplyConfigUpdate) -> None:
+def _apply_config_update(run: Pass, action: actions.ApplyConfigUpdate) -> None:
     _save(
         run.version(action.version),
         service_config=_config(action.config),
@@ -311,7 +313,7 @@ def _apply_config_update(run: Pass, action: a.ApplyConfigUpdate) -> None:
     )
 
 
-def _fail_config_update(run: Pass, action: a.FailConfigUpdate) -> None:
+def _fail_config_update(run: Pass, action: actions.FailConfigUpdate) -> None:
     _save(
         run.version(action.version),
         config_update_state=ServiceState.FAILED,
@@ -319,11 +321,11 @@ def _fail_config_update(run: Pass, action: a.FailConfigUpdate) -> None:
     )
 
 
-def _reset_start_failures(run: Pass, action: a.ResetStartFailures) -> None:
+def _reset_start_failures(run: Pass, action: actions.ResetStartFailures) -> None:
     _save(run.version(action.version), start_failures=0)
 
 
-def _fail_version(run: Pass, action: a.FailVersion) -> None:
+def _fail_version(run: Pass, action: actions.FailVersion) -> None:
     fields: dict[str, Any] = {
         "service_state": ServiceState.FAILED,
         "service_message": action.message,
@@ -333,7 +335,7 @@ def _fail_version(run: Pass, action: a.FailVersion) -> None:
     _save(run.version(action.version), **fields)
 
 
-def _retire_version(run: Pass, action: a.RetireVersion) -> None:
+def _retire_version(run: Pass, action: actions.RetireVersion) -> None:
     _save(
         run.version(action.version),
         service_state=ServiceState.UNKNOWN,
@@ -343,7 +345,7 @@ def _retire_version(run: Pass, action: a.RetireVersion) -> None:
     )
 
 
-def _disable_versions(run: Pass, action: a.DisableVersions) -> None:
+def _disable_versions(run: Pass, action: actions.DisableVersions) -> None:
     run.endpoint.versions.exclude(service_state=ServiceState.UNKNOWN).update(
         desired=False,
         service_state=ServiceState.UNKNOWN,
@@ -361,72 +363,72 @@ def _disable_versions(run: Pass, action: a.DisableVersions) -> None:
 # --- aliases and the endpoint ------------------------------------------------------------
 
 
-def _move_alias(run: Pass, action: a.MoveAlias) -> None:
+def _move_alias(run: Pass, action: actions.MoveAlias) -> None:
     run.endpoint.aliases.update_or_create(
         stage=action.stage, defaults={"version": run.version(action.version)}
     )
 
 
-def _remove_alias(run: Pass, action: a.RemoveAlias) -> None:
+def _remove_alias(run: Pass, action: actions.RemoveAlias) -> None:
     run.endpoint.aliases.filter(stage=action.stage).delete()
 
 
-def _remove_aliases(run: Pass, action: a.RemoveAliases) -> None:
+def _remove_aliases(run: Pass, action: actions.RemoveAliases) -> None:
     run.endpoint.aliases.all().delete()
 
 
-def _clear_split(run: Pass, action: a.ClearSplit) -> None:
+def _clear_split(run: Pass, action: actions.ClearSplit) -> None:
     run.endpoint.traffic_splits.filter(target=action.target).delete()
     run.routing_changed = True
 
 
-def _set_endpoint_state(run: Pass, action: a.SetEndpointState) -> None:
+def _set_endpoint_state(run: Pass, action: actions.SetEndpointState) -> None:
     run.endpoint.state = action.state
     run.endpoint.state_message = action.message
     run.endpoint.save(update_fields=["state", "state_message", "updated_at"])
 
 
-def _set_endpoint_message(run: Pass, action: a.SetEndpointMessage) -> None:
+def _set_endpoint_message(run: Pass, action: actions.SetEndpointMessage) -> None:
     run.endpoint.state_message = action.message
     run.endpoint.save(update_fields=["state_message", "updated_at"])
 
 
 HANDLERS: dict[type[Action], Callable[[Pass, Any], None]] = {
-    a.FollowUp: _follow_up,
-    a.AwaitStarted: _await_started,
-    a.PublishRouting: _publish_routing,
-    a.RecordEvent: _record_event,
-    a.AdoptProcess: _adopt_process,
-    a.MarkRunning: _mark_running,
-    a.SetProbeFailures: _set_probe_failures,
-    a.KillProcess: _kill_process,
-    a.MarkError: _mark_error,
-    a.MarkStopped: _mark_stopped,
-    a.StartReplica: _start_replica,
-    a.StopReplica: _stop_replica,
-    a.CountStartFailure: _count_start_failure,
-    a.NoteReplacement: _note_replacement,
-    a.CreateVersion: _create_version,
-    a.RedeployVersion: _redeploy_version,
-    a.SetStage: _set_stage,
-    a.MarkActivity: _mark_activity,
-    a.RetryVersion: _retry_version,
-    a.PrepareVersion: _prepare_version,
-    a.KeepConfig: _keep_config,
-    a.StartConfigUpdate: _start_config_update,
-    a.SetScaleTimer: _set_scale_timer,
-    a.SetReplicaTarget: _set_replica_target,
-    a.MarkReady: _mark_ready,
-    a.ApplyConfigUpdate: _apply_config_update,
-    a.FailConfigUpdate: _fail_config_update,
-    a.ResetStartFailures: _reset_start_failures,
-    a.FailVersion: _fail_version,
-    a.RetireVersion: _retire_version,
-    a.DisableVersions: _disable_versions,
-    a.MoveAlias: _move_alias,
-    a.RemoveAlias: _remove_alias,
-    a.RemoveAliases: _remove_aliases,
-    a.ClearSplit: _clear_split,
-    a.SetEndpointState: _set_endpoint_state,
-    a.SetEndpointMessage: _set_endpoint_message,
+    actions.FollowUp: _follow_up,
+    actions.AwaitStarted: _await_started,
+    actions.PublishRouting: _publish_routing,
+    actions.RecordEvent: _record_event,
+    actions.AdoptProcess: _adopt_process,
+    actions.MarkRunning: _mark_running,
+    actions.SetProbeFailures: _set_probe_failures,
+    actions.KillProcess: _kill_process,
+    actions.MarkError: _mark_error,
+    actions.MarkStopped: _mark_stopped,
+    actions.StartReplica: _start_replica,
+    actions.StopReplica: _stop_replica,
+    actions.CountStartFailure: _count_start_failure,
+    actions.NoteReplacement: _note_replacement,
+    actions.CreateVersion: _create_version,
+    actions.RedeployVersion: _redeploy_version,
+    actions.SetStage: _set_stage,
+    actions.MarkActivity: _mark_activity,
+    actions.RetryVersion: _retry_version,
+    actions.PrepareVersion: _prepare_version,
+    actions.KeepConfig: _keep_config,
+    actions.StartConfigUpdate: _start_config_update,
+    actions.SetScaleTimer: _set_scale_timer,
+    actions.SetReplicaTarget: _set_replica_target,
+    actions.MarkReady: _mark_ready,
+    actions.ApplyConfigUpdate: _apply_config_update,
+    actions.FailConfigUpdate: _fail_config_update,
+    actions.ResetStartFailures: _reset_start_failures,
+    actions.FailVersion: _fail_version,
+    actions.RetireVersion: _retire_version,
+    actions.DisableVersions: _disable_versions,
+    actions.MoveAlias: _move_alias,
+    actions.RemoveAlias: _remove_alias,
+    actions.RemoveAliases: _remove_aliases,
+    actions.ClearSplit: _clear_split,
+    actions.SetEndpointState: _set_endpoint_state,
+    actions.SetEndpointMessage: _set_endpoint_message,
 }

@@ -16,7 +16,7 @@ from endpoints.models import ComputeConfig, EndpointVersion, ServingEndpoint
 from endpoints.runtime import get_runtime
 from endpoints.targets import config_target
 
-from . import observe, plan, replicas
+from . import observe, plan, plan_serving, replicas
 from .actions import Action, PrepareVersion
 from .apply import execute
 from .health import plan_replica
@@ -62,7 +62,7 @@ def check_replicas(run: Pass) -> None:
 
 def teardown(run: Pass) -> None:
     endpoint = run.endpoint
-    planned = plan.plan_teardown(
+    planned = plan_serving.plan_teardown(
         endpoint=observe.endpoint_view(endpoint),
         versions=observe.versions(endpoint),
         has_aliases=endpoint.aliases.exists(),
@@ -96,7 +96,7 @@ def converge(run: Pass) -> None:
             # Left its stage or alias, but a pointer or a split still sends it requests.
             view = observe.version_view(version, replacing=run.replaced.get(version.version, 0))
             execute(run, plan.plan_heal(version=view))
-    planned = plan.plan_serving(
+    planned = plan_serving.plan_serving(
         endpoint=observe.endpoint_view(endpoint),
         versions=observe.versions(endpoint),
         aliases=observe.aliases(endpoint),

@@ -1,21 +1,9 @@
-"""Preparing a model version to be served: its model files and the Python that runs it.
-
-By default (``SERVING["ENVIRONMENT"] == "local"``) replicas run in the product's own Python
-environment, which already has MLflow, the scoring server and the demo models' libraries.
-With ``"virtualenv"`` each model gets an environment built from the requirements it was
-logged with, shared by every model with the same requirements (cached by their hash) and
-layered over the product's packages (a ``.pth`` file puts them behind the environment's
-own), so only what differs is installed. Everything this does is written to the
-version's build log (the Build Logs tab).
-
-A model's files live in a directory keyed by the model's exact name (a readable slug plus
-a hash of the name: ``credit risk`` and ``credit_risk`` never share one), its version and
-the version's identity in the registry (source, run id, creation time): a model deleted and
-registered again never finds the old files. ``pip install`` of a model's requirements runs
-in the sandbox (``runtime.sandbox.build_command``: writable only the environment being
-built, a sanitized environment, a time limit), into a temporary directory renamed into
-place under a lock, so two versions sharing requirements never build over or delete each
-other's environment.
+"""Preparing a model version to be served: its model files and the Python that runs it. By
+default replicas run in the product's own environment; with ``SERVING_ENVIRONMENT=
+virtualenv`` each set of requirements gets an environment of its own, cached by their hash,
+layered over the product's packages and built by ``pip`` in the sandbox. A model's files
+are keyed by its exact name, version and identity in the registry. Every step goes to the
+version's build log (docs/provisioning.md, "Model environments"; docs/security.md).
 """
 
 from __future__ import annotations

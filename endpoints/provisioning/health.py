@@ -1,18 +1,8 @@
-"""What to do about one replica, given what its process does: a pure function, no I/O.
-
-Policy:
-- A *Pending* replica that answers ``/ping`` becomes Running (routing changes). One that
-  does not answer within ``replica_start_timeout`` is killed and counts as a failed start;
-  until then the next pass comes after ``starting_follow_up`` (sooner than other ones).
-- A *Running* replica that fails ``probe_failures_before_restart`` probes in a row (not
-  one) is killed and replaced; a healthy probe resets the count.
-- A process that exited is an Error with the tail of its output: while loading the model
-  it counts as a failed start, while serving it is replaced (restarts + 1).
-- A *Terminating* replica that exited is Terminated; one still finishing requests after
-  the request timeout + 10 s is killed.
-- A row without a pid (the worker died between writing the row and starting the
-  process) adopts the process carrying its replica id, or expires after
-  ``unstarted_row_seconds``.
+"""What to do about one replica, given what its process does: a pure function, no I/O. A
+Pending replica that answers becomes Running, one that does not within the start timeout
+is killed (a failed start); a Running one that fails several probes in a row is replaced;
+an exited process is an Error; a Terminating one is waited for, then killed; a row without
+a pid adopts its process or expires (docs/provisioning.md, "One pass").
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
 
-from endpoints import inference, registry
+from endpoints import registry
 from endpoints.models import EndpointVersion, Event, Replica, ReplicaState
 from endpoints.runtime import LocalRuntime, Runtime
+from endpoints.telemetry import inference_tables
 
 from . import environments
 from .observe import NOT_STOPPED
@@ -158,7 +159,7 @@ def purge_inference_tables(*, today: date | None = None) -> int:
     """Remove the days of every inference table older than
     ``SERVING_INFERENCE_RETENTION_DAYS`` (tables of disabled endpoints and of endpoints
     nobody queries any more included); how many days were removed."""
-    removed = inference.purge(int(settings.SERVING["INFERENCE_RETENTION_DAYS"]), today=today)
+    removed = inference_tables.purge(int(settings.SERVING["INFERENCE_RETENTION_DAYS"]), today=today)
     if removed:
         log.info("retention: removed %d days of inference tables", len(removed))
     return len(removed)

@@ -13,7 +13,7 @@ from datetime import datetime
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from endpoints import kv, load, registry
+from endpoints import kv, registry
 from endpoints.models import (
     ComputeConfig,
     EndpointVersion,
@@ -23,6 +23,7 @@ from endpoints.models import (
 )
 from endpoints.runtime import Runtime
 from endpoints.targets import served_aliases
+from endpoints.telemetry import load_reports
 
 from . import environments
 from .snapshot import (
@@ -176,8 +177,8 @@ def versions(endpoint: ServingEndpoint) -> list[VersionView]:
 def load_of(version_pk: int) -> LoadView | None:
     """None when Redis cannot be read."""
     try:
-        observed = load.current(version_pk)
-        wake = load.wake_requested(version_pk)
+        observed = load_reports.current(version_pk)
+        wake = load_reports.wake_requested(version_pk)
         low_since = kv.redis_client().get(kv.low_since_key(version_pk))
     except RedisError:
         return None

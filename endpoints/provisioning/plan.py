@@ -1,87 +1,42 @@
-"""The reconcile plan: desired and observed state in, a list of actions out. Pure: no
-database, Redis, runtime or clock (``now`` is passed in).
-
-Policy, step by step (each step is one function; ``converge`` calls them in this order):
-- ``plan_sync``: a version newly in Staging/Production is created (PENDING, event
-  VERSION_DEPLOYING); a retired one that comes back deploys from scratch; one that left
-  its stage is marked not desired but keeps serving while its stage still points at it.
-  The registry being unavailable changes nothing but the endpoint's message.
-- ``plan_version`` for each desired version: a requested retry or a new config for a
-  FAILED version tries again; an unprepared version is prepared first; a new config for a
-  READY version starts a rollout; ``autoscale.decide`` sizes it (at least one replica
-  before it is READY); ``start_failures_before_failed`` failed starts make it FAILED, or
-  fail only the config update of a READY version, which keeps serving; otherwise replicas
-  are started or stopped (not-ready ones first, then the newest) to reach the count, and
-  the first Running replica makes the version READY. With ``limits.start_wait`` (replicas
-  forked from a warm interpreter) the pass waits that long for the replicas it started, so
-  they become Running and the version READY in the same pass.
-- ``plan_heal``: a version that left its stage but still answers it keeps one replica.
-- ``plan_serving``: each stage's alias points at the newest READY desired version of the
-  stage, so it moves only once the new version is READY; a version neither desired nor an
-  alias target is retired (its replicas leave routing and drain); then the endpoint state.
-- ``plan_teardown``: serving disabled removes aliases and stops every replica.
+"""The reconcile plan for versions: desired and observed state in, a list of actions out.
+Pure: no database, Redis, runtime or clock (``now`` is passed in). ``converge`` calls
+``plan_sync`` (the registry's versions), ``plan_version`` for each desired version and
+``plan_heal``, then ``plan_serving``'s steps; docs/provisioning.md ("One pass") is the
+policy they implement.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Protocol, TypeVar
 
-from endpoints.models import EndpointState, EventType, ServiceState, Stage
-from endpoints.targets import is_alias, version_targets
+from endpoints.models import EventType, ServiceState
+from endpoints.targets import version_targets
 
 from . import sizing
 from .actions import (
     Action,
     ApplyConfigUpdate,
-    ClearSplit,
     CreateVersion,
-    DisableVersions,
     FailConfigUpdate,
     FailVersion,
     FollowUp,
     KeepConfig,
     MarkActivity,
     MarkReady,
-    MoveAlias,
     PrepareVersion,
     PublishRouting,
     RecordEvent,
     RedeployVersion,
-    RemoveAlias,
-    RemoveAliases,
     ResetStartFailures,
-    RetireVersion,
     RetryVersion,
     SetEndpointMessage,
-    SetEndpointState,
     SetStage,
     StartConfigUpdate,
     StartReplica,
     StopReplica,
 )
-from .snapshot import ConfigView, EndpointView, Limits, LoadView, ReplicaView, VersionView
-
-DISABLED_MESSAGE = "Serving is disabled."
-MODEL_DELETED_MESSAGE = "The registered model no longer exists in the model registry."
-
-
-class Candidate(Protocol):
-    service_state: str
-
-    @property
-    def version_number(self) -> int: ...
-
-
-C = TypeVar("C", bound=Candidate)
-
-
-def choose_alias(candidates: Iterable[C]) -> C | None:
-    """The version a stage URL should answer with: the newest READY one of the stage."""
-    ready = [v for v in candidates if v.service_state == ServiceState.READY]
-    return max(ready, key=lambda v: v.version_number, default=None)
-
+from .snapshot import ConfigView, Limits, LoadView, ReplicaView, VersionView
 
 # --- registry → versions ---------------------------------------------------------------
 
@@ -317,177 +272,3 @@ def plan_heal(*, version: VersionView) -> list[Action]:
     if not version.replicas and version.prepared:
         return [StartReplica(version.version, version.replacing)]
     return []
-
-
-# --- aliases, retiring, endpoint state --------------------------------------------------
-
-
-def plan_serving(
-    *,
-    endpoint: EndpointView,
-    versions: Sequence[VersionView],
-    aliases: Mapping[str, str],
-    model_exists: bool = True,
-    splits: Mapping[str, Mapping[str, int]] | None = None,
-) -> list[Action]:
-    """Move pointers, end finished splits, retire what nothing serves, then say how the
-    endpoint is.
-
-    ``aliases`` is {target: version} as stored before this step, ``splits`` {target:
-    {version: weight}} of the traffic splits."""
-    actions = _plan_aliases(versions, aliases)
-    after = dict(aliases)
-    for action in actions:
-        if isinstance(action, MoveAlias):
-            after[action.stage] = action.version
-        elif isinstance(action, RemoveAlias):
-            del after[action.stage]
-    ended, kept = _plan_splits(splits or {}, after)
-    actions += ended
-    actions += _plan_retire(versions, set(after.values()) | kept)
-    if model_exists:
-        new_state, message = endpoint_state(versions, set(after))
-    else:
-        new_state, message = EndpointState.FAILED, MODEL_DELETED_MESSAGE
-    return actions + _set_endpoint_state(endpoint, new_state, message)
-
-
-def _plan_aliases(versions: Sequence[VersionView], aliases: Mapping[str, str]) -> list[Action]:
-    """Each target's pointer goes to the newest READY desired version of that target: for
-    a stage, the newest of its versions; for an alias, the one version it names."""
-    targets = [*Stage.values]
-    targets += sorted({t for v in versions if v.desired for t in v.targets} - set(targets))
-    targets += sorted(t for t in aliases if t not in targets)
-    actions: list[Action] = []
-    for target in targets:
-        in_target = [v for v in versions if v.desired and target in v.targets]
-        best = choose_alias(in_target)
-        current = aliases.get(target)
-        alias = _alias_of(target)
-        if best is not None and current != best.version:
-            was = f" (was version {current})" if current else ""
-            actions += [
-                MoveAlias(target, best.version),
-                PublishRouting(),
-                RecordEvent(
-                    EventType.VERSION_ALIAS_MOVED,
-                    f"{target} now serves version {best.version}{was}.",
-                    version=best.version,
-                    alias=alias,
-                ),
-            ]
-        elif best is None and not in_target and current is not None:
-            actions += [RemoveAlias(target), PublishRouting()]
-    return actions
-
-
-def _plan_splits(
-    splits: Mapping[str, Mapping[str, int]], pointers: Mapping[str, str]
-) -> tuple[list[Action], set[str]]:
-    """End the splits whose target lost its pointer or whose whole weight is on the
-    version the pointer now names (a promotion is complete); every version of the others
-    stays deployed. Returns (actions, the versions kept for splits)."""
-    actions: list[Action] = []
-    kept: set[str] = set()
-    for target, weights in sorted(splits.items()):
-        live = {version for version, weight in weights.items() if weight > 0}
-        pointer = pointers.get(target)
-        if pointer is None:
-            reason = f"The traffic split of {target} ended: {target} is no longer served."
-        elif live == {pointer}:
-            reason = f"{target} now serves version {pointer} alone: the promotion is complete."
-        else:
-            kept |= live
-            continue
-        actions += [
-            ClearSplit(target),
-            PublishRouting(),
-            RecordEvent(EventType.TRAFFIC_SPLIT_CHANGED, reason, alias=_alias_of(target)),
-        ]
-    return actions, kept
-
-
-def _alias_of(target: str) -> str:
-    return target[1:] if is_alias(target) else ""
-
-
-def _plan_retire(versions: Sequence[VersionView], targets: set[str]) -> list[Action]:
-    """Drain and stop versions the registry no longer wants served that no pointer
-    targets."""
-    actions: list[Action] = []
-    for version in versions:
-        if version.desired or version.service_state == ServiceState.UNKNOWN:
-            continue
-        if version.version in targets:
-            continue
-        actions += [
-            *stop_all(version, "The version no longer serves a stage or alias."),
-            RetireVersion(version.version),
-            PublishRouting(),
-            RecordEvent(
-                EventType.VERSION_RETIRED,
-                f"Version {version.version} no longer serves a stage or alias: drained and "
-                "stopped.",
-                version=version.version,
-            ),
-        ]
-    return actions
-
-
-def endpoint_state(versions: Sequence[VersionView], served_stages: set[str]) -> tuple[str, str]:
-    """READY when every target (stage or alias) with desired versions is served, PENDING
-    while one waits for its first version, FAILED when a target's only versions failed."""
-    desired = [v for v in versions if v.desired]
-    if not desired:
-        return (
-            EndpointState.READY,
-            "No version of this model is in Staging or Production or has a served alias: "
-            "nothing to serve.",
-        )
-    pending = [v for v in desired if v.service_state == ServiceState.PENDING]
-    failed = [v for v in desired if v.service_state == ServiceState.FAILED]
-    unserved = {t for v in desired for t in v.targets} - served_stages
-    notes = []
-    if pending:
-        notes.append(f"deploying version {', '.join(v.version for v in pending)}")
-    if failed:
-        notes.append("; ".join(f"version {v.version} failed: {v.message}" for v in failed))
-    if not unserved:
-        return EndpointState.READY, "Ready" + (f" ({'; '.join(notes)})" if notes else "")
-    if any(set(v.targets) & unserved for v in pending):
-        return EndpointState.PENDING, "Pending: " + "; ".join(notes)
-    return EndpointState.FAILED, "; ".join(notes) or "No version could serve."
-
-
-def _set_endpoint_state(endpoint: EndpointView, new_state: str, message: str) -> list[Action]:
-    message = message[:4000]
-    if endpoint.state == new_state and endpoint.message == message:
-        return []
-    actions: list[Action] = [SetEndpointState(new_state, message)]
-    if endpoint.state != new_state and new_state == EndpointState.READY:
-        actions.append(RecordEvent(EventType.ENDPOINT_READY, "Serving is ready."))
-    elif endpoint.state != new_state and new_state == EndpointState.FAILED:
-        actions.append(RecordEvent(EventType.ENDPOINT_FAILED, f"Serving failed: {message[:500]}"))
-    return actions
-
-
-# --- disable --------------------------------------------------------------------------
-
-
-def plan_teardown(
-    *,
-    endpoint: EndpointView,
-    versions: Sequence[VersionView],
-    has_aliases: bool,
-    replicas_left: bool,
-) -> list[Action]:
-    """Serving disabled: requests get 404 at once, every replica stops gracefully.
-
-    ``replicas_left``: some replica is not stopped yet (live or still terminating)."""
-    actions: list[Action] = [RemoveAliases(), PublishRouting()] if has_aliases else []
-    for version in versions:
-        actions += stop_all(version, "Serving was disabled.")
-    actions.append(DisableVersions())
-    if not replicas_left and endpoint.message != DISABLED_MESSAGE:
-        actions.append(SetEndpointMessage(DISABLED_MESSAGE))
-    return actions

@@ -1,23 +1,9 @@
-"""The reconcile loop's entry points: make what runs match what users asked for.
-
-Desired state is an enabled ``ServingEndpoint``, the versions the MLflow registry has in
-Staging and Production (transitions made directly in MLflow included) and the newest
-``ComputeConfig`` per stage. Observed state is the ``Replica`` rows and the processes
-behind them. A pass (``converge.run_pass``) observes them (``observe``), asks the pure
-planner what to do (``health``, ``plan``) and executes the answer (``apply``).
-
-Safety:
-- One endpoint is reconciled by one worker at a time (a Redis lock). A trigger that finds
-  the lock taken leaves a *dirty* mark, and the holder runs another pass before it lets go,
-  so no change is ever missed; Celery beat runs ``reconcile_all`` periodically as well.
-- A replica's row is committed before its process starts, so a worker killed in between
-  leaves a row that the next pass adopts (the process is found by its replica id) or
-  expires, never an unknown process; processes of this installation without a live row
-  are stopped (``collect_orphans``).
-- A pass never waits long for a model to load: it starts replicas and returns, and a
-  follow-up pass probes them (every half second while they load). Replicas forked from a
-  warm interpreter (``SERVING_REPLICA_START=zygote``) are waited for, two seconds at most,
-  so a cold start is answered by the pass that started it.
+"""The reconcile loop's entry points: make what runs match what users asked for, one
+endpoint (``reconcile_endpoint``) or all (``reconcile_all``), and stop every replica at
+shutdown. One worker reconciles an endpoint at a time (a ``lease`` on a Redis lock); a
+trigger that finds it taken marks the endpoint dirty, and the holder runs one more pass,
+so no change is missed. A pass (``converge``) starts replicas and returns; follow-up passes
+probe them (docs/provisioning.md, "When it runs", "Guarantees and how they are kept").
 """
 
 from __future__ import annotations
@@ -29,10 +15,11 @@ from contextlib import AbstractContextManager, suppress
 from django.db.models import Q
 from redis.exceptions import RedisError
 
-from endpoints import kv, metrics, triggers
+from endpoints import kv, triggers
 from endpoints.kv import bump_generation, redis_client
 from endpoints.models import Replica, ReplicaState, ServingEndpoint
 from endpoints.runtime import get_runtime
+from endpoints.telemetry import metrics
 
 from . import environments, lease, replicas
 from .converge import run_pass
@@ -45,7 +32,7 @@ from .housekeeping import (
 )
 from .lease import Lease, LeaseExpired
 from .observe import NOT_STOPPED
-from .plan import choose_alias
+from .plan_serving import choose_alias
 
 log = logging.getLogger(__name__)
 

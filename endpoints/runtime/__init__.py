@@ -1,9 +1,15 @@
 """Starting, stopping, probing and reading the output of replicas (model server processes).
+Nothing here imports Django, so replicas stay lean; which runtime runs them is read from
+the environment, which the settings fill in.
 
-``base`` defines the interface, ``local`` runs replicas as processes on this host, ``ray``
-runs each one as a Ray actor on a node of a Ray cluster (``SERVING_RUNTIME=ray``).
-Nothing in this package imports Django, so the replica launcher stays lean: the choice
-is read from the environment, which the settings fill in.
+- ``base``: the interface the reconcile loop needs; ``local``: processes on this host;
+  ``ray`` and ``ray_actor``: each replica a detached Ray actor (``SERVING_RUNTIME=ray``);
+- ``replica``: the launcher (``python -m endpoints.runtime.replica``); ``replica_app``: the
+  ASGI app it serves, MLflow's scoring protocol, with ``fastpath`` and ``batching``;
+- ``zygote``: a pre-warmed interpreter per environment that forks replicas;
+  ``zygote_pool``: starting zygotes and asking them for replicas;
+- ``sandbox``: the view every runtime puts model code in; ``confine``: a forked replica
+  confining itself; ``seccomp``: the filter of a replica without a network.
 """
 
 from __future__ import annotations

@@ -1,24 +1,9 @@
-"""Micro-batching of a replica's scoring requests: which requests may merge, and when a
-batch leaves.
-
-A stage opts in with its compute config; provisioning passes the settings to the replica's
-environment (``BatchSettings.env``) and the replica's app reads them back (``from_env``).
-Merging is only correct for a model whose answer for a row does not depend on the other
-rows, which is why it is off unless asked for.
-
-This module decides *which* requests are merged and *when*; the app (``runtime.server``)
-parses, predicts and encodes them with MLflow's own functions. It imports only the
-standard library, so provisioning can use ``BatchSettings`` without loading MLflow.
-
-- ``request_shape`` reads a body and says whether it may merge with others, and with
-  which: JSON with exactly one format key (``dataframe_split`` with ``columns`` and
-  ``data`` only, ``dataframe_records``, or an ``inputs``/``instances`` list), at least one
-  row, optionally ``params``, in a body of at most ``MAX_BODY_BYTES``. Requests merge
-  only when their keys are equal: the same format, the same ``columns``, identical
-  ``params``.
-- ``MicroBatcher`` holds one open batch per key. A batch leaves when its rows reach
-  ``max_size`` or when its first request has waited ``max_wait_ms``; a request that would
-  overflow the open batch sends it off and starts the next one.
+"""Micro-batching of a replica's scoring requests: which requests may merge
+(``request_shape``), and when a batch leaves (``MicroBatcher``: at ``max_size`` rows, or
+once its first request waited ``max_wait_ms``). Off unless a stage's compute config asks
+for it: merging is only correct for a model that answers each row independently. The app
+(``replica_app``) parses, predicts and encodes with MLflow's own functions; this module
+imports only the standard library, so provisioning uses ``BatchSettings`` without MLflow.
 """
 
 from __future__ import annotations
@@ -72,7 +57,11 @@ class Shape:
 
 
 def request_shape(body: bytes, content_type: str | None) -> Shape | None:
-    """The request's shape when it may be merged with others, else None."""
+    """The request's shape when it may be merged with others, else None: JSON of at most
+    ``MAX_BODY_BYTES`` with exactly one format key (``dataframe_split`` with ``columns`` and
+    ``data`` only, ``dataframe_records``, or an ``inputs``/``instances`` list), at least one
+    row, optionally ``params``. Requests merge only when their keys are equal: the same
+    format, the same ``columns``, identical ``params``."""
     if content_type != JSON_CONTENT_TYPE or len(body) > MAX_BODY_BYTES:
         return None
     try:
@@ -127,7 +116,8 @@ RunBatch = Callable[[list[Pending]], Awaitable[list[Any]]]
 
 class MicroBatcher:
     """Collects concurrent requests into batches and hands each batch to ``run``, which
-    answers every request of it (in order)."""
+    answers every request of it (in order). One batch is open per merge key; a request that
+    would overflow it sends it off and opens the next."""
 
     def __init__(self, settings: BatchSettings, run: RunBatch) -> None:
         self.settings = settings

@@ -1,24 +1,10 @@
 """A shortcut for the commonest scoring request, taken only where it provably changes nothing.
 
-MLflow's path for ``{"dataframe_split": …}`` builds a DataFrame, casts it to the signature,
-enforces the schema and hands the DataFrame to scikit-learn, which converts it back to the
-numpy array it computes on. For a one-row request that bookkeeping is ~90 % of the time.
-
-The shortcut hands scikit-learn that same array directly. It is taken only when all of
-this holds, and otherwise the request goes MLflow's way (errors included):
-
-- the body is JSON with exactly one key, ``dataframe_split``, whose ``columns`` equal the
-  signature's input names in order, with no ``index`` and no ``params``;
-- every signature column is a required ``double``, and every value is a JSON float (so the
-  DataFrame MLflow would build is all float64, and the schema cast is a no-op);
-- the model is a scikit-learn flavor model predicting with ``predict``, whose estimator is
-  of a family that computes on the converted array alone (linear models, trees, ensembles,
-  SVMs, neighbours, naive Bayes, discriminant analysis — not pipelines or column
-  transformers, which may select columns by name).
-
-The array is built in Fortran order, the layout scikit-learn gets when it converts a
-single-block float64 DataFrame, so the arithmetic (and its rounding) is the same.
-``tests/test_replica_parity.py`` checks the answers against MLflow's app.
+MLflow's path for a one-row ``{"dataframe_split": …}`` builds a DataFrame, casts and checks
+it against the signature and hands it to scikit-learn, which converts it back to the numpy
+array it computes on: ~90 % of the time. The shortcut hands scikit-learn that array
+directly, for the models (``for_model``) and requests (``answer``) where the result is the
+same; ``tests/test_replica_parity.py`` checks the answers against MLflow's app.
 """
 
 from __future__ import annotations
@@ -56,7 +42,11 @@ class SklearnFastPath:
 
     @classmethod
     def for_model(cls, model: Any) -> SklearnFastPath | None:
-        """The shortcut for this pyfunc model, or None when it does not qualify."""
+        """The shortcut for this pyfunc model, or None when it does not qualify: a
+        scikit-learn flavor model predicting with ``predict``, no params schema, an
+        estimator of a family that computes on the converted array alone (not pipelines or
+        column transformers, which may select columns by name), and a signature of
+        required ``double`` columns that match the estimator's feature names."""
         metadata = model.metadata
         pyfunc = metadata.flavors.get("python_function", {})
         if pyfunc.get("loader_module") != "mlflow.sklearn":
@@ -77,12 +67,17 @@ class SklearnFastPath:
         return cls(estimator, columns)
 
     def answer(self, body: bytes, content_type: str | None) -> bytes | None:
-        """The response body MLflow's path would give, or None to take MLflow's path."""
+        """The response body MLflow's path would give, or None to take MLflow's path (errors
+        included): JSON with exactly one key, ``dataframe_split``, whose ``columns`` are the
+        signature's in order, no ``index`` or ``params``, every value a JSON float (so the
+        DataFrame MLflow would build is all float64 and its schema cast a no-op)."""
         if content_type != "application/json":
             return None
         rows = self._rows(body)
         if rows is None:
             return None
+        # Fortran order: the layout scikit-learn gets when it converts a single-block
+        # float64 DataFrame, so the arithmetic (and its rounding) is the same.
         array = np.array(rows, dtype=np.float64, order="F")
         if not np.isfinite(array).all():
             return None  # NaN and infinities: MLflow's schema checks decide

@@ -1,19 +1,9 @@
-"""Replicas as processes on this host.
-
-A replica runs ``python -m endpoints.runtime.replica --replica-id …``: the replica id on
-its command line is how ``discover`` finds it again after the worker that started it is
-gone (replicas live in their own session, so they outlive a worker restart). Its output
-goes to one log file per replica, opened in append mode so that ``rotate_log`` can copy and
-truncate it in place while it runs.
-
-With ``start_mode="zygote"`` the process is forked from the pre-warmed interpreter of its
-environment (``zygote``) and carries the same command line as its title; when no zygote
-can be reached it is launched as above, so starting never fails because of a zygote.
-
-Unless ``SERVING_SANDBOX=off``, a replica runs in the sandbox of ``sandbox``: a fresh one
-under ``bwrap`` (its pid is the replica's, not bwrap's), a forked one from a zygote that
-runs under ``bwrap`` and confines each child (see ``zygotes`` and ``zygote``). Without a
-network of its own, a replica is handed the socket it serves on, bound on the host.
+"""Replicas as processes on this host: ``python -m endpoints.runtime.replica --replica-id
+…``, launched, or forked from its environment's zygote (``zygote_pool``) with the same
+command line as its title, in the sandbox unless ``SERVING_SANDBOX=off``. The replica id
+on the command line is how ``discover`` finds a replica again after a worker restart
+(replicas live in their own session); its log is opened in append mode, so ``rotate_log``
+can copy and truncate it in place.
 """
 
 from __future__ import annotations
@@ -32,7 +22,7 @@ import psutil
 
 from . import confine, sandbox, seccomp
 from .base import Placement, ReplicaSpec, listening_socket, ping
-from .zygotes import (
+from .zygote_pool import (
     Zygotes,
     ZygoteSite,
     ZygoteUnavailable,

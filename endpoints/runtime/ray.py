@@ -1,19 +1,9 @@
-"""Replicas on a Ray cluster: each one a detached, named Ray actor (``ray_actor``).
-
-- **Placement.** The actor is named by the replica id in this installation's namespace,
-  asks for ``SERVING_RAY_REPLICA_CPUS`` CPUs (and ``SERVING_RAY_REPLICA_MEMORY_MB``) and is
-  spread over the nodes. It reports the node's address and the port its replica listens
-  on; the gateway forwards straight there (Ray Serve's proxy is not on the scoring path).
-- **Single source of truth.** Actors are never restarted by Ray (``max_restarts=0``): a
-  replica whose actor died is found dead by the next pass, which replaces it wherever Ray
-  has room, like a crashed local process.
-- **Found again.** After a worker restart, ``discover`` lists the actors of the namespace:
-  rows adopt theirs, orphans are stopped; nothing is started twice.
-- **Lost nodes.** ``lost_nodes`` lists the nodes Ray reports dead, so the event of a
-  replica that went with its node says which node that was.
-
-The ``pid`` this runtime hands back is the actor's process id on its node (shown in events
-only); an actor is addressed by its name.
+"""Replicas on a Ray cluster (``SERVING_RUNTIME=ray``): each one a detached actor
+(``ray_actor``) named by its replica id in the installation's namespace, placed by its CPU
+and memory needs, reached by the gateway at its node's address (Ray is not on the scoring
+path). Ray never restarts an actor: the reconcile loop replaces a dead one like a crashed
+process, and ``discover`` finds the living ones again after a worker restart. The ``pid``
+handed back is the actor's on its node, shown in events only (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -143,6 +133,7 @@ class RayRuntime:
             "name": spec.replica_id,
             "namespace": self.namespace,
             "lifetime": "detached",
+            # The reconcile loop is the one source of truth: it replaces a dead actor.
             "max_restarts": 0,
             "max_concurrency": 4,
             "num_cpus": self.cpus,
@@ -215,7 +206,8 @@ class RayRuntime:
         return True
 
     def lost_nodes(self) -> set[str]:
-        """The nodes Ray reports dead (a dead node's actors died with it)."""
+        """The nodes Ray reports dead (a dead node's actors died with it), so the event of a
+        replica that went with its node names the node."""
         try:
             return {n["node"] for n in self.nodes() if not n["alive"]}
         except RayError:

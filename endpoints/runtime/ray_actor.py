@@ -1,23 +1,8 @@
-"""A replica on a Ray node: the body of the detached, named actor ``ray`` places.
-
-The actor supervises one replica process, the same server the local runtime starts
-(``python -m endpoints.runtime.replica``), on the node Ray chose:
-
-- ``start`` picks the node's address and a port and returns them at once; a thread then
-  downloads the model from the registry's artifact store into the node's own cache (no
-  shared disk: an MLflow tracking server with ``--serve-artifacts`` or the store the
-  registry points at) and launches the replica, then waits for it.
-- The replica's output goes to a log file on the node; the worker and the web server read
-  it back through the actor (``read_log``), never through a shared disk.
-- The replica runs in the same sandbox as a local one (``sandbox``, unless
-  ``SERVING_SANDBOX=off``): its model directory and Python read-only, a private temp,
-  nothing of the node's other files, and by default no network of its own (it reaches
-  neither the product's services nor the Ray cluster; the port it serves on is bound for
-  it on the node's address).
-- The replica dies with the actor (``PR_SET_PDEATHSIG``): a killed actor or a lost node
-  leaves no process serving behind it.
-
-Nothing here imports Django or Ray: the class is plain, ``ray.py`` makes it an actor.
+"""A replica on a Ray node: the body of the detached, named actor ``ray`` places. It
+downloads the model into the node's own cache (no shared disk), binds the port, starts the
+same replica the local runtime starts, in the same sandbox, and dies with it
+(``PR_SET_PDEATHSIG``); its log is read back through the actor. Nothing here imports Django
+or Ray: the class is plain, ``ray`` makes it an actor (docs/deploy.md, docs/security.md).
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""A replica: one loaded model answering MLflow's scoring protocol over HTTP, under uvicorn.
-
-``--server serving-ui`` (the default) runs the product's own app (``runtime.server``),
-which answers exactly what MLflow's scoring server answers with far less overhead per
-request; ``--server mlflow`` runs MLflow's own FastAPI app, kept for comparison. Both are
-launched directly rather than through ``mlflow models serve`` (which keeps a CLI parent
-alive and takes about twice as long to start). The ``--replica-id`` argument is not used
-here: it marks the process so the runtime can find it again (see ``local.discover``).
-A replica forked from a zygote (``zygote``) runs the same ``serve`` with the same arguments.
-
-A replica without a network of its own (``sandbox.NETWORK_NONE``) cannot bind a port of
-the host: whoever starts it binds the port first (``base.listening_socket``) and hands it the
-socket, as ``--listen-fd`` to a launched one, as an object to a forked one. Connections
-to that socket arrive from the host as usual; the replica itself reaches nothing.
+"""A replica: one loaded model answering MLflow's scoring protocol under uvicorn, with the
+product's app (``--server serving-ui``, ``replica_app``) or MLflow's FastAPI app kept for
+comparison (``--server mlflow``), never through ``mlflow models serve`` (a CLI parent, twice
+the start time). ``--replica-id`` only marks the process for ``LocalRuntime.discover``. Without a
+network of its own it cannot bind the host's port: it is handed the bound socket
+(``--listen-fd``, or as an object when forked from a ``zygote``).
 """
 
 from __future__ import annotations
@@ -91,7 +83,7 @@ def main() -> None:
 def _app(server: str, model_path: str):
     if server == "serving-ui":
         try:
-            from endpoints.runtime.server import load_app
+            from endpoints.runtime.replica_app import load_app
         except ImportError as exc:
             # A per-model environment may hold an MLflow without what the app reuses.
             print(f"falling back to MLflow's scoring server: {exc}", flush=True)

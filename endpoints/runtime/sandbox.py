@@ -1,42 +1,8 @@
-"""The sandbox a model's code runs in: the same rules for every runtime.
-
-A registered model is untrusted code. Whatever starts it (a replica launched as a fresh
-process, a replica forked from a zygote, ``pip install`` of its requirements) runs it in a
-filesystem view built by bubblewrap (``bwrap``) that holds only:
-
-- the system's programs and libraries (``/usr`` and the few ``/etc`` files a Python
-  process reads: the dynamic loader's cache, users and groups, time zone, name resolution,
-  CA certificates), read-only;
-- its Python: the interpreter's installation, the environment's packages and the
-  product's own (a per-model environment is layered over them), read-only;
-- the replica code only (``endpoints/__init__.py`` and ``endpoints/runtime/``), read-only:
-  nothing else of the project (settings, ``var/`` with the secret key, the database, other
-  models, logs);
-- its own model directory, read-only (a build: the environment being built, writable);
-- a private ``/tmp`` (also ``HOME`` and ``TMPDIR``), ``/dev`` with the usual devices and
-  ``/proc`` of its own process namespace only.
-
-Its environment is the short explicit one the runtime gives it (no ``DJANGO_*``, no
-``REDIS_URL``, no secrets), it runs as an unprivileged user (``SERVING_SANDBOX_UID``,
-``nobody`` by default) when the product runs as root, with ``no_new_privs``. Its output
-goes to a descriptor its parent opened: it cannot reopen its log, or any other.
-
-Its network (``SERVING_SANDBOX_NETWORK``): ``none`` (the default) gives a replica a
-network namespace of its own, holding only its own loopback interface: it reaches no
-other process of the host (other replicas, the gateway, Redis, a database, a Ray
-cluster) and nothing outside. It still answers requests: the port it serves on is bound
-on the host before it enters the namespace, and handed to it as a socket. ``host``
-shares the host's network, for models that call services at scoring time. A ``pip
-install`` always has the host's network (it downloads packages).
-
-A fresh replica is ``bwrap … setpriv … python -m endpoints.runtime.replica``. A zygote runs
-under ``bwrap`` with every model of the installation read-only in view and keeps the
-capabilities it needs to confine its children (``confine_child``): each forked replica
-gets its own mount and process namespaces, sees its own model directory only, a fresh
-``/proc`` and ``/tmp``, a network namespace of its own (``none``), and drops to the
-unprivileged user before any model code runs.
-
-``SERVING_SANDBOX=off`` turns all of this off (the runtime logs a warning).
+"""The sandbox a model's code runs in, the same rules for every runtime: a bubblewrap
+(``bwrap``) view holding the system, its Python, the replica code and its own model
+read-only, a private ``/tmp`` and ``/proc``, an unprivileged user, and by default no network
+of its own (the port it serves on is bound for it on the host). ``SERVING_SANDBOX=off``
+turns it off. docs/security.md ("Threat model") says what a model can reach, and why.
 """
 
 from __future__ import annotations
@@ -56,7 +22,8 @@ NETWORKS = (NETWORK_NONE, NETWORK_HOST)
 TMP = "/tmp"  # noqa: S108
 SHM = "/dev/shm"  # noqa: S108
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-# Only the replica code of the project is in view.
+# Only the replica code of the project is in view (so the runtime imports only itself:
+# tests/test_layout.py).
 RUNTIME_FILES = (PROJECT_ROOT / "endpoints" / "__init__.py", PROJECT_ROOT / "endpoints" / "runtime")
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYSTEM_FILES = (

@@ -1,23 +1,9 @@
-"""The system-call filter of a replica without a network: no connection can be made.
-
-A replica with network ``none`` lives in a network namespace of its own, but the socket it
-serves on was made on the host's network, and so was every connection it accepts: a socket
-keeps the namespace it was made in. Such a socket can be re-aimed (``connect`` after
-``AF_UNSPEC`` disconnects it, or a TCP Fast Open ``sendto``/``sendmsg``) at anything on
-the host's network. This filter refuses, with ``EPERM``, every way of making a connection:
-
-- ``connect``, whatever the socket and the address;
-- ``sendto``, ``sendmsg`` and ``sendmmsg`` with ``MSG_FASTOPEN``;
-- ``io_uring`` (its operations connect and send without passing through the filter);
-- every system call of another ABI than the native one (the 32-bit ``int 0x80`` calls on
-  x86-64, where ``socketcall`` and ``connect`` have other numbers; the x32 ABI).
-
-Receiving and sending on the connections it accepts, and everything else, is allowed. The
-program is built here as classic BPF (``sock_filter`` instructions): it is short, and the
-Python bindings of libseccomp are not installable from PyPI. A forked replica installs it
-on itself (``install``) after dropping its privileges; a launched one gets it from bwrap
-(``--seccomp``, ``program`` as bytes), so it holds from the interpreter's first
-instruction (a per-model environment's ``.pth`` files run before any code of ours).
+"""The system-call filter of a replica without a network: no connection can be made. Its
+sockets come from the host's network namespace and could be re-aimed there, so ``connect``,
+TCP Fast Open sends, io_uring and other ABIs' calls are refused with ``EPERM``; receiving
+and sending on accepted connections is untouched (docs/security.md, "Threat model"). Classic
+BPF built here: libseccomp's Python bindings are not on PyPI. A forked replica installs it
+on itself (``install``); bwrap gives a launched one ``program`` before its first instruction.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
-"""A zygote: a pre-warmed interpreter per environment that forks replicas.
-
-Starting a replica from scratch spends most of its time importing MLflow, pandas and
-scikit-learn. A zygote (``python -m endpoints.runtime.zygote --zygote --socket <path>``,
-run by the environment's own interpreter, started by ``local.Zygotes``) imports them once,
-then waits on a Unix socket (mode 0600) for start requests and forks a replica for each:
-the child only loads its model. Imported code is shared copy-on-write between the zygote
-and its replicas.
-
-A forked replica looks like a launched one: its own session, its own log file, the short
-explicit environment the runtime gives every replica, the launcher's command line as its
-process title (so ``LocalRuntime.discover`` finds it by its replica id), freshly seeded
-random generators. When its title cannot be set the child execs the launcher instead, so
-a replica is never unfindable. Replicas outlive their zygote: it only forks them, and
-reaps them when they exit.
-
-Protocol: one JSON line per connection, one JSON line back. ``{"op": "ping"}`` answers
-``{"ok": true, "pid": …}``; ``{"op": "start", "argv": […], "env": {…}, "cwd": …,
-"log_path": …}`` answers ``{"ok": true, "pid": <replica pid>}`` or ``{"ok": false,
-"error": …}``.
+"""A zygote: a pre-warmed interpreter per environment that forks replicas
+(``python -m endpoints.runtime.zygote --zygote --socket <path>``, started by
+``zygote_pool``). It imports MLflow, pandas and scikit-learn once, then forks a replica for
+each start request on its Unix socket (0600), so a replica only loads its model and shares
+the imported pages copy-on-write. A forked replica looks like a launched one (its own
+session, log, environment and the launcher's command line as its title); replicas outlive
+their zygote. docs/provisioning.md ("Pre-warmed starts") has the rest.
 """
 
 from __future__ import annotations
@@ -40,7 +27,7 @@ import psutil
 
 from . import confine, replica
 from .base import listening_socket
-from .zygotes import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
+from .zygote_pool import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
 
 # Imported before the first fork; a module missing from an environment is skipped.
 WARM_MODULES = (
@@ -59,7 +46,7 @@ WARM_MODULES = (
     # every scikit-learn estimator (seconds).
     "skops.io",
     "uvicorn",
-    "endpoints.runtime.server",
+    "endpoints.runtime.replica_app",
 )
 # How long a client may take to send its request.
 READ_TIMEOUT_SECONDS = 2.0
@@ -74,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Fork replicas from a pre-warmed interpreter.")
     parser.add_argument(MARKER, action="store_true", help="marks the process as a zygote")
     parser.add_argument("--socket", required=True)
-    # Blank room a child's process title is written over (see ``local.TITLE_ROOM``).
+    # Blank room a child's process title is written over (see ``zygote_pool.TITLE_ROOM``).
     parser.add_argument(TITLE_ROOM[0], default="")
     # Sandboxed (``sandbox.zygote_command``): the process whose exit makes us unwanted (our
     # parent is bwrap), and how each child confines itself.
@@ -193,6 +180,10 @@ def _still_ours(path: Path, inode: int) -> bool:
 
 
 def _handle(listener: socket.socket, conn: socket.socket) -> None:
+    """One JSON line in, one back. ``{"op": "ping"}`` answers ``{"ok": true, "pid": …}``;
+    ``{"op": "start", "argv": […], "env": {…}, "cwd": …, "log_path": …}`` (the log's
+    descriptor passed along) answers ``{"ok": true, "pid": <replica pid>}`` or
+    ``{"ok": false, "error": …}``."""
     line, fds = _read_line(conn)
     try:
         message = json.loads(line or b"{}")

@@ -1,6 +1,6 @@
 """The Metrics tab's charts, drawn on the server as SVG (no JavaScript, no library).
 
-The data is the version's 10-second metric buckets in Redis (``endpoints.metrics``). A
+The data is the version's 10-second metric buckets in Redis (``endpoints.telemetry.metrics``). A
 window longer than 15 minutes is downsampled: its buckets are added up into steps (the
 latency histograms too, so each step's percentiles are exact for that step), keeping
 every chart at about 90 to 120 points. The replica count is recorded by each reconcile
@@ -17,7 +17,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from endpoints import metrics
+from endpoints.telemetry import metrics
 
 # Window name → (seconds shown, seconds per point).
 WINDOWS = {

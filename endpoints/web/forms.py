@@ -7,12 +7,11 @@ from django import forms
 from endpoints.models import (
     MAX_BATCH_SIZE_RANGE,
     MAX_WAIT_MS_RANGE,
-    TARGET_MAX_LENGTH,
     PermissionLevel,
     WorkloadSize,
 )
 from endpoints.registry import ALL_STAGES
-from endpoints.targets import valid_alias, valid_target
+from endpoints.targets import TARGET_MAX_LENGTH, valid_alias, valid_target
 
 BATCHING_FIELDS = ("max_batch_size", "max_wait_ms")
 

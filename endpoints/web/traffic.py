@@ -1,7 +1,7 @@
 """The Serving tab's Traffic panel writes: point an MLflow alias at a version, choose
 which aliases the endpoint serves, split, promote and roll back a target's traffic, turn
 the inference table on or off and download it. Thin: validate, call
-``endpoints.traffic``, redirect back to the panel with a message."""
+``endpoints.services``, redirect back to the panel with a message."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_POST
 
-from endpoints import inference, services, traffic
+from endpoints import services
 from endpoints.auth import READ_CAPTURED
 from endpoints.errors import ServingError
 from endpoints.models import PermissionLevel
+from endpoints.telemetry import inference_tables
 
 from . import presenters
 from .forms import InferenceTableForm, ModelAliasForm, ServedAliasesForm, TrafficSplitForm
@@ -42,7 +43,7 @@ def alias_set(request: HttpRequest, name: str) -> HttpResponse:
         return _back(name)
     alias, version = form.cleaned_data["alias"], form.cleaned_data["version"] or None
     try:
-        traffic.model_alias_set(name=name, alias=alias, version=version, user=request.user)
+        services.model_alias_set(name=name, alias=alias, version=version, user=request.user)
     except ServingError as exc:
         show_error(request, exc)
     else:
@@ -63,7 +64,7 @@ def served_aliases_update(request: HttpRequest, name: str) -> HttpResponse:
     data = form.cleaned_data
     aliases = None if data["mode"] == "all" else data["aliases"]
     try:
-        traffic.served_aliases_set(name=name, aliases=aliases, user=request.user)
+        services.served_aliases_set(name=name, aliases=aliases, user=request.user)
     except ServingError as exc:
         show_error(request, exc)
     else:
@@ -85,16 +86,16 @@ def traffic_split(request: HttpRequest, name: str) -> HttpResponse:
     target, action = data["target"], data["action"]
     try:
         if action == "rollback":
-            traffic.traffic_split_rollback(name=name, target=target, user=request.user)
+            services.traffic_split_rollback(name=name, target=target, user=request.user)
             done = f"{target} is back on the version it points at."
         elif action.startswith("promote-"):
             version = action.removeprefix("promote-")
-            traffic.traffic_split_promote(
+            services.traffic_split_promote(
                 name=name, target=target, version=version, user=request.user
             )
             done = f"Version {version} now takes all of {target}'s traffic."
         else:
-            traffic.traffic_split_set(
+            services.traffic_split_set(
                 name=name, target=target, weights=data["weights"], user=request.user
             )
             done = f"{target} traffic split saved."
@@ -116,7 +117,7 @@ def inference_update(request: HttpRequest, name: str) -> HttpResponse:
     else:
         data = form.cleaned_data
         try:
-            traffic.inference_table_update(
+            services.inference_table_update(
                 name=name,
                 enabled=data["enabled"],
                 sample_rate=data["sample_percent"] / 100,
@@ -137,7 +138,7 @@ def inference_download(request: HttpRequest, name: str) -> HttpResponseBase:
     is produced (a week of captured requests is never held in memory)."""
     endpoint = services.get_endpoint_for_user(name, request.user, READ_CAPTURED)
     response = StreamingHttpResponse(
-        inference.download(endpoint.registered_model_name, DOWNLOAD_DAYS),
+        inference_tables.download(endpoint.registered_model_name, DOWNLOAD_DAYS),
         content_type="application/vnd.apache.parquet",
     )
     filename = quote(f"{name}-inference.parquet")

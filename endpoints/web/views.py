@@ -22,7 +22,7 @@ from django_htmx.http import HttpResponseClientRefresh
 
 from endpoints import registry, selectors, services
 from endpoints.errors import PermissionDenied, ServingError
-from endpoints.gateway import app as gateway
+from endpoints.gateway import scoring
 from endpoints.models import PermissionLevel, ServingEndpoint
 
 from . import listing, presenters
@@ -240,7 +240,7 @@ def serving_example(request: HttpRequest, name: str) -> HttpResponse:
 @http_errors
 def serving_invoke(request: HttpRequest, name: str) -> HttpResponse:
     """Send Request without JavaScript: score as the logged-in user through the gateway,
-    on this page thread (``gateway.invoke`` caps how many at once), and render the page
+    on this page thread (``scoring.invoke`` caps how many at once), and render the page
     with the answer. With JavaScript the page posts to the scoring URL instead."""
     endpoint = services.get_endpoint_for_user(name, request.user)
     form = InvokeForm(request.POST)
@@ -250,7 +250,7 @@ def serving_invoke(request: HttpRequest, name: str) -> HttpResponse:
     body = form.cleaned_data["body"]
     started = time.perf_counter()
     try:
-        status, answer = gateway.invoke(
+        status, answer = scoring.invoke(
             model_name=name,
             selector=version_name,
             body=body.encode(),

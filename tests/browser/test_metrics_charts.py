@@ -20,9 +20,10 @@ import requests
 from playwright.sync_api import Page, expect
 from test_serving_tab import log_in, open_panel
 
-from endpoints import metrics, services
-from endpoints.devstack import wait_for
+from endpoints import services
+from endpoints.dev.devstack import wait_for
 from endpoints.models import Replica, ReplicaState, ServiceState, ServingEndpoint, StageAlias
+from endpoints.telemetry import metrics
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 

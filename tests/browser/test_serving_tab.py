@@ -1,5 +1,5 @@
 """The Serving tab in a real browser (Debian chromium through Playwright) against the
-running product: gunicorn, the Celery worker and real model server replicas.
+running product: the web server, the Celery worker and real model server replicas.
 
 One walk through what a data scientist does: log in, enable serving for iris-classifier,
 wait for Ready, load the example and score it (the page posts it to the scoring URL: a

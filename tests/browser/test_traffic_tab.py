@@ -14,9 +14,10 @@ from fakes import constant_model, register
 from playwright.sync_api import Page, expect
 from test_serving_tab import READY_TIMEOUT_MS, log_in, open_panel, shot
 
-from endpoints import inference, registry, services
-from endpoints.devstack import wait_for
+from endpoints import registry, services
+from endpoints.dev.devstack import wait_for
 from endpoints.models import StageAlias
+from endpoints.telemetry import inference_tables
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -96,7 +97,7 @@ def test_aliases_a_split_and_the_inference_table(stack: str, owner, make_token, 
     form.get_by_role("button", name="Save").click()
     expect(page.get_by_test_id("inference-state")).to_contain_text("On, capturing 100")
     score(stack, token, name, "@champion", 30)
-    wait_for(lambda: inference.count_rows(name) >= 30, timeout=60, what="30 captured rows")
+    wait_for(lambda: inference_tables.count_rows(name) >= 30, timeout=60, what="30 captured rows")
     page.reload()
     rows = page.get_by_test_id("inference-rows")
     expect(rows).to_contain_text("@champion")

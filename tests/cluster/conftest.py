@@ -19,7 +19,7 @@ import pytest
 from conftest import _until_up, serve_product
 from django.conf import settings
 
-from endpoints.devstack import ManagedProcess
+from endpoints.dev.devstack import ManagedProcess
 
 NODE_CPUS = 2
 

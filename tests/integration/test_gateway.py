@@ -26,7 +26,7 @@ from conftest import add_replica, add_version, free_port, serve_product, wait_fo
 from django.conf import settings
 from ui_sender import UiClient
 
-from endpoints import load, metrics, registry, services
+from endpoints import registry, services
 from endpoints.kv import bump_generation
 from endpoints.models import (
     ComputeConfig,
@@ -35,6 +35,7 @@ from endpoints.models import (
     ServingEndpoint,
 )
 from endpoints.runtime import ReplicaSpec, get_runtime
+from endpoints.telemetry import load_reports, metrics
 
 # The rows are written by hand here: the reconcile loop must not correct them meanwhile.
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reconcile_paused")]
@@ -739,7 +740,7 @@ def test_a_stage_scaled_to_zero_wakes_and_the_request_waits_for_it(served, owner
     thread = _in_thread(
         lambda: served.post("iris-classifier", "Staging", DATAFRAME_SPLIT), results, 0
     )
-    wait_for(lambda: load.wake_requested(cold.pk), timeout=30, what="a wake-up request")
+    wait_for(lambda: load_reports.wake_requested(cold.pk), timeout=30, what="a wake-up request")
     assert thread.is_alive()  # held, not refused
     # What the reconcile loop does once the replica is up.
     add_replica(cold, served.addresses["iris-classifier"])
@@ -785,4 +786,4 @@ def test_requests_are_reported_for_the_autoscaler_and_counted_in_metrics(served)
     points = wait_for(counted, timeout=15, what="flushed metrics")
     assert sum(p["requests"] for p in points) == 4
     assert sum(p["errors"] for p in points) == 1
-    assert load.current(version.pk).last_request_at > 0
+    assert load_reports.current(version.pk).last_request_at > 0

@@ -18,9 +18,12 @@ from conftest import wait_for
 from django.test import Client
 from fakes import constant_model, register
 
-from endpoints import devstack, inference, services, traffic
-from endpoints.devstack import ManagedProcess
+from endpoints import services
+from endpoints.dev import devstack
+from endpoints.dev.devstack import ManagedProcess
 from endpoints.models import AccessToken, ServingEndpoint
+from endpoints.services import traffic
+from endpoints.telemetry import inference_tables
 
 from .test_provisioning import wait_ready
 
@@ -94,11 +97,11 @@ def test_every_request_is_captured_and_pandas_reads_the_table(
     answers = post_many(stack, token, new_name, 500)
     assert {r.status_code for r in answers} == {200}
 
-    directory = inference.table_dir(new_name)
-    wait_for(lambda: inference.count_rows(new_name) >= 500, timeout=60, what="500 rows")
+    directory = inference_tables.table_dir(new_name)
+    wait_for(lambda: inference_tables.count_rows(new_name) >= 500, timeout=60, what="500 rows")
     table = pd.read_parquet(directory)
     assert len(table) == 500
-    assert set(table.columns) >= {*inference.COLUMNS, "date"}
+    assert set(table.columns) >= {*inference_tables.COLUMNS, "date"}
     assert set(table["status"]) == {200}
     assert set(table["version"]) == {"1"}
     assert set(table["selector"]) == {"Production"}
@@ -112,7 +115,7 @@ def test_every_request_is_captured_and_pandas_reads_the_table(
         json.dumps({"predictions": ["v1"]})
     }
     assert (table["latency_ms"] > 0).all()
-    assert inference.dropped(new_name) == 0
+    assert inference_tables.dropped(new_name) == 0
 
 
 def session_cookies(user) -> dict[str, str]:
@@ -141,11 +144,11 @@ def test_a_stopping_web_server_writes_what_it_captured_and_counts_what_it_left_o
 
     server.stop()  # SIGTERM, as an operator or the supervisor stops it
     assert server.process.returncode is not None
-    kept = inference.count_rows(new_name)
+    kept = inference_tables.count_rows(new_name)
     assert 1 <= kept < 60
-    counts = inference.dropped_counts([new_name])[new_name]
+    counts = inference_tables.dropped_counts([new_name])[new_name]
     assert counts == {"queue_full": 61 - kept, "write_failed": 0, "shutdown": 0}
-    table = pd.read_parquet(inference.table_dir(new_name))
+    table = pd.read_parquet(inference_tables.table_dir(new_name))
     sent = sorted(json.loads(body)["dataframe_records"][0]["x"] for body in table["request"])
     assert sent == list(range(10, 10 + kept))  # the first ones, until the queue was full
 

@@ -16,8 +16,9 @@ import requests
 from conftest import add_version, free_port, serve_product, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from endpoints import devstack, registry
-from endpoints.devstack import ManagedProcess
+from endpoints import registry
+from endpoints.dev import devstack
+from endpoints.dev.devstack import ManagedProcess
 from endpoints.kv import bump_generation
 from endpoints.models import ServingEndpoint
 from endpoints.runtime import ReplicaSpec, get_runtime

@@ -1,4 +1,4 @@
-"""Provisioning on the real stack: Redis, a Celery worker with beat, gunicorn, and real
+"""Provisioning on the real stack: Redis, a Celery worker with beat, the web server, and real
 model server processes started by the reconcile loop.
 
 Small models made here (a constant answer per version, a model that cannot load) keep each

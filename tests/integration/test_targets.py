@@ -14,8 +14,9 @@ import requests
 from conftest import wait_for
 from fakes import constant_model, register
 
-from endpoints import registry, services, traffic
+from endpoints import registry, services
 from endpoints.models import EventType, ServiceState, ServingEndpoint
+from endpoints.services import traffic
 
 from .test_provisioning import READY_TIMEOUT, Load, alias, events, running, wait_ready
 

@@ -29,7 +29,7 @@ from conftest import wait_for
 from django.conf import settings
 
 from endpoints import registry
-from endpoints.devstack import free_port
+from endpoints.dev.devstack import free_port
 from endpoints.models import Replica, ReplicaState, ServingEndpoint
 from endpoints.provisioning import environments
 from endpoints.runtime import ReplicaSpec, sandbox

@@ -18,8 +18,9 @@ from conftest import serve_product, wait_for
 from fakes import constant_model, gate_artifacts, gate_model, register
 from ui_sender import UiClient
 
-from endpoints import inference, load, traffic
-from endpoints.gateway.app import PAGE_SENDS
+from endpoints.gateway.scoring import PAGE_SENDS
+from endpoints.services import traffic
+from endpoints.telemetry import inference_tables, load_reports
 from serving_ui.asgi import PAGE_THREADS
 
 from .helpers import Deployment
@@ -75,7 +76,7 @@ def test_ui_sends_held_in_the_model_leave_the_ui_and_the_api_answering(
     try:
         # More requests in flight than the process has page threads.
         wait_for(
-            lambda: load.current(version.pk).in_flight >= HELD,
+            lambda: load_reports.current(version.pk).in_flight >= HELD,
             timeout=60,
             what=f"{HELD} UI requests in flight",
         )
@@ -132,8 +133,12 @@ def test_ui_sends_are_captured_into_the_inference_table(deployment, one_process)
     assert ui.send(form, {"dataframe_records": [{"x": 1}]}).status_code == 200
     page = ui.send_without_javascript(form, "1", {"dataframe_records": [{"x": 2}]})
     assert "Status <strong>200</strong>" in page.text
-    wait_for(lambda: inference.count_rows(deployment.name) >= 2, timeout=60, what="2 captured rows")
-    table = pd.read_parquet(inference.table_dir(deployment.name))
+    wait_for(
+        lambda: inference_tables.count_rows(deployment.name) >= 2,
+        timeout=60,
+        what="2 captured rows",
+    )
+    table = pd.read_parquet(inference_tables.table_dir(deployment.name))
     assert sorted(table["request"]) == [
         '{"dataframe_records": [{"x": 1}]}',
         '{"dataframe_records": [{"x": 2}]}',

@@ -331,7 +331,7 @@ def remove_cluster_database(clone: Path) -> None:
     """As root, run-cluster's PostgreSQL keeps its data outside the clone."""
     if os.geteuid() == 0 and clone.owner() == "root":
         sys.path.insert(0, str(CHECKOUT))
-        from endpoints import devdb
+        from endpoints.dev import devdb
 
         shutil.rmtree(devdb.data_directory(clone / "var").parent, ignore_errors=True)
 

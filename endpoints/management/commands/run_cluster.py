@@ -1,18 +1,8 @@
-"""``manage.py run_cluster``: the cluster path on one machine (what ``make run-cluster`` runs).
-
-Starts, all on 127.0.0.1 and keeping their data under ``var/cluster/``:
-
-- PostgreSQL (the product's database; Debian's binaries, a cluster initialised on first
-  start whose role needs the password generated once into ``var/postgres_password``; as
-  root its data is in the postgres user's home, ``devdb.data_directory``),
-- an MLflow tracking server with artifact serving (``mlflow server --serve-artifacts``):
-  the registry, and the store every node downloads models from,
-- a real 2-node Ray cluster (a head and one more node, each its own raylet; Ray's
-  multi-node test utility keeps every node on loopback),
-
-then the product itself (``run_product``: Redis, web, worker, beat) with
-``SERVING_RUNTIME=ray`` pointed at them. Ctrl-C or SIGTERM stops the product (its replicas
-included), then the Ray cluster, the MLflow server and PostgreSQL.
+"""``manage.py run_cluster`` (``make run-cluster``): the cluster path on one machine, all on
+127.0.0.1 with its data under ``var/cluster/``: PostgreSQL (``dev.devdb``), an MLflow
+tracking server with artifact serving, a 2-node Ray cluster, then the product itself
+(``run_product``) with ``SERVING_RUNTIME=ray``. Ctrl-C stops the product (its replicas
+included), then the rest (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -27,8 +17,8 @@ from types import FrameType
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from endpoints import devdb, devstack
-from endpoints.devstack import LOOPBACK, ManagedProcess
+from endpoints.dev import devdb, devstack
+from endpoints.dev.devstack import LOOPBACK, ManagedProcess
 
 # Ray otherwise picks this machine's own interface address; with this, every node, actor
 # and socket of the one-machine cluster stays on loopback.

@@ -28,9 +28,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from endpoints import devstack, services
+from endpoints import services
 from endpoints.auth import active_tokens
-from endpoints.devstack import ManagedProcess
+from endpoints.dev import devstack
+from endpoints.dev.devstack import ManagedProcess
 from endpoints.models import AccessToken, hash_token
 from serving_ui import private
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from endpoints import demo
+from endpoints.dev import demo
 
 
 class Command(BaseCommand):

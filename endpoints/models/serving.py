@@ -38,6 +38,14 @@ WORKLOAD_CONCURRENCY: dict[str, tuple[int, int]] = {
     WorkloadSize.LARGE: (16, 64),
 }
 
+# What one replica of each workload size may use: CPUs, memory (MiB), processes and the
+# size of each tmpfs it gets (MiB). A compute config may override each (docs/provisioning.md).
+WORKLOAD_LIMITS: dict[str, dict[str, float]] = {
+    WorkloadSize.SMALL: {"cpus": 1, "memory_mb": 4096, "max_processes": 256, "tmp_mb": 1024},
+    WorkloadSize.MEDIUM: {"cpus": 2, "memory_mb": 8192, "max_processes": 512, "tmp_mb": 4096},
+    WorkloadSize.LARGE: {"cpus": 4, "memory_mb": 16384, "max_processes": 1024, "tmp_mb": 16384},
+}
+
 # Micro-batching bounds: rows merged into one predict call, and how long the first request
 # of a batch may wait for others (beyond that, latency costs more than merging saves).
 MAX_BATCH_SIZE_RANGE = (1, 256)
@@ -164,6 +172,10 @@ class ComputeConfig(models.Model):
     def concurrency_range(self) -> tuple[int, int]:
         low, high = WORKLOAD_CONCURRENCY[self.workload_size]
         return (0 if self.scale_to_zero_enabled else low, high)
+
+    def limit_overrides(self) -> dict[str, float]:
+        """The limits this config sets itself, over its workload size's (``WORKLOAD_LIMITS``)."""
+        return {}
 
     def same_spec(self, other: ComputeConfig | None) -> bool:
         return other is not None and self._spec() == other._spec()

@@ -26,6 +26,7 @@ from endpoints.runtime import LocalRuntime, ReplicaSpec, Runtime
 from endpoints.runtime.batching import BatchSettings
 
 from . import environments
+from .limits import replica_limits
 from .observe import NOT_STOPPED
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def create_row(version: EndpointVersion, name: str, port: int, restarts: int) ->
 def launch(runtime: Runtime, replica: Replica) -> str:
     """Start the row's process; "" on success, else why it could not start."""
     version = replica.version
+    config = replica_config(version)
     spec = ReplicaSpec(
         replica_id=replica.replica_id,
         model_path=version.model_path,
@@ -126,12 +128,13 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         server=serving("REPLICA_SERVER"),
         start_mode=serving("REPLICA_START"),
         zygote_dir=str(environments.zygote_dir()),
-        extra_env=batching_env(replica_config(version)),
+        extra_env=batching_env(config),
         sandbox=serving("SANDBOX"),
         network=serving("SANDBOX_NETWORK"),
         models_root=str(environments.models_root()),
         model_uri=f"models:/{replica.version.endpoint.registered_model_name}/{version.version}",
         registry_uri=settings.MLFLOW_REGISTRY_URI,
+        limits=replica_limits(config),
     )
     if spec.sandbox == "off":
         log.warning(

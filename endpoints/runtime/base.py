@@ -9,6 +9,20 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class ReplicaLimits:
+    """What one replica may use; 0 means no limit (docs/provisioning.md, workload sizes)."""
+
+    cpus: float = 0.0
+    memory_mb: int = 0
+    max_processes: int = 0
+    # The size of every tmpfs the replica gets (``/tmp``, ``/dev/shm``, the sandbox's covers).
+    tmp_mb: int = 0
+    # GPUs (fractions allowed on Ray) and, on the local runtime, the device indexes given.
+    gpus: float = 0.0
+    gpu_devices: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     replica_id: str
     model_path: str
@@ -40,6 +54,7 @@ class ReplicaSpec:
     # ``models:/<name>/<version>`` URI and the registry that resolves it.
     model_uri: str = ""
     registry_uri: str = ""
+    limits: ReplicaLimits = field(default_factory=ReplicaLimits)
 
 
 @dataclass(frozen=True)

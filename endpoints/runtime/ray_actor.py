@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import sandbox
-from .base import ReplicaSpec
+from .base import ReplicaLimits, ReplicaSpec
 from .local import (
     LocalRuntime,
     launch_confined,
@@ -48,7 +48,7 @@ class ReplicaSupervisor:
     """One replica on this node. States: starting → running → exited (or failed)."""
 
     def __init__(self, spec: dict[str, Any], namespace: str, node: str, host: str) -> None:
-        self.spec = ReplicaSpec(**spec)
+        self.spec = ReplicaSpec(**{**spec, "limits": ReplicaLimits(**spec.get("limits", {}))})
         self.root = node_dir(namespace)
         self.log_path = self.root / "logs" / f"{self.spec.replica_id}.log"
         self.node, self.host = node, host

@@ -118,6 +118,15 @@ class HttpClientCalls:
         self.conn.close()
 
 
+def answers(base: str, path: str, token: str) -> bool:
+    """Whether the front door answers a scoring request at ``path`` with 200: a running
+    replica is routed to only once its version is READY and the front door has seen it."""
+    answer = requests.post(
+        base + path, json=IRIS_ROW, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    return answer.status_code == 200
+
+
 def session_call(base: str, path: str, token: str):
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"

@@ -349,6 +349,12 @@ def test_a_ray_replica_has_nagle_off_on_every_hop_and_meets_no_delayed_ack(
     )
     token = make_token(owner)
     path = f"/model-endpoint/{name}/Production/invocations"
+    wait_for(
+        lambda: sockets.answers(ray_stack.base, path, token),
+        timeout=READY_TIMEOUT,
+        what=f"{name} to answer",
+        interval=0.5,
+    )
     sockets.assert_nagle_off(
         ray_stack.base,
         path,

@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import requests
 import sockets
 from conftest import WEB_SERVERS, _start_worker, pause_workers, wait_for
 from fakes import copy_of_iris
@@ -101,7 +100,12 @@ def served(
         )
         # A running replica is routed to once its version is READY and the front door has
         # seen it: the tests start from an endpoint that answers.
-        wait_for(lambda: _answers(served), timeout=120, what=f"{name} to answer", interval=0.5)
+        wait_for(
+            lambda: sockets.answers(served.base, served.path, served.token),
+            timeout=120,
+            what=f"{name} to answer",
+            interval=0.5,
+        )
         yield served
         with django_db_blocker.unblock():
             services.endpoint_disable(name=name, user=owner)
@@ -120,16 +124,6 @@ def served(
         worker.stop()
         for paused_worker in paused:
             paused_worker.send_signal(signal.SIGCONT)
-
-
-def _answers(served: Served) -> bool:
-    answer = requests.post(
-        served.base + served.path,
-        json=sockets.IRIS_ROW,
-        headers={"Authorization": f"Bearer {served.token}"},
-        timeout=30,
-    )
-    return answer.status_code == 200
 
 
 def _web_pid(base: str) -> int:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import assert_error
 from rest_framework.test import APIClient
 
 from endpoints.auth import token_for
 from endpoints.models import AccessToken, EndpointPermission, ServicePrincipal, ServingEndpoint
+from tests.support.api import assert_error
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import wait_for
 
 from endpoints import registry
 from endpoints.models import Replica, ReplicaState, ServingEndpoint
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

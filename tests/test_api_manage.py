@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import assert_error
 from django.conf import settings
 from django.core.cache import cache
 from django.test import override_settings
@@ -25,6 +24,7 @@ from endpoints.models import (
     ServiceState,
     ServingEndpoint,
 )
+from tests.support.api import assert_error
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 

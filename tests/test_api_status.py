@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import add_version, assert_error
 from rest_framework.test import APIClient
 
 from endpoints import kv, services
@@ -24,6 +23,8 @@ from endpoints.models import (
     ServingEndpoint,
 )
 from endpoints.telemetry import metrics
+from tests.support.api import assert_error
+from tests.support.rows import add_version
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 

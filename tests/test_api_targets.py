@@ -10,7 +10,6 @@ Staging, empty artifacts: nothing is served here).
 from __future__ import annotations
 
 import pytest
-from conftest import add_version, assert_error
 
 from endpoints import registry, services
 from endpoints.models import (
@@ -21,6 +20,8 @@ from endpoints.models import (
     StageAlias,
     TrafficSplit,
 )
+from tests.support.api import assert_error
+from tests.support.rows import add_version
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 

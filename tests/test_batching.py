@@ -19,7 +19,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import add_replica, add_version
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -33,6 +32,7 @@ from endpoints.runtime.batching import (
     request_shape,
 )
 from endpoints.runtime.replica_app import TIMEOUT_BODY, ReplicaApp
+from tests.support.rows import add_replica, add_version
 
 JSON_TYPE = "application/json"
 # Rows of every predict call, in order (the models below append to it).

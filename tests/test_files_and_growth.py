@@ -13,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import add_version, assert_error
 from django.utils import timezone
 
 from endpoints.api.parsers import read_limited
@@ -34,6 +33,8 @@ from endpoints.models import (
 from endpoints.provisioning import housekeeping
 from endpoints.telemetry import logs
 from serving_ui import private
+from tests.support.api import assert_error
+from tests.support.rows import add_version
 
 V2 = "/api/2.0/preview/mlflow/endpoints-v2/"
 DAY_MS = 24 * 3600 * 1000

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import add_version
 
 from endpoints import registry
 from endpoints.models import EndpointVersion, ServingEndpoint
 from endpoints.provisioning import converge, environments, observe
+from tests.support.rows import add_version
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import math
 import uuid
 
 import pytest
-from conftest import add_replica, add_version
 from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,6 +20,7 @@ from endpoints.gateway.scoring import Gateway
 from endpoints.models import ReplicaState, ServingEndpoint
 from endpoints.telemetry import metrics, prometheus, readiness
 from endpoints.web import charts
+from tests.support.rows import add_replica, add_version
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from conftest import _database_held
 from django.conf import settings
+
+from tests.support.stack import database_held
 
 
 def _hold() -> tuple[object, str]:
@@ -26,11 +27,11 @@ def _hold() -> tuple[object, str]:
 
 
 def test_a_connection_inside_a_transaction_holds_the_database_until_it_ends(transactional_db):
-    assert not _database_held()
+    assert not database_held()
     connection, end = _hold()
     try:
-        assert _database_held()
+        assert database_held()
         connection.execute(end)
-        assert not _database_held()
+        assert not database_held()
     finally:
         connection.close()

@@ -9,7 +9,6 @@ import pytest
 
 from endpoints.models import EndpointState, EventType, ReplicaState, ServiceState
 from endpoints.provisioning.actions import (
-    Action,
     AdoptProcess,
     ApplyConfigUpdate,
     AwaitStarted,
@@ -64,10 +63,9 @@ from endpoints.provisioning.snapshot import (
     ReplicaView,
     VersionView,
 )
+from tests.support.plan import NOW, SMALL, event_types, of, running, serving, starting
 
-NOW = 1_000_000.0
 LIMITS = Limits()
-SMALL = ConfigView(pk=1, workload_size="Small", created_at=NOW - 10_000)
 MEDIUM = ConfigView(pk=2, workload_size="Medium", created_at=NOW - 10_000)
 SMALL_TO_ZERO = ConfigView(pk=3, workload_size="Small", scale_to_zero=True, created_at=NOW - 10_000)
 READY = ServiceState.READY
@@ -76,37 +74,8 @@ FAILED = ServiceState.FAILED
 QUIET = LoadView(last_request_at=NOW - 10_000)
 
 
-def running(replica_id: str, version: str = "1", **kwargs) -> ReplicaView:
-    defaults = {"created_at": NOW - 5_000, "started_at": NOW - 5_000}
-    return ReplicaView(replica_id, version, state=ReplicaState.RUNNING, **(defaults | kwargs))
-
-
-def starting(replica_id: str, version: str = "1", **kwargs) -> ReplicaView:
-    return ReplicaView(replica_id, version, state=ReplicaState.PENDING, **kwargs)
-
-
-def serving(version: str = "1", *replicas: ReplicaView, **kwargs) -> VersionView:
-    """A READY version serving SMALL with the given replicas."""
-    defaults = {
-        "stage": "Production",
-        "service_state": READY,
-        "service_config": SMALL,
-        "ready_at": NOW - 5_000,
-        "replicas": replicas or (running(f"v{version}-a", version),),
-    }
-    return VersionView(version, **(defaults | kwargs))
-
-
 def version_plan(version: VersionView, config: ConfigView = SMALL, load=QUIET, **limits):
     return plan_version(version=version, config=config, load=load, now=NOW, limits=Limits(**limits))
-
-
-def of(actions: list[Action], kind: type) -> list:
-    return [action for action in actions if isinstance(action, kind)]
-
-
-def event_types(actions: list[Action]) -> list[str]:
-    return [action.type for action in of(actions, RecordEvent)]
 
 
 # --- enable: new versions deploy -----------------------------------------------------------

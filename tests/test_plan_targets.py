@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pytest
-from test_plan import event_types, of, running, serving, starting
 
 from endpoints.models import EndpointState, EventType
 from endpoints.provisioning.actions import (
@@ -23,6 +22,7 @@ from endpoints.provisioning.plan import plan_sync
 from endpoints.provisioning.plan_serving import endpoint_state, plan_serving
 from endpoints.provisioning.snapshot import EndpointView, VersionView
 from endpoints.targets import config_target, served_aliases, valid_target
+from tests.support.plan import event_types, of, running, serving, starting
 
 READY_ENDPOINT = EndpointView(EndpointState.READY, "Ready")
 

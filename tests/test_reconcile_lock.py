@@ -23,7 +23,7 @@ from endpoints.dev import devstack
 from endpoints.models import ServingEndpoint
 from endpoints.provisioning import apply, converge, reconcile
 from endpoints.provisioning.lease import LeaseExpired, held
-from tests.conftest import wait_for
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import add_version
 from django.test import Client
 from django.utils import timezone
 
@@ -27,6 +26,7 @@ from endpoints.models import (
     ServingEndpoint,
     hash_token,
 )
+from tests.support.rows import add_version
 
 pytestmark = [pytest.mark.usefixtures("redis_server")]
 

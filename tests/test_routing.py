@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import add_replica, add_version
 from django.utils import timezone
 
 from endpoints import services
@@ -23,6 +22,7 @@ from endpoints.models import (
     ServingEndpoint,
     hash_token,
 )
+from tests.support.rows import add_replica, add_version
 
 pytestmark = pytest.mark.django_db
 

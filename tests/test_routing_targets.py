@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import add_version
 
 from endpoints.errors import NotFound, Unavailable
 from endpoints.gateway.routing_table import build_table
@@ -20,6 +19,7 @@ from endpoints.models import (
     StageAlias,
     TrafficSplit,
 )
+from tests.support.rows import add_version
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from conftest import add_version
 from django.conf import settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
@@ -33,6 +32,7 @@ from endpoints.models import (
     EndpointPermission,
     ServingEndpoint,
 )
+from tests.support.rows import add_version
 
 # The endpoint rows are written by hand: the reconcile loop must not correct them meanwhile.
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reconcile_paused")]

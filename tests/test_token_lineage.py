@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import assert_error
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -14,6 +13,7 @@ from rest_framework.test import APIClient
 from endpoints import services
 from endpoints.auth import token_for
 from endpoints.models import AccessToken, EndpointPermission, ServicePrincipal, ServingEndpoint
+from tests.support.api import assert_error
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 

@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import add_version
 from django.conf import settings
 from django.test import Client
 
@@ -30,6 +29,7 @@ from endpoints.models import (
     ServingEndpoint,
 )
 from endpoints.services import traffic
+from tests.support.rows import add_version
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 

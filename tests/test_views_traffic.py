@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
-from conftest import add_version
 from django.test import Client
 
 from endpoints import registry, services
@@ -24,6 +23,7 @@ from endpoints.models import (
     TrafficSplit,
 )
 from endpoints.telemetry import inference_tables
+from tests.support.rows import add_version
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import requests
 from playwright.sync_api import Page, expect
-from test_serving_tab import log_in, open_panel
 
 from endpoints import services
 from endpoints.dev.devstack import wait_for
 from endpoints.models import Replica, ReplicaState, ServiceState, ServingEndpoint, StageAlias
 from endpoints.telemetry import metrics
+from tests.support.browser import log_in, open_panel
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 

@@ -14,18 +14,17 @@ import threading
 import uuid
 from collections import Counter
 
-import hostile
 import psutil
 import pytest
 import requests
-import sockets
-from conftest import WEB_SERVERS, wait_for
 from django.conf import settings
-from fakes import constant_model, copy_of_iris, register
 
 from endpoints import services
 from endpoints.models import Event, EventType, Replica, ReplicaState, StageAlias
 from endpoints.runtime import get_runtime
+from tests.support import hostile, sockets
+from tests.support.models import constant_model, copy_of_iris, register
+from tests.support.stack import WEB_SERVERS, wait_for
 
 # serial: a 2-node cluster takes gigabytes, and its latency guard times requests.
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.serial]

@@ -23,11 +23,12 @@ from pathlib import Path
 import mlflow.deployments
 import pandas as pd
 import pytest
-from conftest import free_port, wait_for
 from mlflow.deployments import PredictionsResponse
 from mlflow.exceptions import MlflowException
 
 from endpoints import registry
+from endpoints.dev.devstack import free_port
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

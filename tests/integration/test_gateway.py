@@ -22,11 +22,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import add_replica, add_version, free_port, serve_product, wait_for
 from django.conf import settings
-from ui_sender import UiClient
 
 from endpoints import registry, services
+from endpoints.dev.devstack import free_port
 from endpoints.kv import bump_generation
 from endpoints.models import (
     ComputeConfig,
@@ -36,6 +35,9 @@ from endpoints.models import (
 )
 from endpoints.runtime import ReplicaSpec, get_runtime
 from endpoints.telemetry import load_reports, metrics
+from tests.support.rows import add_replica, add_version
+from tests.support.stack import serve_product, wait_for
+from tests.support.ui_sender import UiClient
 
 # The rows are written by hand here: the reconcile loop must not correct them meanwhile.
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reconcile_paused")]

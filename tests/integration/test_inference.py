@@ -14,9 +14,7 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 import requests
-from conftest import wait_for
 from django.test import Client
-from fakes import constant_model, register
 
 from endpoints import services
 from endpoints.dev import devstack
@@ -24,6 +22,8 @@ from endpoints.dev.devstack import ManagedProcess
 from endpoints.models import AccessToken, ServingEndpoint
 from endpoints.services import traffic
 from endpoints.telemetry import inference_tables
+from tests.support.models import constant_model, register
+from tests.support.stack import wait_for
 
 from .test_provisioning import wait_ready
 

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import add_version, free_port, serve_product, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from endpoints import registry
 from endpoints.dev import devstack
-from endpoints.dev.devstack import ManagedProcess
+from endpoints.dev.devstack import ManagedProcess, free_port
 from endpoints.kv import bump_generation
 from endpoints.models import ServingEndpoint
 from endpoints.runtime import ReplicaSpec, get_runtime
+from tests.support.rows import add_version
+from tests.support.stack import serve_product, wait_for
 
 # The rows are written by hand here: the reconcile loop must not correct them meanwhile.
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reconcile_paused")]

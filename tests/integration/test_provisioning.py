@@ -16,9 +16,7 @@ from collections import Counter
 import psutil
 import pytest
 import requests
-from conftest import wait_for
 from django.conf import settings
-from fakes import constant_model, register, unloadable_model
 
 from endpoints import services
 from endpoints.models import (
@@ -34,6 +32,8 @@ from endpoints.models import (
 )
 from endpoints.provisioning import environments
 from endpoints.runtime import get_runtime
+from tests.support.models import constant_model, register, unloadable_model
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

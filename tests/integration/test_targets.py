@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from conftest import wait_for
-from fakes import constant_model, register
 
 from endpoints import registry, services
 from endpoints.models import EventType, ServiceState, ServingEndpoint
 from endpoints.services import traffic
+from tests.support.models import constant_model, register
+from tests.support.stack import wait_for
 
 from .test_provisioning import READY_TIMEOUT, Load, alias, events, running, wait_ready
 

@@ -28,10 +28,11 @@ import aiohttp
 import httpx
 import pytest
 import requests
-from conftest import add_version, serve_product
 
 from endpoints.kv import bump_generation
 from endpoints.models import ServingEndpoint
+from tests.support.rows import add_version
+from tests.support.stack import serve_product
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

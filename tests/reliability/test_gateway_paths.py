@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from .conftest import Live
+from tests.support.deployment import Live
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -12,12 +12,11 @@ from collections import Counter
 
 import pytest
 import requests
-from conftest import wait_for
-from fakes import constant_model, register
 
 from endpoints.models import Replica, ReplicaState
-
-from .helpers import READY_TIMEOUT, PacedLoad
+from tests.support.deployment import READY_TIMEOUT, PacedLoad
+from tests.support.models import constant_model, register
+from tests.support.stack import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -13,12 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from conftest import serve_product, wait_for
-from fakes import constant_model, gate_artifacts, gate_model, register
 
 from endpoints.models import ReplicaState
-
-from .helpers import READY_TIMEOUT
+from tests.support.deployment import READY_TIMEOUT
+from tests.support.models import constant_model, gate_artifacts, gate_model, register
+from tests.support.stack import serve_product, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

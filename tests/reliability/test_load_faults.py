@@ -19,12 +19,17 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import wait_for
-from fakes import constant_model, gate_artifacts, gate_model, register, unloadable_model
 
 from endpoints.models import EventType, ReplicaState, ServiceState
-
-from .helpers import NOT_STOPPED, READY_TIMEOUT, PacedLoad
+from tests.support.deployment import NOT_STOPPED, READY_TIMEOUT, PacedLoad
+from tests.support.models import (
+    constant_model,
+    gate_artifacts,
+    gate_model,
+    register,
+    unloadable_model,
+)
+from tests.support.stack import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

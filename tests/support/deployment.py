@@ -1,6 +1,7 @@
-"""Helpers of the load and fault tests: tiny models, one deployment per test through the
-product's services (committed outside test transactions: the suite's package-wide
-deployment must survive, so no ``transactional_db`` flush), and a paced load generator."""
+"""The reliability suite's deployments, made through the product's services and committed
+outside test transactions: the suite's shared one (``Live``: the demo iris model, served
+by the worker, with users holding each permission) and one per test (``Deployment``: the
+shared one must survive, so no ``transactional_db`` flush); a paced load generator."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import requests
-from conftest import wait_for
 
 from endpoints import services
 from endpoints.models import (
@@ -22,11 +23,67 @@ from endpoints.models import (
     ServingEndpoint,
     StageAlias,
 )
-
-from .conftest import Live
+from tests.support.stack import wait_for
 
 READY_TIMEOUT = 120
 NOT_STOPPED = (ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING)
+
+IDENTITIES = ("anonymous", "outsider", "viewer", "querier", "manager", "admin", "principal")
+GRANTS = {"viewer": "CAN_VIEW", "querier": "CAN_QUERY", "manager": "CAN_MANAGE"}
+# An endpoint row for a model the registry does not have: management calls that would
+# disturb the live deployment (disable, compute config) are made against it instead.
+SPARE = "rel-spare-endpoint"
+
+
+# --- the suite's shared deployment -----------------------------------------------------------
+
+
+@dataclass
+class Live:
+    """iris-classifier served for real by the worker, plus users holding each permission."""
+
+    base: str
+    users: dict[str, object]
+    tokens: dict[str, str]
+    model: str = "iris-classifier"
+
+    def url(self, selector: str = "Production", prefix: str = "model-endpoint") -> str:
+        return f"{self.base}/{prefix}/{self.model}/{selector}/invocations"
+
+    def headers(self, identity: str) -> dict[str, str]:
+        token = self.tokens.get(identity)
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def make_users(prefix: str) -> dict[str, object]:
+    """An owner who may create endpoints, a user for each of ``IDENTITIES`` but anonymous
+    (none holds a grant yet), and a service principal."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    User = get_user_model()
+    users: dict[str, object] = {}
+    users["owner"] = User.objects.create_user(f"{prefix}-owner", password="pw-owner-1234")
+    users["owner"].user_permissions.add(Permission.objects.get(codename="add_servingendpoint"))
+    for name in ("outsider", "viewer", "querier", "manager"):
+        users[name] = User.objects.create_user(f"{prefix}-{name}", password=f"pw-{name}-1234")
+    users["admin"] = User.objects.create_superuser(f"{prefix}-admin", password="pw-admin-1234")
+    principal = services.service_principal_create(username=f"{prefix}-bot", by=users["admin"])
+    users["principal"] = principal.user
+    return users
+
+
+def grant(endpoint: ServingEndpoint, users: dict[str, object]) -> None:
+    """Each of ``GRANTS`` on ``endpoint``, and CAN_QUERY to the service principal."""
+    for name, level in {**GRANTS, "principal": "CAN_QUERY"}.items():
+        services.permission_set(endpoint=endpoint, user=users[name], level=level, by=users["owner"])
+
+
+def live_replicas(model: str) -> int:
+    """How many of ``model``'s replicas are starting, running or stopping."""
+    return Replica.objects.filter(
+        version__endpoint__registered_model_name=model, state__in=NOT_STOPPED
+    ).count()
 
 
 # --- the stack, without transactional_db -----------------------------------------------------

@@ -7,8 +7,6 @@ new version and watch the stage alias move only once that version is ready.
 from __future__ import annotations
 
 import time
-import uuid
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +15,7 @@ import requests
 
 from endpoints import registry
 from endpoints.models import Replica, ReplicaState, ServingEndpoint
+from tests.support import models
 from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
@@ -87,18 +86,10 @@ def copy_of_iris(stack) -> Iterator[str]:
     """A model of this test's own (iris-classifier's artifacts): v1 in Staging, v2 in None.
 
     The demo models stay as other tests expect them."""
-    source = registry.get_version("iris-classifier", "1")
-    name = f"iris-copy-{uuid.uuid4().hex[:6]}"
-    client = registry.client()
-    client.create_registered_model(name)
-    for _ in range(2):
-        client.create_model_version(name, source=source.source, run_id=source.run_id or None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        client.transition_model_version_stage(name, "1", "Staging")
+    name = models.copy_of_iris("iris-copy", versions=2, stage="Staging")
     yield name
     _stop_serving(name)
-    client.delete_registered_model(name)
+    registry.client().delete_registered_model(name)
 
 
 def test_enable_goes_ready_and_aliases_follow_the_registry_stages(api: Api):

@@ -13,6 +13,7 @@ import pytest
 from endpoints import registry
 from endpoints.models import EndpointVersion, ServingEndpoint
 from endpoints.provisioning import converge, environments, observe
+from tests.support.models import constant_model, register
 from tests.support.rows import add_version
 
 
@@ -20,24 +21,6 @@ from tests.support.rows import add_version
 def data_dir(settings, tmp_path: Path) -> Path:
     settings.SERVING = {**settings.SERVING, "DATA_DIR": tmp_path / "serving"}
     return tmp_path / "serving"
-
-
-def _register(name: str, answer: str) -> None:
-    """A version of ``name`` whose every prediction is ``answer``."""
-    import mlflow
-
-    class Constant(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            return [answer] * len(model_input)
-
-    registry.configure_mlflow()
-    with mlflow.start_run(experiment_id=registry.ensure_experiment("model-dirs")):
-        mlflow.pyfunc.log_model(
-            name="model",
-            python_model=Constant(),
-            registered_model_name=name,
-            pip_requirements=["mlflow"],
-        )
 
 
 def _answer(model_path: str) -> str:
@@ -49,8 +32,8 @@ def _answer(model_path: str) -> str:
 def test_names_differing_only_in_punctuation_never_share_files(demo_registry, data_dir):
     suffix = uuid.uuid4().hex[:6]
     spaced, underscored = f"credit risk {suffix}", f"credit_risk_{suffix}"
-    _register(spaced, "spaced")
-    _register(underscored, "underscored")
+    register(spaced, constant_model("spaced"))
+    register(underscored, constant_model("underscored"))
     first = environments.prepare(spaced, "1")
     second = environments.prepare(underscored, "1")
     assert Path(first.model_path).parent != Path(second.model_path).parent
@@ -65,10 +48,10 @@ def test_names_differing_only_in_punctuation_never_share_files(demo_registry, da
 
 def test_reregistered_model_is_not_served_from_old_files(demo_registry, data_dir):
     name = f"reborn-{uuid.uuid4().hex[:6]}"
-    _register(name, "old")
+    register(name, constant_model("old"))
     old = environments.prepare(name, "1")
     registry.client().delete_registered_model(name)
-    _register(name, "new")
+    register(name, constant_model("new"))
     new = environments.prepare(name, "1")
     assert new.model_path != old.model_path
     assert _answer(new.model_path) == "new"
@@ -76,7 +59,7 @@ def test_reregistered_model_is_not_served_from_old_files(demo_registry, data_dir
 
 def test_a_version_row_pointing_at_other_files_is_prepared_again(db, admin_user, data_dir):
     name = f"reborn-{uuid.uuid4().hex[:6]}"
-    _register(name, "old")
+    register(name, constant_model("old"))
     old = environments.prepare(name, "1")
     registry.transition_stage(name, "1", "Production")
     endpoint = ServingEndpoint.objects.create(registered_model_name=name, creator=admin_user)
@@ -86,7 +69,7 @@ def test_a_version_row_pointing_at_other_files_is_prepared_again(db, admin_user,
     assert EndpointVersion.objects.get(pk=row.pk).model_path == old.model_path
     # Deleted and registered again: the same version number names other files.
     registry.client().delete_registered_model(name)
-    _register(name, "new")
+    register(name, constant_model("new"))
     registry.transition_stage(name, "1", "Production")
     converge.forget_stale_files(endpoint, observe.registry_stages(endpoint).model_dirs)
     assert EndpointVersion.objects.get(pk=row.pk).model_path == ""

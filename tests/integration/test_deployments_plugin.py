@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tomllib
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from endpoints import registry
 from endpoints.dev.devstack import free_port
+from tests.support import models
 from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 READY_TIMEOUT = 240
-IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 
 
 @pytest.fixture(scope="session")
@@ -93,14 +92,9 @@ def ok(result: subprocess.CompletedProcess) -> str:
 def copy_of_iris(stack) -> Iterator[str]:
     """A model of this test's own with two versions of iris-classifier's artifacts, in no
     stage: the demo models stay as other tests expect them."""
-    source = registry.get_version("iris-classifier", "1")
-    name = f"iris-plugin-{uuid.uuid4().hex[:6]}"
-    client = registry.client()
-    client.create_registered_model(name)
-    for _ in range(2):
-        client.create_model_version(name, source=source.source, run_id=source.run_id or None)
+    name = models.copy_of_iris("iris-plugin", versions=2, stage=None)
     yield name
-    client.delete_registered_model(name)
+    registry.client().delete_registered_model(name)
 
 
 def _iris_rows(times: int) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from endpoints.models import (
 )
 from endpoints.runtime import ReplicaSpec, get_runtime
 from endpoints.telemetry import load_reports, metrics
+from tests.support import iris
 from tests.support.rows import add_replica, add_version
 from tests.support.stack import serve_product, wait_for
 from tests.support.ui_sender import UiClient
@@ -43,13 +44,12 @@ from tests.support.ui_sender import UiClient
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reconcile_paused")]
 
 Address = tuple[str, int]
-IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
 
 # The documented scoring request examples, verbatim.
 DATAFRAME_SPLIT = {
     "dataframe_split": {
         "index": [0, 1],
-        "columns": IRIS_COLUMNS,
+        "columns": iris.COLUMNS,
         "data": [[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2]],
     }
 }
@@ -304,7 +304,7 @@ def test_tensor_echo_sees_the_tensor_shapes(served):
 
 
 def test_csv_passes_through(served):
-    csv = ",".join(IRIS_COLUMNS) + "\n5.1,3.5,1.4,0.2\n4.9,3.0,1.4,0.2\n"
+    csv = ",".join(iris.COLUMNS) + "\n5.1,3.5,1.4,0.2\n4.9,3.0,1.4,0.2\n"
     response = requests.post(
         served.url("iris-classifier", "Production"),
         data=csv,

@@ -23,9 +23,8 @@ from endpoints.models import AccessToken, ServingEndpoint
 from endpoints.services import traffic
 from endpoints.telemetry import inference_tables
 from tests.support.models import constant_model, register
+from tests.support.serving import wait_ready
 from tests.support.stack import wait_for
-
-from .test_provisioning import wait_ready
 
 pytestmark = pytest.mark.integration
 

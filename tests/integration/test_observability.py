@@ -21,6 +21,7 @@ from endpoints.dev.devstack import ManagedProcess, free_port
 from endpoints.kv import bump_generation
 from endpoints.models import ServingEndpoint
 from endpoints.runtime import ReplicaSpec, get_runtime
+from tests.support import iris
 from tests.support.rows import add_version
 from tests.support.stack import serve_product, wait_for
 
@@ -28,8 +29,6 @@ from tests.support.stack import serve_product, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reconcile_paused")]
 
 MODEL = "iris-classifier"
-COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
-GOOD = {"dataframe_split": {"columns": COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}}
 BAD = {"foo": 1}  # not one of the scoring formats: the replica answers 400
 
 
@@ -91,12 +90,12 @@ def test_metrics_count_the_requests_sent_by_code_across_web_processes(
     # New connections each time: the kernel spreads them over both web server processes.
     for i in range(30):
         bad = i % 5 == 4
-        response = requests.post(url, json=BAD if bad else GOOD, headers=headers, timeout=30)
+        response = requests.post(url, json=BAD if bad else iris.SPLIT, headers=headers, timeout=30)
         code = str(response.status_code)
         assert code == ("400" if bad else "200"), response.text
         sent[code] += 1
     # A request for a model nobody serves never reaches a version: not counted.
-    requests.post(url.replace(MODEL, "no-such-model"), json=GOOD, headers=headers, timeout=30)
+    requests.post(url.replace(MODEL, "no-such-model"), json=iris.SPLIT, headers=headers, timeout=30)
 
     def flushed() -> dict | None:
         now = scrape(web_server, admin)

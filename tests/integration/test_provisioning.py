@@ -22,22 +22,29 @@ from endpoints import services
 from endpoints.models import (
     EndpointState,
     EndpointVersion,
-    Event,
     EventType,
     Replica,
     ReplicaState,
     ServiceState,
-    ServingEndpoint,
     StageAlias,
 )
 from endpoints.provisioning import environments
 from endpoints.runtime import get_runtime
+from tests.support.load import Load
 from tests.support.models import constant_model, register, unloadable_model
+from tests.support.serving import (
+    READY_TIMEOUT,
+    alias,
+    endpoint_of,
+    events,
+    running,
+    score,
+    wait_ready,
+    wait_until_stopped,
+)
 from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
-
-READY_TIMEOUT = 120
 
 
 @pytest.fixture
@@ -48,86 +55,8 @@ def new_name() -> str:
 # --- helpers --------------------------------------------------------------------------------
 
 
-def endpoint_of(name: str) -> ServingEndpoint:
-    return ServingEndpoint.objects.get(registered_model_name=name)
-
-
-def wait_ready(name: str, timeout: float = READY_TIMEOUT) -> ServingEndpoint:
-    def ready():
-        endpoint = endpoint_of(name)
-        assert endpoint.state != EndpointState.FAILED, endpoint.state_message
-        return endpoint if endpoint.state == EndpointState.READY else None
-
-    return wait_for(ready, timeout=timeout, what=f"{name} to be READY")
-
-
-def running(name: str, version: str | None = None) -> list[Replica]:
-    replicas = Replica.objects.filter(
-        version__endpoint__registered_model_name=name, state=ReplicaState.RUNNING
-    )
-    if version is not None:
-        replicas = replicas.filter(version__version=version)
-    return list(replicas)
-
-
-def alias(name: str, stage: str) -> str | None:
-    row = StageAlias.objects.filter(endpoint__registered_model_name=name, stage=stage).first()
-    return row.version.version if row else None
-
-
-def events(name: str, type: str) -> list[Event]:
-    return list(Event.objects.filter(endpoint__registered_model_name=name, type=type))
-
-
-def wait_until_stopped(**which) -> None:
-    """Wait until no replica matching ``which`` is starting, running or stopping."""
-    not_stopped = [ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING]
-    wait_for(
-        lambda: not Replica.objects.filter(state__in=not_stopped, **which).exists(),
-        timeout=60,
-        what=f"replicas of {which} to stop",
-    )
-
-
 def our_processes() -> dict[str, int]:
     return get_runtime().discover(within=str(environments.data_dir()))
-
-
-def score(base: str, token: str, name: str, selector: str, **kwargs) -> requests.Response:
-    return requests.post(
-        f"{base}/model-endpoint/{name}/{selector}/invocations",
-        json={"dataframe_records": [{"x": 1}]},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=kwargs.get("timeout", 60),
-    )
-
-
-class Load:
-    """Continuous requests to one URL from a thread, until stopped; keeps every answer."""
-
-    def __init__(self, base: str, token: str, name: str, selector: str) -> None:
-        self.url = f"{base}/model-endpoint/{name}/{selector}/invocations"
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.answers: list[tuple[int, str]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with requests.Session() as session:
-            while not self.stop.is_set():
-                response = session.post(
-                    self.url, json={"dataframe_records": [{"x": 1}]}, headers=self.headers
-                )
-                value = response.json().get("predictions", [None])[0] if response.ok else ""
-                self.answers.append((response.status_code, value or response.text))
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
 
 
 # --- tests ----------------------------------------------------------------------------------

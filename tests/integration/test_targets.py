@@ -15,10 +15,10 @@ import requests
 from endpoints import registry, services
 from endpoints.models import EventType, ServiceState, ServingEndpoint
 from endpoints.services import traffic
+from tests.support.load import Load
 from tests.support.models import constant_model, register
+from tests.support.serving import READY_TIMEOUT, alias, events, running, score, wait_ready
 from tests.support.stack import wait_for
-
-from .test_provisioning import READY_TIMEOUT, Load, alias, events, running, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +26,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def new_name() -> str:
     return f"target-{uuid.uuid4().hex[:8]}"
-
-
-def score(base: str, token: str, name: str, selector: str) -> requests.Response:
-    return requests.post(
-        f"{base}/model-endpoint/{name}/{selector}/invocations",
-        json={"dataframe_records": [{"x": 1}]},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    )
 
 
 def test_an_alias_url_answers_and_moving_the_alias_in_mlflow_rolls_traffic_without_a_failure(

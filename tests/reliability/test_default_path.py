@@ -29,7 +29,7 @@ import requests
 
 from endpoints import services
 from endpoints.models import Replica, ReplicaState, ServingEndpoint, StageAlias
-from tests.support import sockets
+from tests.support import iris, sockets
 from tests.support.models import copy_of_iris
 from tests.support.stack import WEB_SERVERS, pause_workers, start_worker, wait_for
 
@@ -125,7 +125,7 @@ def served(
 def _answers(served: Served) -> bool:
     answer = requests.post(
         served.base + served.path,
-        json=sockets.IRIS_ROW,
+        json=iris.SPLIT,
         headers={"Authorization": f"Bearer {served.token}"},
         timeout=30,
     )

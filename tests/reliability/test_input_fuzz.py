@@ -122,6 +122,5 @@ def http():
 
 def test_the_fuzzed_model_answers_a_valid_request(live, http, db):
     """(Also makes the test database available when this file runs alone.)"""
-    body = {"dataframe_split": {"columns": iris.COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}}
-    response = http.post(live.url(), json=body, headers=live.headers("querier"))
+    response = http.post(live.url(), json=iris.SPLIT, headers=live.headers("querier"))
     assert response.json() == {"predictions": [0]}

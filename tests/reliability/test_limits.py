@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from endpoints.models import ReplicaState
-from tests.support.deployment import READY_TIMEOUT
 from tests.support.models import constant_model, gate_artifacts, gate_model, register
+from tests.support.serving import READY_TIMEOUT
 from tests.support.stack import serve_product, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]

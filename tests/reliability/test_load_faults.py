@@ -21,7 +21,6 @@ import pytest
 import requests
 
 from endpoints.models import EventType, ReplicaState, ServiceState
-from tests.support.deployment import NOT_STOPPED, READY_TIMEOUT, PacedLoad
 from tests.support.models import (
     constant_model,
     gate_artifacts,
@@ -29,6 +28,7 @@ from tests.support.models import (
     register,
     unloadable_model,
 )
+from tests.support.serving import NOT_STOPPED, READY_TIMEOUT
 from tests.support.stack import wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -43,7 +43,7 @@ def test_staging_transition_under_load_drops_no_request_and_switches_to_v2(deplo
     deployment.wait_serving("Staging", "1")
     # A brisk pace: a version forked from a warm interpreter switches in a fraction of a
     # second, and the switch itself must happen under load.
-    with PacedLoad(deployment, "Staging", rate=200, threads=8) as load:
+    with deployment.load("Staging", rate=200, threads=8) as load:
         wait_for(lambda: load.count() >= 100, timeout=30, what="load on v1")
         v2 = register(name, constant_model("v2"))
         switch_started_at = load.count()
@@ -83,7 +83,7 @@ def test_a_version_that_fails_to_load_never_receives_traffic(deployment):
     register(name, constant_model("good"), "Staging")
     deployment.enable()
     deployment.wait_serving("Staging", "1")
-    with PacedLoad(deployment, "Staging", rate=20, threads=2) as load:
+    with deployment.load("Staging", rate=20, threads=2) as load:
         broken = register(name, unloadable_model())
         deployment.transition(broken, "Staging")
 
@@ -167,7 +167,7 @@ def test_a_replica_killed_under_load_costs_no_request_and_is_replaced(deployment
     deployment.wait_serving("Production", "1")
     deployment.configure("Production", "Medium")  # 2 replicas at least
     wait_for(lambda: len(deployment.replicas("1")) >= 2, timeout=READY_TIMEOUT, what="2 replicas")
-    with PacedLoad(deployment, "Production") as load:
+    with deployment.load("Production") as load:
         wait_for(lambda: load.count() >= 50, timeout=30, what="load on both replicas")
         victim = deployment.replicas("1")[0]
         os.kill(victim.pid, signal.SIGKILL)

@@ -1,12 +1,10 @@
 """The reliability suite's deployments, made through the product's services and committed
 outside test transactions: the suite's shared one (``Live``: the demo iris model, served
 by the worker, with users holding each permission) and one per test (``Deployment``: the
-shared one must survive, so no ``transactional_db`` flush); a paced load generator."""
+shared one must survive, so no ``transactional_db`` flush), and load on it."""
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +21,9 @@ from endpoints.models import (
     ServingEndpoint,
     StageAlias,
 )
+from tests.support.load import BODY, Load
+from tests.support.serving import NOT_STOPPED, READY_TIMEOUT
 from tests.support.stack import wait_for
-
-READY_TIMEOUT = 120
-NOT_STOPPED = (ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING)
 
 IDENTITIES = ("anonymous", "outsider", "viewer", "querier", "manager", "admin", "principal")
 GRANTS = {"viewer": "CAN_VIEW", "querier": "CAN_QUERY", "manager": "CAN_MANAGE"}
@@ -173,11 +170,15 @@ class Deployment:
     def score(self, selector: str, body: dict | None = None, **kwargs) -> requests.Response:
         return requests.post(
             self.url(selector),
-            json=body or {"dataframe_records": [{"x": 1}]},
+            json=body or BODY,
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=kwargs.pop("timeout", 60),
             **kwargs,
         )
+
+    def load(self, selector: str, *, rate: float = 50, threads: int = 4) -> Load:
+        """Paced load on ``selector``'s URL (start it with ``with``)."""
+        return Load(self.live.base, self.token, self.name, selector, rate=rate, threads=threads)
 
     def remove(self) -> None:
         def disable():
@@ -193,47 +194,3 @@ class Deployment:
             what=f"{self.name} replicas to stop",
         )
         self.db(lambda: ServingEndpoint.objects.filter(registered_model_name=self.name).delete())
-
-
-class PacedLoad:
-    """About ``rate`` requests/s to one URL from ``threads`` clients until stopped; keeps
-    every answer as ``(status, first prediction or error text)``."""
-
-    def __init__(self, deployment: Deployment, selector: str, *, rate: float = 50, threads=4):
-        self.url = deployment.url(selector)
-        self.headers = {"Authorization": f"Bearer {deployment.token}"}
-        self.interval = threads / rate
-        self.answers: list[tuple[int, str]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        next_at = time.monotonic()
-        with requests.Session() as session:
-            while not self.stop.is_set():
-                try:
-                    response = session.post(
-                        self.url,
-                        json={"dataframe_records": [{"x": 1}]},
-                        headers=self.headers,
-                        timeout=60,
-                    )
-                    value = response.json().get("predictions", [None])[0] if response.ok else ""
-                    self.answers.append((response.status_code, value or response.text))
-                except requests.RequestException as exc:
-                    self.answers.append((0, repr(exc)))
-                next_at += self.interval
-                self.stop.wait(max(0.0, next_at - time.monotonic()))
-
-    def count(self) -> int:
-        return len(self.answers)
-
-    def __enter__(self) -> PacedLoad:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)

@@ -140,17 +140,20 @@ def register(
     return version
 
 
-def copy_of_iris(tag: str) -> str:
+def copy_of_iris(tag: str, *, versions: int = 1, stage: str | None = "Production") -> str:
     """A registered model of its own holding the demo iris model's files (the demo models
-    must be registered), in Production."""
+    must be registered), so the demo models stay as other tests expect them: ``versions``
+    versions, the first one in ``stage`` (none in a stage if ``stage`` is None)."""
     import warnings
 
     name = f"{tag}-{uuid.uuid4().hex[:6]}"
     client = registry.client()
     client.create_registered_model(name)
-    source = client.get_model_version("iris-classifier", "1").source
-    version = client.create_model_version(name, source=source)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        client.transition_model_version_stage(name, version.version, "Production")
+    source = client.get_model_version("iris-classifier", "1")
+    for _ in range(versions):
+        client.create_model_version(name, source=source.source, run_id=source.run_id or None)
+    if stage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            client.transition_model_version_stage(name, "1", stage)
     return name

@@ -16,21 +16,12 @@ from collections.abc import Iterator
 import psutil
 import requests
 
+from tests.support import iris
+
 SYS_PIDFD_GETFD = 438
 # The cliff the latency guard detects: a normal answer takes 1-3 ms here; Nagle meeting
 # a client's delayed ACK costs 40 ms or more.
 CLIFF_MS = 15.0
-IRIS_ROW = {
-    "dataframe_split": {
-        "columns": [
-            "sepal length (cm)",
-            "sepal width (cm)",
-            "petal length (cm)",
-            "petal width (cm)",
-        ],
-        "data": [[5.1, 3.5, 1.4, 0.2]],
-    }
-}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -103,7 +94,7 @@ class HttpClientCalls:
         self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
         self.path = path
         self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-        self.body = json.dumps(IRIS_ROW)
+        self.body = json.dumps(iris.SPLIT)
 
     def __call__(self) -> None:
         self.conn.request("POST", self.path, self.body, self.headers)
@@ -123,7 +114,7 @@ def session_call(base: str, path: str, token: str):
     session.headers["Authorization"] = f"Bearer {token}"
 
     def call() -> None:
-        answer = session.post(base + path, json=IRIS_ROW, timeout=30)
+        answer = session.post(base + path, json=iris.SPLIT, timeout=30)
         assert answer.status_code == 200, answer.text
 
     return call

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "endpoints"
 MAX_MODULE_LINES = 500
 MAX_TOP_LEVEL_MODULES = 10

@@ -32,7 +32,7 @@ from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 READY_TIMEOUT = 240
 

@@ -2,7 +2,7 @@
 
 The retries are exercised against a real HTTP server on 127.0.0.1 that answers 503/429
 with a Retry-After before it answers 200; the whole plugin against the running product is
-in tests/integration/test_deployments_plugin.py.
+in tests/integration/deployments/test_plugin.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from endpoints import deployments
 from endpoints.deployments import chunking, client, http
 from endpoints.deployments.errors import ServingUIError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_the_entry_point_names_the_plugin_module():

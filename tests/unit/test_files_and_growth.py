@@ -1,5 +1,6 @@
 """Private files, the API's body limit, retention of replicas, logs and events, the Logs
-tab's reads, and the one admin token ``make run`` prints."""
+tab's reads, and the one admin token ``make run`` prints (the API refusing a body over
+the limit: ``tests/integration/api/test_parsers.py``)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,8 @@ from endpoints.models import (
 from endpoints.provisioning import housekeeping
 from endpoints.telemetry import logs
 from serving_ui import private
-from tests.support.api import assert_error
 from tests.support.rows import add_version
 
-V2 = "/api/2.0/preview/mlflow/endpoints-v2/"
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -102,29 +101,6 @@ def test_private_files_never_exist_with_other_permissions(tmp_path, monkeypatch)
 
 
 # --- the API's body limit -----------------------------------------------------------------------
-
-
-@pytest.mark.django_db
-@pytest.mark.usefixtures("redis_server")
-def test_api_refuses_oversized_json(as_user, owner, settings):
-    ServingEndpoint.objects.create(registered_model_name="ElasticNet", creator=owner)
-    settings.API_MAX_BODY_BYTES = 2048
-    api = as_user(owner)
-    entries = [{"user_name": f"user-{i}", "permission_level": "CAN_VIEW"} for i in range(200)]
-    body = {"registered_model_name": "ElasticNet", "access_control_list": entries}
-    response = api.post(V2 + "set-permissions", body, format="json")
-    message = assert_error(response, 413, "REQUEST_ENTITY_TOO_LARGE")["message"]
-    assert "2048" in message and "API_MAX_BODY_BYTES" in message
-    # Also when the JSON is labelled as a form (curl -d).
-    response = api.post(
-        V2 + "disable",
-        data=b'{"registered_model_name": "' + b"x" * 4096 + b'"}',
-        content_type="application/x-www-form-urlencoded",
-    )
-    assert_error(response, 413, "REQUEST_ENTITY_TOO_LARGE")
-    # A body within the limit is parsed as before.
-    small = {"registered_model_name": "ElasticNet", "access_control_list": []}
-    assert api.post(V2 + "set-permissions", small, format="json").status_code == 200
 
 
 def test_a_body_without_content_length_is_read_one_byte_past_the_limit_only(settings):

@@ -1,12 +1,10 @@
-"""Unit tests of what /metrics, /readyz and the charts are built from: the histogram's
-quantile estimate, a gateway process's counters reaching the Redis totals and the
-collector, the worker heartbeat, /metrics access rules, and the charts' downsampling.
-Real Redis and database; no web server."""
+"""What /metrics and /readyz are built from: a gateway process's counters reaching the
+Redis totals and the collector, the requests the capture left out counted by reason, the
+worker heartbeat, /metrics access rules. Real Redis and database; no web server."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 
 import pytest
@@ -14,12 +12,13 @@ from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from endpoints import kv
+from endpoints.gateway.capture import Capture
 from endpoints.gateway.ops import answer
 from endpoints.gateway.reporting import LoadTracker, send_reports
 from endpoints.gateway.scoring import Gateway
-from endpoints.models import ReplicaState, ServingEndpoint
-from endpoints.telemetry import metrics, prometheus, readiness
-from endpoints.web import charts
+from endpoints.models import InferenceTable, ReplicaState, ServingEndpoint
+from endpoints.telemetry import inference_tables, metrics, prometheus, readiness
+from tests.support.capture import ROW_BYTES, offer
 from tests.support.rows import add_replica, add_version
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
@@ -31,34 +30,6 @@ def forget(version_pk: int) -> None:
     client.delete(kv.metrics_totals_key(version_pk), kv.load_key(version_pk))
     for key in client.scan_iter(kv.metrics_pattern(version_pk)):
         client.delete(key)
-
-
-# --- the histogram ----------------------------------------------------------------------------
-
-
-def test_latency_buckets_include_their_upper_bound():
-    assert metrics.latency_bucket(0.0) == 0
-    assert metrics.latency_bucket(1.0) == 0  # le="0.001"
-    assert metrics.latency_bucket(1.01) == 1
-    assert metrics.latency_bucket(60_000.0) == len(metrics.LATENCY_BOUNDS) - 1
-    assert metrics.latency_bucket(60_001.0) == len(metrics.LATENCY_BOUNDS)  # +Inf
-
-
-def test_quantile_interpolates_like_histogram_quantile():
-    bounds = (1.0, 2.0, 4.0)
-    # 10 in (0, 1], 30 in (1, 2], 0 in (2, 4], 0 above.
-    counts = [10, 30, 0, 0]
-    assert metrics.quantile(0.25, counts, bounds) == 1.0
-    assert metrics.quantile(0.5, counts, bounds) == pytest.approx(1 + 10 / 30)
-    assert metrics.quantile(0.1, counts, bounds) == pytest.approx(0.4)
-    # A rank in +Inf: the highest finite bound, as Prometheus answers.
-    assert metrics.quantile(0.99, [0, 0, 0, 5], bounds) == 4.0
-    assert math.isnan(metrics.quantile(0.5, [0, 0, 0, 0], bounds))
-    assert metrics.percentiles_ms([0] * 16) == {
-        "latency_ms_p50": None,
-        "latency_ms_p95": None,
-        "latency_ms_p99": None,
-    }
 
 
 # --- a gateway process's counters → Redis totals → the collector --------------------------------
@@ -153,6 +124,54 @@ def test_reconcile_passes_are_a_histogram_with_failures(monkeypatch, redis_serve
     redis_server.delete(key)
 
 
+# --- requests the capture left out, by reason ---------------------------------------------------
+
+
+@pytest.fixture
+def table_dir(tmp_path, settings):
+    settings.SERVING = {
+        **settings.SERVING,
+        "INFERENCE_DIR": tmp_path / "inference",
+        "CAPTURE_QUEUE_BYTES": 10 * ROW_BYTES,
+    }
+    return tmp_path / "inference"
+
+
+def test_requests_left_out_are_counted_by_endpoint_and_reason_in_metrics(table_dir, owner):
+    name = f"drops-{uuid.uuid4().hex[:8]}"
+    endpoint = ServingEndpoint.objects.create(registered_model_name=name, creator=owner)
+    InferenceTable.objects.create(endpoint=endpoint, enabled=True)
+    kv.redis_client().delete(kv.capture_dropped_key(name))
+    capture = Capture(writer=False)
+    for i in range(12):  # 2 over the budget
+        offer(capture, i=i, endpoint=name)
+    table_dir.mkdir(parents=True)
+    inference_tables.table_dir(name).write_text("a file where the table's directory should be")
+    capture.flush()  # 10 rows fail to write
+    capture.close()  # and one offered afterwards is lost at shutdown
+    offer(capture, endpoint=name)
+    capture.close()
+
+    assert inference_tables.dropped_counts([name]) == {
+        name: {"queue_full": 2, "write_failed": 10, "shutdown": 1}
+    }
+    assert inference_tables.dropped(name) == 13
+    samples = {
+        tuple(sorted(s.labels.items())): s.value
+        for family in prometheus_families()
+        if family.name == "serving_ui_inference_rows_dropped"
+        for s in family.samples
+    }
+    for reason, count in (("queue_full", 2), ("write_failed", 10), ("shutdown", 1)):
+        assert samples[(("endpoint", name), ("reason", reason))] == count
+
+
+def prometheus_families():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return text_string_to_metric_families(prometheus.render().decode())
+
+
 # --- /metrics access, /healthz, /readyz ------------------------------------------------------
 
 
@@ -175,14 +194,6 @@ def test_an_empty_metrics_token_matches_nothing():
     assert ask("/metrics", "Bearer ").status == 401
 
 
-@pytest.mark.parametrize("token", ["scrape-secret", "scrape-sécret"])
-def test_a_metrics_token_compares_any_text_without_failing(settings, token):
-    settings.METRICS = {"TOKEN": token, "LISTEN": ""}
-    assert prometheus.scrape_allowed(token, is_admin=False)
-    assert not prometheus.scrape_allowed("tökén", is_admin=False)
-    assert not prometheus.scrape_allowed("scrape-secret-2", is_admin=False)
-
-
 def test_healthz_answers_without_io():
     assert ask("/healthz").status == 200
     assert ask("/healthz", method="POST").status == 405
@@ -198,39 +209,3 @@ def test_worker_heartbeat_counts_only_fresh_beats():
     assert check == {"ok": True, "workers": 1}
     readiness.forget("new@host")
     assert not readiness.check_worker()["ok"]
-
-
-# --- charts --------------------------------------------------------------------------------------
-
-
-def test_steps_add_buckets_up_and_carry_the_replica_count():
-    raw = [
-        (100, {"requests": 3, "errors": 1, "latency_ms_max": 5.0, "h:2": 3, "replicas": 2}),
-        (110, {"requests": 1, "latency_ms_max": 9.0, "h:4": 1}),
-        (150, {"requests": 2, "h:2": 2}),
-    ]
-    grouped = charts.steps(raw, start=100, end=190, step=30, replicas=1)
-    assert [s for s, _ in grouped] == [100, 130, 160]
-    first, second, third = (d for _, d in grouped)
-    assert first["requests"] == 4 and first["errors"] == 1 and first["latency_ms_max"] == 9.0
-    assert first["h:2"] == 3 and first["h:4"] == 1 and first["replicas"] == 2
-    assert second["requests"] == 2 and second["replicas"] == 2
-    assert third == {"replicas": 2}
-
-
-def test_a_chart_breaks_its_line_where_values_are_missing():
-    chart = charts.chart(
-        "Latency",
-        "latency",
-        [0, 10, 20, 30, 40],
-        [charts.Series("p50", "s1", [1, 2, None, 4, None])],
-    )
-    line = chart["lines"][0]
-    assert len(line["segments"]) == 1 and len(line["segments"][0].split()) == 2
-    assert len(line["dots"]) == 1  # the lone point at 30
-    assert line["last"] == 4
-    assert chart["y_labels"][-1]["text"] == "5"  # a round maximum above 4
-    replicas = charts.chart(
-        "Replicas", "replicas", [0, 10], [charts.Series("n", "s2", [1, 1])], integer=True
-    )
-    assert [label["text"] for label in replicas["y_labels"]] == ["0", "1"]

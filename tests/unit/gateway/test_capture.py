@@ -1,8 +1,9 @@
 """The gateway's capture of scoring requests and the inference tables on disk: sampling,
 the queue's byte budget, the Parquet files it writes (durably) and what pandas reads back,
 counting what it drops by reason, the last write as a process stops, skipping unreadable
-files, the streamed download, and removing days past the retention. No gateway, worker or
-replica: rows are offered directly and the writer's flush is called by the test."""
+files, the streamed download, and removing days past the retention. No Redis, gateway,
+worker or replica: rows are offered directly and the writer's flush is called by the test
+(the counts in Redis and /metrics: ``tests/integration/telemetry/test_metrics.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import io
 import logging
 import os
 import threading
-import uuid
 from datetime import UTC, date, datetime
 
 import pandas as pd
@@ -18,15 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from endpoints import kv, tasks
+from endpoints import tasks
 from endpoints.gateway import capture as capture_module
-from endpoints.gateway.capture import ROW_OVERHEAD_BYTES, Capture
-from endpoints.models import InferenceTable, ServingEndpoint
-from endpoints.telemetry import inference_tables, prometheus
-
-REQUEST = b'{"inputs": [0]}'
-RESPONSE = b'{"predictions": [0]}'
-ROW_BYTES = len(REQUEST) + len(RESPONSE) + ROW_OVERHEAD_BYTES
+from endpoints.gateway.capture import Capture
+from endpoints.telemetry import inference_tables
+from tests.support.capture import ROW_BYTES, offer
 
 
 @pytest.fixture
@@ -37,26 +33,6 @@ def table_dir(tmp_path, settings):
         "CAPTURE_QUEUE_BYTES": 10 * ROW_BYTES,
     }
     return tmp_path / "inference"
-
-
-def offer(
-    capture: Capture,
-    rate: float = 1.0,
-    i: int = 0,
-    endpoint: str = "iris",
-    request: bytes | None = None,
-) -> None:
-    capture.offer(
-        rate,
-        endpoint=endpoint,
-        selector="@champion",
-        version="2",
-        status=200,
-        latency_ms=1.5,
-        token_id=7,
-        request=request if request is not None else b'{"inputs": [%d]}' % (i % 10),
-        response=RESPONSE,
-    )
 
 
 def row(ts: float = 0.0, request: str = "") -> tuple:
@@ -146,46 +122,6 @@ def test_a_write_that_fails_counts_its_rows_as_dropped(table_dir):
     assert capture._dropped == {("iris", inference_tables.WRITE_FAILED): 3}
     assert capture.queued_bytes == 0
     assert not list(table_dir.rglob("*.partial"))
-
-
-# --- counted by reason, in Redis and /metrics --------------------------------------------------
-
-
-@pytest.mark.django_db
-@pytest.mark.usefixtures("redis_server")
-def test_requests_left_out_are_counted_by_endpoint_and_reason_in_metrics(table_dir, owner):
-    name = f"drops-{uuid.uuid4().hex[:8]}"
-    endpoint = ServingEndpoint.objects.create(registered_model_name=name, creator=owner)
-    InferenceTable.objects.create(endpoint=endpoint, enabled=True)
-    kv.redis_client().delete(kv.capture_dropped_key(name))
-    capture = Capture(writer=False)
-    for i in range(12):  # 2 over the budget
-        offer(capture, i=i, endpoint=name)
-    table_dir.mkdir(parents=True)
-    inference_tables.table_dir(name).write_text("a file where the table's directory should be")
-    capture.flush()  # 10 rows fail to write
-    capture.close()  # and one offered afterwards is lost at shutdown
-    offer(capture, endpoint=name)
-    capture.close()
-
-    assert inference_tables.dropped_counts([name]) == {
-        name: {"queue_full": 2, "write_failed": 10, "shutdown": 1}
-    }
-    assert inference_tables.dropped(name) == 13
-    samples = {
-        tuple(sorted(s.labels.items())): s.value
-        for family in prometheus_families()
-        if family.name == "serving_ui_inference_rows_dropped"
-        for s in family.samples
-    }
-    for reason, count in (("queue_full", 2), ("write_failed", 10), ("shutdown", 1)):
-        assert samples[(("endpoint", name), ("reason", reason))] == count
-
-
-def prometheus_families():
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return text_string_to_metric_families(prometheus.render().decode())
 
 
 # --- the last write, as the process stops ------------------------------------------------------

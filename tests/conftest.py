@@ -30,6 +30,49 @@ from tests.support.stack import (
     stop_leftover_replicas,
 )
 
+# --- markers by folder ------------------------------------------------------------------------
+
+# A test's folder says what it runs against, and so its markers (`-m`, the Makefile's
+# phases): tests/unit/ starts no process; the other folders run against real processes.
+# `serial` stays in the modules that must run alone.
+FOLDER_MARKERS = {
+    "integration": ("integration",),
+    "reliability": ("reliability", "integration"),
+    "browser": ("browser", "integration"),
+    "cluster": ("cluster", "integration"),
+    "examples": ("examples",),
+}
+# Fixtures that start (or need) the run's Redis, worker, web server, replicas or browser.
+PROCESS_FIXTURES = {
+    "redis_server",
+    "celery_worker_process",
+    "web_server",
+    "stack",
+    "restartable_worker",
+    "reconcile_paused",
+    "live",
+    "ray_stack",
+    "browser",
+}
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    misplaced = []
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
+        for marker in FOLDER_MARKERS.get(folder, ()):
+            item.add_marker(marker)
+        if folder == "unit" and (started := PROCESS_FIXTURES.intersection(item.fixturenames)):
+            misplaced.append(f"{item.nodeid} ({', '.join(sorted(started))})")
+    if misplaced:
+        raise pytest.UsageError(
+            "Unit tests start no process; move these to tests/integration/:\n  "
+            + "\n  ".join(misplaced)
+        )
+
+
 # --- the test database ----------------------------------------------------------------------
 
 # What makes pytest-django set up the test database for a test (its own rule).

@@ -15,7 +15,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 import requests
 from playwright.sync_api import Page, expect
 
@@ -25,8 +24,6 @@ from endpoints.models import Replica, ReplicaState, ServiceState, ServingEndpoin
 from endpoints.telemetry import metrics
 from tests.support import iris
 from tests.support.browser import log_in, open_panel
-
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 MODEL = "iris-classifier"
 BAD = {"foo": 1}

@@ -21,8 +21,6 @@ from endpoints import registry
 from tests.support.browser import READY_TIMEOUT_MS, log_in, open_panel, shot
 from tests.support.stack import wait_for
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
-
 MODEL = "iris-classifier"
 
 

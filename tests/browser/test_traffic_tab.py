@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import uuid
 
-import pytest
 import requests
 from playwright.sync_api import Page, expect
 
@@ -18,8 +17,6 @@ from endpoints.models import StageAlias
 from endpoints.telemetry import inference_tables
 from tests.support.browser import READY_TIMEOUT_MS, log_in, open_panel, shot
 from tests.support.models import constant_model, register
-
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 
 def score(base: str, token: str, name: str, selector: str, count: int) -> None:

@@ -29,7 +29,7 @@ from tests.support.serving import NOT_STOPPED, alias, running
 from tests.support.stack import WEB_SERVERS, wait_for
 
 # serial: a 2-node cluster takes gigabytes, and its latency guard times requests.
-pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.serial]
+pytestmark = pytest.mark.serial
 
 API = "/api/2.0/preview/mlflow/endpoints-v2/"
 READY_TIMEOUT = 180

@@ -18,8 +18,6 @@ from endpoints.models import Replica, ReplicaState, ServingEndpoint
 from tests.support import models
 from tests.support.stack import wait_for
 
-pytestmark = pytest.mark.integration
-
 V2 = "/api/2.0/preview/mlflow/endpoints-v2/"
 TRANSITION = "/api/2.0/mlflow/databricks/model-versions/transition-stage"
 READY_TIMEOUT = 240

@@ -16,8 +16,6 @@ import requests
 from tests.support import iris
 from tests.support.deployment import IDENTITIES, SPARE, Live
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
-
 V2 = "/api/2.0/preview/mlflow/endpoints-v2/"
 
 # get-inference-table answered (200) without its rows.

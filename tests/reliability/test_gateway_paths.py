@@ -16,7 +16,6 @@ import re
 import socket
 from pathlib import Path
 
-import pytest
 from django.conf import settings
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -24,8 +23,6 @@ from hypothesis import strategies as st
 
 from tests.support import iris
 from tests.support.deployment import Live
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
 BODY = json.dumps(iris.SPLIT).encode()
 IRIS_ANSWER = b'{"predictions": [0]}'

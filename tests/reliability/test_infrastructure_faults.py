@@ -10,15 +10,12 @@ import threading
 import time
 from collections import Counter
 
-import pytest
 import requests
 
 from endpoints.models import Replica, ReplicaState
 from tests.support.models import constant_model, register
 from tests.support.serving import READY_TIMEOUT
 from tests.support.stack import wait_for
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
 REDIS_PAUSE_SECONDS = 10
 

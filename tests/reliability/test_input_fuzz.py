@@ -14,8 +14,6 @@ from hypothesis import strategies as st
 
 from tests.support import iris
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
-
 SCALARS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False, width=32),
     st.integers(min_value=-(2**70), max_value=2**70),

@@ -19,8 +19,6 @@ from tests.support.models import constant_model, gate_artifacts, gate_model, reg
 from tests.support.serving import READY_TIMEOUT
 from tests.support.stack import serve_product, wait_for
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
-
 TIMEOUT_SECONDS = 2
 
 

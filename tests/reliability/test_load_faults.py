@@ -17,7 +17,6 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import requests
 
 from endpoints.models import EventType, ReplicaState, ServiceState
@@ -30,8 +29,6 @@ from tests.support.models import (
 )
 from tests.support.serving import NOT_STOPPED, READY_TIMEOUT
 from tests.support.stack import wait_for
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
 # --- 1. a Staging transition under load ---------------------------------------------------------
 

@@ -24,8 +24,6 @@ from tests.support.models import constant_model, gate_artifacts, gate_model, reg
 from tests.support.stack import serve_product, wait_for
 from tests.support.ui_sender import UiClient
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
-
 HELD = PAGE_THREADS + 2
 
 

@@ -23,8 +23,6 @@ from endpoints.dev.devstack import ManagedProcess, free_port
 from endpoints.management.commands.run_product import AUTO_TOKEN_NAME
 from tests.support.stack import wait_for
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
-
 ROOT = Path(__file__).resolve().parents[2]
 V2 = "/api/2.0/preview/mlflow/endpoints-v2/"
 MODEL = "restart-model"

@@ -18,8 +18,6 @@ from tests.support import iris
 from tests.support.deployment import Live
 from tests.support.stack import wait_for
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
-
 API = "/api/2.0/"
 STATUS = "preview/mlflow/endpoints-v2/get-status"
 

@@ -35,7 +35,7 @@ from endpoints.models import (
 from tests.support.rows import add_version
 
 # The endpoint rows are written by hand: the reconcile loop must not correct them meanwhile.
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reconcile_paused")]
+pytestmark = pytest.mark.usefixtures("reconcile_paused")
 
 # The name the schema's examples use, so generated requests also reach a real endpoint.
 MODEL = "ElasticNet"

@@ -30,8 +30,6 @@ from endpoints.dev.devstack import free_port
 from tests.support import models
 from tests.support.stack import wait_for
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[3]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 READY_TIMEOUT = 240

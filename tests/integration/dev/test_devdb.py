@@ -20,12 +20,9 @@ import pytest
 from endpoints.dev import devdb
 from endpoints.dev.devstack import LOOPBACK, StackError
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        devdb.binaries() is None, reason="PostgreSQL is not installed (`make system-deps`)"
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    devdb.binaries() is None, reason="PostgreSQL is not installed (`make system-deps`)"
+)
 
 
 @pytest.fixture(autouse=True)

@@ -44,8 +44,6 @@ from tests.support.serving import (
 )
 from tests.support.stack import wait_for
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def new_name() -> str:

@@ -25,8 +25,6 @@ from endpoints.provisioning import apply, converge, reconcile
 from endpoints.provisioning.lease import LeaseExpired, held
 from tests.support.stack import wait_for
 
-pytestmark = pytest.mark.integration
-
 # Longer than the lock's timeout below: the fault injected (the one timed wait).
 FREEZE_SECONDS = 2.5
 

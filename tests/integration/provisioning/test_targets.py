@@ -20,8 +20,6 @@ from tests.support.models import constant_model, register
 from tests.support.serving import READY_TIMEOUT, alias, events, running, score, wait_ready
 from tests.support.stack import wait_for
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def new_name() -> str:

@@ -26,7 +26,7 @@ from tests.support.rows import add_version
 from tests.support.stack import serve_product, wait_for
 
 # The rows are written by hand here: the reconcile loop must not correct them meanwhile.
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("reconcile_paused")]
+pytestmark = pytest.mark.usefixtures("reconcile_paused")
 
 MODEL = "iris-classifier"
 BAD = {"foo": 1}  # not one of the scoring formats: the replica answers 400

@@ -276,3 +276,60 @@ def test_the_architecture_doc_lists_every_module_once_in_its_folder():
     for path in sorted(PACKAGE.rglob("*.py")):
         actual.setdefault(str(path.parent.relative_to(ROOT)), []).append(path.name)
     assert {folder: sorted(names) for folder, names in listed.items()} == actual
+
+
+# --- the tests' own layout -----------------------------------------------------------------------
+
+TESTS = ROOT / "tests"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The names a module imports, each as written (``conftest``, ``.test_x``, ``a.b.c``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            names.add(base)
+            names.update(f"{base.rstrip('.')}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_tests_import_helpers_from_modules_never_from_a_conftest_or_a_test_module():
+    """A conftest imported as a module is a second copy of it (its state apart from the one
+    pytest loaded), and a test module imported by another runs its fixtures twice: shared
+    helpers belong in ``tests/support``."""
+    offenders = {
+        (str(path.relative_to(ROOT)), name)
+        for path in TESTS.rglob("*.py")
+        for name in _imported_modules(path)
+        if {"conftest"} & set(name.split(".")) or re.search(r"(^|\.)test_\w+$", name)
+    }
+    assert offenders == set()
+
+
+def test_conftest_files_define_only_fixtures_and_hooks():
+    offenders = []
+    for path in TESTS.rglob("conftest.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                offenders.append(f"{path.relative_to(ROOT)}: class {node.name}")
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                fixture = any(
+                    ast.unparse(d).startswith("pytest.fixture") for d in node.decorator_list
+                )
+                if not (fixture or node.name.startswith("pytest_")):
+                    offenders.append(f"{path.relative_to(ROOT)}: {node.name}")
+    assert offenders == []
+
+
+def test_unit_and_integration_tests_mirror_the_packages():
+    """``tests/unit/<package>/`` and ``tests/integration/<package>/`` name a package of
+    ``endpoints`` (or ``serving_ui``, or the tests' own ``support``); no test module sits at
+    the top of ``tests/``."""
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} | {"serving_ui", "support"}
+    for level in ("unit", "integration"):
+        folders = {p.name for p in (TESTS / level).iterdir() if p.is_dir() and p.name[0] != "_"}
+        assert folders <= packages, (level, folders - packages)
+    assert sorted(p.name for p in TESTS.glob("test_*.py")) == []

@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import requests
 
 from endpoints.models import EventType, ReplicaState, ServiceState
@@ -199,7 +200,7 @@ def exiting_model(value: str):
     import mlflow
 
     class Exiting(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
+        def predict(self, context, model_input: pd.DataFrame, params=None):
             import os
 
             if "exit" in model_input.columns:

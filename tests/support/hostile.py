@@ -14,6 +14,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import pandas as pd
 from django.conf import settings
 
 from endpoints.provisioning import environments
@@ -157,7 +158,7 @@ def hostile_model():
                 finally:
                     sock.close()
 
-        def predict(self, context, model_input, params=None):
+        def predict(self, context, model_input: pd.DataFrame, params=None):
             import glob
             import json
             import os

@@ -2,13 +2,17 @@
 test can tell versions apart), refuses to load, or holds a request until a gate opens.
 
 The classes are defined inside functions so that cloudpickle stores them by value: model
-servers load them without importing the test modules.
+servers load them without importing the test modules. Their input is typed as MLflow passes
+a request's rows (a DataFrame, a type it infers no schema from): MLflow validates nothing
+more than for users' untyped models, and does not ask for type hints.
 """
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
+
+import pandas as pd
 
 from endpoints import registry
 
@@ -18,7 +22,7 @@ def constant_model(value: str):
     import mlflow
 
     class Constant(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
+        def predict(self, context, model_input: pd.DataFrame, params=None):
             return [value] * len(model_input)
 
     return Constant()
@@ -32,7 +36,7 @@ def unloadable_model():
         def load_context(self, context):
             raise RuntimeError("this model refuses to load: its weights are corrupt")
 
-        def predict(self, context, model_input, params=None):
+        def predict(self, context, model_input: pd.DataFrame, params=None):
             return []
 
     return Unloadable()
@@ -51,7 +55,7 @@ def gate_model(value: str):
         def load_context(self, context):
             self.gates = context.artifacts["gate"]
 
-        def predict(self, context, model_input, params=None):
+        def predict(self, context, model_input: pd.DataFrame, params=None):
             import os
             import time
 

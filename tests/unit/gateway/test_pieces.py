@@ -41,6 +41,7 @@ from endpoints.gateway.upstream import (
 )
 from endpoints.gateway.upstream_async import StreamUpstream
 from endpoints.gateway.upstream_blocking import Upstream
+from tests.support.upstream import close_pool
 
 MIB = 1024 * 1024
 
@@ -426,6 +427,7 @@ def test_upstream_sends_only_content_type_and_reuses_the_connection():
         for _ in range(2):
             assert upstream.post(fake.address, b"{}", JSON) == (200, JSON, b'{"predictions": [1]}')
     finally:
+        close_pool(upstream)
         fake.close()
     assert len(fake.requests) == 2  # both on the one connection the fake accepts
     head = fake.requests[0].split(b"\r\n\r\n")[0].decode().lower()
@@ -440,9 +442,11 @@ def test_upstream_reads_chunked_answers():
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/json\r\n\r\n"
     )
     fake = FakeReplica([answer + body])
+    upstream = Upstream(5, MIB)
     try:
-        assert Upstream(5, MIB).post(fake.address, b"{}", JSON)[2] == b'{"a": 1}'
+        assert upstream.post(fake.address, b"{}", JSON)[2] == b'{"a": 1}'
     finally:
+        close_pool(upstream)
         fake.close()
 
 
@@ -476,7 +480,11 @@ def test_upstream_reports_a_replica_that_closed_after_reading_and_a_refused_one(
 def _stream_post(fake: FakeReplica, *, max_bytes: int = MIB, timeout: float = 5, times: int = 1):
     async def run():
         upstream = StreamUpstream(timeout, max_bytes)
-        return [await upstream.post(fake.address, b"{}", JSON) for _ in range(times)]
+        try:
+            return [await upstream.post(fake.address, b"{}", JSON) for _ in range(times)]
+        finally:
+            close_pool(upstream)
+            await asyncio.sleep(0)  # the loop closes the sockets
 
     try:
         return asyncio.run(run())

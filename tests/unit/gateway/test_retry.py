@@ -24,6 +24,7 @@ from endpoints.gateway.upstream import (
 )
 from endpoints.gateway.upstream_async import StreamConnection, StreamUpstream
 from endpoints.gateway.upstream_blocking import ReplicaConnection, Upstream
+from tests.support.upstream import close_pool
 
 MIB = 1024 * 1024
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
@@ -49,6 +50,7 @@ class ScriptedReplica:
 
     def _serve(self) -> None:
         conn, _ = self.server.accept()
+        self.server.close()  # one connection only
         with conn:
             for step in self.steps:
                 if step == "hangup":
@@ -112,7 +114,7 @@ class Threads:
         )
 
     def close(self) -> None:
-        pass
+        close_pool(self.upstream)
 
 
 class Streams(Threads):
@@ -136,6 +138,8 @@ class Streams(Threads):
         )
 
     def close(self) -> None:
+        close_pool(self.upstream)
+        self.loop.run_until_complete(asyncio.sleep(0))  # the loop closes the sockets
         self.loop.close()
 
 

@@ -43,7 +43,7 @@ GATE = threading.Event()
 class Scorer(mlflow.pyfunc.PythonModel):
     """Row-independent: each output row depends on its input row only."""
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         CALLS.append(len(model_input))
         factor = (params or {}).get("factor", 1.0)
         return pd.DataFrame(
@@ -55,7 +55,7 @@ class Scorer(mlflow.pyfunc.PythonModel):
 
 
 class TensorDoubler(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None):
         CALLS.append(len(model_input))
         return model_input * 2
 
@@ -63,13 +63,13 @@ class TensorDoubler(mlflow.pyfunc.PythonModel):
 class Counter(mlflow.pyfunc.PythonModel):
     """Not row-independent: one answer for the whole input."""
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         CALLS.append(len(model_input))
         return [len(model_input)]
 
 
 class Gated(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         GATE.wait(5)
         return [0] * len(model_input)
 

@@ -157,9 +157,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "staticfiles"
 # Static files are few and small: WhiteNoise serves them straight from static/ without a
-# collectstatic step, in every mode.
+# collectstatic step, in every mode (so no STATIC_ROOT, which it would look for and warn
+# about at every start).
 WHITENOISE_USE_FINDERS = True
 
 # Security headers; HTTPS-only flags follow SECURE_COOKIES so a loopback install works.

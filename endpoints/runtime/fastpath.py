@@ -4,7 +4,7 @@ MLflow's path for a one-row ``{"dataframe_split": …}`` builds a DataFrame, cas
 it against the signature and hands it to scikit-learn, which converts it back to the numpy
 array it computes on: ~90 % of the time. The shortcut hands scikit-learn that array
 directly, for the models (``for_model``) and requests (``answer``) where the result is the
-same; ``tests/test_replica_parity.py`` checks the answers against MLflow's app.
+same; ``tests/unit/runtime/test_replica_parity.py`` checks the answers against MLflow's app.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ FastAPI stack that costs MLflow's server about as much per one-row request as pa
 predicting together. The same routes, status codes and bodies: ``/invocations`` is MLflow's
 own ``invocations`` except where ``fastpath`` proves a shortcut equal; with batching on,
 mergeable concurrent requests share one predict call (``batching``). The parity tests
-(``tests/test_replica_parity.py``, ``tests/test_batching.py``) hold it to MLflow's answers.
+(``tests/unit/runtime/``: ``test_replica_parity.py``, ``test_batching.py``) hold it to
+MLflow's answers.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ TMP = "/tmp"  # noqa: S108
 SHM = "/dev/shm"  # noqa: S108
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 # Only the replica code of the project is in view (so the runtime imports only itself:
-# tests/test_layout.py).
+# tests/unit/test_layout.py).
 RUNTIME_FILES = (PROJECT_ROOT / "endpoints" / "__init__.py", PROJECT_ROOT / "endpoints" / "runtime")
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 SYSTEM_FILES = (

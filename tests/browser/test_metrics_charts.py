@@ -15,21 +15,17 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 import requests
 from playwright.sync_api import Page, expect
-from test_serving_tab import log_in, open_panel
 
 from endpoints import services
 from endpoints.dev.devstack import wait_for
 from endpoints.models import Replica, ReplicaState, ServiceState, ServingEndpoint, StageAlias
 from endpoints.telemetry import metrics
-
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
+from tests.support import iris
+from tests.support.browser import log_in, open_panel
 
 MODEL = "iris-classifier"
-COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
-GOOD = {"dataframe_split": {"columns": COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}}
 BAD = {"foo": 1}
 DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
 READY_SECONDS = 240
@@ -65,7 +61,7 @@ def test_metrics_charts_after_traffic_and_the_tab_refreshing_itself(
     headers = {"Authorization": f"Bearer {token}"}
     for i in range(60):
         bad = i % 10 == 9
-        response = requests.post(url, json=BAD if bad else GOOD, headers=headers, timeout=30)
+        response = requests.post(url, json=BAD if bad else iris.SPLIT, headers=headers, timeout=30)
         assert response.status_code == (400 if bad else 200), response.text
     version_pk = first.version_id
 

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import wait_for
 from playwright.sync_api import Page, expect
 
 from endpoints import registry
+from tests.support.browser import READY_TIMEOUT_MS, log_in, open_panel, shot
+from tests.support.stack import wait_for
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
-
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
 MODEL = "iris-classifier"
-READY_TIMEOUT_MS = 240_000
 
 
 @pytest.fixture
@@ -35,26 +31,6 @@ def restore_stages() -> Iterator[None]:
     for version, stage in (("1", "Production"), ("2", "Staging")):
         if registry.get_version(MODEL, version).stage != stage:
             registry.transition_stage(MODEL, version, stage)
-
-
-def shot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-def log_in(page: Page, base: str, username: str, password: str) -> None:
-    page.goto(base + "/login/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Registered models")).to_be_visible()
-
-
-def open_panel(page: Page, title: str) -> None:
-    page.locator("#panel nav.tabs").get_by_role("link", name=title, exact=True).click()
-    expect(
-        page.locator("#panel nav.tabs").get_by_role("link", name=title, exact=True)
-    ).to_have_attribute("aria-current", "page")
 
 
 def test_serving_tab_from_enable_to_disable(stack: str, owner, page: Page, restore_stages):

@@ -8,18 +8,15 @@ from __future__ import annotations
 import re
 import uuid
 
-import pytest
 import requests
-from fakes import constant_model, register
 from playwright.sync_api import Page, expect
-from test_serving_tab import READY_TIMEOUT_MS, log_in, open_panel, shot
 
 from endpoints import registry, services
 from endpoints.dev.devstack import wait_for
 from endpoints.models import StageAlias
 from endpoints.telemetry import inference_tables
-
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
+from tests.support.browser import READY_TIMEOUT_MS, log_in, open_panel, shot
+from tests.support.models import constant_model, register
 
 
 def score(base: str, token: str, name: str, selector: str, count: int) -> None:

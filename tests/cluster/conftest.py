@@ -10,50 +10,16 @@ meanwhile, so only the cluster's worker reconciles.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import _until_up, serve_product
 from django.conf import settings
 
-from endpoints.dev.devstack import ManagedProcess
+from tests.support.ray_cluster import RayStack
+from tests.support.stack import serve_product, start_worker
 
 NODE_CPUS = 2
-
-
-@dataclass
-class RayStack:
-    cluster: object
-    other_node: object
-    env: dict[str, str]
-    base: str
-    worker: ManagedProcess
-    log_dir: Path
-
-    def kill_worker(self) -> None:
-        self.worker.kill()
-
-    def start_new_worker(self) -> None:
-        self.worker = start_worker(self.env, self.log_dir, "cluster-worker-2")
-
-
-def start_worker(env: dict[str, str], log_dir: Path, name: str) -> ManagedProcess:
-    worker = ManagedProcess(
-        name,
-        [
-            *(sys.executable, "-m", "celery", "-A", "serving_ui", "worker", "-B"),
-            *("--loglevel", "INFO", "--concurrency", "2"),
-            *("--hostname", f"cluster-{os.getpid()}-{name}@%h"),
-            *("--schedule", str(Path(settings.VAR_DIR) / f"{name}-beat-schedule")),
-        ],
-        log_dir,
-        env=env,
-    ).start()
-    _until_up(worker, lambda: "ready" in worker.output(), timeout=60, what="celery worker")
-    return worker
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +54,7 @@ def ray_stack(
         "SERVING_RAY_NODE_DIR": os.environ["SERVING_RAY_NODE_DIR"],
     }
     os.environ.update(env)  # this process reads through the same runtime
-    worker = start_worker(env, stack_log_dir, "cluster-worker")
+    worker = start_worker(stack_log_dir, "cluster-worker", env)
     web = serve_product("cluster-web", stack_log_dir, env=env)
     base = next(web)
     stack = RayStack(cluster, other, env, base, worker, stack_log_dir)

@@ -14,40 +14,25 @@ import threading
 import uuid
 from collections import Counter
 
-import hostile
 import psutil
 import pytest
 import requests
-import sockets
-from conftest import WEB_SERVERS, wait_for
 from django.conf import settings
-from fakes import constant_model, copy_of_iris, register
 
 from endpoints import services
-from endpoints.models import Event, EventType, Replica, ReplicaState, StageAlias
+from endpoints.models import Event, EventType, Replica, ReplicaState
 from endpoints.runtime import get_runtime
+from tests.support import hostile, sockets
+from tests.support.load import Load
+from tests.support.models import constant_model, copy_of_iris, register
+from tests.support.serving import NOT_STOPPED, alias, running
+from tests.support.stack import WEB_SERVERS, wait_for
 
 # serial: a 2-node cluster takes gigabytes, and its latency guard times requests.
-pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.serial]
+pytestmark = pytest.mark.serial
 
 API = "/api/2.0/preview/mlflow/endpoints-v2/"
 READY_TIMEOUT = 180
-NOT_STOPPED = (ReplicaState.PENDING, ReplicaState.RUNNING, ReplicaState.TERMINATING)
-
-
-def running(name: str, version: str) -> list[Replica]:
-    return list(
-        Replica.objects.filter(
-            version__endpoint__registered_model_name=name,
-            version__version=version,
-            state=ReplicaState.RUNNING,
-        )
-    )
-
-
-def alias(name: str, stage: str) -> str | None:
-    row = StageAlias.objects.filter(endpoint__registered_model_name=name, stage=stage).first()
-    return row.version.version if row else None
 
 
 def spread_over_both_nodes(name: str, version: str) -> list[Replica]:
@@ -91,38 +76,6 @@ def disable_and_check_nothing_left(name: str, owner) -> None:
         timeout=30,
         what="no replica process left",
     )
-
-
-class Load:
-    """Requests to the stage URL from a thread until stopped; keeps every answer."""
-
-    def __init__(self, base: str, token: str, name: str, stage: str) -> None:
-        self.url = f"{base}/model-endpoint/{name}/{stage}/invocations"
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.answers: list[tuple[int, str]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with requests.Session() as session:
-            while not self.stop.is_set():
-                response = session.post(
-                    self.url, json={"dataframe_records": [{"x": 1}]}, headers=self.headers
-                )
-                value = response.json().get("predictions", [None])[0] if response.ok else ""
-                self.answers.append((response.status_code, value or response.text))
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
-
-    def wait_for_more(self, count: int, what: str) -> None:
-        seen = len(self.answers)
-        wait_for(lambda: len(self.answers) >= seen + count, timeout=60, what=what)
 
 
 def enable_medium(name: str, owner) -> None:

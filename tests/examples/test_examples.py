@@ -22,7 +22,7 @@ EXAMPLES = ROOT / "examples"
 SCRIPT_TIMEOUT_SECONDS = 480
 
 # serial: torch and transformers models take gigabytes.
-pytestmark = [pytest.mark.examples, pytest.mark.serial]
+pytestmark = pytest.mark.serial
 
 
 def run_example(

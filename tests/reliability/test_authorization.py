@@ -13,9 +13,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from .conftest import IDENTITIES, IRIS_SPLIT, SPARE, Live
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+from tests.support import iris
+from tests.support.deployment import IDENTITIES, SPARE, Live
 
 V2 = "/api/2.0/preview/mlflow/endpoints-v2/"
 
@@ -63,9 +62,9 @@ def call(live: Live, action: str, identity: str) -> requests.Response:
         case "list_versions":
             return requests.get(api + V2[5:] + "list-versions", params=name, headers=headers)
         case "query_stage_url":
-            return requests.post(live.url("Production"), json=IRIS_SPLIT, headers=headers)
+            return requests.post(live.url("Production"), json=iris.SPLIT, headers=headers)
         case "query_version_url":
-            return requests.post(live.url("1", "model"), json=IRIS_SPLIT, headers=headers)
+            return requests.post(live.url("1", "model"), json=iris.SPLIT, headers=headers)
         case "enable":
             return requests.post(api + V2[5:] + "enable", json=name, headers=headers)
         case "disable":
@@ -202,10 +201,10 @@ def test_another_users_endpoint_is_indistinguishable_from_a_missing_one(live):
         )
         assert hidden.status_code == missing.status_code == 404, call_name
         assert hidden.json()["error_code"] == missing.json()["error_code"]
-    scored_hidden = requests.post(live.url(), json=IRIS_SPLIT, headers=headers)
+    scored_hidden = requests.post(live.url(), json=iris.SPLIT, headers=headers)
     scored_missing = requests.post(
         f"{live.base}/model-endpoint/nope-xyz/Production/invocations",
-        json=IRIS_SPLIT,
+        json=iris.SPLIT,
         headers=headers,
     )
     assert scored_hidden.status_code == scored_missing.status_code == 404

@@ -25,20 +25,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import sockets
-from conftest import WEB_SERVERS, _start_worker, pause_workers, wait_for
-from fakes import copy_of_iris
 
 from endpoints import services
 from endpoints.models import Replica, ReplicaState, ServingEndpoint, StageAlias
+from tests.support import sockets
+from tests.support.models import copy_of_iris
+from tests.support.stack import WEB_SERVERS, pause_workers, start_worker, wait_for
 
 # serial: the latency guard times requests, with nothing else running.
-pytestmark = [
-    pytest.mark.reliability,
-    pytest.mark.integration,
-    pytest.mark.serial,
-    pytest.mark.timeout(900),
-]
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(900)]
 
 MODES = {
     "zygote": {},
@@ -75,7 +70,7 @@ def served(
 
     mode = request.param
     paused = pause_workers()
-    worker = _start_worker(stack_log_dir, f"worker-{mode}", MODES[mode], unset=TEST_OVERRIDES)
+    worker = start_worker(stack_log_dir, f"worker-{mode}", MODES[mode], unset=TEST_OVERRIDES)
     try:
         with django_db_blocker.unblock():
             name = copy_of_iris(f"guard-{mode}")

@@ -15,8 +15,6 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, get_resolver
 
-pytestmark = pytest.mark.reliability
-
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "serving.example.com"
 

@@ -28,12 +28,11 @@ import aiohttp
 import httpx
 import pytest
 import requests
-from conftest import add_version, serve_product
 
 from endpoints.kv import bump_generation
 from endpoints.models import ServingEndpoint
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+from tests.support.rows import add_version
+from tests.support.stack import serve_product
 
 HALF_OPEN = 250
 PER_ENDPOINT = 2

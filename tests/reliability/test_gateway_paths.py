@@ -11,24 +11,20 @@ be neither.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from pathlib import Path
 
-import pytest
 from django.conf import settings
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from .conftest import Live
+from tests.support import iris
+from tests.support.deployment import Live
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
-
-BODY = (
-    b'{"dataframe_split": {"columns": ["sepal length (cm)", "sepal width (cm)", '
-    b'"petal length (cm)", "petal width (cm)"], "data": [[5.1, 3.5, 1.4, 0.2]]}}'
-)
+BODY = json.dumps(iris.SPLIT).encode()
 IRIS_ANSWER = b'{"predictions": [0]}'
 
 

@@ -23,9 +23,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import hostile
 import pytest
-from conftest import wait_for
 from django.conf import settings
 
 from endpoints import registry
@@ -34,8 +32,10 @@ from endpoints.models import Replica, ReplicaState, ServingEndpoint
 from endpoints.provisioning import environments
 from endpoints.runtime import ReplicaSpec, sandbox
 from endpoints.runtime.local import LocalRuntime, arguments, wait_until
+from tests.support import hostile
+from tests.support.stack import wait_for
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")

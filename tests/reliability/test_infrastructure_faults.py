@@ -10,16 +10,12 @@ import threading
 import time
 from collections import Counter
 
-import pytest
 import requests
-from conftest import wait_for
-from fakes import constant_model, register
 
 from endpoints.models import Replica, ReplicaState
-
-from .helpers import READY_TIMEOUT, PacedLoad
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+from tests.support.models import constant_model, register
+from tests.support.serving import READY_TIMEOUT
+from tests.support.stack import wait_for
 
 REDIS_PAUSE_SECONDS = 10
 
@@ -29,7 +25,7 @@ def test_worker_killed_mid_deploy_keeps_serving_and_converges(deployment, restar
     register(name, constant_model("v1"), "Staging")
     deployment.enable()
     deployment.wait_serving("Staging", "1")
-    with PacedLoad(deployment, "Staging", rate=20, threads=2) as load:
+    with deployment.load("Staging", rate=20, threads=2) as load:
         v2 = register(name, constant_model("v2"))
         deployment.transition(v2, "Staging")
         # Kill the worker as soon as it wrote v2's first replica row: mid-deployment.

@@ -12,9 +12,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from .conftest import IRIS_COLUMNS
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+from tests.support import iris
 
 SCALARS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False, width=32),
@@ -25,8 +23,8 @@ SCALARS = st.one_of(
 )
 VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4), max_leaves=12)
 COLUMNS = st.one_of(
-    st.just(IRIS_COLUMNS),
-    st.lists(st.sampled_from([*IRIS_COLUMNS, "extra", ""]), max_size=6),
+    st.just(iris.COLUMNS),
+    st.lists(st.sampled_from([*iris.COLUMNS, "extra", ""]), max_size=6),
     st.lists(st.text(max_size=10), max_size=5),
 )
 ROWS = st.lists(st.lists(VALUES, min_size=0, max_size=6), max_size=5)
@@ -43,7 +41,7 @@ def dataframe_split(draw):
 @st.composite
 def dataframe_records(draw):
     records = st.lists(
-        st.dictionaries(st.sampled_from([*IRIS_COLUMNS, "other"]), VALUES, max_size=5),
+        st.dictionaries(st.sampled_from([*iris.COLUMNS, "other"]), VALUES, max_size=5),
         max_size=5,
     )
     return {"dataframe_records": draw(st.one_of(records, VALUES))}
@@ -122,6 +120,5 @@ def http():
 
 def test_the_fuzzed_model_answers_a_valid_request(live, http, db):
     """(Also makes the test database available when this file runs alone.)"""
-    body = {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [[5.1, 3.5, 1.4, 0.2]]}}
-    response = http.post(live.url(), json=body, headers=live.headers("querier"))
+    response = http.post(live.url(), json=iris.SPLIT, headers=live.headers("querier"))
     assert response.json() == {"predictions": [0]}

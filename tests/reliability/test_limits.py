@@ -13,14 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from conftest import serve_product, wait_for
-from fakes import constant_model, gate_artifacts, gate_model, register
 
 from endpoints.models import ReplicaState
-
-from .helpers import READY_TIMEOUT
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+from tests.support.models import constant_model, gate_artifacts, gate_model, register
+from tests.support.serving import READY_TIMEOUT
+from tests.support.stack import serve_product, wait_for
 
 TIMEOUT_SECONDS = 2
 

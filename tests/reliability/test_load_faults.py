@@ -17,16 +17,19 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-import pytest
+import pandas as pd
 import requests
-from conftest import wait_for
-from fakes import constant_model, gate_artifacts, gate_model, register, unloadable_model
 
 from endpoints.models import EventType, ReplicaState, ServiceState
-
-from .helpers import NOT_STOPPED, READY_TIMEOUT, PacedLoad
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+from tests.support.models import (
+    constant_model,
+    gate_artifacts,
+    gate_model,
+    register,
+    unloadable_model,
+)
+from tests.support.serving import NOT_STOPPED, READY_TIMEOUT
+from tests.support.stack import wait_for
 
 # --- 1. a Staging transition under load ---------------------------------------------------------
 
@@ -38,7 +41,7 @@ def test_staging_transition_under_load_drops_no_request_and_switches_to_v2(deplo
     deployment.wait_serving("Staging", "1")
     # A brisk pace: a version forked from a warm interpreter switches in a fraction of a
     # second, and the switch itself must happen under load.
-    with PacedLoad(deployment, "Staging", rate=200, threads=8) as load:
+    with deployment.load("Staging", rate=200, threads=8) as load:
         wait_for(lambda: load.count() >= 100, timeout=30, what="load on v1")
         v2 = register(name, constant_model("v2"))
         switch_started_at = load.count()
@@ -78,7 +81,7 @@ def test_a_version_that_fails_to_load_never_receives_traffic(deployment):
     register(name, constant_model("good"), "Staging")
     deployment.enable()
     deployment.wait_serving("Staging", "1")
-    with PacedLoad(deployment, "Staging", rate=20, threads=2) as load:
+    with deployment.load("Staging", rate=20, threads=2) as load:
         broken = register(name, unloadable_model())
         deployment.transition(broken, "Staging")
 
@@ -162,7 +165,7 @@ def test_a_replica_killed_under_load_costs_no_request_and_is_replaced(deployment
     deployment.wait_serving("Production", "1")
     deployment.configure("Production", "Medium")  # 2 replicas at least
     wait_for(lambda: len(deployment.replicas("1")) >= 2, timeout=READY_TIMEOUT, what="2 replicas")
-    with PacedLoad(deployment, "Production") as load:
+    with deployment.load("Production") as load:
         wait_for(lambda: load.count() >= 50, timeout=30, what="load on both replicas")
         victim = deployment.replicas("1")[0]
         os.kill(victim.pid, signal.SIGKILL)
@@ -197,7 +200,7 @@ def exiting_model(value: str):
     import mlflow
 
     class Exiting(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
+        def predict(self, context, model_input: pd.DataFrame, params=None):
             import os
 
             if "exit" in model_input.columns:

@@ -14,18 +14,15 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 import requests
-from conftest import serve_product, wait_for
-from fakes import constant_model, gate_artifacts, gate_model, register
-from ui_sender import UiClient
 
 from endpoints.gateway.scoring import PAGE_SENDS
 from endpoints.services import traffic
 from endpoints.telemetry import inference_tables, load_reports
 from serving_ui.asgi import PAGE_THREADS
-
-from .helpers import Deployment
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+from tests.support.deployment import Deployment
+from tests.support.models import constant_model, gate_artifacts, gate_model, register
+from tests.support.stack import serve_product, wait_for
+from tests.support.ui_sender import UiClient
 
 HELD = PAGE_THREADS + 2
 

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ManagedProcess, free_port, wait_for
 
+from endpoints.dev.devstack import ManagedProcess, free_port
 from endpoints.management.commands.run_product import AUTO_TOKEN_NAME
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+from tests.support.stack import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 V2 = "/api/2.0/preview/mlflow/endpoints-v2/"

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import wait_for
 from django.conf import settings
 
-from .conftest import IRIS_SPLIT, Live
-
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+from tests.support import iris
+from tests.support.deployment import Live
+from tests.support.stack import wait_for
 
 API = "/api/2.0/"
 STATUS = "preview/mlflow/endpoints-v2/get-status"
@@ -38,9 +37,9 @@ def _use_everywhere(live: Live, token: str) -> None:
     """Send the token every way a client may: gateway and API, bearer and basic, valid
     and failing calls (errors are where credentials most often end up in logs)."""
     bearer = {"Authorization": f"Bearer {token}"}
-    scored = requests.post(live.url(), json=IRIS_SPLIT, headers=bearer, timeout=30)
+    scored = requests.post(live.url(), json=iris.SPLIT, headers=bearer, timeout=30)
     assert scored.status_code == 200, scored.text
-    basic = requests.post(live.url("1", "model"), json=IRIS_SPLIT, auth=("token", token))
+    basic = requests.post(live.url("1", "model"), json=iris.SPLIT, auth=("token", token))
     assert basic.status_code == 200, basic.text
     bad_input = requests.post(live.url(), json={"nope": 1}, headers=bearer, timeout=30)
     assert bad_input.status_code == 400
@@ -145,14 +144,14 @@ def test_a_revoked_token_is_refused_by_gateway_and_api(live):
     created = _create_token(live, "revoke-me")
     token = created["token_value"]
     bearer = {"Authorization": f"Bearer {token}"}
-    assert requests.post(live.url(), json=IRIS_SPLIT, headers=bearer).status_code == 200
+    assert requests.post(live.url(), json=iris.SPLIT, headers=bearer).status_code == 200
     revoked = requests.post(
         live.base + API + "token/delete",
         json={"token_id": created["token_info"]["token_id"]},
         headers=live.headers("querier"),
     )
     assert revoked.status_code == 200
-    scored = requests.post(live.url(), json=IRIS_SPLIT, headers=bearer)
+    scored = requests.post(live.url(), json=iris.SPLIT, headers=bearer)
     assert scored.status_code == 401
     assert scored.json()["error_code"] == "UNAUTHENTICATED"
     status = requests.get(
@@ -170,10 +169,10 @@ def test_an_expired_token_is_refused_by_gateway_and_api(live):
     )
     token = response.json()["token_value"]
     bearer = {"Authorization": f"Bearer {token}"}
-    assert requests.post(live.url(), json=IRIS_SPLIT, headers=bearer).status_code == 200
+    assert requests.post(live.url(), json=iris.SPLIT, headers=bearer).status_code == 200
 
     def refused() -> bool:
-        return requests.post(live.url(), json=IRIS_SPLIT, headers=bearer).status_code == 401
+        return requests.post(live.url(), json=iris.SPLIT, headers=bearer).status_code == 401
 
     # Expiry is a point in time: the gateway (which caches tokens) must notice it alone.
     wait_for(refused, timeout=15, what="the expired token to be refused", interval=0.5)
@@ -194,7 +193,7 @@ def test_an_expired_token_is_refused_by_gateway_and_api(live):
     ],
 )
 def test_unknown_or_malformed_credentials_are_401_everywhere(live, header):
-    scored = requests.post(live.url(), json=IRIS_SPLIT, headers={"Authorization": header})
+    scored = requests.post(live.url(), json=iris.SPLIT, headers={"Authorization": header})
     assert scored.status_code == 401
     status = requests.get(
         live.base + API + STATUS,

@@ -1,0 +1,108 @@
+"""The gateway's per-process routing cache: kept until the generation in Redis moves (told
+by a push, or asked when pushes are lost), rebuilt when old, and serving what it has while
+Redis is away. Real Redis and database rows; no web server."""
+
+from __future__ import annotations
+
+import pytest
+
+from endpoints.gateway import routing
+from endpoints.gateway.routing import RoutingCache
+from endpoints.kv import bump_generation, redis_client
+from endpoints.models import ComputeConfig, ServiceState, ServingEndpoint
+from tests.support.rows import add_version
+
+pytestmark = pytest.mark.django_db
+
+
+def _version(endpoint, number, stage, state=ServiceState.READY, *, ports=()):
+    """Version ``number`` in ``stage`` with RUNNING replicas on loopback ``ports``."""
+    addresses = [("127.0.0.1", port) for port in ports]
+    return add_version(endpoint, str(number), stage, state=state, replicas=addresses)
+
+
+@pytest.fixture
+def endpoint(owner):
+    endpoint = ServingEndpoint.objects.create(registered_model_name="iris", creator=owner)
+    ComputeConfig.objects.create(endpoint=endpoint, stage="Production")
+    ComputeConfig.objects.create(endpoint=endpoint, stage="Staging", scale_to_zero_enabled=True)
+    return endpoint
+
+
+@pytest.fixture
+def generation(redis_server):
+    return bump_generation
+
+
+def test_the_snapshot_is_kept_until_the_generation_moves(endpoint, generation):
+    _version(endpoint, 1, "Production", ports=(20001,))
+    cache = RoutingCache()
+    first = cache.current()
+    assert cache.current() is first
+    _version(endpoint, 2, "Staging", ports=(20002,))
+    assert cache.current() is first  # not yet told
+    generation()
+    second = cache.current()
+    assert second is not first
+    assert second.table.resolve("iris", "Staging").version == "2"
+
+
+def test_an_old_snapshot_is_rebuilt_even_without_a_generation_change(endpoint, generation):
+    cache = RoutingCache()
+    first = cache.current()
+    first.built_at -= routing.MAX_AGE_SECONDS + 1
+    cache.refresh_if_old()
+    assert cache.current() is not first
+
+
+def test_routing_survives_redis_being_unreachable(endpoint, generation, settings):
+    _version(endpoint, 1, "Production", ports=(20001,))
+    cache = RoutingCache()
+    first = cache.current()
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    assert cache.current() is first
+    assert cache.current().table.resolve("iris", "1").replicas
+
+
+def test_without_a_change_no_request_asks_redis(endpoint, generation, monkeypatch):
+    cache = RoutingCache()
+    first = cache.current()
+    asked = []
+    real = routing.kv.current_generation
+    monkeypatch.setattr(routing.kv, "current_generation", lambda: asked.append(1) or real())
+    for _ in range(50):
+        assert cache.current() is first
+    assert asked == []
+    # The push for a change is there as soon as the bump returns: the next request sees it.
+    generation()
+    assert cache.current() is not first
+    assert len(asked) == 1
+
+
+def test_without_pushes_every_request_asks_for_the_generation(endpoint, generation, monkeypatch):
+    cache = RoutingCache()
+    monkeypatch.setattr(cache.watcher, "poll", lambda: None)
+    first = cache.current()
+    assert cache.current() is first
+    generation()
+    assert cache.current() is not first
+
+
+def test_a_lost_invalidation_connection_falls_back_to_asking(endpoint, generation):
+    cache = RoutingCache()
+    first = cache.current()
+    cache.watcher._conn.disconnect()
+    generation()
+    assert cache.current() is not first
+
+
+def test_a_redis_restart_is_noticed_on_the_invalidation_connection(endpoint, generation):
+    cache = RoutingCache()
+    first = cache.current()
+    conn = cache.watcher._conn
+    conn.send_command("CLIENT", "ID")
+    client_id = conn.read_response()
+    # Closed on the server side: what a Redis restart looks like to the gateway.
+    redis_client().client_kill_filter(_id=client_id)
+    generation()
+    assert cache.current() is not first

@@ -9,7 +9,8 @@
 - ``load``: paced load on a scoring URL; ``deployment``: the reliability suite's shared
   deployment and one per test; ``canary``: a server that must see no request;
 - ``capture``: requests offered to the gateway's capture; ``front_door``: one request
-  through the front door's app in process;
+  through the front door's app in process; ``upstream``: closing a client's kept
+  connections to replicas;
 - ``browser``, ``ray_cluster``, ``hostile``, ``sockets``, ``ui_sender``: driving chromium,
   the Ray cluster's stack, a hostile model, a process's TCP sockets, the Serving tab's Send
   Request without a browser.

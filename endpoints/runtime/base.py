@@ -116,6 +116,20 @@ class Runtime(Protocol):
         """Nodes known to be lost (a replica recorded on one went with it)."""
         ...
 
+    def enforcement(self, replica_id: str) -> str:
+        """How the limits of a replica ``start`` started are held ("cgroup v2", "cgroup
+        v1", "rlimits"; "" when it has none)."""
+        ...
+
+    def stop_reason(self, replica_id: str) -> str:
+        """Why a replica that is gone stopped, when its limits say so ("out of memory
+        (limit 4096 MiB)"); "" otherwise."""
+        ...
+
+    def release(self, replica_id: str) -> None:
+        """Give up what held a replica that is gone (its group)."""
+        ...
+
     def read_log(self, log_path: str, *, max_bytes: int) -> str: ...
 
     def rotate_log(self, log_path: str, *, max_bytes: int) -> bool: ...

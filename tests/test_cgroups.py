@@ -5,8 +5,10 @@ process: the test's own limits stay as they are)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +201,27 @@ def test_groups_lists_the_replicas_of_this_installation_only(tmp_path):
     other = cgroups.detect("serving-ui/xyz", mounts_file=_mounts(tmp_path, *_v1_mounts(tmp_path)))
     cgroups.create(other, "v1-zzzz", ReplicaLimits(max_processes=8))
     assert cgroups.groups(where) == {"v1-aaaa", "v2-bbbb"}
+
+
+def test_a_sweep_removes_only_old_empty_groups_of_replicas_that_are_gone(tmp_path, monkeypatch):
+    """It never stops a process: a group with one in it, or one just made (its replica is
+    about to join it), stays."""
+    where = cgroups.Hierarchy(cgroups.V2, {c: str(tmp_path) for c in cgroups.CONTROLLERS})
+    an_hour_ago = time.time() - 3600
+    for rid, procs, old in [
+        ("v1-live", "", True),
+        ("v1-gone", "", True),
+        ("v1-new", "", False),
+        ("v1-busy", "4242\n", True),
+    ]:
+        (tmp_path / rid).mkdir()
+        (tmp_path / rid / "cgroup.procs").write_text(procs)
+        if old:
+            os.utime(tmp_path / rid, (an_hour_ago, an_hour_ago))
+    removed: list[str] = []
+    monkeypatch.setattr(cgroups, "remove", lambda where, rid: removed.append(rid) or True)
+    assert cgroups.sweep(where, keep={"v1-live"}) == 1
+    assert removed == ["v1-gone"]
 
 
 def test_no_limits_need_no_group_and_no_floor():

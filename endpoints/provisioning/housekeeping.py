@@ -36,8 +36,8 @@ def collect_orphans(runtime: Runtime) -> int:
 
 
 def release_groups(runtime: Runtime) -> int:
-    """Remove the cgroups of this installation's replicas whose rows are stopped (a
-    replica that exited by itself leaves its group for the pass that reads why)."""
+    """Remove the empty cgroups of this installation's replicas whose rows are stopped
+    (a replica that exited by itself leaves its group for the pass that reads why)."""
     if not isinstance(runtime, LocalRuntime):
         return 0  # a Ray node removes a replica's group as the replica exits
     live = Replica.objects.filter(state__in=NOT_STOPPED).values_list("replica_id", flat=True)

@@ -35,6 +35,8 @@ RLIMITS_ENV = "SERVING_REPLICA_RLIMITS"
 RLIMITS = {"data": resource.RLIMIT_DATA, "nproc": resource.RLIMIT_NPROC}
 # How long removing a group waits for the processes left in it to die.
 REMOVE_WAIT_SECONDS = 5.0
+# A group without a process is removed by a sweep only once it is this old.
+SWEEP_AFTER_SECONDS = 60.0
 OPTIONAL = ("memory.swap.max", "memory.oom.group", "memory.memsw.limit_in_bytes")
 
 
@@ -259,6 +261,23 @@ def remove(where: Hierarchy, replica_id: str) -> bool:
             pass
         except OSError:
             removed = False
+    return removed
+
+
+def sweep(where: Hierarchy, keep: set[str], *, older_than: float = SWEEP_AFTER_SECONDS) -> int:
+    """Remove the empty groups of replicas that are gone (not in ``keep``): only empty
+    ones, and not just made (a replica that is starting joins its group right after),
+    so a sweep never stops a process. Returns how many it removed."""
+    removed = 0
+    for replica_id in groups(where) - keep:
+        dirs = where.unique_dirs(replica_id)
+        try:
+            young = any(time.time() - path.stat().st_mtime < older_than for path in dirs)
+        except OSError:
+            continue  # removed meanwhile
+        if young or members(where, replica_id):
+            continue
+        removed += remove(where, replica_id)
     return removed
 
 

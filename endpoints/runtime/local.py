@@ -172,11 +172,9 @@ class LocalRuntime:
             cgroups.remove(where, replica_id)
 
     def release_groups(self, keep: set[str]) -> int:
-        """Remove the groups of this installation's replicas but ``keep``'s."""
+        """Remove the empty groups this installation's replicas left, but ``keep``'s."""
         where = cgroups.hierarchy(cgroups.parent_group())
-        if where is None:
-            return 0
-        return sum(cgroups.remove(where, rid) for rid in cgroups.groups(where) - keep)
+        return cgroups.sweep(where, keep) if where is not None else 0
 
     def warm_zygote(
         self, python: str, zygote_dir: str, models_root: str = "", sandboxing: str = ""

@@ -100,10 +100,13 @@ def warm_registry() -> None:
 
 
 def stop_zygotes(runtime: Runtime) -> int:
-    """Stop this installation's zygotes (the replicas they forked are stopped apart)."""
+    """Stop this installation's zygotes (the replicas they forked are stopped apart) and
+    remove the cgroups its stopped replicas left."""
     if not isinstance(runtime, LocalRuntime):
         return 0
-    return runtime.stop_zygotes(within=str(environments.zygote_dir()))
+    stopped = runtime.stop_zygotes(within=str(environments.zygote_dir()))
+    runtime.release_all_groups()
+    return stopped
 
 
 # --- retention ---------------------------------------------------------------------------

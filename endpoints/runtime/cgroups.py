@@ -281,6 +281,13 @@ def sweep(where: Hierarchy, keep: set[str], *, older_than: float = SWEEP_AFTER_S
     return removed
 
 
+def remove_parent(where: Hierarchy) -> None:
+    """The installation's own group, once no replica group is left in it."""
+    for parent in set(where.parents.values()):
+        with contextlib.suppress(OSError):
+            Path(parent).rmdir()
+
+
 def groups(where: Hierarchy) -> set[str]:
     """The replica ids that have a group under this installation's parent."""
     found: set[str] = set()

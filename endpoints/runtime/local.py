@@ -176,6 +176,13 @@ class LocalRuntime:
         where = cgroups.hierarchy(cgroups.parent_group())
         return cgroups.sweep(where, keep) if where is not None else 0
 
+    def release_all_groups(self) -> None:
+        """As the product stops: every empty group of this installation, then its own."""
+        where = cgroups.hierarchy(cgroups.parent_group())
+        if where is not None:
+            cgroups.sweep(where, set(), older_than=0)
+            cgroups.remove_parent(where)
+
     def warm_zygote(
         self, python: str, zygote_dir: str, models_root: str = "", sandboxing: str = ""
     ) -> bool:

@@ -79,9 +79,8 @@ class ReplicaSupervisor:
         }
 
     def status(self) -> str:
+        """Its state: "exited" only once its group told why it stopped (``stop_reason``)."""
         with self._lock:
-            if self.process is not None and self.process.poll() is not None:
-                self.state = "exited"
             return self.state
 
     def terminate(self) -> None:
@@ -163,6 +162,8 @@ class ReplicaSupervisor:
             self.state = "running"
         self.process.wait()
         self._release()
+        with self._lock:
+            self.state = "exited"
 
     def _release(self) -> None:
         """Why the replica stopped (what its group recorded), then its group removed."""

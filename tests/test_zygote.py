@@ -46,8 +46,11 @@ def _probe_model():
 
     class Probe(mlflow.pyfunc.PythonModel):
         def load_context(self, context):
+            import resource
+
             with open("/proc/self/cgroup") as f:
                 self.cgroup_at_load = f.read()
+            self.data_limit_at_load = resource.getrlimit(resource.RLIMIT_DATA)[0]
 
         def predict(self, context, model_input, params=None):
             import json
@@ -72,6 +75,7 @@ def _probe_model():
                 "numpy": float(numpy.random.rand()),
                 "cwd": os.getcwd(),
                 "cgroup at load": self.cgroup_at_load,
+                "data limit at load": self.data_limit_at_load,
                 "tmp": size("/tmp"),
                 "shm": size("/dev/shm"),
                 "root": root,
@@ -321,3 +325,22 @@ def test_a_forked_replica_that_cannot_join_its_group_stops_before_its_model_load
     assert wait_until(lambda: "v1-nogroup1" not in runtime.discover(within=model_path), timeout=10)
     assert "loading model" not in log.read_text()
     assert "v1-nogroup1" not in cgroups.groups(where)
+
+
+@pytest.mark.parametrize("how", ["forked", "launched"])
+def test_where_no_group_can_be_made_a_replica_sets_its_rlimits_before_its_model_loads(
+    runtime, model_path, zygote_dir, tmp_path, monkeypatch, how
+):
+    monkeypatch.setattr(cgroups, "hierarchy", lambda parent: None)
+    zygotes = zygote_dir if how == "forked" else tmp_path / ("z" * 120)
+    spec = replace(
+        _spec(model_path, zygotes, tmp_path, f"v1-floor-{how[0]}"),
+        limits=ReplicaLimits(memory_mb=2048, max_processes=64, tmp_mb=32),
+    )
+    pid = _start(runtime, spec)
+    assert runtime.enforcement(spec.replica_id) == cgroups.FLOOR
+    seen = _seen(spec)
+    assert seen["data limit at load"] == 2048 * MIB
+    assert cgroups.RLIMITS_ENV not in seen["env"]  # taken out before the model runs
+    assert (seen["tmp"], seen["shm"]) == (32 * MIB, 32 * MIB)
+    _stop(runtime, pid, spec)

@@ -209,19 +209,19 @@ class LocalRuntime:
         return len(found)
 
     def stop(self, pid: int, replica_id: str, *, grace_seconds: float) -> None:
+        """(Its group goes with it, also when it had exited already.)"""
         process = self._process(pid, replica_id)
-        if process is None:
-            return
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.send_signal(signal.SIGTERM)
-            # A stopped (SIGSTOP) process cannot act on SIGTERM until it is continued.
-            process.send_signal(signal.SIGCONT)
-        _, alive = psutil.wait_procs([process], timeout=grace_seconds)
-        for p in alive:
+        if process is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(alive, timeout=5)
-        _reap(pid)
+                process.send_signal(signal.SIGTERM)
+                # A stopped (SIGSTOP) process cannot act on SIGTERM until it is continued.
+                process.send_signal(signal.SIGCONT)
+            _, alive = psutil.wait_procs([process], timeout=grace_seconds)
+            for p in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+            psutil.wait_procs(alive, timeout=5)
+            _reap(pid)
         self.release(replica_id)
 
     def terminate(self, pid: int, replica_id: str) -> None:
@@ -233,13 +233,13 @@ class LocalRuntime:
             process.send_signal(signal.SIGCONT)
 
     def kill(self, pid: int, replica_id: str) -> None:
+        """(Its group goes with it, also when it had exited already.)"""
         process = self._process(pid, replica_id)
-        if process is None:
-            return
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-        psutil.wait_procs([process], timeout=5)
-        _reap(pid)
+        if process is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+            psutil.wait_procs([process], timeout=5)
+            _reap(pid)
         self.release(replica_id)
 
     def is_alive(self, pid: int, replica_id: str) -> bool:

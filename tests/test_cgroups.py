@@ -5,16 +5,18 @@ process: the test's own limits stay as they are)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from endpoints.runtime import cgroups
-from endpoints.runtime.base import ReplicaLimits
+from endpoints.runtime.base import ReplicaLimits, ReplicaSpec
 
 SMALL = ReplicaLimits(cpus=1, memory_mb=4096, max_processes=256, tmp_mb=1024)
 MIB = 1024 * 1024
@@ -278,3 +280,8 @@ def test_describe_says_what_holds_the_limits():
         "1 CPU, 4096 MiB memory, 256 processes, 1024 MiB per tmpfs; held by cgroup v1"
     )
     assert cgroups.describe(ReplicaLimits(), "") == "no limits"
+
+
+def test_a_spec_sent_to_another_process_as_a_dict_keeps_its_limits():
+    spec = ReplicaSpec("v1-eeee", "/m", "127.0.0.1", 1, "/l", sys.executable, limits=SMALL)
+    assert ReplicaSpec(**json.loads(json.dumps(asdict(spec)))) == spec

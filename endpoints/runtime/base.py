@@ -56,6 +56,13 @@ class ReplicaSpec:
     registry_uri: str = ""
     limits: ReplicaLimits = field(default_factory=ReplicaLimits)
 
+    def __post_init__(self) -> None:
+        # A spec that crossed to another process as a dict (``asdict``: to a Ray actor, a
+        # helper process) has its limits back as a dict.
+        if isinstance(self.limits, dict):
+            limits = {**self.limits, "gpu_devices": tuple(self.limits.get("gpu_devices", ()))}
+            object.__setattr__(self, "limits", ReplicaLimits(**limits))
+
 
 @dataclass(frozen=True)
 class Placement:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cgroups, sandbox
-from .base import ReplicaLimits, ReplicaSpec
+from .base import ReplicaSpec
 from .local import (
     LocalRuntime,
     enforce,
@@ -49,7 +49,7 @@ class ReplicaSupervisor:
     """One replica on this node. States: starting → running → exited (or failed)."""
 
     def __init__(self, spec: dict[str, Any], namespace: str, node: str, host: str) -> None:
-        self.spec = ReplicaSpec(**{**spec, "limits": ReplicaLimits(**spec.get("limits", {}))})
+        self.spec = ReplicaSpec(**spec)
         self.root = node_dir(namespace)
         # This installation's replica groups on the node (its namespace names it).
         self.cgroup_parent = f"{cgroups.DEFAULT_PARENT}/{namespace}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import wait_for
-from fakes import register
+from fakes import attacker_model, register
 
 from endpoints.dev.devstack import free_port
 from endpoints.models import WORKLOAD_LIMITS, EventType, ReplicaState, WorkloadSize
@@ -34,74 +34,6 @@ from .helpers import READY_TIMEOUT
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.serial]
 
 SMALL = WORKLOAD_LIMITS[WorkloadSize.SMALL]
-
-
-def limits_model():
-    """Answers "alive"; a request's columns make it attack its own replica's limits:
-    ``allocate_mb`` allocates (and touches) that much memory, ``fork`` forks that many
-    processes (each waits for the others, then exits), ``fill_mb`` writes that much into
-    /tmp and into /dev/shm. It reports how far each attack got, and why it stopped."""
-    import mlflow
-
-    class Attacker(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            import json
-
-            columns = model_input.columns
-            if "allocate_mb" in columns:
-                blocks = [
-                    b"\xff" * (64 << 20) for _ in range(int(model_input["allocate_mb"][0]) // 64)
-                ]
-                return [f"allocated {len(blocks) * 64} MiB"]
-            if "fork" in columns:
-                return [json.dumps(self.fork(int(model_input["fork"][0])))]
-            if "fill_mb" in columns:
-                mb = int(model_input["fill_mb"][0])
-                report = {where: self.fill(f"{where}/attack", mb) for where in ("/tmp", "/dev/shm")}
-                return [json.dumps(report)]
-            return ["alive"] * len(model_input)
-
-        @staticmethod
-        def fork(count):
-            import os
-
-            read, write = os.pipe()
-            children, error = [], ""
-            try:
-                for _ in range(count):
-                    pid = os.fork()
-                    if pid == 0:
-                        os.close(write)
-                        os.read(read, 1)  # until the parent closes its end
-                        os._exit(0)
-                    children.append(pid)
-            except OSError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            finally:
-                os.close(write)
-                os.close(read)
-                for pid in children:
-                    os.waitpid(pid, 0)
-            return {"forked": len(children), "error": error}
-
-        @staticmethod
-        def fill(path, mb):
-            import os
-
-            written, error = 0, ""
-            try:
-                with open(path, "wb", buffering=0) as f:
-                    for _ in range(mb):
-                        f.write(b"\0" * (1 << 20))
-                        written += 1
-            except OSError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            finally:
-                if os.path.exists(path):
-                    os.remove(path)
-            return {"written_mb": written, "error": error}
-
-    return Attacker()
 
 
 class Neighbour:
@@ -147,8 +79,8 @@ class Neighbour:
 
 @pytest.fixture
 def attacker(deployment) -> Iterator:
-    """A Small endpoint of ``limits_model``, serving Production."""
-    register(deployment.name, limits_model(), "Production")
+    """A Small endpoint of ``attacker_model``, serving Production."""
+    register(deployment.name, attacker_model(), "Production")
     deployment.enable()
     deployment.wait_serving("Production", "1")
     yield deployment
@@ -255,7 +187,7 @@ def attacker_files(tmp_path_factory) -> str:
     import mlflow
 
     path = tmp_path_factory.mktemp("attacker") / "model"
-    mlflow.pyfunc.save_model(str(path), python_model=limits_model(), pip_requirements=["mlflow"])
+    mlflow.pyfunc.save_model(str(path), python_model=attacker_model(), pip_requirements=["mlflow"])
     sandbox.make_readable(path)
     return str(path)
 

@@ -239,7 +239,7 @@ def restartable_worker(celery_worker_process: ManagedProcess, stack_log_dir: Pat
 
 
 def _stop_leftover_replicas() -> None:
-    from endpoints.runtime import get_runtime
+    from endpoints.runtime import LocalRuntime, get_runtime
 
     runtime = get_runtime()
     for replica_id, pid in runtime.discover().items():
@@ -250,6 +250,8 @@ def _stop_leftover_replicas() -> None:
             continue
         if str(settings.VAR_DIR) in cmdline:
             runtime.stop(pid, replica_id, grace_seconds=2)
+    if isinstance(runtime, LocalRuntime):
+        runtime.release_all_groups()  # the cgroups this run's replicas left
 
 
 def serve_product(

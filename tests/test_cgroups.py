@@ -114,8 +114,8 @@ def test_a_v1_group_gets_the_quota_the_memory_and_swap_limit_and_the_process_lim
     group["memory"].mkdir(parents=True)
     (group["memory"] / "memory.memsw.limit_in_bytes").write_text("9223372036854771712\n")
     cgroups.create(where, "v1-aaaa", SMALL)
-    assert (group["cpu"] / "cpu.cfs_quota_us").read_text() == "100000"
-    assert (group["cpu"] / "cpu.cfs_period_us").read_text() == "100000"
+    assert (group["cpu"] / "cpu.cfs_quota_us").read_text() == "10000"
+    assert (group["cpu"] / "cpu.cfs_period_us").read_text() == "10000"
     assert (group["memory"] / "memory.limit_in_bytes").read_text() == str(4096 * MIB)
     assert (group["memory"] / "memory.memsw.limit_in_bytes").read_text() == str(4096 * MIB)
     assert (group["pids"] / "pids.max").read_text() == "256"
@@ -140,7 +140,7 @@ def test_a_v2_group_is_handed_its_controllers_on_the_way_and_gets_its_limits(tmp
             "+pids",
         ]
     group = root / "serving-ui" / "abc" / "v1-bbbb"
-    assert (group / "cpu.max").read_text() == "50000 100000"
+    assert (group / "cpu.max").read_text() == "5000 10000"
     assert (group / "memory.max").read_text() == str(512 * MIB)
     assert (group / "pids.max").read_text() == "64"
     # Without swap accounting or group kills in the kernel, those files do not exist.

@@ -107,6 +107,7 @@ class NoisyNeighbourBench(Bench):
             raise CommandError(f"the spinning model did not start spinning: {status} {answer!r}")
 
     def _measure(self) -> dict[str, Result]:
+        self.load_before = os.getloadavg()[0]
         o = self.options
         load = {"clients": 1, "total": o["requests"], "max_seconds": o["max_seconds"]}
         quiet_target = self._target(MODEL)
@@ -143,7 +144,8 @@ class NoisyNeighbourBench(Bench):
         self.say(
             f"{MODEL} through the front door, one sequential client ({HTTP_CLIENT}), "
             f"medians of {self.options['rounds']} rounds; {os.cpu_count()} cores, load "
-            f"average {os.getloadavg()[0]:.1f}:"
+            f"average {self.load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+            "(the spinner alone adds 1; above that the machine was busy):"
         )
         self.say(f"{'':34} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'errors':>6}")
         for label, r in (("alone", quiet), ("beside a spinning Small replica", noisy)):

@@ -144,8 +144,7 @@ class NoisyNeighbourBench(Bench):
         self.say(
             f"{MODEL} through the front door, one sequential client ({HTTP_CLIENT}), "
             f"medians of {self.options['rounds']} rounds; {os.cpu_count()} cores, load "
-            f"average {self.load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
-            "(the spinner alone adds 1; above that the machine was busy):"
+            f"average {self.load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end:"
         )
         self.say(f"{'':34} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'errors':>6}")
         for label, r in (("alone", quiet), ("beside a spinning Small replica", noisy)):

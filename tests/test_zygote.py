@@ -100,6 +100,7 @@ def zygote_dir(tmp_path_factory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("zyg")
     yield path
     LocalRuntime().stop_zygotes(within=str(path))
+    LocalRuntime().release_all_groups()  # the cgroups this module's replicas left
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ help:
 	@echo "            ordinary user: up, a model enabled and scoring, Ctrl-C stops everything"
 	@echo "make lint   ruff check and format check"
 	@echo "make format apply ruff's formatting and fixes"
-	@echo "make bench  front door, replica, replica start, batching and Ray-placed replica"
-	@echo "            benchmarks (PASS/MISS)"
+	@echo "make bench  front door, replica, replica start, batching, noisy neighbour and"
+	@echo "            Ray-placed replica benchmarks (PASS/MISS)"
 	@echo "make install       the Python environment in .venv (every other target builds it)"
 	@echo "make system-deps   redis-server, bubblewrap and postgresql (apt-get, as root or sudo)"
 	@echo "make browser-deps  chromium for the browser tests (apt-get)"
@@ -134,6 +134,7 @@ bench: install system-deps
 	$(PY) manage.py bench
 	$(PY) manage.py bench_provisioning
 	$(PY) manage.py bench_batching
+	$(PY) manage.py bench_limits
 	$(PY) manage.py bench_cluster
 
 clean:

@@ -302,12 +302,12 @@ METRICS = {
 }
 # The runtime package reads its choice from the environment (it imports no Django): the
 # defaults go there too, so every process of an installation agrees. Replicas of one
-# installation live in one Ray namespace, named after its data directory by default.
+# installation live in one Ray namespace, and their cgroups in one group, both named after
+# its data directory by default.
+_INSTALLATION = hashlib.sha256(str(SERVING["DATA_DIR"]).encode()).hexdigest()[:10]
 os.environ.setdefault("SERVING_RUNTIME", SERVING["RUNTIME"])
-os.environ.setdefault(
-    "SERVING_RAY_NAMESPACE",
-    "serving-ui-" + hashlib.sha256(str(SERVING["DATA_DIR"]).encode()).hexdigest()[:10],
-)
+os.environ.setdefault("SERVING_RAY_NAMESPACE", "serving-ui-" + _INSTALLATION)
+os.environ.setdefault("SERVING_CGROUP_PARENT", "serving-ui/" + _INSTALLATION)
 
 # --- REST framework -----------------------------------------------------------------------
 REST_FRAMEWORK = {

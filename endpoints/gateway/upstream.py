@@ -33,7 +33,12 @@ class ReplicaUnreachable(Exception):
 
 class ReplicaFailed(Exception):
     """The exchange failed once the replica may have read the request: it is not sent to
-    another replica."""
+    another replica. ``stopped``: the replica closed or reset the connection without a
+    whole answer (it died: killed, out of memory, crashed), not a garbled answer."""
+
+    def __init__(self, reason: str, *, stopped: bool = False) -> None:
+        super().__init__(reason)
+        self.stopped = stopped
 
 
 class ReplicaTimeout(Exception):
@@ -51,6 +56,12 @@ class BadAnswer(Exception):
 class BadGateway(ServingError):
     error_code = "BAD_GATEWAY"
     status = 502
+
+
+class ReplicaStopped(BadGateway):
+    """The replica stopped with the request inside it."""
+
+    error_code = "REPLICA_STOPPED"
 
 
 class ResponseTooLarge(BadGateway):
@@ -73,14 +84,24 @@ def unreachable(target: Target) -> Unavailable:
     )
 
 
-def failed(target: Target, reason: str) -> BadGateway:
+def failed(target: Target, failure: ReplicaFailed) -> BadGateway:
     """A replica failed with the request inside it: not retried, by the gateway or by the
-    message (no Retry-After), since the request itself may be what made it fail."""
+    message (no Retry-After), since the request itself may be what made it fail. One that
+    stopped (its process ended: killed at its memory limit, crashed) says so; the reason
+    is in the endpoint's events, which the reconcile loop writes once it sees the exit."""
+    replica = f"The replica serving version {target.version} of model '{target.model_name}'"
+    not_again = (
+        "The request was not sent to another replica: the model may have run, or the "
+        "request may be what made it fail."
+    )
+    if failure.stopped:
+        return ReplicaStopped(
+            f"{replica} stopped while handling the request ({failure}). {not_again} The "
+            "endpoint's events say why it stopped (for instance, out of memory)."
+        )
     return BadGateway(
-        f"The replica serving version {target.version} of model '{target.model_name}' "
-        f"failed while handling the request ({reason}). The request was not sent to "
-        "another replica: the model may have run, or the request may be what made it "
-        "fail. The version's service logs say more."
+        f"{replica} failed while handling the request ({failure}). {not_again} The "
+        "version's service logs say more."
     )
 
 
@@ -109,9 +130,10 @@ def retry_target(target: Target, fresh: Target | None) -> Target:
 #     closed in order, so the replica closed it without reading all of the request (or the
 #     request reached a socket that was closed already).
 #
-# Anything else fails the request with 502 BAD_GATEWAY: above all a connection closed in
-# order after the request was acknowledged (a replica that read it and then died:
-# ``os._exit``, ``kill -9``, out of memory), a partial or malformed answer, a timeout (504).
+# Anything else fails the request: 502 REPLICA_STOPPED for a connection closed or reset
+# after the request was acknowledged, or before its answer was whole (a replica that read
+# it and then died: ``os._exit``, ``kill -9``, out of memory), 502 BAD_GATEWAY for a
+# malformed answer, 504 for a timeout.
 
 # Where Linux's ``struct tcp_info`` keeps ``tcpi_bytes_acked`` (since Linux 4.1).
 _BYTES_ACKED = struct.Struct("=Q")
@@ -157,7 +179,7 @@ def failure_of(
     acked_after = bytes_acked(sock)
     if never_read(exc, answered=answered, acked_before=acked_before, acked_after=acked_after):
         return ReplicaUnreachable(reason)
-    return ReplicaFailed(reason)
+    return ReplicaFailed(reason, stopped=isinstance(exc, (ConnectionClosed, OSError)))
 
 
 def request_head(address: Address, content_type: str, length: int) -> bytes:

@@ -169,7 +169,7 @@ class StreamUpstream:
             except TimeoutError as exc:
                 raise too_slow(self._read_timeout) from exc
             except ReplicaFailed as exc:
-                raise failed(target, str(exc)) from exc
+                raise failed(target, exc) from exc
             except ReplicaUnreachable as exc:
                 if tried:
                     raise unreachable(target) from exc

@@ -19,6 +19,7 @@ from endpoints.models import (
     EndpointVersion,
     Event,
     EventType,
+    Replica,
     ReplicaState,
     ServiceState,
 )
@@ -145,6 +146,7 @@ def _start_replica(run: Pass, action: actions.StartReplica) -> None:
     for python in replicas.zygote_starts(run.runtime):
         text = f"Replica environment warmed up: {python} now forks replicas with imports done."
         _record_event(run, actions.RecordEvent(EventType.ZYGOTE_STARTED, text, version.version))
+    _record_limits(run, replica)
     rid = replica.replica_id
     if action.restarts:
         text = f"Replica {rid} replaces a failed replica (restart {action.restarts})."
@@ -153,6 +155,19 @@ def _start_replica(run: Pass, action: actions.StartReplica) -> None:
         )
     text = f"Replica {rid} started on {replica.address} (pid {replica.pid}, node {replica.node})."
     _record_event(run, actions.RecordEvent(EventType.REPLICA_STARTED, text, version.version, rid))
+
+
+def _record_limits(run: Pass, replica: Replica) -> None:
+    """The limits a version's replicas start with and what holds them, once per version
+    and wording: the first start, and the first after a rollout or on another backend."""
+    version = replica.version.version
+    note = replicas.limits_note(run.runtime, replica)
+    text = f"Replicas of version {version} start with limits: {note}."
+    if not run.endpoint.events.filter(type=EventType.REPLICA_STARTED, message=text).exists():
+        _record_event(
+            run,
+            actions.RecordEvent(EventType.REPLICA_STARTED, text, version, replica.replica_id),
+        )
 
 
 def _stop_replica(run: Pass, action: actions.StopReplica) -> None:

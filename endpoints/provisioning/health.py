@@ -34,7 +34,7 @@ def plan_replica(
     if replica.pid is None:
         return _unstarted(replica, health, now, limits)
     if not health.alive:
-        return _exited(replica, health.lost_node)
+        return _exited(replica, health.lost_node, health.stop_reason)
     if replica.state == ReplicaState.PENDING:
         return _starting(replica, health, now, limits)
     return _running(replica, health, limits)
@@ -75,7 +75,7 @@ def _unstarted(replica: ReplicaView, health: Health, now: float, limits: Limits)
     return [FollowUp()]
 
 
-def _exited(replica: ReplicaView, lost_node: str = "") -> list[Action]:
+def _exited(replica: ReplicaView, lost_node: str = "", stop_reason: str = "") -> list[Action]:
     if lost_node:
         return _lost(replica, lost_node)
     if replica.running:
@@ -88,13 +88,17 @@ def _exited(replica: ReplicaView, lost_node: str = "") -> list[Action]:
         actions = [CountStartFailure(replica.version)]
         message = "The model server exited while loading the model."
         when = "while loading the model."
+    event = f"Replica {replica.replica_id} exited {when}"
+    if stop_reason:  # its limits stopped it (the runtime read why): say so first
+        message = f"The model server was stopped: {stop_reason}, {when}"
+        event = f"Replica {replica.replica_id} was stopped: {stop_reason}, {when}"
     # The output of a replica that never served holds no request: its last lines tell
     # CAN_VIEW readers why the model did not load. A serving replica's output may hold
     # request data a model printed, so it stays in the logs (CAN_MANAGE).
     return [
         *actions,
         MarkError(replica.replica_id, message, with_log_tail=not replica.running),
-        _event(EventType.REPLICA_CRASHED, replica, f"Replica {replica.replica_id} exited {when}"),
+        _event(EventType.REPLICA_CRASHED, replica, event),
     ]
 
 

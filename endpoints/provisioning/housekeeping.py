@@ -28,7 +28,23 @@ log = logging.getLogger(__name__)
 
 
 def collect_orphans(runtime: Runtime) -> int:
-    """Stop replica processes of this installation that no live row accounts for."""
+    """Stop replica processes of this installation that no live row accounts for, then
+    remove the limit groups of replicas that are gone."""
+    stopped = _stop_orphans(runtime)
+    release_groups(runtime)
+    return stopped
+
+
+def release_groups(runtime: Runtime) -> int:
+    """Remove the empty cgroups of this installation's replicas whose rows are stopped
+    (a replica that exited by itself leaves its group for the pass that reads why)."""
+    if not isinstance(runtime, LocalRuntime):
+        return 0  # a Ray node removes a replica's group as the replica exits
+    live = Replica.objects.filter(state__in=NOT_STOPPED).values_list("replica_id", flat=True)
+    return runtime.release_groups(set(live))
+
+
+def _stop_orphans(runtime: Runtime) -> int:
     found = runtime.discover(within=str(environments.data_dir()))
     if not found:
         return 0
@@ -84,10 +100,13 @@ def warm_registry() -> None:
 
 
 def stop_zygotes(runtime: Runtime) -> int:
-    """Stop this installation's zygotes (the replicas they forked are stopped apart)."""
+    """Stop this installation's zygotes (the replicas they forked are stopped apart) and
+    remove the cgroups its stopped replicas left."""
     if not isinstance(runtime, LocalRuntime):
         return 0
-    return runtime.stop_zygotes(within=str(environments.zygote_dir()))
+    stopped = runtime.stop_zygotes(within=str(environments.zygote_dir()))
+    runtime.release_all_groups()
+    return stopped
 
 
 # --- retention ---------------------------------------------------------------------------

@@ -109,7 +109,11 @@ def replica_health(
         elif not runtime.is_alive(replica.pid, replica.replica_id):
             if lost is None:  # one question to the runtime for all gone replicas
                 lost = runtime.lost_nodes()
-            health = Health(alive=False, lost_node=replica.node if replica.node in lost else "")
+            health = Health(
+                alive=False,
+                lost_node=replica.node if replica.node in lost else "",
+                stop_reason=runtime.stop_reason(replica.replica_id),
+            )
         else:
             health = Health(alive=True, healthy=runtime.probe(replica.host, replica.port))
         yield replica_view(replica), health

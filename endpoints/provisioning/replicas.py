@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from endpoints import kv
 from endpoints.models import ComputeConfig, EndpointVersion, Replica, ReplicaState, ServiceState
-from endpoints.runtime import LocalRuntime, ReplicaSpec, Runtime
+from endpoints.runtime import LocalRuntime, ReplicaSpec, Runtime, cgroups
 from endpoints.runtime.batching import BatchSettings
 
 from . import environments
@@ -161,6 +161,12 @@ def replica_config(version: EndpointVersion) -> ComputeConfig | None:
     if version.config_update_state == ServiceState.PENDING and version.target_config:
         return version.target_config
     return version.service_config or version.endpoint.current_compute_config(version.registry_stage)
+
+
+def limits_note(runtime: Runtime, replica: Replica) -> str:
+    """The limits ``replica`` started with and how its host holds them, in words."""
+    limits = replica_limits(replica_config(replica.version))
+    return cgroups.describe(limits, runtime.enforcement(replica.replica_id))
 
 
 def batching_env(config: ComputeConfig | None) -> dict[str, str]:

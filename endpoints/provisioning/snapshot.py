@@ -91,6 +91,9 @@ class Health:
     found_pid: int | None = None
     # For a replica that is gone: the node it ran on, when that node was lost.
     lost_node: str = ""
+    # For a replica that is gone: why, when its limits stopped it ("out of memory (limit
+    # 4096 MiB)"; the runtime reads it from the replica's group).
+    stop_reason: str = ""
 
 
 @dataclass(frozen=True)

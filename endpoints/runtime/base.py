@@ -56,6 +56,13 @@ class ReplicaSpec:
     registry_uri: str = ""
     limits: ReplicaLimits = field(default_factory=ReplicaLimits)
 
+    def __post_init__(self) -> None:
+        # A spec that crossed to another process as a dict (``asdict``: to a Ray actor, a
+        # helper process) has its limits back as a dict.
+        if isinstance(self.limits, dict):
+            limits = {**self.limits, "gpu_devices": tuple(self.limits.get("gpu_devices", ()))}
+            object.__setattr__(self, "limits", ReplicaLimits(**limits))
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -114,6 +121,20 @@ class Runtime(Protocol):
 
     def lost_nodes(self) -> set[str]:
         """Nodes known to be lost (a replica recorded on one went with it)."""
+        ...
+
+    def enforcement(self, replica_id: str) -> str:
+        """How the limits of a replica ``start`` started are held ("cgroup v2", "cgroup
+        v1", "rlimits"; "" when it has none)."""
+        ...
+
+    def stop_reason(self, replica_id: str) -> str:
+        """Why a replica that is gone stopped, when its limits say so ("out of memory
+        (limit 4096 MiB)"); "" otherwise."""
+        ...
+
+    def release(self, replica_id: str) -> None:
+        """Give up what held a replica that is gone (its group)."""
         ...
 
     def read_log(self, log_path: str, *, max_bytes: int) -> str: ...

@@ -71,10 +71,16 @@ def new_namespaces() -> None:
 
 
 def confine_child(
-    model_path: str, hidden: list[str], uid: int | None, *, own_network: bool = False
+    model_path: str,
+    hidden: list[str],
+    uid: int | None,
+    *,
+    own_network: bool = False,
+    tmp_mb: int = 0,
 ) -> None:
     """In the replica, before any model code: only ``model_path`` of the ``hidden``
-    directories stays in view (read-only), a fresh ``/proc``, ``/tmp`` and ``/dev/shm``,
+    directories stays in view (read-only), a fresh ``/proc``, ``/tmp`` and ``/dev/shm``
+    (each tmpfs at most ``tmp_mb`` MiB; 0: the kernel's default, half the host's memory),
     with ``own_network`` a network namespace of its own; then the unprivileged user and
     ``no_new_privs`` (no capability left to undo any of it) and, with ``own_network``, the
     filter that keeps the sockets made on the host's network from connecting anywhere."""
@@ -94,11 +100,12 @@ def confine_child(
     for path in sorted({os.path.realpath(p) for p in needed}):  # a parent before its own
         if any(_within(path, c) for c in covers) and not any(_within(path, k) for k in kept):
             kept[path] = os.open(path, os.O_PATH)
+    size = f",size={tmp_mb * 1024 * 1024}" if tmp_mb else ""
     for path in covers:
         mode = "mode=1777" if path == TMP else "mode=0755"
-        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, mode)
+        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, mode + size)
     if os.path.isdir(SHM):
-        _mount("tmpfs", SHM, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        _mount("tmpfs", SHM, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" + size)
     for path, fd in kept.items():
         _bind_back(fd, path)
     for path in covers:

@@ -16,13 +16,15 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
-from . import confine, sandbox, seccomp
+from . import cgroups, confine, sandbox, seccomp
 from .base import Placement, ReplicaSpec, listening_socket, ping
 from .zygote_pool import (
+    NotPlaced,
     Zygotes,
     ZygoteSite,
     ZygoteUnavailable,
@@ -103,11 +105,15 @@ class LocalRuntime:
     def __init__(self) -> None:
         self.zygotes = Zygotes(base_environment(), str(PROJECT_ROOT))
         self._launched: list[subprocess.Popen[bytes]] = []
+        # {replica id: how its limits are held} of the replicas this object started.
+        self._enforced: dict[str, str] = {}
 
     def start(self, spec: ReplicaSpec) -> int:
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
-        cmd, env = replica_command(spec), replica_environment(spec)
         sandboxed = sandboxed_mode(spec.sandbox) == "bwrap"
+        enforced = enforce(spec, sandboxed=sandboxed)
+        self._enforced[spec.replica_id] = enforced.backend
+        cmd, env = replica_command(spec), {**replica_environment(spec), **enforced.env}
         if spec.start_mode == "zygote" and spec.zygote_dir:
             message = {
                 "op": "start",
@@ -118,6 +124,9 @@ class LocalRuntime:
                 "model_path": spec.model_path,
                 # The child binds its port, then leaves the host's network.
                 "own_network": sandboxed and spec.network == sandbox.NETWORK_NONE,
+                "tmp_mb": spec.limits.tmp_mb,
+                # The child waits until it is in its group (``placed``) to go on.
+                "hold": enforced.where is not None,
             }
             where = ZygoteSite(
                 python=spec.python,
@@ -126,19 +135,53 @@ class LocalRuntime:
                 sandboxed=sandboxed,
                 keyed=bool(spec.models_root),
             )
+            placed = enforced.join if enforced.where is not None else None
             try:
-                return self.zygotes.start_replica(where, message, spec.log_path)
+                return self.zygotes.start_replica(where, message, spec.log_path, placed=placed)
+            except NotPlaced as exc:
+                self.release(spec.replica_id)
+                raise OSError(f"the replica could not be put in its limits: {exc}") from exc
             except ZygoteUnavailable as exc:
                 log.warning("runtime: launching %s without a zygote: %s", spec.replica_id, exc)
         if sandboxed:
-            return self._launch_confined(cmd, env, spec)
-        return _launch(cmd, env, spec.log_path)
+            return self._launch_confined(cmd, env, spec, enforced)
+        return _launch(cmd, env, spec.log_path, enforced)
 
-    def _launch_confined(self, cmd: list[str], env: dict[str, str], spec: ReplicaSpec) -> int:
+    def _launch_confined(
+        self, cmd: list[str], env: dict[str, str], spec: ReplicaSpec, enforced: cgroups.Enforcement
+    ) -> int:
         self._launched = [p for p in self._launched if p.poll() is None]
-        process, pid = launch_confined(cmd, env, spec)
+        process, pid = launch_confined(cmd, env, spec, enforced=enforced)
         self._launched.append(process)
         return pid
+
+    def enforcement(self, replica_id: str) -> str:
+        """How the limits of a replica this object started are held (``cgroups``: "cgroup
+        v2", "cgroup v1", "rlimits"; "" when it has none)."""
+        return self._enforced.get(replica_id, "")
+
+    def stop_reason(self, replica_id: str) -> str:
+        """Why a replica that is gone stopped, when its limits say so ("out of memory
+        (limit 4096 MiB)"); "" otherwise."""
+        return cgroups.stop_reason(cgroups.hierarchy(cgroups.parent_group()), replica_id)
+
+    def release(self, replica_id: str) -> None:
+        """Remove the group of a replica that is gone (what is left in it is killed)."""
+        where = cgroups.hierarchy(cgroups.parent_group())
+        if where is not None:
+            cgroups.remove(where, replica_id)
+
+    def release_groups(self, keep: set[str]) -> int:
+        """Remove the empty groups this installation's replicas left, but ``keep``'s."""
+        where = cgroups.hierarchy(cgroups.parent_group())
+        return cgroups.sweep(where, keep) if where is not None else 0
+
+    def release_all_groups(self) -> None:
+        """As the product stops: every empty group of this installation, then its own."""
+        where = cgroups.hierarchy(cgroups.parent_group())
+        if where is not None:
+            cgroups.sweep(where, set(), older_than=0)
+            cgroups.remove_parent(where)
 
     def warm_zygote(
         self, python: str, zygote_dir: str, models_root: str = "", sandboxing: str = ""
@@ -166,19 +209,20 @@ class LocalRuntime:
         return len(found)
 
     def stop(self, pid: int, replica_id: str, *, grace_seconds: float) -> None:
+        """(Its group goes with it, also when it had exited already.)"""
         process = self._process(pid, replica_id)
-        if process is None:
-            return
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.send_signal(signal.SIGTERM)
-            # A stopped (SIGSTOP) process cannot act on SIGTERM until it is continued.
-            process.send_signal(signal.SIGCONT)
-        _, alive = psutil.wait_procs([process], timeout=grace_seconds)
-        for p in alive:
+        if process is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(alive, timeout=5)
-        _reap(pid)
+                process.send_signal(signal.SIGTERM)
+                # A stopped (SIGSTOP) process cannot act on SIGTERM until it is continued.
+                process.send_signal(signal.SIGCONT)
+            _, alive = psutil.wait_procs([process], timeout=grace_seconds)
+            for p in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+            psutil.wait_procs(alive, timeout=5)
+            _reap(pid)
+        self.release(replica_id)
 
     def terminate(self, pid: int, replica_id: str) -> None:
         process = self._process(pid, replica_id)
@@ -189,13 +233,14 @@ class LocalRuntime:
             process.send_signal(signal.SIGCONT)
 
     def kill(self, pid: int, replica_id: str) -> None:
+        """(Its group goes with it, also when it had exited already.)"""
         process = self._process(pid, replica_id)
-        if process is None:
-            return
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-        psutil.wait_procs([process], timeout=5)
-        _reap(pid)
+        if process is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+            psutil.wait_procs([process], timeout=5)
+            _reap(pid)
+        self.release(replica_id)
 
     def is_alive(self, pid: int, replica_id: str) -> bool:
         return self._process(pid, replica_id) is not None
@@ -281,16 +326,36 @@ class LocalRuntime:
         return process
 
 
-def _launch(cmd: list[str], env: dict[str, str], log_path: str) -> int:
-    return start_logged(cmd, env, log_path, cwd=str(PROJECT_ROOT)).pid
+def enforce(spec: ReplicaSpec, *, sandboxed: bool, parent: str = "") -> cgroups.Enforcement:
+    """The replica's limits made ready to hold it before it starts (``cgroups.prepare``)."""
+    return cgroups.prepare(
+        spec.replica_id,
+        spec.limits,
+        parent=parent or cgroups.parent_group(),
+        # Sandboxed by a product that is not root, a replica has a user namespace of its
+        # own: the only case where a process limit counts its processes alone.
+        own_user_namespace=sandboxed and sandbox.sandbox_uid() is None,
+    )
+
+
+def _launch(
+    cmd: list[str], env: dict[str, str], log_path: str, enforced: cgroups.Enforcement
+) -> int:
+    return start_logged(cmd, env, log_path, cwd=str(PROJECT_ROOT), join=enforced.joiner()).pid
 
 
 def launch_confined(
-    cmd: list[str], env: dict[str, str], spec: ReplicaSpec, *, die_with_parent: bool = False
+    cmd: list[str],
+    env: dict[str, str],
+    spec: ReplicaSpec,
+    *,
+    enforced: cgroups.Enforcement,
+    die_with_parent: bool = False,
 ) -> tuple[subprocess.Popen, int]:
     """A fresh replica under ``bwrap``: the bwrap process, and the replica's own pid
     (signals go to it, bwrap does not pass them on). With no network of its own, the port
-    is bound here and the replica inherits the socket. ``die_with_parent``: killed with
+    is bound here and the replica inherits the socket. bwrap joins the replica's group
+    before it runs, so everything it starts is in it. ``die_with_parent``: killed with
     the thread that calls this (the replica then runs under bwrap's own init)."""
     listener = filter_fd = None
     try:
@@ -305,6 +370,7 @@ def launch_confined(
             network=spec.network,
             die_with_parent=die_with_parent,
             seccomp_fd=filter_fd,
+            tmp_mb=spec.limits.tmp_mb,
         )
         process = start_logged(
             confined,
@@ -313,6 +379,7 @@ def launch_confined(
             cwd="/",
             pass_fds=() if listener is None else (listener.fileno(), filter_fd),
             death_signal=die_with_parent,
+            join=enforced.joiner(),
         )
     finally:
         if listener is not None:
@@ -349,9 +416,11 @@ def start_logged(
     cwd: str,
     pass_fds: tuple[int, ...] = (),
     death_signal: bool = False,
+    join: Callable[[], None] | None = None,
 ) -> subprocess.Popen:
     """``cmd`` in a session of its own, its output appended to ``log_path``;
-    ``death_signal``: SIGKILL when the thread that started it ends."""
+    ``death_signal``: SIGKILL when the thread that started it ends; ``join``: run in the
+    child before it execs (it joins the replica's group: nothing of ``cmd`` runs outside)."""
     with open(log_path, "ab") as out:
         return subprocess.Popen(
             cmd,
@@ -363,8 +432,23 @@ def start_logged(
             start_new_session=True,
             close_fds=True,
             pass_fds=pass_fds,
-            preexec_fn=_kill_with_parent if death_signal else None,
+            preexec_fn=_before_exec(death_signal, join),
         )
+
+
+def _before_exec(death_signal: bool, join: Callable[[], None] | None) -> Callable[[], None] | None:
+    """What the child does between fork and exec: only system calls (the worker may run
+    other threads at fork time, whose locks the child must not need)."""
+    if not death_signal and join is None:
+        return None
+
+    def run() -> None:
+        if join is not None:
+            join()
+        if death_signal:
+            _kill_with_parent()
+
+    return run
 
 
 def _kill_with_parent() -> None:

@@ -1,9 +1,10 @@
 """Replicas on a Ray cluster (``SERVING_RUNTIME=ray``): each one a detached actor
-(``ray_actor``) named by its replica id in the installation's namespace, placed by its CPU
-and memory needs, reached by the gateway at its node's address (Ray is not on the scoring
-path). Ray never restarts an actor: the reconcile loop replaces a dead one like a crashed
-process, and ``discover`` finds the living ones again after a worker restart. The ``pid``
-handed back is the actor's on its node, shown in events only (docs/deploy.md).
+(``ray_actor``) named by its replica id in the installation's namespace, placed by its
+workload size's CPUs and memory (which its node also holds it to), reached by the gateway
+at its node's address (Ray is not on the scoring path). Ray never restarts an actor: the
+reconcile loop replaces a dead one like a crashed process, and ``discover`` finds the
+living ones again after a worker restart. The ``pid`` handed back is the actor's on its
+node, shown in events only (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
 
-from .base import Placement, ReplicaSpec, ping
+from .base import Placement, ReplicaLimits, ReplicaSpec, ping
 from .local import LocalRuntime
 from .ray_actor import ReplicaSupervisor
 
@@ -50,16 +51,15 @@ class RayRuntime:
         *,
         address: str,
         namespace: str,
-        cpus: float = 1.0,
-        memory_mb: int = 0,
         placement_timeout: float = 60.0,
     ) -> None:
         self.address = address
         self.namespace = namespace
-        self.cpus = cpus
-        self.memory_mb = memory_mb
         self.placement_timeout = placement_timeout
         self._placements: dict[str, Placement] = {}
+        # {replica id: how its node holds its limits}, {replica id: why it stopped}.
+        self._enforced: dict[str, str] = {}
+        self._reasons: dict[str, str] = {}
         self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
         # Local files (build logs) are read like the local runtime reads them.
@@ -136,11 +136,9 @@ class RayRuntime:
             # The reconcile loop is the one source of truth: it replaces a dead actor.
             "max_restarts": 0,
             "max_concurrency": 4,
-            "num_cpus": self.cpus,
             "scheduling_strategy": "SPREAD",
+            **reservation(spec.limits),
         }
-        if self.memory_mb:
-            options["memory"] = self.memory_mb * 1024 * 1024
         actor_class = ray.remote(_Supervisor)
         try:
             actor = actor_class.options(**options).remote(asdict(spec), self.namespace)
@@ -148,7 +146,7 @@ class RayRuntime:
         except GetTimeoutError as exc:
             self._kill_actor(spec.replica_id)
             raise RayUnavailable(
-                f"no node of the Ray cluster had room for a replica ({self.cpus:g} CPU) "
+                f"no node of the Ray cluster had room for a replica ({_needs(spec.limits)}) "
                 f"within {self.placement_timeout:.0f}s"
             ) from exc
         except (RayError, ValueError) as exc:
@@ -156,7 +154,18 @@ class RayRuntime:
             raise RayUnavailable(f"the Ray cluster refused the replica: {exc}") from exc
         where = Placement(placed["host"], placed["port"], placed["node"])
         self._placements[spec.replica_id] = where
+        self._enforced[spec.replica_id] = placed.get("limits", "")
         return int(placed["pid"])
+
+    def enforcement(self, replica_id: str) -> str:
+        return self._enforced.get(replica_id, "")
+
+    def stop_reason(self, replica_id: str) -> str:
+        """What the replica's node recorded as it exited (asked before its actor went)."""
+        return self._reasons.get(replica_id, "")
+
+    def release(self, replica_id: str) -> None:
+        """Nothing here: a replica's node removes its group as it exits."""
 
     def placement(self, replica_id: str) -> Placement | None:
         found = self._placements.get(replica_id)
@@ -199,7 +208,9 @@ class RayRuntime:
         except Unsure:
             return True  # not gone for certain: the probe decides about its health
         if state in ("exited", "failed"):
-            # Its replica is gone: the actor keeps nothing worth keeping but its log.
+            # Its replica is gone: the actor keeps nothing worth keeping but its log and
+            # why it stopped.
+            self._reasons[replica_id] = self._call_quiet(replica_id, "stop_reason") or ""
             self._keep_log(replica_id)
             self._kill_actor(replica_id)
             return False
@@ -277,6 +288,21 @@ class RayRuntime:
         ]
 
 
+def reservation(limits: ReplicaLimits) -> dict[str, float]:
+    """What a replica's actor reserves on its node: its workload size's CPUs (one when
+    it sets none) and memory."""
+    reserved: dict[str, float] = {"num_cpus": limits.cpus or 1.0}
+    if limits.memory_mb:
+        reserved["memory"] = limits.memory_mb * 1024 * 1024
+    return reserved
+
+
+def _needs(limits: ReplicaLimits) -> str:
+    reserved = reservation(limits)
+    memory = f", {limits.memory_mb} MiB" if "memory" in reserved else ""
+    return f"{reserved['num_cpus']:g} CPU{memory}"
+
+
 class _Supervisor(ReplicaSupervisor):
     """The actor: knows its node when Ray constructs it there."""
 
@@ -290,7 +316,5 @@ def from_environment() -> RayRuntime:
     return RayRuntime(
         address=os.environ.get("RAY_ADDRESS", ""),
         namespace=os.environ.get("SERVING_RAY_NAMESPACE", "serving-ui"),
-        cpus=float(os.environ.get("SERVING_RAY_REPLICA_CPUS", "1")),
-        memory_mb=int(os.environ.get("SERVING_RAY_REPLICA_MEMORY_MB", "0")),
         placement_timeout=float(os.environ.get("SERVING_RAY_PLACEMENT_TIMEOUT_SECONDS", "60")),
     )

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import sandbox
-from .base import ReplicaLimits, ReplicaSpec
+from . import cgroups, sandbox
+from .base import ReplicaSpec
 from .local import (
     LocalRuntime,
+    enforce,
     launch_confined,
     replica_command,
     replica_environment,
@@ -48,8 +49,12 @@ class ReplicaSupervisor:
     """One replica on this node. States: starting → running → exited (or failed)."""
 
     def __init__(self, spec: dict[str, Any], namespace: str, node: str, host: str) -> None:
-        self.spec = ReplicaSpec(**{**spec, "limits": ReplicaLimits(**spec.get("limits", {}))})
+        self.spec = ReplicaSpec(**spec)
         self.root = node_dir(namespace)
+        # This installation's replica groups on the node (its namespace names it).
+        self.cgroup_parent = f"{cgroups.DEFAULT_PARENT}/{namespace}"
+        self.enforced = cgroups.Enforcement(self.spec.replica_id)
+        self.reason = ""
         self.log_path = self.root / "logs" / f"{self.spec.replica_id}.log"
         self.node, self.host = node, host
         self.state = "starting"
@@ -67,12 +72,15 @@ class ReplicaSupervisor:
         port = self.spec.port if _port_is_free(self.host, self.spec.port) else _free_port(self.host)
         self.port = port
         threading.Thread(target=self._run, name="replica", daemon=True).start()
-        return {"pid": os.getpid(), "host": self.host, "port": port, "node": self.node}
+        return {
+            **self.info(),
+            # How this node will hold the replica's limits.
+            "limits": cgroups.backend_for(self.spec.limits, self.cgroup_parent),
+        }
 
     def status(self) -> str:
+        """Its state: "exited" only once its group told why it stopped (``stop_reason``)."""
         with self._lock:
-            if self.process is not None and self.process.poll() is not None:
-                self.state = "exited"
             return self.state
 
     def terminate(self) -> None:
@@ -104,6 +112,10 @@ class ReplicaSupervisor:
     def spec_log_path(self) -> tuple[str, str]:
         """Where the worker keeps this replica's log once it is gone, and the log."""
         return self.spec.log_path, self.read_log(256 * 1024)
+
+    def stop_reason(self) -> str:
+        """Why the replica stopped, when its limits say so (read as it exited)."""
+        return self.reason
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": self.host, "port": self.port, "node": self.node}
@@ -149,19 +161,40 @@ class ReplicaSupervisor:
                 return
             self.state = "running"
         self.process.wait()
+        self._release()
+        with self._lock:
+            self.state = "exited"
+
+    def _release(self) -> None:
+        """Why the replica stopped (what its group recorded), then its group removed."""
+        where = self.enforced.where
+        if where is not None:
+            self.reason = cgroups.stop_reason(where, self.spec.replica_id)
+            cgroups.remove(where, self.spec.replica_id)
 
     def _launch(
         self, cmd: list[str], env: dict[str, str], local: ReplicaSpec
     ) -> tuple[subprocess.Popen[bytes], int]:
-        """Started as the local runtime starts a fresh replica, killed with this actor."""
-        if sandboxed_mode(local.sandbox) == "bwrap":
-            if not sandbox.bwrap():
-                raise OSError(
-                    f"bubblewrap (bwrap) is not installed on node {self.node}: install it "
-                    "there (Debian: bubblewrap), or run models unconfined with SERVING_SANDBOX=off"
-                )
-            return launch_confined(cmd, env, local, die_with_parent=True)
-        process = start_logged(cmd, env, local.log_path, cwd=str(self.root), death_signal=True)
+        """Started as the local runtime starts a fresh replica, with the same limits held
+        on this node, killed with this actor."""
+        sandboxed = sandboxed_mode(local.sandbox) == "bwrap"
+        if sandboxed and not sandbox.bwrap():
+            raise OSError(
+                f"bubblewrap (bwrap) is not installed on node {self.node}: install it "
+                "there (Debian: bubblewrap), or run models unconfined with SERVING_SANDBOX=off"
+            )
+        self.enforced = enforce(local, sandboxed=sandboxed, parent=self.cgroup_parent)
+        env = {**env, **self.enforced.env}
+        if sandboxed:
+            return launch_confined(cmd, env, local, enforced=self.enforced, die_with_parent=True)
+        process = start_logged(
+            cmd,
+            env,
+            local.log_path,
+            cwd=str(self.root),
+            death_signal=True,
+            join=self.enforced.joiner(),
+        )
         return process, process.pid
 
     def _download(self) -> Path:

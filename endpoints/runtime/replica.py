@@ -14,6 +14,8 @@ import os
 import socket
 import sys
 
+from . import cgroups
+
 SERVERS = ("serving-ui", "mlflow")
 
 
@@ -31,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def serve(args: argparse.Namespace, sock: socket.socket | None = None) -> None:
     """Load the model and answer requests until SIGTERM (a launched or a forked replica),
-    on ``sock`` (or ``--listen-fd``) when given, else on a socket of its own."""
+    on ``sock`` (or ``--listen-fd``) when given, else on a socket of its own. Where no
+    cgroup holds it, it first sets the rlimits the runtime asked for (``cgroups``)."""
+    cgroups.apply_floor(os.environ)
     print(
         f"replica {args.replica_id}: loading model from {args.model_path} ({args.server} server)",
         flush=True,

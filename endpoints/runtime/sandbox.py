@@ -83,11 +83,16 @@ class View:
     read_only: list[str] = field(default_factory=list)
     writable: list[str] = field(default_factory=list)
 
-    def args(self) -> list[str]:
-        """A fresh root, ``/dev``, ``/proc`` and a private ``/tmp``, then the host's paths."""
+    def args(self, tmp_mb: int = 0) -> list[str]:
+        """A fresh root, ``/dev``, ``/proc``, a private ``/tmp`` and ``/dev/shm`` (each at
+        most ``tmp_mb`` MiB; 0: the kernel's default, half the host's memory), then the
+        host's paths; the root and ``/dev`` end read-only, so the only tmpfs mounts that
+        take writes are the two sized ones."""
+        size = ["--size", str(tmp_mb * 1024 * 1024)] if tmp_mb else []
         args = ["--perms", "0755", "--tmpfs", "/", "--dev", "/dev", "--proc", "/proc"]
-        args += ["--perms", "1777", "--tmpfs", TMP]
-        made: set[str] = {"/", "/dev", "/proc", TMP}
+        args += ["--perms", "1777", *size, "--tmpfs", TMP]
+        args += ["--perms", "1777", *size, "--tmpfs", SHM]
+        made: set[str] = {"/", "/dev", "/proc", TMP, SHM}
         bound: list[str] = []
         mounts = {(os.path.realpath(p), "--ro-bind") for p in self.read_only}
         mounts |= {(os.path.realpath(p), "--bind") for p in self.writable}
@@ -99,7 +104,7 @@ class View:
             bound.append(real)
         for path in sorted({*self.read_only, *self.writable}):
             args += _links(path, made, bound)
-        return args
+        return [*args, "--remount-ro", "/dev", "--remount-ro", "/"]
 
 
 def _covered(path: str, bound: list[str]) -> bool:
@@ -217,11 +222,13 @@ def process_command(
     network: str = NETWORK_NONE,
     die_with_parent: bool = False,
     seccomp_fd: int | None = None,
+    tmp_mb: int = 0,
 ) -> list[str]:
     """``command`` (a fresh replica) confined to its model directory; with ``network``
     ``none``, the socket it serves on must be passed to it (``base.listening_socket``),
     and so must the filter that keeps it from connecting (``seccomp_fd``).
-    ``die_with_parent``: killed when the process that starts bwrap dies."""
+    ``die_with_parent``: killed when the process that starts bwrap dies; ``tmp_mb``: the
+    size of its ``/tmp`` and ``/dev/shm``."""
     view = View(read_only=[*system_paths(), *python_paths(python), *runtime_paths(), model_path])
     return [
         *base_args(
@@ -230,7 +237,7 @@ def process_command(
             bwrap_init=die_with_parent,
         ),
         *(["--die-with-parent"] if die_with_parent else []),
-        *view.args(),
+        *view.args(tmp_mb),
         *capability_args(DROP_CAPS if sandbox_uid() is not None else ()),
         *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
         "--chdir",

@@ -27,7 +27,7 @@ import psutil
 
 from . import confine, replica
 from .base import listening_socket
-from .zygote_pool import MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
+from .zygote_pool import GO, MARKER, MAX_REQUEST_BYTES, TITLE_ROOM, arguments
 
 # Imported before the first fork; a module missing from an environment is skipped.
 WARM_MODULES = (
@@ -52,6 +52,8 @@ WARM_MODULES = (
 READ_TIMEOUT_SECONDS = 2.0
 # How often the zygote checks that it is still wanted (its parent and its socket).
 WATCH_SECONDS = 1.0
+# How long a forked replica waits to be put in its limits before it gives up.
+HOLD_TIMEOUT_SECONDS = 30.0
 
 
 # --- the zygote process ----------------------------------------------------------------------
@@ -285,8 +287,10 @@ def _child(
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
         listener.close()
-        conn.close()
         _redirect_output(message["log_path"], log)
+        if message.get("hold"):
+            _await_placement(conn)
+        conn.close()
         argv = [str(arg) for arg in message["argv"]]
         args = replica.parse_args(argv[3:])
         sock = None
@@ -297,7 +301,11 @@ def _child(
             confine.close_inherited(sock.fileno() if sock is not None else None)
             model = os.path.realpath(message["model_path"])
             confine.confine_child(
-                model, CONFINEMENT.hidden, CONFINEMENT.uid, own_network=own_network
+                model,
+                CONFINEMENT.hidden,
+                CONFINEMENT.uid,
+                own_network=own_network,
+                tmp_mb=int(message.get("tmp_mb") or 0),
             )
         os.environ.clear()
         os.environ.update(message["env"])
@@ -312,6 +320,22 @@ def _child(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _await_placement(conn: socket.socket) -> None:
+    """Wait until the runtime has put this process in its limits (its cgroup): nothing of
+    the model runs before. Anything but ``GO`` (a refusal, the runtime gone) ends it."""
+    conn.settimeout(HOLD_TIMEOUT_SECONDS)
+    said = b""
+    with contextlib.suppress(OSError):
+        while not said.endswith(b"\n") and len(said) < len(GO):
+            chunk = conn.recv(len(GO) - len(said))
+            if not chunk:
+                break
+            said += chunk
+    if said != GO:
+        print("replica: not placed in its limits; stopping before the model loads", flush=True)
+        os._exit(1)
 
 
 def _redirect_output(log_path: str, passed: int | None) -> None:

@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ TITLE_IN_ARGV_ONLY = {"SPT_NOENV": "1"}
 # A Unix socket path longer than this cannot be bound (sun_path is 108 bytes).
 MAX_SOCKET_PATH = 100
 MAX_REQUEST_BYTES = 1024 * 1024
+# What a replica held at its start (``"hold": true``) is told once it is in its group.
+GO, STOP = b"go\n", b"stop\n"
 PING_TIMEOUT_SECONDS = 2.0
 START_TIMEOUT_SECONDS = 10.0
 WARM_UP_TIMEOUT_SECONDS = 60.0
@@ -57,6 +60,11 @@ WARM_UP_TIMEOUT_SECONDS = 60.0
 
 class ZygoteUnavailable(Exception):
     """No zygote could take the request: the caller starts the replica itself."""
+
+
+class NotPlaced(Exception):
+    """A forked replica could not be put in its limits; it was told to stop (it exits
+    without running its model)."""
 
 
 def socket_path(zygote_dir: Path, python: str, models_root: str = "") -> Path:
@@ -67,10 +75,17 @@ def socket_path(zygote_dir: Path, python: str, models_root: str = "") -> Path:
 
 
 def request(
-    path: Path, message: dict[str, Any], *, timeout: float, fds: list[int] | None = None
+    path: Path,
+    message: dict[str, Any],
+    *,
+    timeout: float,
+    fds: list[int] | None = None,
+    then: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Send one request (with ``fds`` passed along); raises ConnectionError (nobody
-    listens) or TimeoutError (hung)."""
+    listens) or TimeoutError (hung). ``then``: called with a successful answer before
+    the replica it names may go on (``GO``); when it raises, the replica is told to stop
+    and NotPlaced is raised."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(timeout)
         try:
@@ -83,9 +98,17 @@ def request(
         else:
             conn.sendall(data)
         answer = conn.makefile("rb").readline()
-    if not answer:
-        raise ConnectionError("the zygote closed the connection")
-    return json.loads(answer)
+        if not answer:
+            raise ConnectionError("the zygote closed the connection")
+        decoded = json.loads(answer)
+        if then is not None and decoded.get("ok"):
+            try:
+                then(decoded)
+            except Exception as exc:
+                conn.sendall(STOP)
+                raise NotPlaced(str(exc)) from exc
+            conn.sendall(GO)
+    return decoded
 
 
 @dataclass(frozen=True)
@@ -117,23 +140,33 @@ class Zygotes:
         self.started: list[str] = []
         self._processes: list[subprocess.Popen[bytes]] = []
 
-    def start_replica(self, where: ZygoteSite, message: dict[str, Any], log_path: str) -> int:
+    def start_replica(
+        self,
+        where: ZygoteSite,
+        message: dict[str, Any],
+        log_path: str,
+        *,
+        placed: Callable[[int], None] | None = None,
+    ) -> int:
+        """The pid of the replica the zygote forked; ``placed`` is called with it before
+        the replica goes on (it waits when the message says ``hold``)."""
         path = where.path
         if len(str(path)) > MAX_SOCKET_PATH:
             raise ZygoteUnavailable(f"the socket path {path} is too long")
+        then = (lambda answer: placed(int(answer["pid"]))) if placed is not None else None
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
             try:
                 return _started_pid(
-                    request(path, message, timeout=START_TIMEOUT_SECONDS, fds=[log])
+                    request(path, message, timeout=START_TIMEOUT_SECONDS, fds=[log], then=then)
                 )
             except (OSError, ValueError):
                 pass  # dead, hung or never started: (re)start it below
             self._ensure(where)
             try:
                 return _started_pid(
-                    request(path, message, timeout=START_TIMEOUT_SECONDS, fds=[log])
+                    request(path, message, timeout=START_TIMEOUT_SECONDS, fds=[log], then=then)
                 )
             except (OSError, ValueError) as exc:
                 raise ZygoteUnavailable(f"the zygote did not start the replica: {exc}") from exc

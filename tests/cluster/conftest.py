@@ -19,7 +19,12 @@ from django.conf import settings
 from tests.support.ray_cluster import RayStack
 from tests.support.stack import serve_product, start_worker
 
-NODE_CPUS = 2
+# What each node declares to Ray. A replica reserves its workload size's CPUs and memory
+# (Medium: 2 CPUs and 8 GiB), and a transition of a Medium stage runs the new version's
+# two replicas beside the old one's: four per node at most. The reservations are Ray's
+# bookkeeping; these tests' replicas use a few hundred MiB each.
+NODE_CPUS = 4
+NODE_MEMORY = 32 * 1024**3
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +42,12 @@ def ray_stack(
         connect=False,
         head_node_args={
             "num_cpus": NODE_CPUS,
+            "memory": NODE_MEMORY,
             "node_ip_address": "127.0.0.1",
             "include_dashboard": False,
         },
     )
-    other = cluster.add_node(num_cpus=NODE_CPUS, node_ip_address="127.0.0.1")
+    other = cluster.add_node(num_cpus=NODE_CPUS, memory=NODE_MEMORY, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     # The registry's tables exist before the worker and the tests reach it at once.
     from endpoints import registry

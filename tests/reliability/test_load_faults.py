@@ -182,7 +182,7 @@ def test_a_replica_killed_under_load_costs_no_request_and_is_replaced(deployment
     # told from one that killed it): 502, not a second replica. At most one per client was
     # in flight; every other request is answered by the replicas left.
     failed = [(status, text) for status, text in load.answers if status != 200]
-    assert all(status == 502 and "BAD_GATEWAY" in text for status, text in failed), failed
+    assert all(status == 502 and "REPLICA_STOPPED" in text for status, text in failed), failed
     assert len(failed) <= len(load.threads), failed
     assert Counter(a for a in load.answers if a[0] == 200) == {
         (200, "alive"): load.count() - len(failed)
@@ -226,7 +226,7 @@ def test_a_request_that_kills_its_replica_kills_no_other_and_gets_a_502(deployme
     answer = deployment.score("Production", {"dataframe_records": [{"exit": 1}]})
     assert answer.status_code == 502, answer.text
     body = answer.json()
-    assert body["error_code"] == "BAD_GATEWAY"
+    assert body["error_code"] == "REPLICA_STOPPED"
     assert "not sent to another replica" in body["message"]
 
     # The product's own records: one crash, one replacement; the others served throughout.

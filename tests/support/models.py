@@ -1,5 +1,6 @@
 """Tiny registered models for tests on the real stack: each version answers a constant (so a
-test can tell versions apart), refuses to load, or holds a request until a gate opens.
+test can tell versions apart), refuses to load, holds a request until a gate opens, or
+attacks its replica's limits.
 
 The classes are defined inside functions so that cloudpickle stores them by value: model
 servers load them without importing the test modules. Their input is typed as MLflow passes
@@ -70,6 +71,74 @@ def gate_model(value: str):
             return [value] * len(model_input)
 
     return GateModel()
+
+
+def attacker_model():
+    """Answers "alive"; a request's columns make it attack its own replica's limits:
+    ``allocate_mb`` allocates (and touches) that much memory, ``fork`` forks that many
+    processes (each waits for the others, then exits), ``fill_mb`` writes that much into
+    /tmp and into /dev/shm. It reports how far each attack got, and why it stopped."""
+    import mlflow
+
+    class Attacker(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            import json
+
+            columns = model_input.columns
+            if "allocate_mb" in columns:
+                blocks = [
+                    b"\xff" * (64 << 20) for _ in range(int(model_input["allocate_mb"][0]) // 64)
+                ]
+                return [f"allocated {len(blocks) * 64} MiB"]
+            if "fork" in columns:
+                return [json.dumps(self.fork(int(model_input["fork"][0])))]
+            if "fill_mb" in columns:
+                mb = int(model_input["fill_mb"][0])
+                report = {where: self.fill(f"{where}/attack", mb) for where in ("/tmp", "/dev/shm")}
+                return [json.dumps(report)]
+            return ["alive"] * len(model_input)
+
+        @staticmethod
+        def fork(count):
+            import os
+
+            read, write = os.pipe()
+            children, error = [], ""
+            try:
+                for _ in range(count):
+                    pid = os.fork()
+                    if pid == 0:
+                        os.close(write)
+                        os.read(read, 1)  # until the parent closes its end
+                        os._exit(0)
+                    children.append(pid)
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                os.close(write)
+                os.close(read)
+                for pid in children:
+                    os.waitpid(pid, 0)
+            return {"forked": len(children), "error": error}
+
+        @staticmethod
+        def fill(path, mb):
+            import os
+
+            written, error = 0, ""
+            try:
+                with open(path, "wb", buffering=0) as f:
+                    for _ in range(mb):
+                        f.write(b"\0" * (1 << 20))
+                        written += 1
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                if os.path.exists(path):
+                    os.remove(path)
+            return {"written_mb": written, "error": error}
+
+    return Attacker()
 
 
 def gate_artifacts() -> dict[str, str]:

@@ -143,8 +143,9 @@ def database_held() -> bool:
 
 
 def stop_leftover_replicas() -> None:
-    """Stop this run's replica processes that are still running."""
-    from endpoints.runtime import get_runtime
+    """Stop this run's replica processes that are still running, and remove the cgroups
+    its replicas left."""
+    from endpoints.runtime import LocalRuntime, get_runtime
 
     runtime = get_runtime()
     for replica_id, pid in runtime.discover().items():
@@ -155,6 +156,8 @@ def stop_leftover_replicas() -> None:
             continue
         if str(settings.VAR_DIR) in cmdline:
             runtime.stop(pid, replica_id, grace_seconds=2)
+    if isinstance(runtime, LocalRuntime):
+        runtime.release_all_groups()
 
 
 def disable_all_endpoints() -> None:

@@ -38,21 +38,26 @@ def mlflow_server_command(port: int, data_dir: Path) -> list[str]:
 
 
 def start_ray_cluster(node_cpus: int, nodes: int):
-    """A head node and ``nodes - 1`` more, each a raylet of its own, on loopback."""
+    """A head node and ``nodes - 1`` more, each a raylet of its own, on loopback. They
+    share this machine's memory: each declares its part to Ray (a replica reserves its
+    workload size's memory), not all of it as Ray would guess for each."""
+    import psutil
     from ray.cluster_utils import Cluster
 
     os.environ.update(RAY_LOOPBACK_ENV)
+    memory = psutil.virtual_memory().total // nodes
     cluster = Cluster(
         initialize_head=True,
         connect=False,
         head_node_args={
             "num_cpus": node_cpus,
+            "memory": memory,
             "node_ip_address": LOOPBACK,
             "include_dashboard": False,
         },
     )
     for _ in range(nodes - 1):
-        cluster.add_node(num_cpus=node_cpus, node_ip_address=LOOPBACK)
+        cluster.add_node(num_cpus=node_cpus, memory=memory, node_ip_address=LOOPBACK)
     cluster.wait_for_nodes()
     return cluster
 

@@ -17,13 +17,15 @@ import stat
 import sys
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
 
-from endpoints.runtime.base import ReplicaSpec
+from endpoints.runtime import cgroups
+from endpoints.runtime.base import ReplicaLimits, ReplicaSpec
 from endpoints.runtime.local import (
     LocalRuntime,
     arguments,
@@ -38,10 +40,19 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def _probe_model():
-    """Answers, for every row, what the replica sees: its environment and random draws."""
+    """Answers, for every row, what the replica sees: its environment and random draws, the
+    cgroups it was in when its model loaded, the size of its tmpfs mounts and whether it
+    can write its root."""
     import mlflow
 
     class Probe(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            import resource
+
+            with open("/proc/self/cgroup") as f:
+                self.cgroup_at_load = f.read()
+            self.data_limit_at_load = resource.getrlimit(resource.RLIMIT_DATA)[0]
+
         def predict(self, context, model_input: pd.DataFrame, params=None):
             import json
             import os
@@ -49,11 +60,26 @@ def _probe_model():
 
             import numpy
 
+            def size(path):
+                found = os.statvfs(path)
+                return found.f_blocks * found.f_frsize
+
+            try:
+                with open("/probe.txt", "w") as f:
+                    f.write("x")
+                root = "ALLOWED"
+            except OSError as exc:
+                root = f"denied: {exc}"
             seen = {
                 "env": sorted(os.environ),
                 "random": random.random(),
                 "numpy": float(numpy.random.rand()),
                 "cwd": os.getcwd(),
+                "cgroup at load": self.cgroup_at_load,
+                "data limit at load": self.data_limit_at_load,
+                "tmp": size("/tmp"),
+                "shm": size("/dev/shm"),
+                "root": root,
             }
             return [json.dumps(seen)] * len(model_input)
 
@@ -75,6 +101,7 @@ def zygote_dir(tmp_path_factory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("zyg")
     yield path
     LocalRuntime().stop_zygotes(within=str(path))
+    LocalRuntime().release_all_groups()  # the cgroups this module's replicas left
 
 
 @pytest.fixture
@@ -229,4 +256,93 @@ def test_without_a_reachable_zygote_the_replica_is_launched(runtime, model_path,
     assert os.getpid() in {parent.pid for parent in psutil.Process(pid).parents()}
     assert runtime.take_zygote_starts() == []
     assert runtime.discover(within=model_path) == {"v1-spawn001": pid}
+    _stop(runtime, pid, spec)
+
+
+# --- limits ---------------------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def _hierarchy() -> cgroups.Hierarchy:
+    where = cgroups.hierarchy(cgroups.parent_group())
+    if where is None:
+        pytest.skip("no cgroup hierarchy this user may write: the floor holds replicas")
+    return where
+
+
+def _memory_group(text: str) -> str:
+    """The memory controller's group in a ``/proc/<pid>/cgroup`` (v1, else v2's line)."""
+    lines = [line.split(":", 2) for line in text.splitlines() if line]
+    return next((p for _, c, p in lines if c == "memory"), next(p for n, _, p in lines if n == "0"))
+
+
+@pytest.mark.parametrize("how", ["forked", "launched"])
+def test_a_replica_is_in_its_group_with_sized_tmpfs_mounts_before_its_model_loads(
+    runtime, model_path, zygote_dir, tmp_path, how
+):
+    where = _hierarchy()
+    # A socket path too long to bind: no zygote serves it, the replica is launched.
+    zygotes = zygote_dir if how == "forked" else tmp_path / ("z" * 120)
+    spec = replace(
+        _spec(model_path, zygotes, tmp_path, f"v1-{how}01"),
+        limits=ReplicaLimits(cpus=1, memory_mb=1024, max_processes=64, tmp_mb=32),
+    )
+    pid = _start(runtime, spec)
+    assert runtime.enforcement(spec.replica_id) == where.kind
+    seen = _seen(spec)
+    # Its model's code ran in its group from the start, with the group's limits. Seen from
+    # the sandbox, a group's path is relative to the cgroup namespace bwrap made: the
+    # zygote's group for a forked replica, for a launched one the group bwrap joined
+    # before it ran (the worker never moves a launched replica later).
+    assert _memory_group(Path(f"/proc/{pid}/cgroup").read_text()).endswith(spec.replica_id)
+    at_load = _memory_group(seen["cgroup at load"])
+    assert at_load.endswith(f"/{spec.replica_id}") if how == "forked" else at_load == "/"
+    assert pid in cgroups.members(where, spec.replica_id)
+    assert cgroups.memory_limit_mb(where, spec.replica_id) == 1024
+    # Its /tmp and /dev/shm are the size asked for; nothing else it sees takes writes.
+    assert (seen["tmp"], seen["shm"]) == (32 * MIB, 32 * MIB)
+    assert seen["root"].startswith("denied"), seen["root"]
+    _stop(runtime, pid, spec)
+    assert spec.replica_id not in cgroups.groups(where)  # removed with it
+
+
+def test_a_forked_replica_that_cannot_join_its_group_stops_before_its_model_loads(
+    runtime, model_path, zygote_dir, tmp_path, monkeypatch
+):
+    where = _hierarchy()
+
+    def refuse(where: cgroups.Hierarchy, replica_id: str, pid: int) -> None:
+        raise PermissionError("the group refused the process")
+
+    monkeypatch.setattr(cgroups, "join", refuse)
+    spec = replace(
+        _spec(model_path, zygote_dir, tmp_path, "v1-nogroup1"),
+        limits=ReplicaLimits(memory_mb=1024),
+    )
+    with pytest.raises(OSError, match="could not be put in its limits"):
+        runtime.start(spec)
+    log = Path(spec.log_path)
+    assert wait_until(lambda: "not placed in its limits" in log.read_text(), timeout=30)
+    assert wait_until(lambda: "v1-nogroup1" not in runtime.discover(within=model_path), timeout=10)
+    assert "loading model" not in log.read_text()
+    assert "v1-nogroup1" not in cgroups.groups(where)
+
+
+@pytest.mark.parametrize("how", ["forked", "launched"])
+def test_where_no_group_can_be_made_a_replica_sets_its_rlimits_before_its_model_loads(
+    runtime, model_path, zygote_dir, tmp_path, monkeypatch, how
+):
+    monkeypatch.setattr(cgroups, "hierarchy", lambda parent: None)
+    zygotes = zygote_dir if how == "forked" else tmp_path / ("z" * 120)
+    spec = replace(
+        _spec(model_path, zygotes, tmp_path, f"v1-floor-{how[0]}"),
+        limits=ReplicaLimits(memory_mb=2048, max_processes=64, tmp_mb=32),
+    )
+    pid = _start(runtime, spec)
+    assert runtime.enforcement(spec.replica_id) == cgroups.FLOOR
+    seen = _seen(spec)
+    assert seen["data limit at load"] == 2048 * MIB
+    assert cgroups.RLIMITS_ENV not in seen["env"]  # taken out before the model runs
+    assert (seen["tmp"], seen["shm"]) == (32 * MIB, 32 * MIB)
     _stop(runtime, pid, spec)

@@ -37,7 +37,8 @@ class ScriptedReplica:
     - ``die``: read the request and close without answering (a replica that died of it);
     - ``cut``: read the request, send the start of an answer, close;
     - ``hangup``: close the kept connection while it is idle, reading nothing;
-    - ``drop``: close as soon as a request is waiting, without reading it (a reset).
+    - ``drop``: close as soon as a request is waiting, without reading it (a reset);
+    - ``garble``: read the request, answer something that is not HTTP, close.
     """
 
     def __init__(self, *steps: str) -> None:
@@ -63,6 +64,9 @@ class ScriptedReplica:
                     break
                 if step == "cut":
                     conn.sendall(OK[:20])
+                    break
+                if step == "garble":
+                    conn.sendall(b"not an answer\r\n\r\n")
                     break
                 conn.sendall(OK)
         self.done.set()
@@ -174,7 +178,10 @@ def test_a_replica_that_read_the_request_and_died_is_not_sent_it_again(client, o
     first = _kept(client, "die") if kept else ScriptedReplica("die")
     with pytest.raises(BadGateway) as caught:
         client.forward(first.address, other.address)
-    assert (caught.value.status, caught.value.error_code) == (502, "BAD_GATEWAY")
+    # The client learns that the replica stopped, and where to read why.
+    assert (caught.value.status, caught.value.error_code) == (502, "REPLICA_STOPPED")
+    assert "stopped while handling the request" in caught.value.message
+    assert "events say why" in caught.value.message
     assert "not sent to another replica" in caught.value.message
     assert len(first.received) == (2 if kept else 1)
     assert other.received == []
@@ -182,8 +189,20 @@ def test_a_replica_that_read_the_request_and_died_is_not_sent_it_again(client, o
 
 def test_an_answer_cut_short_is_not_sent_again(client, other):
     first = _kept(client, "cut")
-    with pytest.raises(BadGateway):
+    with pytest.raises(BadGateway) as caught:
         client.forward(first.address, other.address)
+    assert caught.value.error_code == "REPLICA_STOPPED"
+    assert other.received == []
+
+
+def test_a_replica_answering_something_else_than_http_is_a_bad_gateway(client, other):
+    """Only a replica that stopped is said to have stopped: a garbled answer came from a
+    running one."""
+    first = _kept(client, "garble")
+    with pytest.raises(BadGateway) as caught:
+        client.forward(first.address, other.address)
+    assert (caught.value.status, caught.value.error_code) == (502, "BAD_GATEWAY")
+    assert "not sent to another replica" in caught.value.message
     assert other.received == []
 
 

@@ -382,6 +382,32 @@ def test_a_replica_lost_with_its_node_is_replaced_and_the_event_names_the_node(r
     assert "lost with node 10.0.0.7/5f3a" in event.message
 
 
+@pytest.mark.parametrize(
+    ("replica", "when"),
+    [
+        (running("v1-a", restarts=1), "while serving."),
+        (starting("v1-a", created_at=NOW - 3), "while loading the model."),
+    ],
+)
+def test_a_replica_its_memory_limit_stopped_says_so_and_is_replaced_like_a_crash(replica, when):
+    """The runtime read the out-of-memory kill from the replica's group: its row and the
+    event say so, and it is replaced (or counts as a failed start) like any crash."""
+    reason = "out of memory (limit 4096 MiB)"
+    planned = plan_replica(
+        replica=replica, health=Health(alive=False, stop_reason=reason), now=NOW, limits=LIMITS
+    )
+    (error,) = of(planned, MarkError)
+    assert error.message == f"The model server was stopped: {reason}, {when}"
+    (event,) = of(planned, RecordEvent)
+    assert event.type == EventType.REPLICA_CRASHED
+    assert event.message == f"Replica v1-a was stopped: {reason}, {when}"
+    if replica.running:
+        assert NoteReplacement("1", 2) in planned
+        assert of(planned, CountStartFailure) == []
+    else:
+        assert of(planned, CountStartFailure) == [CountStartFailure("1")]
+
+
 def test_a_replica_exiting_while_loading_counts_as_a_failed_start():
     planned = plan_replica(
         replica=starting("v1-a", created_at=NOW - 3),

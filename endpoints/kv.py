@@ -71,6 +71,11 @@ def port_reservation_key(host: str, port: int) -> str:
     return f"{PREFIX}port:{host}:{port}"
 
 
+def gpu_reservation_key(host: str, device: int) -> str:
+    """Two workers starting replicas at once never give them the same GPU."""
+    return f"{PREFIX}gpu:{host}:{device}"
+
+
 # --- per endpoint version: load, wake-ups, scaling, metrics ----------------------------------
 
 

@@ -5,29 +5,37 @@ from __future__ import annotations
 import pytest
 
 from endpoints.models import EndpointVersion, ServiceState
-from endpoints.provisioning.autoscale import decide, replica_range
+from endpoints.provisioning.autoscale import decide, replica_range, resolve
 from endpoints.provisioning.reconcile import choose_alias
 
 NOW = 1_000_000.0
 
 
+SCALING_ARGS = {
+    "workload_size": "Small",
+    "scale_to_zero": False,
+    "per_replica": 4,
+    "max_replicas": 16,
+    "min_wanted": None,
+    "max_wanted": None,
+    "scale_to_zero_after": 900,
+    "scale_down_after": 60,
+}
+
+
 def plan(**overrides):
+    """``decide`` with a Small version's defaults, any of them (or of its scaling) changed."""
+    scaling_args = {k: overrides.pop(k, v) for k, v in SCALING_ARGS.items()}
     args = {
         "current": 1,
-        "workload_size": "Small",
-        "scale_to_zero": False,
         "peak_in_flight": 0,
         "last_activity": NOW,
         "wake": False,
         "low_since": None,
         "now": NOW,
-        "per_replica": 4,
-        "max_replicas": 16,
-        "scale_to_zero_after": 900,
-        "scale_down_after": 60,
     }
     args.update(overrides)
-    return decide(**args)
+    return decide(**args, scaling=resolve(**scaling_args))
 
 
 @pytest.mark.parametrize(
@@ -57,7 +65,7 @@ def test_load_scales_up_at_once_within_the_range():
 def test_below_the_minimum_the_minimum_is_restored():
     decision = plan(workload_size="Medium", current=0)
     assert decision.replicas == 2
-    assert decision.reason == "the size's minimum"
+    assert decision.reason == "the minimum is 2"
 
 
 def test_scaling_down_waits_for_the_load_to_stay_low_then_goes_one_at_a_time():

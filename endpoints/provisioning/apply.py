@@ -129,10 +129,15 @@ def _start_replica(run: Pass, action: actions.StartReplica) -> None:
     if port is None:
         _save(version, service_message="No free port for a replica; retrying.")
         return
+    devices = replicas.allocate_gpus(run.runtime, version)
+    if devices is None:
+        _save(version, service_message="No free GPU for a replica; waiting for one.")
+        return
     if action.restarts:
         run.replaced.pop(action.version, None)
     name = run.endpoint.registered_model_name
-    replica = replicas.create_row(version, name, port, action.restarts)
+    replica = replicas.create_row(version, name, port, action.restarts, devices)
+    replicas.release_gpus(devices)  # the row holds them now
     # The row is committed (autocommit) before the process exists: see ``replicas``.
     run.fence()
     error = replicas.launch(run.runtime, replica)
@@ -151,7 +156,11 @@ def _start_replica(run: Pass, action: actions.StartReplica) -> None:
         _record_event(
             run, actions.RecordEvent(EventType.REPLICA_RESTARTED, text, version.version, rid)
         )
-    text = f"Replica {rid} started on {replica.address} (pid {replica.pid}, node {replica.node})."
+    gpus = f", GPUs {replica.gpu_devices}" if replica.gpu_devices else ""
+    text = (
+        f"Replica {rid} started on {replica.address} "
+        f"(pid {replica.pid}, node {replica.node}{gpus})."
+    )
     _record_event(run, actions.RecordEvent(EventType.REPLICA_STARTED, text, version.version, rid))
 
 

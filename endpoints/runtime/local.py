@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from . import confine, sandbox, seccomp
+from . import confine, gpus, sandbox, seccomp
 from .base import Placement, ReplicaSpec, listening_socket, ping
 from .zygote_pool import (
     Zygotes,
@@ -76,6 +76,7 @@ def replica_environment(spec: ReplicaSpec) -> dict[str, str]:
     env = base_environment()
     env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(int(spec.request_timeout_seconds))
     env.update(spec.extra_env)
+    env.update(gpus.visible_devices(spec.limits.gpu_devices))
     if sandboxed_mode(spec.sandbox) == "bwrap":
         env = sandbox.environment(env)
     return env
@@ -108,7 +109,8 @@ class LocalRuntime:
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
         cmd, env = replica_command(spec), replica_environment(spec)
         sandboxed = sandboxed_mode(spec.sandbox) == "bwrap"
-        if spec.start_mode == "zygote" and spec.zygote_dir:
+        # A zygote's view holds no GPU: a replica given some starts in a view of its own.
+        if spec.start_mode == "zygote" and spec.zygote_dir and not spec.limits.gpu_devices:
             message = {
                 "op": "start",
                 "argv": cmd,
@@ -305,6 +307,7 @@ def launch_confined(
             network=spec.network,
             die_with_parent=die_with_parent,
             seccomp_fd=filter_fd,
+            devices=gpus.device_nodes(spec.limits.gpu_devices),
         )
         process = start_logged(
             confined,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from endpoints.models import EndpointVersion, ServiceState
-from endpoints.provisioning.autoscale import decide, replica_range, resolve
+from endpoints.provisioning.autoscale import Scaling, decide, replica_range, resolve
 from endpoints.provisioning.reconcile import choose_alias
+from endpoints.provisioning.sizing import scaling
+from endpoints.provisioning.snapshot import ConfigView, Limits
 
 NOW = 1_000_000.0
 
@@ -105,6 +107,65 @@ def test_a_waiting_request_wakes_a_version_at_zero_with_one_replica():
     assert woken.replicas == 1
     asleep = plan(scale_to_zero=True, current=0, last_activity=NOW - 10_000)
     assert asleep.replicas == 0
+
+
+# --- a config's own autoscaling ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "settings", "expected"),
+    [
+        # Bounds of its own replace the size's.
+        ("Medium", {"min_wanted": 1, "max_wanted": 6}, (1, 6)),
+        # A minimum above the size's maximum raises it; a maximum below its minimum lowers it.
+        ("Small", {"min_wanted": 3}, (3, 3)),
+        ("Large", {"max_wanted": 2}, (2, 2)),
+        # The installation's cap holds whatever the config asks.
+        ("Small", {"min_wanted": 40, "max_wanted": 50}, (16, 16)),
+        # More requests per replica: fewer replicas for the same concurrency range.
+        ("Large", {"per_replica": 8}, (2, 8)),
+        ("Medium", {"per_replica": 16}, (1, 1)),
+    ],
+)
+def test_a_configs_bounds_and_concurrency_per_replica_shape_the_range(size, settings, expected):
+    args = {"per_replica": 4, "max_replicas": 16, **settings}
+    assert resolve(size, False, **args).range == expected
+
+
+def test_scale_to_zero_keeps_the_configs_minimum_while_awake():
+    awake = plan(scale_to_zero=True, min_wanted=2, current=1, last_activity=NOW - 10)
+    assert (awake.replicas, awake.reason) == (2, "the minimum is 2")
+    quiet = plan(scale_to_zero=True, min_wanted=2, current=2, last_activity=NOW - 1_000)
+    assert quiet.replicas == 0
+
+
+def test_a_configs_delays_replace_the_installations():
+    assert plan(workload_size="Large", current=8, low_since=NOW - 20).replicas == 8
+    assert (
+        plan(workload_size="Large", current=8, low_since=NOW - 20, scale_down_after=15).replicas
+        == 7
+    )
+    quiet = {"scale_to_zero": True, "last_activity": NOW - 100}
+    assert plan(**quiet).replicas == 1
+    assert plan(**quiet, scale_to_zero_after=60).replicas == 0
+
+
+def test_sizing_reads_the_configs_settings_over_the_installations():
+    config = ConfigView(
+        pk=1,
+        workload_size="Medium",
+        target_concurrency=2,
+        max_replicas=5,
+        scale_down_after=5.0,
+    )
+    found = scaling(config, Limits(replica_concurrency=4, scale_to_zero_after=300))
+    assert found == Scaling(
+        least=4, most=5, per_replica=2, scale_down_after=5.0, scale_to_zero_after=300
+    )
+    # Nothing set: the size's range and the installation's settings.
+    assert scaling(ConfigView(pk=2, workload_size="Medium"), Limits()) == Scaling(
+        least=2, most=4, per_replica=4, scale_down_after=60.0, scale_to_zero_after=900.0
+    )
 
 
 def _version(number: str, state: str) -> EndpointVersion:

@@ -32,8 +32,8 @@ LABELS = {
     "min_replicas": "Min replicas",
     "max_replicas": "Max replicas",
     "target_concurrency": "Requests per replica",
-    "scale_down_delay_seconds": "Scale down after (s)",
-    "scale_to_zero_delay_seconds": "Scale to zero after (s)",
+    "scale_down_delay_seconds": "Scale-down delay (s)",
+    "scale_to_zero_delay_seconds": "Scale-to-zero delay (s)",
 }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_error
+from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -192,6 +193,30 @@ def test_on_ray_a_cluster_without_gpu_resource_refuses_gpu_types(
     response = update(as_user(owner), endpoint.registered_model_name, workload_type="GPU_LARGE")
     body = assert_error(response, 400, "INVALID_PARAMETER_VALUE")
     assert "the Ray cluster declares no GPU resource" in body["message"]
+
+
+def test_the_gpus_are_counted_outside_any_transaction(
+    transactional_db, owner, model_name, monkeypatch
+):
+    """On Ray counting them asks the cluster: a transaction held open meanwhile would hold
+    the database's write lock (SQLite takes it up front) and stall every other writer."""
+    services.endpoint_enable(name=model_name, user=owner)
+    in_transaction = []
+
+    def count() -> float:
+        in_transaction.append(connection.in_atomic_block)
+        return 1.0
+
+    monkeypatch.setattr("endpoints.selectors.compute.gpu_capacity", count)
+    services.compute_config_update(
+        name=model_name,
+        stage="Production",
+        workload_size="Small",
+        scale_to_zero_enabled=False,
+        workload_type="GPU_SMALL",
+        user=owner,
+    )
+    assert in_transaction == [False]
 
 
 def test_the_check_stands_on_its_own():

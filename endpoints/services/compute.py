@@ -164,7 +164,6 @@ def _check_gpus_available(workload_type: str, gpus: float | None) -> None:
         )
 
 
-@transaction.atomic
 def compute_config_update(
     *,
     name: str,
@@ -191,23 +190,34 @@ def compute_config_update(
         max_replicas_per_version=settings.SERVING["MAX_REPLICAS_PER_VERSION"],
         fractional_gpus=runtime_kind() == "ray",
     )
-    endpoint = get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
+    # Whether the GPUs exist is asked before the transaction (on Ray, of the cluster): a
+    # transaction held open meanwhile would hold the database's write lock (SQLite takes
+    # it up front), and the caller may not learn about GPUs of an endpoint hidden from it.
+    get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
     _check_gpus_available(workload_type, given.get("gpus"))
+    return _create_config(
+        name=name,
+        stage=stage,
+        user=user,
+        workload_size=workload_size,
+        workload_type=workload_type,
+        scale_to_zero_enabled=scale_to_zero_enabled,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        **given,
+    )
+
+
+@transaction.atomic
+def _create_config(*, name: str, stage: str, user: AbstractBaseUser, **fields) -> ComputeConfig:
+    endpoint = get_endpoint_for_user(name, user, PermissionLevel.CAN_MANAGE)
     in_progress = _versions_of(endpoint, stage, config_update_state=ServiceState.PENDING)
     if in_progress:
         raise Conflict(
             f"A compute config update for {stage} is still rolling out; wait for it to finish."
         )
     config = ComputeConfig.objects.create(
-        endpoint=endpoint,
-        stage=stage,
-        workload_size=workload_size,
-        workload_type=workload_type,
-        scale_to_zero_enabled=scale_to_zero_enabled,
-        max_batch_size=max_batch_size,
-        max_wait_ms=max_wait_ms,
-        user_id=user_label(user),
-        **given,
+        endpoint=endpoint, stage=stage, user_id=user_label(user), **fields
     )
     size, *extras = config.summary_parts()
     with_extras = f" with {', '.join(extras)}" if extras else ""

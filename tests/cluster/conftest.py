@@ -1,4 +1,5 @@
-"""A 2-node Ray cluster on this machine and the product running its replicas there.
+"""A 2-node Ray cluster on this machine and the product running its replicas there (with
+``ray_gpu_stack``, nodes that declare a logical GPU each).
 
 ``ray.cluster_utils.Cluster`` starts a head node and a second node as separate raylets,
 all on 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps Ray from picking this
@@ -19,6 +20,7 @@ import pytest
 from conftest import _until_up, serve_product
 from django.conf import settings
 
+from endpoints import runtime
 from endpoints.dev.devstack import ManagedProcess
 
 NODE_CPUS = 2
@@ -60,6 +62,18 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str) -> ManagedProces
 def ray_stack(
     django_db_setup, django_db_blocker, redis_server, stack_log_dir: Path, reconcile_paused
 ) -> Iterator[RayStack]:
+    yield from cluster_stack(stack_log_dir)
+
+
+@pytest.fixture(scope="module")
+def ray_gpu_stack(
+    django_db_setup, django_db_blocker, redis_server, stack_log_dir: Path, reconcile_paused
+) -> Iterator[RayStack]:
+    """The same, each node declaring one logical GPU (Ray's resource: no GPU is here)."""
+    yield from cluster_stack(stack_log_dir, gpus_per_node=1)
+
+
+def cluster_stack(stack_log_dir: Path, *, gpus_per_node: int = 0) -> Iterator[RayStack]:
     # Ray's node processes (and so the actors) inherit this process's environment.
     before = dict(os.environ)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -71,11 +85,14 @@ def ray_stack(
         connect=False,
         head_node_args={
             "num_cpus": NODE_CPUS,
+            "num_gpus": gpus_per_node,
             "node_ip_address": "127.0.0.1",
             "include_dashboard": False,
         },
     )
-    other = cluster.add_node(num_cpus=NODE_CPUS, node_ip_address="127.0.0.1")
+    other = cluster.add_node(
+        num_cpus=NODE_CPUS, num_gpus=gpus_per_node, node_ip_address="127.0.0.1"
+    )
     cluster.wait_for_nodes()
     # The registry's tables exist before the worker and the tests reach it at once.
     from endpoints import registry
@@ -88,6 +105,7 @@ def ray_stack(
         "SERVING_RAY_NODE_DIR": os.environ["SERVING_RAY_NODE_DIR"],
     }
     os.environ.update(env)  # this process reads through the same runtime
+    runtime._ray_runtime = None  # connected to this cluster, not an earlier module's
     worker = start_worker(env, stack_log_dir, "cluster-worker")
     web = serve_product("cluster-web", stack_log_dir, env=env)
     base = next(web)
@@ -101,5 +119,6 @@ def ray_stack(
 
         ray.shutdown()
         cluster.shutdown()
+        runtime._ray_runtime = None
         os.environ.clear()
         os.environ.update(before)

@@ -98,6 +98,11 @@ def low_since_key(version_pk: int) -> str:
     return f"{PREFIX}low-since:{version_pk}"
 
 
+def gpu_wait_key(version_pk: int) -> str:
+    """Since when a replica of the version has been waiting for a free GPU."""
+    return f"{PREFIX}gpu-wait:{version_pk}"
+
+
 def metrics_key(version_pk: int, bucket: int) -> str:
     """One metrics bucket (a hash of counters)."""
     return f"{PREFIX}metrics:{version_pk}:{bucket}"

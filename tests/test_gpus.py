@@ -21,7 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from endpoints import kv
 from endpoints.models import ComputeConfig, ReplicaState, ServingEndpoint
-from endpoints.provisioning import replicas
+from endpoints.provisioning import apply, replicas
+from endpoints.provisioning.actions import StartReplica
+from endpoints.provisioning.passes import Pass
 from endpoints.runtime import LocalRuntime, ReplicaSpec, gpus, local, sandbox
 from endpoints.runtime.base import ReplicaLimits
 from endpoints.telemetry import prometheus
@@ -143,6 +145,7 @@ def gpu_version(owner, redis_server, monkeypatch):
     yield version
     for device in (0, 1):
         kv.redis_client().delete(kv.gpu_reservation_key(socket.gethostname(), device))
+    kv.redis_client().delete(kv.gpu_wait_key(version.pk))
 
 
 def holding(version, devices: str, **fields):
@@ -195,6 +198,28 @@ def test_a_launched_replica_is_given_its_rows_gpus(gpu_version):
     assert replicas.launch(Recording(), replica) == ""
     assert started[0].limits.gpus == 1
     assert started[0].limits.gpu_devices == (1,)
+
+
+@pytest.mark.django_db
+def test_a_replica_waits_for_a_free_gpu_then_fails_to_start_saying_why(gpu_version, settings):
+    """So a rollout needing more GPUs than there are fails in the end (and can be changed)
+    instead of staying "Updating" for good."""
+    holding(gpu_version, "0")
+    holding(gpu_version, "1")
+    run = Pass(gpu_version.endpoint, LocalRuntime(), fence=lambda: None)
+    apply.execute(run, [StartReplica("1")])
+    gpu_version.refresh_from_db()
+    assert gpu_version.service_message == "No free GPU for a replica; waiting for one."
+    assert gpu_version.replicas.count() == 2
+    # Past the start timeout (the wait began long enough ago):
+    settings.SERVING = {**settings.SERVING, "REPLICA_START_TIMEOUT_SECONDS": 0}
+    apply.execute(run, [StartReplica("1")])
+    failed = gpu_version.replicas.get(state=ReplicaState.ERROR)
+    assert failed.state_message == (
+        "No GPU was free for this replica within 0 s: other replicas hold them."
+    )
+    gpu_version.refresh_from_db()
+    assert gpu_version.start_failures == 1
 
 
 # --- /metrics through NVML ----------------------------------------------------------------------

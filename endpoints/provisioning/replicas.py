@@ -138,6 +138,22 @@ def _gpus_in_use(host: str) -> set[int]:
     return {d for row in rows.values_list("gpu_devices", flat=True) for d in parse_devices(row)}
 
 
+def gpu_wait(version: EndpointVersion) -> float:
+    """Seconds a replica of ``version`` has been waiting for a free GPU (0: from now)."""
+    now = time.time()
+    with suppress(RedisError):
+        client = kv.redis_client()
+        key = kv.gpu_wait_key(version.pk)
+        client.set(key, repr(now), nx=True, ex=3600)
+        return now - float(client.get(key) or now)
+    return 0.0
+
+
+def gpu_wait_over(version: EndpointVersion) -> None:
+    with suppress(RedisError):
+        kv.redis_client().delete(kv.gpu_wait_key(version.pk))
+
+
 def release_gpus(devices: tuple[int, ...]) -> None:
     """Drop the reservations of ``devices``: a replica row holds them, or none will."""
     host = socket.gethostname()

@@ -105,6 +105,7 @@ def test_a_replica_gets_its_sizes_limits_with_the_configs_over_them(endpoint):
 def test_null_or_absent_settings_are_the_sizes_again(as_user, owner, endpoint):
     api = as_user(owner)
     update(api, endpoint.registered_model_name, **TUNED)
+    assert endpoint.current_compute_config("Production").memory_mb == 6144
     response = update(api, endpoint.registered_model_name, cpus=None)
     assert response.json()["compute_config"]["workload_spec"] == {
         "workload_size_id": "Small",

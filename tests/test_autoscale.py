@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from endpoints.models import EndpointVersion, ServiceState
-from endpoints.provisioning.autoscale import Scaling, decide, replica_range, resolve
+from endpoints.provisioning.autoscale import Scaling, decide, resolve
 from endpoints.provisioning.reconcile import choose_alias
 from endpoints.provisioning.sizing import scaling
 from endpoints.provisioning.snapshot import ConfigView, Limits
@@ -51,11 +51,11 @@ def plan(**overrides):
     ],
 )
 def test_workload_sizes_are_concurrency_ranges_of_four_per_replica(size, scale_to_zero, expected):
-    assert replica_range(size, scale_to_zero, per_replica=4, max_replicas=16) == expected
+    assert resolve(size, scale_to_zero, per_replica=4, max_replicas=16).range == expected
 
 
 def test_the_max_replicas_bounds_the_largest_size():
-    assert replica_range("Large", False, per_replica=4, max_replicas=6) == (4, 6)
+    assert resolve("Large", False, per_replica=4, max_replicas=6).range == (4, 6)
 
 
 def test_load_scales_up_at_once_within_the_range():

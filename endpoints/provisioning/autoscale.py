@@ -80,16 +80,6 @@ def resolve(
     )
 
 
-def replica_range(
-    workload_size: str, scale_to_zero: bool, *, per_replica: int, max_replicas: int
-) -> tuple[int, int]:
-    """A workload size's (min, max) replicas by default (0 minimum with scale to zero)."""
-    found = resolve(
-        workload_size, scale_to_zero, per_replica=per_replica, max_replicas=max_replicas
-    )
-    return found.range
-
-
 def decide(
     *,
     current: int,

@@ -47,7 +47,7 @@ class ReadOnlyInline(admin.TabularInline):
 
 class ComputeConfigInline(ReadOnlyInline):
     model = ComputeConfig
-    fields = ("stage", "workload_size", "scale_to_zero_enabled", "user_id", "creation_timestamp")
+    fields = ("stage", "summary", "user_id", "creation_timestamp")
     readonly_fields = fields
 
 
@@ -139,11 +139,13 @@ class ComputeConfigAdmin(admin.ModelAdmin):
         "endpoint",
         "stage",
         "workload_size",
+        "workload_type",
         "scale_to_zero_enabled",
+        "summary",
         "user_id",
         "creation_timestamp",
     )
-    list_filter = ("stage", "workload_size", "scale_to_zero_enabled")
+    list_filter = ("stage", "workload_size", "workload_type", "scale_to_zero_enabled")
     search_fields = ("endpoint__registered_model_name", "user_id")
     list_select_related = ("endpoint",)
 
@@ -213,6 +215,7 @@ class ReplicaAdmin(admin.ModelAdmin):
         "state",
         "address",
         "node",
+        "gpu_devices",
         "pid",
         "restarts",
         "probe_failures",

@@ -71,6 +71,11 @@ def port_reservation_key(host: str, port: int) -> str:
     return f"{PREFIX}port:{host}:{port}"
 
 
+def gpu_reservation_key(host: str, device: int) -> str:
+    """Two workers starting replicas at once never give them the same GPU."""
+    return f"{PREFIX}gpu:{host}:{device}"
+
+
 # --- per endpoint version: load, wake-ups, scaling, metrics ----------------------------------
 
 
@@ -91,6 +96,11 @@ def wake_key(version_pk: int) -> str:
 def low_since_key(version_pk: int) -> str:
     """Since when the version's load has been low enough to scale down (the autoscaler's timer)."""
     return f"{PREFIX}low-since:{version_pk}"
+
+
+def gpu_wait_key(version_pk: int) -> str:
+    """Since when a replica of the version has been waiting for a free GPU."""
+    return f"{PREFIX}gpu-wait:{version_pk}"
 
 
 def metrics_key(version_pk: int, bucket: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -280,7 +281,15 @@ SERVING = {
     # Where replicas run: "local" (processes on the worker's host) or "ray" (one Ray
     # actor per replica on the nodes of the Ray cluster at RAY_ADDRESS; docs/deploy.md).
     "RUNTIME": envchoice("SERVING_RUNTIME", "local", ("local", "ray")),
+    # The GPUs the local runtime gives replicas ("0,1"); empty: the /dev/nvidia<N> devices
+    # found on the worker's host (docs/deploy.md, "GPUs"). The runtime reads it from the
+    # environment too.
+    "GPU_DEVICES": envstr("SERVING_GPU_DEVICES", ""),
 }
+if not re.fullmatch(r"(\s*\d+\s*(,\s*\d+\s*)*)?", SERVING["GPU_DEVICES"]):
+    raise ValueError(
+        f"SERVING_GPU_DEVICES must list GPU indexes such as '0,1', not {SERVING['GPU_DEVICES']!r}"
+    )
 if SERVING["MAX_BUFFERED_BODY_BYTES"] < SERVING["MAX_PAYLOAD_BYTES"]:
     raise ValueError(
         "SERVING_MAX_BUFFERED_BODY_BYTES is below SERVING_MAX_PAYLOAD_BYTES: no body of the "

@@ -23,7 +23,7 @@ from rest_framework.response import Response
 
 from endpoints import selectors, services
 from endpoints.errors import NotFound
-from endpoints.models import EndpointVersion, PermissionLevel
+from endpoints.models import OVERRIDE_FIELDS, EndpointVersion, PermissionLevel
 from endpoints.telemetry import logs
 
 from .base import (
@@ -189,13 +189,19 @@ class ListVersionAliasesView(ApiView):
 class SupportedWorkloadSizesView(ApiView):
     @doc(
         "endpointsV2GetSupportedWorkloadSizes",
-        "Workload sizes and their concurrency range",
+        "Workload sizes (concurrency range, replicas, limits) and workload types (GPUs)",
         tag=ENDPOINTS_V2,
         response=WorkloadSizesResponse,
-        description="With scale to zero enabled, a size's minimum concurrency becomes 0.",
+        description="With scale to zero enabled, a size's minimum concurrency becomes 0. "
+        "A workload type is available when the installation has the GPUs one replica needs.",
     )
     def get(self, request: Request) -> Response:
-        return Response({"workload_sizes": selectors.supported_workload_sizes()})
+        return Response(
+            {
+                "workload_sizes": selectors.supported_workload_sizes(),
+                "workload_types": selectors.supported_workload_types(),
+            }
+        )
 
 
 class VersionReplicasView(ApiView):
@@ -352,7 +358,8 @@ class RestartComputeConfigUpdateView(ManageView):
 class UpdateComputeConfigView(ManageView):
     @doc(
         "endpointsV2UpdateComputeConfig",
-        "Set a stage's (or an alias's) workload size, scale to zero and batching",
+        "Set a stage's (or an alias's) workload size and type, limits, autoscaling, scale "
+        "to zero and batching",
         tag=ENDPOINTS_V2,
         request=UpdateComputeConfigRequest,
         response=ComputeConfigResponse,
@@ -360,7 +367,12 @@ class UpdateComputeConfigView(ManageView):
         description="Needs CAN_MANAGE. The change rolls out asynchronously: follow "
         "config_update_status in list-versions. 409 while a rollout of the stage runs. "
         "batching (off unless given) merges concurrent requests to a replica into one "
-        "predict call: only for models that answer each row independently.",
+        "predict call: only for models that answer each row independently. The limits "
+        "(cpus, memory_mb, max_processes, tmp_mb, gpus) and autoscaling settings "
+        "(min_replicas, max_replicas, target_concurrency, scale_down_delay_seconds, "
+        "scale_to_zero_delay_seconds) replace the workload size's where given; a rollout "
+        "that changes a replica's limits replaces its replicas. A GPU workload_type is "
+        "refused (400) where the installation has no GPU.",
     )
     def put(self, request: Request) -> Response:
         args = parse(request, UpdateComputeConfigRequest)
@@ -373,6 +385,8 @@ class UpdateComputeConfigView(ManageView):
             scale_to_zero_enabled=spec["scale_to_zero_enabled"],
             max_batch_size=batching.get("max_batch_size"),
             max_wait_ms=batching.get("max_wait_ms"),
+            workload_type=spec["workload_type"],
+            overrides={name: spec[name] for name in OVERRIDE_FIELDS},
             user=request.user,
         )
         return Response({"compute_config": selectors.compute_config_json(config)})

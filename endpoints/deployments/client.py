@@ -23,7 +23,23 @@ STAGES = ("Staging", "Production")
 FLAVOR = "python_function"
 TRANSITION = "/api/2.0/mlflow/model-versions/transition-stage"
 UPDATE_COMPUTE = "/api/2.0/preview/model-serving-api/endpoints-v2/update-compute-config"
-CONFIG_KEYS = {"stage", "archive_existing_versions", "workload_size", "scale_to_zero"}
+# A stage's limits per replica and autoscaling, as the API names them (None, "" or
+# "default": the workload size's again).
+TUNABLE_KEYS = (
+    "cpus",
+    "memory_mb",
+    "max_processes",
+    "tmp_mb",
+    "gpus",
+    "min_replicas",
+    "max_replicas",
+    "target_concurrency",
+    "scale_down_delay_seconds",
+    "scale_to_zero_delay_seconds",
+)
+FRACTIONAL_KEYS = ("cpus", "gpus")
+COMPUTE_KEYS = {"workload_size", "workload_type", "scale_to_zero", *TUNABLE_KEYS}
+CONFIG_KEYS = {"stage", "archive_existing_versions", *COMPUTE_KEYS}
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/]+)/(?P<version>\d+)$")
 
 HELP = f"""Serving UI: serve MLflow registry models as autoscaled REST endpoints.
@@ -35,7 +51,12 @@ A deployment is a registered model's endpoint; --name is the model's name.
   create  -m models:/<name>/<version> [-C stage=Production|Staging]
           moves that version into the stage and enables serving
   update  [-m models:/<name>/<version>] [-C stage=…] [-C workload_size=Small|Medium|Large]
-          [-C scale_to_zero=true|false]
+          [-C scale_to_zero=true|false] [-C workload_type=CPU|GPU_SMALL|GPU_MEDIUM|
+          GPU_LARGE|MULTIGPU_MEDIUM]
+          limits per replica: [-C cpus=2] [-C memory_mb=8192] [-C max_processes=512]
+          [-C tmp_mb=2048] [-C gpus=1]; autoscaling: [-C min_replicas=1]
+          [-C max_replicas=4] [-C target_concurrency=8] [-C scale_down_delay_seconds=60]
+          [-C scale_to_zero_delay_seconds=900]; "default" resets one to the size's
   delete  disables serving;  get / list  the endpoint status objects
   predict --name <name>[/Staging|/<version>] --input-path data.json
           (Production unless the name says otherwise; inputs over SERVING_UI_CHUNK_ROWS
@@ -69,6 +90,21 @@ def _flag(config: dict[str, Any], key: str, default: bool) -> bool:
     raise ServingUIError(f"{key} must be true or false, not {value!r}.", "INVALID_PARAMETER_VALUE")
 
 
+def _tunable(key: str, value: Any) -> float | None:
+    """A ``-C`` limit or autoscaling value as the API takes it: a number, or None for the
+    workload size's own."""
+    if value is None or str(value).strip().lower() in ("", "default", "none", "null"):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or (key not in FRACTIONAL_KEYS and number != int(number)):
+        kind = "a number" if key in FRACTIONAL_KEYS else "a whole number"
+        raise ServingUIError(f"{key} must be {kind}, not {value!r}.", "INVALID_PARAMETER_VALUE")
+    return number if key in FRACTIONAL_KEYS else int(number)
+
+
 def _checked_config(config: dict[str, Any] | None) -> dict[str, Any]:
     config = dict(config or {})
     unknown = set(config) - CONFIG_KEYS
@@ -85,6 +121,9 @@ def _checked_config(config: dict[str, Any] | None) -> dict[str, Any]:
             f"stage must be Staging or Production, not {stage!r}.", "INVALID_PARAMETER_VALUE"
         )
     config["stage"] = matched[0]
+    for key in TUNABLE_KEYS:
+        if key in config:
+            config[key] = _tunable(key, config[key])
     return config
 
 
@@ -221,23 +260,29 @@ class ServingUIDeploymentClient(BaseDeploymentClient):
         )
 
     def _apply_compute(self, name: str, config: dict[str, Any]) -> dict[str, Any] | None:
-        """Set the stage's workload size / scale to zero if the config names them; the new
-        endpoint status, or None when nothing was asked."""
-        if "workload_size" not in config and "scale_to_zero" not in config:
+        """Change the stage's compute settings the config names, keeping the others; the
+        new endpoint status, or None when nothing was asked."""
+        if not COMPUTE_KEYS & set(config):
             return None
         status = self._status(name)
         current = next(
-            (c["workload_spec"] for c in status["compute_config"] if c["stage"] == config["stage"]),
+            (
+                c["workload_spec"]
+                for c in status["compute_config"]
+                if c.get("stage") == config["stage"]
+            ),
             {"workload_size_id": "Small", "scale_to_zero_enabled": False},
         )
         spec = {
+            **current,
             "workload_size_id": str(config.get("workload_size", current["workload_size_id"])),
             "scale_to_zero_enabled": _flag(
                 config, "scale_to_zero", current["scale_to_zero_enabled"]
             ),
+            **{key: config[key] for key in TUNABLE_KEYS if key in config},
         }
-        if "batching" in current:
-            spec["batching"] = current["batching"]
+        if "workload_type" in config:
+            spec["workload_type"] = str(config["workload_type"])
         self.connection.api(
             "PUT",
             UPDATE_COMPUTE,

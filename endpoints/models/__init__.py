@@ -2,6 +2,7 @@
 state (what runs), written by the reconcile loop (``endpoints.provisioning``).
 
 - ``serving``: endpoints, compute configs, versions, routing pointers, replicas;
+- ``workloads``: workload sizes and types, and what a compute config may set over them;
 - ``events``: the Events tab's rows;
 - ``access``: service principals, access tokens, per-endpoint permissions;
 - ``traffic``: traffic splits and inference tables.
@@ -22,8 +23,6 @@ from .events import Event, EventLevel, EventType
 from .serving import (
     MAX_BATCH_SIZE_RANGE,
     MAX_WAIT_MS_RANGE,
-    WORKLOAD_CONCURRENCY,
-    WORKLOAD_LIMITS,
     ComputeConfig,
     EndpointState,
     EndpointVersion,
@@ -33,17 +32,38 @@ from .serving import (
     ServingEndpoint,
     Stage,
     StageAlias,
-    WorkloadSize,
     now_ms,
 )
 from .traffic import InferenceTable, TrafficSplit
+from .workloads import (
+    AUTOSCALING_FIELDS,
+    FRACTIONAL_FIELDS,
+    LIMIT_FIELDS,
+    MIN_MEMORY_MB,
+    OVERRIDE_FIELDS,
+    OVERRIDE_RANGES,
+    WORKLOAD_CONCURRENCY,
+    WORKLOAD_GPUS,
+    WORKLOAD_LIMITS,
+    WorkloadSize,
+    WorkloadType,
+    default_replicas,
+    described,
+)
 
 __all__ = [
+    "AUTOSCALING_FIELDS",
+    "FRACTIONAL_FIELDS",
+    "LIMIT_FIELDS",
     "MAX_BATCH_SIZE_RANGE",
     "MAX_WAIT_MS_RANGE",
+    "MIN_MEMORY_MB",
+    "OVERRIDE_FIELDS",
+    "OVERRIDE_RANGES",
     "PERMISSION_RANK",
     "TOKEN_PREFIX",
     "WORKLOAD_CONCURRENCY",
+    "WORKLOAD_GPUS",
     "WORKLOAD_LIMITS",
     "AccessToken",
     "AccessTokenQuerySet",
@@ -65,6 +85,9 @@ __all__ = [
     "StageAlias",
     "TrafficSplit",
     "WorkloadSize",
+    "WorkloadType",
+    "default_replicas",
+    "described",
     "hash_token",
     "now_ms",
     "unexpired",

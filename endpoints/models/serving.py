@@ -13,6 +13,17 @@ from django.utils import timezone
 
 from endpoints.targets import TARGET_MAX_LENGTH
 
+from .workloads import (
+    AUTOSCALING_FIELDS,
+    LIMIT_FIELDS,
+    OVERRIDE_FIELDS,
+    WORKLOAD_CONCURRENCY,
+    WorkloadSize,
+    WorkloadType,
+    described,
+    range_validators,
+)
+
 
 def now_ms() -> int:
     """Unix time in milliseconds: the timestamps of configs, events and traffic rows."""
@@ -23,28 +34,6 @@ class Stage(models.TextChoices):
     STAGING = "Staging"
     PRODUCTION = "Production"
 
-
-class WorkloadSize(models.TextChoices):
-    SMALL = "Small"
-    MEDIUM = "Medium"
-    LARGE = "Large"
-
-
-# Concurrency (min, max) per workload size: Small 4/4, Medium 8/16, Large 16/64 requests.
-# One replica carries a concurrency of settings.SERVING["REPLICA_CONCURRENCY"] (4).
-WORKLOAD_CONCURRENCY: dict[str, tuple[int, int]] = {
-    WorkloadSize.SMALL: (4, 4),
-    WorkloadSize.MEDIUM: (8, 16),
-    WorkloadSize.LARGE: (16, 64),
-}
-
-# What one replica of each workload size may use: CPUs, memory (MiB), processes and the
-# size of each tmpfs it gets (MiB). A compute config may override each (docs/provisioning.md).
-WORKLOAD_LIMITS: dict[str, dict[str, float]] = {
-    WorkloadSize.SMALL: {"cpus": 1, "memory_mb": 4096, "max_processes": 256, "tmp_mb": 1024},
-    WorkloadSize.MEDIUM: {"cpus": 2, "memory_mb": 8192, "max_processes": 512, "tmp_mb": 4096},
-    WorkloadSize.LARGE: {"cpus": 4, "memory_mb": 16384, "max_processes": 1024, "tmp_mb": 16384},
-}
 
 # Micro-batching bounds: rows merged into one predict call, and how long the first request
 # of a batch may wait for others (beyond that, latency costs more than merging saves).
@@ -137,6 +126,38 @@ class ComputeConfig(models.Model):
             MaxValueValidator(MAX_WAIT_MS_RANGE[1]),
         ],
     )
+    workload_type = models.CharField(
+        max_length=16, choices=WorkloadType.choices, default=WorkloadType.CPU
+    )
+    # Overrides of the workload size's limits and of the workload type's GPUs (null: theirs).
+    cpus = models.FloatField(null=True, blank=True, validators=range_validators("cpus"))
+    memory_mb = models.PositiveIntegerField(
+        null=True, blank=True, validators=range_validators("memory_mb")
+    )
+    max_processes = models.PositiveIntegerField(
+        null=True, blank=True, validators=range_validators("max_processes")
+    )
+    tmp_mb = models.PositiveIntegerField(
+        null=True, blank=True, validators=range_validators("tmp_mb")
+    )
+    gpus = models.FloatField(null=True, blank=True, validators=range_validators("gpus"))
+    # Autoscaling over the workload size's (null: the size's range and the installation's
+    # concurrency per replica and delays).
+    min_replicas = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=range_validators("min_replicas")
+    )
+    max_replicas = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=range_validators("max_replicas")
+    )
+    target_concurrency = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=range_validators("target_concurrency")
+    )
+    scale_down_delay_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=range_validators("scale_down_delay_seconds")
+    )
+    scale_to_zero_delay_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=range_validators("scale_to_zero_delay_seconds")
+    )
     user_id = models.CharField(max_length=254, blank=True, default="")
     creation_timestamp = models.BigIntegerField(default=now_ms)
 
@@ -161,12 +182,36 @@ class ComputeConfig(models.Model):
     @property
     def summary(self) -> str:
         """The settings in words, as events and pages show them."""
+        return ", ".join(self.summary_parts())
+
+    def summary_parts(self) -> list[str]:
+        """The workload size, then each setting that differs from its default."""
         parts = [self.workload_size]
+        if self.workload_type != WorkloadType.CPU:
+            parts.append(self.workload_type)
         if self.scale_to_zero_enabled:
             parts.append("scale to zero")
         if self.batching_enabled:
             parts.append(f"batching up to {self.max_batch_size} rows / {self.max_wait_ms} ms")
-        return ", ".join(parts)
+        parts += [described(name, value) for name, value in self.limit_overrides().items()]
+        return parts + self._autoscaling_words()
+
+    def _autoscaling_words(self) -> list[str]:
+        low, high = self.min_replicas, self.max_replicas
+        words = []
+        if low is not None and high is not None:
+            words.append(f"{low} to {high} replicas")
+        elif low is not None:
+            words.append(f"at least {low} replicas")
+        elif high is not None:
+            words.append(f"at most {high} replicas")
+        if self.target_concurrency is not None:
+            words.append(f"{self.target_concurrency} requests per replica")
+        if self.scale_down_delay_seconds is not None:
+            words.append(f"scale down after {self.scale_down_delay_seconds} s")
+        if self.scale_to_zero_delay_seconds is not None:
+            words.append(f"scale to zero after {self.scale_to_zero_delay_seconds} s")
+        return words
 
     @property
     def concurrency_range(self) -> tuple[int, int]:
@@ -174,8 +219,19 @@ class ComputeConfig(models.Model):
         return (0 if self.scale_to_zero_enabled else low, high)
 
     def limit_overrides(self) -> dict[str, float]:
-        """The limits this config sets itself, over its workload size's (``WORKLOAD_LIMITS``)."""
-        return {}
+        """The limits this config sets itself, over its workload size's (``WORKLOAD_LIMITS``)
+        and its workload type's GPUs (``WORKLOAD_GPUS``)."""
+        return {
+            name: getattr(self, name) for name in LIMIT_FIELDS if getattr(self, name) is not None
+        }
+
+    def autoscaling_overrides(self) -> dict[str, int]:
+        """The autoscaling settings this config sets itself."""
+        return {
+            name: getattr(self, name)
+            for name in AUTOSCALING_FIELDS
+            if getattr(self, name) is not None
+        }
 
     def same_spec(self, other: ComputeConfig | None) -> bool:
         return other is not None and self._spec() == other._spec()
@@ -183,9 +239,11 @@ class ComputeConfig(models.Model):
     def _spec(self) -> tuple[object, ...]:
         return (
             self.workload_size,
+            self.workload_type,
             self.scale_to_zero_enabled,
             self.max_batch_size,
             self.max_wait_ms,
+            *(getattr(self, name) for name in OVERRIDE_FIELDS),
         )
 
 
@@ -278,6 +336,8 @@ class Replica(models.Model):
     # The machine (local runtime: the worker's host) or Ray node the replica runs on.
     node = models.CharField(max_length=255, blank=True, default="")
     log_path = models.CharField(max_length=1024, blank=True, default="")
+    # The GPUs given to it on the local runtime ("0,1"; Ray chooses its actors' own).
+    gpu_devices = models.CharField(max_length=64, blank=True, default="")
     probe_failures = models.PositiveIntegerField(default=0)
     restarts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)

@@ -130,10 +130,16 @@ def _start_replica(run: Pass, action: actions.StartReplica) -> None:
     if port is None:
         _save(version, service_message="No free port for a replica; retrying.")
         return
+    name = run.endpoint.registered_model_name
+    devices = replicas.allocate_gpus(run.runtime, version)
+    if devices is None:
+        _no_free_gpu(version, name, port, action.restarts)
+        return
+    replicas.gpu_wait_over(version)
     if action.restarts:
         run.replaced.pop(action.version, None)
-    name = run.endpoint.registered_model_name
-    replica = replicas.create_row(version, name, port, action.restarts)
+    replica = replicas.create_row(version, name, port, action.restarts, devices)
+    replicas.release_gpus(devices)  # the row holds them now
     # The row is committed (autocommit) before the process exists: see ``replicas``.
     run.fence()
     error = replicas.launch(run.runtime, replica)
@@ -153,7 +159,11 @@ def _start_replica(run: Pass, action: actions.StartReplica) -> None:
         _record_event(
             run, actions.RecordEvent(EventType.REPLICA_RESTARTED, text, version.version, rid)
         )
-    text = f"Replica {rid} started on {replica.address} (pid {replica.pid}, node {replica.node})."
+    gpus = f", GPUs {replica.gpu_devices}" if replica.gpu_devices else ""
+    text = (
+        f"Replica {rid} started on {replica.address} "
+        f"(pid {replica.pid}, node {replica.node}{gpus})."
+    )
     _record_event(run, actions.RecordEvent(EventType.REPLICA_STARTED, text, version.version, rid))
 
 
@@ -168,6 +178,21 @@ def _record_limits(run: Pass, replica: Replica) -> None:
             run,
             actions.RecordEvent(EventType.REPLICA_STARTED, text, version, replica.replica_id),
         )
+
+
+def _no_free_gpu(version: EndpointVersion, name: str, port: int, restarts: int) -> None:
+    """Wait for a GPU to free up; past the start timeout, this replica failed to start (an
+    Error row says why), so a rollout that needs more GPUs than there are fails in the end
+    instead of blocking every later change."""
+    timeout = settings.SERVING["REPLICA_START_TIMEOUT_SECONDS"]
+    if replicas.gpu_wait(version) < timeout:
+        _save(version, service_message="No free GPU for a replica; waiting for one.")
+        return
+    replicas.gpu_wait_over(version)
+    replica = replicas.create_row(version, name, port, restarts, ())
+    reason = f"No GPU was free for this replica within {timeout:.0f} s: other replicas hold them."
+    replicas.set_state(replica, ReplicaState.ERROR, reason)
+    replicas.count_start_failure(version)
 
 
 def _stop_replica(run: Pass, action: actions.StopReplica) -> None:

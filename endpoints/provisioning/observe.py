@@ -26,6 +26,7 @@ from endpoints.targets import served_aliases
 from endpoints.telemetry import load_reports
 
 from . import environments
+from .limits import view_fields
 from .snapshot import (
     ConfigView,
     EndpointView,
@@ -137,6 +138,7 @@ def config_view(config: ComputeConfig) -> ConfigView:
             if config.max_batch_size is not None and config.max_wait_ms is not None
             else None
         ),
+        **view_fields(config),
     )
 
 

@@ -36,6 +36,7 @@ from .actions import (
     StartReplica,
     StopReplica,
 )
+from .limits import describe_limits
 from .snapshot import ConfigView, Limits, LoadView, ReplicaView, VersionView
 
 # --- registry → versions ---------------------------------------------------------------
@@ -187,13 +188,14 @@ def _begin_config_update(
         return [], version
     if config.same_spec(version.service_config):
         return [KeepConfig(version.version, config.pk)], replace(version, service_config=config)
-    event = RecordEvent(
-        EventType.CONFIG_UPDATE_STARTED,
-        f"Rolling out {config.workload_size}"
-        f"{' with scale to zero' if config.scale_to_zero else ''} "
-        f"to version {version.version}.",
-        version=version.version,
-    )
+    text = f"Rolling out {config.described} to version {version.version}."
+    serving = version.service_config
+    if serving is not None and config.replica_limits != serving.replica_limits:
+        text += (
+            " Its replicas are replaced by ones with the new limits: "
+            f"{describe_limits(config.replica_limits)}."
+        )
+    event = RecordEvent(EventType.CONFIG_UPDATE_STARTED, text, version=version.version)
     updated = replace(version, config_update_state=ServiceState.PENDING, target_config=config)
     return [StartConfigUpdate(version.version, config.pk), event], updated
 
@@ -254,13 +256,12 @@ def _settle(version: VersionView, config: ConfigView, count: int, running: int) 
         ]
     if version.config_update_state == ServiceState.PENDING and running >= count:
         applied = version.target_config or config
-        zero = " and scale to zero" if applied.scale_to_zero else ""
         return [
             ApplyConfigUpdate(version.version, applied.pk),
             PublishRouting(),
             RecordEvent(
                 EventType.CONFIG_UPDATE_APPLIED,
-                f"Version {version.version} now runs with {applied.workload_size}{zero}.",
+                f"Version {version.version} now runs with {applied.described}.",
                 version=version.version,
             ),
         ]

@@ -8,12 +8,14 @@ adopts or expires, never an unknown process.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import socket
 import sys
 import time
 from contextlib import suppress
+from dataclasses import replace
 
 from django.conf import settings
 from django.db.models import F
@@ -24,6 +26,7 @@ from endpoints import kv
 from endpoints.models import ComputeConfig, EndpointVersion, Replica, ReplicaState, ServiceState
 from endpoints.runtime import LocalRuntime, ReplicaSpec, Runtime, cgroups
 from endpoints.runtime.batching import BatchSettings
+from endpoints.runtime.gpus import local_devices, parse_devices
 
 from . import environments
 from .limits import replica_limits
@@ -97,7 +100,71 @@ def allocate_port(runtime: Runtime, host: str) -> int | None:
     return None
 
 
-def create_row(version: EndpointVersion, name: str, port: int, restarts: int) -> Replica:
+def allocate_gpus(runtime: Runtime, version: EndpointVersion) -> tuple[int, ...] | None:
+    """This host's GPUs for a new replica of ``version``, none of them another live
+    replica's: () when it needs none or its runtime places GPUs itself (Ray), None when
+    too few are free now.
+
+    Each device is reserved in Redis before the rows are read, and the reservation is
+    dropped once the new row holds it: so a worker that reserved a device either sees the
+    row of the one that had it before, or that one's reservation stops it."""
+    count = math.ceil(replica_limits(replica_config(version)).gpus)
+    if not count or not isinstance(runtime, LocalRuntime):
+        return ()
+    host = socket.gethostname()
+    chosen: list[int] = []
+    for device in local_devices():
+        if not _reserve_gpu(host, device):
+            continue
+        if device in _gpus_in_use(host):
+            release_gpus((device,))
+            continue
+        chosen.append(device)
+        if len(chosen) == count:
+            return tuple(chosen)
+    release_gpus(tuple(chosen))
+    return None
+
+
+def _reserve_gpu(host: str, device: int) -> bool:
+    with suppress(RedisError):
+        key = kv.gpu_reservation_key(host, device)
+        return bool(kv.redis_client().set(key, "1", nx=True, ex=PORT_RESERVATION_SECONDS))
+    return True  # without Redis, the rows alone decide (as for ports)
+
+
+def _gpus_in_use(host: str) -> set[int]:
+    rows = Replica.objects.filter(state__in=NOT_STOPPED, worker_host=host).exclude(gpu_devices="")
+    return {d for row in rows.values_list("gpu_devices", flat=True) for d in parse_devices(row)}
+
+
+def gpu_wait(version: EndpointVersion) -> float:
+    """Seconds a replica of ``version`` has been waiting for a free GPU (0: from now)."""
+    now = time.time()
+    with suppress(RedisError):
+        client = kv.redis_client()
+        key = kv.gpu_wait_key(version.pk)
+        client.set(key, repr(now), nx=True, ex=3600)
+        return now - float(client.get(key) or now)
+    return 0.0
+
+
+def gpu_wait_over(version: EndpointVersion) -> None:
+    with suppress(RedisError):
+        kv.redis_client().delete(kv.gpu_wait_key(version.pk))
+
+
+def release_gpus(devices: tuple[int, ...]) -> None:
+    """Drop the reservations of ``devices``: a replica row holds them, or none will."""
+    host = socket.gethostname()
+    with suppress(RedisError):
+        for device in devices:
+            kv.redis_client().delete(kv.gpu_reservation_key(host, device))
+
+
+def create_row(
+    version: EndpointVersion, name: str, port: int, restarts: int, gpu_devices: tuple[int, ...]
+) -> Replica:
     """The Pending row of a new replica of ``version`` of the registered model ``name``."""
     replica_id = f"v{version.version}-{secrets.token_hex(4)}"[:32]
     return Replica.objects.create(
@@ -105,6 +172,7 @@ def create_row(version: EndpointVersion, name: str, port: int, restarts: int) ->
         replica_id=replica_id,
         host=serving("REPLICA_HOST"),
         port=port,
+        gpu_devices=",".join(str(d) for d in gpu_devices),
         worker_host=socket.gethostname(),
         # Where the runtime placed it is recorded once it started (``launch``).
         node=socket.gethostname(),
@@ -134,7 +202,7 @@ def launch(runtime: Runtime, replica: Replica) -> str:
         models_root=str(environments.models_root()),
         model_uri=f"models:/{replica.version.endpoint.registered_model_name}/{version.version}",
         registry_uri=settings.MLFLOW_REGISTRY_URI,
-        limits=replica_limits(config),
+        limits=replace(replica_limits(config), gpu_devices=parse_devices(replica.gpu_devices)),
     )
     if spec.sandbox == "off":
         log.warning(

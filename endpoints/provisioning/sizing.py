@@ -5,8 +5,10 @@ like the rest of the plan (``plan.plan_version`` calls these).
   with the scale-down timer and the scaling event;
 - ``scale_up`` / ``scale_down``: start the missing replicas (the first one replaces a
   failed replica), stop the extra ones (not-ready ones first, then the newest);
-- ``stale``: replicas that a rollout changing what a replica runs with (batching) must
-  replace rather than keep.
+- ``scaling``: the config's autoscaling over the size's range and the installation's
+  settings;
+- ``stale``: replicas that a rollout changing what a replica runs with (batching, limits,
+  GPUs) must replace rather than keep.
 """
 
 from __future__ import annotations
@@ -35,22 +37,35 @@ def size(
         return max(current, 0 if version.ready else 1), []
     decision = autoscale.decide(
         current=current,
-        workload_size=config.workload_size,
-        scale_to_zero=config.scale_to_zero,
+        scaling=scaling(config, limits),
         peak_in_flight=load.peak_in_flight,
         last_activity=_last_activity(version, config, load, now),
         wake=load.wake,
         low_since=load.low_since,
         now=now,
-        per_replica=limits.replica_concurrency,
-        max_replicas=limits.max_replicas_per_version,
-        scale_to_zero_after=limits.scale_to_zero_after,
-        scale_down_after=limits.scale_down_after,
     )
     count = decision.replicas if version.ready else max(decision.replicas, 1)
     actions: list[Action] = [SetScaleTimer(version.version, decision.low_since, load.wake)]
     actions += _scaling_event(version, current, count, decision.reason, load.wake)
     return count, [*actions, SetReplicaTarget(version.version, count)]
+
+
+def scaling(config: ConfigView, limits: Limits) -> autoscale.Scaling:
+    """The config's autoscaling settings over its workload size's and the installation's."""
+    return autoscale.resolve(
+        config.workload_size,
+        config.scale_to_zero,
+        per_replica=config.target_concurrency or limits.replica_concurrency,
+        max_replicas=limits.max_replicas_per_version,
+        min_wanted=config.min_replicas,
+        max_wanted=config.max_replicas,
+        scale_down_after=_or(config.scale_down_after, limits.scale_down_after),
+        scale_to_zero_after=_or(config.scale_to_zero_after, limits.scale_to_zero_after),
+    )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _last_activity(version: VersionView, config: ConfigView, load: LoadView, now: float) -> float:
@@ -105,11 +120,18 @@ def scale_down(version: VersionView, count: int) -> list[Action]:
 
 def stale(version: VersionView) -> list[ReplicaView]:
     """Replicas started before a rollout that changes what a replica itself runs with
-    (batching): workload size and scale to zero change only how many run, but these must
-    be replaced."""
+    (batching, its limits or GPUs): how many run (the size's range, scale to zero,
+    autoscaling) changes without replacing any, but these must be replaced."""
     target, serving = version.target_config, version.service_config
     if version.config_update_state != ServiceState.PENDING or target is None or serving is None:
         return []
-    if target.batching == serving.batching:
+    if not replaces_replicas(target, serving):
         return []
     return [r for r in version.replicas if r.created_at < target.created_at]
+
+
+def replaces_replicas(target: ConfigView, serving: ConfigView | None) -> bool:
+    """Whether rolling out ``target`` over ``serving`` starts new replicas."""
+    if serving is None:
+        return False
+    return (target.batching, target.replica_limits) != (serving.batching, serving.replica_limits)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from endpoints.models import ReplicaState, ServiceState
+from endpoints.runtime.base import ReplicaLimits
 from endpoints.targets import version_targets
 
 
@@ -49,13 +50,40 @@ class ConfigView:
     created_at: float = 0.0
     # (max batch size, max wait in ms), or None: what each replica is started with.
     batching: tuple[int, int] | None = None
+    # What each replica may use (``limits.replica_limits``): a rollout that changes them
+    # replaces the replicas started with others.
+    replica_limits: ReplicaLimits = field(default_factory=ReplicaLimits)
+    # The config's own autoscaling (None: the workload size's range, the installation's
+    # concurrency per replica and delays).
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_concurrency: int | None = None
+    scale_down_after: float | None = None
+    scale_to_zero_after: float | None = None
+    # The settings in words (``ComputeConfig.summary``), as events show them.
+    summary: str = ""
 
     def same_spec(self, other: ConfigView | None) -> bool:
-        return other is not None and (
+        return other is not None and self._spec() == other._spec()
+
+    def _spec(self) -> tuple[object, ...]:
+        return (
             self.workload_size,
             self.scale_to_zero,
             self.batching,
-        ) == (other.workload_size, other.scale_to_zero, other.batching)
+            self.replica_limits,
+            self.min_replicas,
+            self.max_replicas,
+            self.target_concurrency,
+            self.scale_down_after,
+            self.scale_to_zero_after,
+        )
+
+    @property
+    def described(self) -> str:
+        """The summary, or (a config written by hand) its size and scale to zero."""
+        zero = " with scale to zero" if self.scale_to_zero else ""
+        return self.summary or f"{self.workload_size}{zero}"
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,27 @@ the environment, which the settings fill in.
 - ``zygote``: a pre-warmed interpreter per environment that forks replicas;
   ``zygote_pool``: starting zygotes and asking them for replicas;
 - ``sandbox``: the view every runtime puts model code in; ``confine``: a forked replica
-  confining itself; ``seccomp``: the filter of a replica without a network.
+  confining itself; ``seccomp``: the filter of a replica without a network;
+- ``gpus``: this host's GPUs, what a replica given some sees and which nodes it binds.
 """
 
 from __future__ import annotations
 
 import os
 
+from . import gpus
 from .base import Placement, ReplicaSpec, Runtime
 from .local import LocalRuntime
 
-__all__ = ["LocalRuntime", "Placement", "ReplicaSpec", "Runtime", "get_runtime", "runtime_kind"]
+__all__ = [
+    "LocalRuntime",
+    "Placement",
+    "ReplicaSpec",
+    "Runtime",
+    "get_runtime",
+    "gpu_capacity",
+    "runtime_kind",
+]
 
 _ray_runtime: Runtime | None = None
 
@@ -38,3 +48,10 @@ def get_runtime() -> Runtime:
 
         _ray_runtime = from_environment()
     return _ray_runtime
+
+
+def gpu_capacity() -> float:
+    """The GPUs replicas can be given here: the Ray cluster's, or this host's devices."""
+    if runtime_kind() == "ray":
+        return get_runtime().gpu_capacity()
+    return float(len(gpus.local_devices()))

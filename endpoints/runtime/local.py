@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from . import cgroups, confine, sandbox, seccomp
+from . import cgroups, confine, gpus, sandbox, seccomp
 from .base import Placement, ReplicaSpec, listening_socket, ping
 from .zygote_pool import (
     NotPlaced,
@@ -78,6 +78,7 @@ def replica_environment(spec: ReplicaSpec) -> dict[str, str]:
     env = base_environment()
     env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(int(spec.request_timeout_seconds))
     env.update(spec.extra_env)
+    env.update(gpus.visible_devices(spec.limits.gpu_devices))
     if sandboxed_mode(spec.sandbox) == "bwrap":
         env = sandbox.environment(env)
     return env
@@ -114,7 +115,8 @@ class LocalRuntime:
         enforced = enforce(spec, sandboxed=sandboxed)
         self._enforced[spec.replica_id] = enforced.backend
         cmd, env = replica_command(spec), {**replica_environment(spec), **enforced.env}
-        if spec.start_mode == "zygote" and spec.zygote_dir:
+        # A zygote's view holds no GPU: a replica given some starts in a view of its own.
+        if spec.start_mode == "zygote" and spec.zygote_dir and not spec.limits.gpu_devices:
             message = {
                 "op": "start",
                 "argv": cmd,
@@ -371,6 +373,7 @@ def launch_confined(
             die_with_parent=die_with_parent,
             seccomp_fd=filter_fd,
             tmp_mb=spec.limits.tmp_mb,
+            devices=gpus.device_nodes(spec.limits.gpu_devices),
         )
         process = start_logged(
             confined,

@@ -139,6 +139,8 @@ class RayRuntime:
             "scheduling_strategy": "SPREAD",
             **reservation(spec.limits),
         }
+        if spec.limits.gpus:
+            options["num_gpus"] = spec.limits.gpus
         actor_class = ray.remote(_Supervisor)
         try:
             actor = actor_class.options(**options).remote(asdict(spec), self.namespace)
@@ -275,6 +277,11 @@ class RayRuntime:
             return self._call(replica_id, method, timeout=5)
         return None
 
+    def gpu_capacity(self) -> float:
+        """The GPUs the cluster's live nodes declare (Ray's ``GPU`` resource)."""
+        self.connect()
+        return float(ray.cluster_resources().get("GPU", 0.0))
+
     def nodes(self) -> list[dict[str, Any]]:
         """The cluster's nodes: {"node", "alive", "cpus"} each."""
         self.connect()
@@ -309,7 +316,10 @@ class _Supervisor(ReplicaSupervisor):
     def __init__(self, spec: dict[str, Any], namespace: str) -> None:
         node_id = ray.get_runtime_context().get_node_id()
         host = ray.util.get_node_ip_address()
-        super().__init__(spec, namespace, _node_of(node_id, host), host)
+        # The GPUs Ray gave this actor: the replica it starts is shown those.
+        given = tuple(int(i) for i in ray.get_gpu_ids() if str(i).isdigit())
+        limits = {**spec.get("limits", {}), "gpu_devices": given}
+        super().__init__({**spec, "limits": limits}, namespace, _node_of(node_id, host), host)
 
 
 def from_environment() -> RayRuntime:

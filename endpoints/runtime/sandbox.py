@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +82,8 @@ class View:
 
     read_only: list[str] = field(default_factory=list)
     writable: list[str] = field(default_factory=list)
+    # Device nodes usable in the view (a replica's GPUs), in its ``/dev`` by their names.
+    devices: list[str] = field(default_factory=list)
 
     def args(self, tmp_mb: int = 0) -> list[str]:
         """A fresh root, ``/dev``, ``/proc``, a private ``/tmp`` and ``/dev/shm`` (each at
@@ -104,6 +106,8 @@ class View:
             bound.append(real)
         for path in sorted({*self.read_only, *self.writable}):
             args += _links(path, made, bound)
+        for device in self.devices:
+            args += ["--dev-bind", device, f"/dev/{os.path.basename(device)}"]
         return [*args, "--remount-ro", "/dev", "--remount-ro", "/"]
 
 
@@ -223,13 +227,17 @@ def process_command(
     die_with_parent: bool = False,
     seccomp_fd: int | None = None,
     tmp_mb: int = 0,
+    devices: Sequence[str] = (),
 ) -> list[str]:
     """``command`` (a fresh replica) confined to its model directory; with ``network``
     ``none``, the socket it serves on must be passed to it (``base.listening_socket``),
     and so must the filter that keeps it from connecting (``seccomp_fd``).
     ``die_with_parent``: killed when the process that starts bwrap dies; ``tmp_mb``: the
-    size of its ``/tmp`` and ``/dev/shm``."""
-    view = View(read_only=[*system_paths(), *python_paths(python), *runtime_paths(), model_path])
+    size of its ``/tmp`` and ``/dev/shm``; ``devices``: the device nodes of its GPUs."""
+    view = View(
+        read_only=[*system_paths(), *python_paths(python), *runtime_paths(), model_path],
+        devices=list(devices),
+    )
     return [
         *base_args(
             new_pid_namespace=True,

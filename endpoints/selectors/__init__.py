@@ -4,7 +4,7 @@ every interface gets the same answer: an endpoint the user may not view does not
 service principals are for admins.
 
 - ``endpoints``: endpoints, versions, replicas, events, metrics;
-- ``compute``: compute configs, workload sizes;
+- ``compute``: compute configs, workload sizes and types, the installation's GPUs;
 - ``access``: users, grants, tokens, service principals;
 - ``traffic``: traffic splits, inference tables.
 """
@@ -22,7 +22,10 @@ from .access import (
 from .compute import (
     alias_config_targets,
     compute_config_json,
+    gpu_source,
+    installation_gpus,
     supported_workload_sizes,
+    supported_workload_types,
     target_json,
     workload_spec_json,
 )
@@ -67,8 +70,10 @@ __all__ = [
     "endpoint_version",
     "endpoints_visible_to",
     "event_json",
+    "gpu_source",
     "inference_table_json",
     "inference_table_read",
+    "installation_gpus",
     "live_replicas",
     "may_list_users",
     "replica_json",
@@ -76,6 +81,7 @@ __all__ = [
     "service_principals",
     "sidebar_label",
     "supported_workload_sizes",
+    "supported_workload_types",
     "target_json",
     "traffic_splits_json",
     "unreadable_message",

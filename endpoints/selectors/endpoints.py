@@ -151,6 +151,12 @@ def replica_json(replica: Replica) -> dict[str, Any]:
         "node": replica.node,
         "restarts": replica.restarts,
         "creation_timestamp": int(replica.created_at.timestamp() * 1000),
+        # The GPUs it was given on the local runtime (absent: none, or placed by Ray).
+        **(
+            {"gpu_devices": [int(d) for d in replica.gpu_devices.split(",")]}
+            if replica.gpu_devices
+            else {}
+        ),
     }
 
 

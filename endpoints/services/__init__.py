@@ -4,7 +4,8 @@ checks permissions, writes in one transaction, records an Event and asks a worke
 reconcile once the transaction commits (the periodic reconcile would get there anyway).
 
 - ``endpoints``: serving on and off, stage transitions, the endpoint a user may act on;
-- ``compute``: compute configs per target, retrying a failed rollout;
+- ``compute``: compute configs per target (their limits, GPUs and autoscaling checked),
+  retrying a failed rollout;
 - ``access``: tokens, service principals, permissions;
 - ``traffic``: MLflow aliases, traffic splits, inference tables;
 - ``invalidation``: gateways drop their caches whenever who may do what changes.
@@ -19,7 +20,7 @@ from .access import (
     token_expiry,
     token_revoke,
 )
-from .compute import compute_config_restart, compute_config_update
+from .compute import check_overrides, compute_config_restart, compute_config_update
 from .endpoints import (
     endpoint_disable,
     endpoint_enable,
@@ -40,6 +41,7 @@ from .traffic import (
 
 __all__ = [
     "access_control_set",
+    "check_overrides",
     "compute_config_restart",
     "compute_config_update",
     "endpoint_disable",

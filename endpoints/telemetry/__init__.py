@@ -8,5 +8,6 @@ Prometheus:
   reconcile loop's passes;
 - ``readiness``: ``/readyz``'s checks and the heartbeat each Celery worker keeps;
 - ``logs``: service and build logs, read through the runtime;
-- ``inference_tables``: captured requests on disk (Parquet by endpoint and day).
+- ``inference_tables``: captured requests on disk (Parquet by endpoint and day);
+- ``gpus``: GPU memory and utilisation through NVML, where it is present.
 """

@@ -2,7 +2,8 @@
 totals every gateway process and the worker add to Redis (``metrics``, ``load_reports``,
 the reconcile loop's passes, ``inference_tables``' dropped requests) and the replica rows,
 so one scrape of any web server process sees the whole installation; nothing is recorded
-per request. Names and labels are docs/observability.md's.
+per request. GPUs are the scraped host's own, where NVML reads them (``gpus``). Names and
+labels are docs/observability.md's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from endpoints.models import EndpointVersion, InferenceTable, Replica, ReplicaState
 
-from . import inference_tables, load_reports, metrics
+from . import gpus, inference_tables, load_reports, metrics
 
 # The classic text format: every Prometheus version reads it (the names need nothing newer).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -97,6 +98,7 @@ class ServingCollector(Collector):
         yield self._replicas(labels)
         yield from self._reconcile()
         yield self._capture_dropped()
+        yield from self._gpus()
 
     def _replicas(self, labels: dict[int, list[str]]) -> Metric:
         family = GaugeMetricFamily(
@@ -150,6 +152,33 @@ class ServingCollector(Collector):
             for reason, count in counts.items():
                 family.add_metric([name, reason], count)
         return family
+
+    def _gpus(self) -> Iterator[Metric]:
+        """Only where NVML reads GPUs on this host (``gpus``)."""
+        found = gpus.readings()
+        if not found:
+            return
+        used = GaugeMetricFamily(
+            "serving_ui_gpu_memory_used_bytes",
+            "GPU memory in use, per GPU of the host answering the scrape (NVML).",
+            labels=["gpu", "name"],
+        )
+        total = GaugeMetricFamily(
+            "serving_ui_gpu_memory_total_bytes",
+            "GPU memory, per GPU of the host answering the scrape (NVML).",
+            labels=["gpu", "name"],
+        )
+        busy = GaugeMetricFamily(
+            "serving_ui_gpu_utilization_ratio",
+            "Share of the last sample period a kernel ran on the GPU, 0 to 1 (NVML).",
+            labels=["gpu", "name"],
+        )
+        for reading in found:
+            labels = [str(reading.index), reading.name]
+            used.add_metric(labels, reading.memory_used_bytes)
+            total.add_metric(labels, reading.memory_total_bytes)
+            busy.add_metric(labels, reading.utilization)
+        yield from (used, total, busy)
 
 
 _registry = CollectorRegistry(auto_describe=False)

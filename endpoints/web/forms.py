@@ -5,10 +5,13 @@ from __future__ import annotations
 from django import forms
 
 from endpoints.models import (
+    FRACTIONAL_FIELDS,
     MAX_BATCH_SIZE_RANGE,
     MAX_WAIT_MS_RANGE,
+    OVERRIDE_FIELDS,
     PermissionLevel,
     WorkloadSize,
+    WorkloadType,
 )
 from endpoints.registry import ALL_STAGES
 from endpoints.targets import TARGET_MAX_LENGTH, valid_alias, valid_target
@@ -26,10 +29,28 @@ def target_field() -> forms.CharField:
     return forms.CharField(max_length=TARGET_MAX_LENGTH, validators=[_check_target])
 
 
+def override_field(name: str) -> forms.Field:
+    """A setting over the workload size's: empty is the size's (the services check ranges)."""
+    if name in FRACTIONAL_FIELDS:
+        return forms.FloatField(required=False)
+    return forms.IntegerField(required=False)
+
+
 class ComputeConfigForm(forms.Form):
     stage = target_field()
     workload_size = forms.ChoiceField(choices=WorkloadSize.choices)
+    workload_type = forms.ChoiceField(choices=WorkloadType.choices, required=False)
     scale_to_zero_enabled = forms.BooleanField(required=False)
+    cpus = override_field("cpus")
+    memory_mb = override_field("memory_mb")
+    max_processes = override_field("max_processes")
+    tmp_mb = override_field("tmp_mb")
+    gpus = override_field("gpus")
+    min_replicas = override_field("min_replicas")
+    max_replicas = override_field("max_replicas")
+    target_concurrency = override_field("target_concurrency")
+    scale_down_delay_seconds = override_field("scale_down_delay_seconds")
+    scale_to_zero_delay_seconds = override_field("scale_to_zero_delay_seconds")
     batching_enabled = forms.BooleanField(required=False)
     # Read only with batching on: the numbers of a switched-off setting stay on the page.
     max_batch_size = forms.IntegerField(
@@ -38,6 +59,9 @@ class ComputeConfigForm(forms.Form):
     max_wait_ms = forms.IntegerField(
         min_value=MAX_WAIT_MS_RANGE[0], max_value=MAX_WAIT_MS_RANGE[1], required=False
     )
+
+    def clean_workload_type(self) -> str:
+        return self.cleaned_data.get("workload_type") or WorkloadType.CPU
 
     def clean(self) -> dict:
         data = super().clean()
@@ -51,11 +75,17 @@ class ComputeConfigForm(forms.Form):
                 self.add_error(name, "Required with batching on.")
         return data
 
+    def overrides(self) -> dict[str, float | None]:
+        """The limits and autoscaling settings as entered (None: the workload size's)."""
+        return {name: self.cleaned_data.get(name) for name in OVERRIDE_FIELDS}
+
     def problem(self) -> str:
-        """What to fix, in one sentence for the page's message."""
-        for name, label in (("max_batch_size", "Max batch size"), ("max_wait_ms", "Max wait")):
+        """What to fix, in one sentence for the page's message (a setting is named as the
+        API names it)."""
+        labels = {"max_batch_size": "Max batch size", "max_wait_ms": "Max wait"}
+        for name in (*labels, *OVERRIDE_FIELDS, "workload_type"):
             if name in self.errors:
-                return f"{label}: {' '.join(self.errors[name])}"
+                return f"{labels.get(name, name)}: {' '.join(self.errors[name])}"
         return "Choose a stage and a workload size."
 
 

@@ -188,6 +188,8 @@ def compute_update(request: HttpRequest, name: str) -> HttpResponse:
             scale_to_zero_enabled=data["scale_to_zero_enabled"],
             max_batch_size=data["max_batch_size"],
             max_wait_ms=data["max_wait_ms"],
+            workload_type=data["workload_type"],
+            overrides=form.overrides(),
             user=request.user,
         )
     except ServingError as exc:

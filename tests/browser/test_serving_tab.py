@@ -124,18 +124,28 @@ def test_serving_tab_from_enable_to_disable(stack: str, owner, page: Page, resto
     expect(page.locator("#python-snippet")).to_contain_text("def score_model(dataset):")
     expect(page.locator("#request-body")).to_be_hidden()
 
-    # Compute Settings: Staging to Medium with scale to zero; the rollout state shows.
+    # Compute Settings: Staging to Medium with scale to zero, less memory per replica and
+    # at most 3 replicas; the rollout state shows.
     open_panel(page, "Compute Settings")
     staging = page.get_by_test_id("compute-staging")
     staging.get_by_role("radio", name=re.compile("Medium")).check()
     staging.get_by_label("Scale to zero").check()
+    staging.get_by_text("Limits per replica").click()
+    expect(staging.get_by_test_id("memory_mb-staging")).to_have_attribute("placeholder", "4096")
+    staging.get_by_test_id("memory_mb-staging").fill("6144")
+    staging.get_by_text("Autoscaling", exact=True).click()
+    staging.get_by_test_id("max_replicas-staging").fill("3")
     staging.get_by_role("button", name="Save Staging").click()
     expect(
         page.get_by_role("status").filter(has_text="Staging compute settings saved")
     ).to_be_visible()
     staging = page.get_by_test_id("compute-staging")
-    expect(staging).to_contain_text("Current: Medium, scale to zero")
+    expect(staging).to_contain_text(
+        "Current: Medium, scale to zero, 6144 MiB memory, at most 3 replicas"
+    )
     expect(staging.get_by_role("radio", name=re.compile("Medium"))).to_be_checked()
+    expect(staging.get_by_test_id("memory_mb-staging")).to_have_value("6144")
+    expect(staging.get_by_test_id("max_replicas-staging")).to_have_value("3")
     expect(staging.get_by_test_id("rollout-staging")).to_contain_text(
         re.compile("Update queued|Updating|Up to date")
     )

@@ -367,6 +367,33 @@ def test_a_replica_over_its_memory_on_a_node_is_killed_there_and_the_loop_says_w
         timeout=READY_TIMEOUT,
         what="a replacement",
     )
+
+
+def test_a_gpu_workload_type_is_refused_while_the_cluster_declares_no_gpu(
+    ray_stack, transactional_db, owner, make_token, name: str
+) -> None:
+    """Asked of the cluster by the web server (through the API), as a user would."""
+    register(name, constant_model("cpu"), "Production")
+    services.endpoint_enable(name=name, user=owner)
+    answer = requests.put(
+        ray_stack.base + "/api/2.0/preview/model-serving-api/endpoints-v2/update-compute-config",
+        json={
+            "registered_model_name": name,
+            "stage": "Production",
+            "desired_workload_config_spec": {
+                "workload_size_id": "Small",
+                "workload_type": "GPU_SMALL",
+            },
+        },
+        headers={"Authorization": f"Bearer {make_token(owner)}"},
+        timeout=60,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {
+        "error_code": "INVALID_PARAMETER_VALUE",
+        "message": "Invalid workload_type GPU_SMALL: this installation has no GPU "
+        "(the Ray cluster declares no GPU resource).",
+    }
     disable_and_check_nothing_left(name, owner)
 
 

@@ -51,6 +51,15 @@ class Number(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class Real(serializers.FloatField):
+    """A JSON number, whole or not (never a string or a boolean)."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if is_json(self) and (not isinstance(data, int | float) or isinstance(data, bool)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class Flag(serializers.BooleanField):
     def to_internal_value(self, data: Any) -> bool:
         if is_json(self) and not isinstance(data, bool):

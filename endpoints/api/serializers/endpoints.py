@@ -9,14 +9,17 @@ from rest_framework import serializers
 
 from endpoints import registry
 from endpoints.models import (
+    FRACTIONAL_FIELDS,
     MAX_BATCH_SIZE_RANGE,
     MAX_WAIT_MS_RANGE,
+    OVERRIDE_RANGES,
     EventLevel,
     EventType,
     ReplicaState,
     ServiceState,
     Stage,
     WorkloadSize,
+    WorkloadType,
 )
 
 from .common import (
@@ -24,6 +27,7 @@ from .common import (
     Flag,
     ModelNameRequest,
     Number,
+    Real,
     TargetRequest,
     Text,
     VersionRequest,
@@ -98,6 +102,40 @@ class BatchingRequest(serializers.Serializer):
     max_wait_ms = max_wait_ms_field(Number)
 
 
+# What each setting a config may make over its workload size's means (docs/provisioning.md).
+OVERRIDE_HELP = {
+    "cpus": "CPUs one replica may use (fractions allowed).",
+    "memory_mb": "Memory one replica may use, in MiB.",
+    "max_processes": "Processes and threads one replica may run.",
+    "tmp_mb": "Size of each tmpfs a replica gets (/tmp, /dev/shm), in MiB.",
+    "gpus": "GPUs per replica, over the workload type's (fractions only on Ray).",
+    "min_replicas": "Fewest replicas while awake (scale to zero may still stop them all).",
+    "max_replicas": "Most replicas.",
+    "target_concurrency": "Requests in flight one replica carries before another is added.",
+    "scale_down_delay_seconds": "How long the load stays low before a replica is removed.",
+    "scale_to_zero_delay_seconds": "Quiet time before the last replica stops (scale to zero).",
+}
+
+
+def override_field(name: str, *, request: bool) -> serializers.Field:
+    """One setting over the workload size's: a JSON number in its range; absent or null
+    (in a request): the size's."""
+    low, high = OVERRIDE_RANGES[name]
+    fractional = name in FRACTIONAL_FIELDS
+    if request:
+        kind = Real if fractional else Number
+        return kind(
+            min_value=low,
+            max_value=high,
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text=OVERRIDE_HELP[name] + " Absent or null: the workload size's.",
+        )
+    kind = serializers.FloatField if fractional else serializers.IntegerField
+    return kind(required=False, help_text=OVERRIDE_HELP[name] + " Present only when set.")
+
+
 class WorkloadSpecRequest(serializers.Serializer):
     workload_size_id = Choice(choices=WorkloadSize.choices)
     scale_to_zero_enabled = Flag(required=False, default=False)
@@ -108,6 +146,22 @@ class WorkloadSpecRequest(serializers.Serializer):
         help_text="Merge concurrent requests into one predict call. Only for models whose "
         "answer for a row does not depend on the other rows. Absent or null: off.",
     )
+    workload_type = Choice(
+        choices=WorkloadType.choices,
+        required=False,
+        default=WorkloadType.CPU,
+        help_text="CPU, or replicas with GPUs (refused where the installation has none).",
+    )
+    cpus = override_field("cpus", request=True)
+    memory_mb = override_field("memory_mb", request=True)
+    max_processes = override_field("max_processes", request=True)
+    tmp_mb = override_field("tmp_mb", request=True)
+    gpus = override_field("gpus", request=True)
+    min_replicas = override_field("min_replicas", request=True)
+    max_replicas = override_field("max_replicas", request=True)
+    target_concurrency = override_field("target_concurrency", request=True)
+    scale_down_delay_seconds = override_field("scale_down_delay_seconds", request=True)
+    scale_to_zero_delay_seconds = override_field("scale_to_zero_delay_seconds", request=True)
 
 
 class UpdateComputeConfigRequest(TargetRequest):
@@ -137,6 +191,19 @@ class WorkloadSpec(serializers.Serializer):
     workload_size_id = serializers.ChoiceField(choices=WorkloadSize.choices)
     scale_to_zero_enabled = serializers.BooleanField()
     batching = Batching(required=False, help_text="Present only when batching is on.")
+    workload_type = serializers.ChoiceField(
+        choices=WorkloadType.choices, required=False, help_text="Absent: CPU."
+    )
+    cpus = override_field("cpus", request=False)
+    memory_mb = override_field("memory_mb", request=False)
+    max_processes = override_field("max_processes", request=False)
+    tmp_mb = override_field("tmp_mb", request=False)
+    gpus = override_field("gpus", request=False)
+    min_replicas = override_field("min_replicas", request=False)
+    max_replicas = override_field("max_replicas", request=False)
+    target_concurrency = override_field("target_concurrency", request=False)
+    scale_down_delay_seconds = override_field("scale_down_delay_seconds", request=False)
+    scale_to_zero_delay_seconds = override_field("scale_to_zero_delay_seconds", request=False)
 
 
 class ComputeConfig(serializers.Serializer):
@@ -201,10 +268,23 @@ class WorkloadSizeInfo(serializers.Serializer):
     workload_size_id = serializers.ChoiceField(choices=WorkloadSize.choices)
     min_concurrency = serializers.IntegerField()
     max_concurrency = serializers.IntegerField()
+    min_replicas = serializers.IntegerField(help_text="By default (without scale to zero).")
+    max_replicas = serializers.IntegerField(help_text="By default.")
+    cpus = serializers.FloatField(help_text=OVERRIDE_HELP["cpus"])
+    memory_mb = serializers.IntegerField(help_text=OVERRIDE_HELP["memory_mb"])
+    max_processes = serializers.IntegerField(help_text=OVERRIDE_HELP["max_processes"])
+    tmp_mb = serializers.IntegerField(help_text=OVERRIDE_HELP["tmp_mb"])
+
+
+class WorkloadTypeInfo(serializers.Serializer):
+    workload_type = serializers.ChoiceField(choices=WorkloadType.choices)
+    gpus = serializers.IntegerField(help_text="GPUs per replica.")
+    available = serializers.BooleanField(help_text="Whether this installation has as many.")
 
 
 class WorkloadSizesResponse(serializers.Serializer):
     workload_sizes = WorkloadSizeInfo(many=True)
+    workload_types = WorkloadTypeInfo(many=True)
 
 
 class ReplicaInfo(serializers.Serializer):
@@ -215,6 +295,11 @@ class ReplicaInfo(serializers.Serializer):
     pid = serializers.IntegerField(allow_null=True)
     restarts = serializers.IntegerField()
     creation_timestamp = serializers.IntegerField(help_text="Milliseconds since the epoch.")
+    gpu_devices = serializers.ListField(
+        child=serializers.IntegerField(),
+        required=False,
+        help_text="The GPUs it was given (local runtime); absent: none, or placed by Ray.",
+    )
 
 
 class ReplicasResponse(serializers.Serializer):

@@ -4,7 +4,8 @@ here looks at the request. Reads go through selectors, the registry, logs and me
 
 - ``model``: every model page's header and badge, the Details tab;
 - ``serving``: the Serving tab and its panels; ``traffic``: its Traffic and Inference
-  table panels;
+  table panels; ``compute``: the Compute Settings panel's limits, autoscaling and
+  workload types;
 - ``access``: permissions, tokens and service principals.
 """
 

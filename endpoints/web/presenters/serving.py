@@ -29,7 +29,7 @@ from endpoints.targets import alias_name, config_target, is_alias, version_targe
 from endpoints.telemetry import logs
 from endpoints.web import charts
 
-from . import traffic
+from . import compute, traffic
 from .model import serving_url, when
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,11 @@ def panel_context(
             "events": [{"event": e, "when": when(e.timestamp)} for e in events],
         }
     if tab == "compute":
-        return {"compute": compute_rows(endpoint), "sizes": selectors.supported_workload_sizes()}
+        return {
+            "compute": compute_rows(endpoint),
+            "sizes": selectors.supported_workload_sizes(),
+            **compute.workload_types(),
+        }
     if tab == "traffic":
         return traffic.traffic(endpoint=endpoint)
     if tab == "inference":
@@ -312,6 +316,7 @@ def compute_rows(endpoint: ServingEndpoint) -> list[dict[str, Any]]:
                 "key": f"alias-{alias_name(stage)}" if is_alias(stage) else stage.lower(),
                 "config": config,
                 "batching": batching_fields(config),
+                **compute.settings_fields(config),
                 "versions": [{"v": v, "rollout": rollout_label(v, config)} for v in versions],
                 "updating": any(v.config_update_state == ServiceState.PENDING for v in versions),
                 "failed": any(v.config_update_state == ServiceState.FAILED for v in versions),

@@ -333,15 +333,44 @@ def test_list_version_aliases(as_user, owner, served):
 # --- get-supported-workload-sizes ---------------------------------------------------------
 
 
-def test_supported_workload_sizes(as_user, member):
+def test_supported_workload_sizes(as_user, member, monkeypatch):
+    # This host's GPUs, as a fake device list: one GPU.
+    monkeypatch.setenv("SERVING_GPU_DEVICES", "0")
     body = as_user(member).get(V2 + "get-supported-workload-sizes").json()
-    assert body == {
-        "workload_sizes": [
-            {"workload_size_id": "Small", "min_concurrency": 4, "max_concurrency": 4},
-            {"workload_size_id": "Medium", "min_concurrency": 8, "max_concurrency": 16},
-            {"workload_size_id": "Large", "min_concurrency": 16, "max_concurrency": 64},
-        ]
+    limits = {"cpus": 1, "memory_mb": 4096, "max_processes": 256, "tmp_mb": 1024}
+    assert body["workload_sizes"][0] == {
+        "workload_size_id": "Small",
+        "min_concurrency": 4,
+        "max_concurrency": 4,
+        "min_replicas": 1,
+        "max_replicas": 1,
+        **limits,
     }
+    ranges = [
+        (s["workload_size_id"], s["min_concurrency"], s["max_concurrency"], s["cpus"])
+        for s in body["workload_sizes"]
+    ]
+    assert ranges == [("Small", 4, 4, 1), ("Medium", 8, 16, 2), ("Large", 16, 64, 4)]
+    assert [(s["min_replicas"], s["max_replicas"]) for s in body["workload_sizes"]] == [
+        (1, 1),
+        (2, 4),
+        (4, 16),
+    ]
+    assert body["workload_types"] == [
+        {"workload_type": "CPU", "gpus": 0, "available": True},
+        {"workload_type": "GPU_SMALL", "gpus": 1, "available": True},
+        {"workload_type": "GPU_MEDIUM", "gpus": 1, "available": True},
+        {"workload_type": "GPU_LARGE", "gpus": 1, "available": True},
+        {"workload_type": "MULTIGPU_MEDIUM", "gpus": 4, "available": False},
+    ]
+
+
+def test_supported_workload_types_without_gpus_offer_only_cpu(as_user, member, monkeypatch):
+    monkeypatch.delenv("SERVING_GPU_DEVICES", raising=False)
+    monkeypatch.setattr("endpoints.runtime.gpus.DEV", Path("/nonexistent-dev"))
+    body = as_user(member).get(V2 + "get-supported-workload-sizes").json()
+    available = [t["workload_type"] for t in body["workload_types"] if t["available"]]
+    assert available == ["CPU"]
 
 
 def test_supported_workload_sizes_need_authentication():

@@ -203,9 +203,18 @@ def test_the_plugin_deploys_serves_updates_and_deletes_a_model(
     assert client.predict(f"{name}/2", {"dataframe_records": rows.to_dict(orient="records")}) == {
         "predictions": [0, 1, 2]
     }
-    resized = client.update_deployment(name, config={"workload_size": "Medium"})
-    sizes = {c["stage"]: c["workload_spec"]["workload_size_id"] for c in resized["compute_config"]}
-    assert sizes["Production"] == "Medium"
+    resized = client.update_deployment(
+        name, config={"workload_size": "Medium", "memory_mb": "6144", "max_replicas": "3"}
+    )
+    specs = {c["stage"]: c["workload_spec"] for c in resized["compute_config"]}
+    assert specs["Production"] == {
+        "workload_size_id": "Medium",
+        "scale_to_zero_enabled": False,
+        "memory_mb": 6144,
+        "max_replicas": 3,
+    }
+    refused = _error(cli(env, "update", "-t", "serving-ui", "--name", name, "-C", "memory_mb=64"))
+    assert "desired_workload_config_spec.memory_mb" in refused
 
     ok(cli(env, "delete", "-t", "serving-ui", "--name", name))
     assert name not in [d["name"] for d in client.list_deployments()]

@@ -114,6 +114,64 @@ def test_config_keys_and_stage_are_checked():
         client._checked_config({"stage": "Archived"})
 
 
+def test_limits_and_autoscaling_keys_are_numbers_or_the_sizes_default():
+    config = client._checked_config(
+        {"cpus": "1.5", "memory_mb": "8192", "gpus": 1, "max_replicas": "default"}
+    )
+    assert (config["cpus"], config["memory_mb"], config["gpus"]) == (1.5, 8192, 1)
+    assert config["max_replicas"] is None
+    with pytest.raises(MlflowException, match=r"memory_mb must be a whole number, not '1\.5'"):
+        client._checked_config({"memory_mb": "1.5"})
+    with pytest.raises(MlflowException, match="cpus must be a number, not 'lots'"):
+        client._checked_config({"cpus": "lots"})
+
+
+def test_the_plugins_keys_are_the_apis_settings():
+    from endpoints.models import OVERRIDE_FIELDS
+
+    assert client.TUNABLE_KEYS == OVERRIDE_FIELDS
+
+
+class _RecordingConnection:
+    """The product's answers to get-status, and the compute updates the plugin sends."""
+
+    def __init__(self, compute_config: list[dict]) -> None:
+        self.status = {"registered_model_name": "iris", "compute_config": compute_config}
+        self.updates: list[dict] = []
+
+    def api(self, method: str, call: str, **args):
+        if call == client.UPDATE_COMPUTE:
+            self.updates.append(args)
+            return {}
+        assert call == "get-status"
+        return {"endpoint_status": self.status}
+
+
+def test_update_changes_the_named_settings_and_keeps_the_stages_others(monkeypatch):
+    monkeypatch.setenv("SERVING_UI_TOKEN", "sui_t")
+    production = {
+        "workload_size_id": "Medium",
+        "scale_to_zero_enabled": False,
+        "workload_type": "GPU_SMALL",
+        "batching": {"max_batch_size": 8, "max_wait_ms": 2},
+        "memory_mb": 12288,
+        "max_replicas": 3,
+    }
+    connection = _RecordingConnection(
+        [
+            # An alias's config names no stage.
+            {"alias": "champion", "workload_spec": {"workload_size_id": "Large"}},
+            {"stage": "Production", "workload_spec": production},
+        ]
+    )
+    plugin = client.ServingUIDeploymentClient("serving-ui")
+    plugin.connection = connection
+    plugin.update_deployment("iris", config={"cpus": "2", "max_replicas": "default"})
+    (sent,) = connection.updates
+    assert sent["stage"] == "Production"
+    assert sent["desired_workload_config_spec"] == {**production, "cpus": 2.0, "max_replicas": None}
+
+
 def _bodies(chunks: list[chunking.Chunk]) -> list[dict]:
     return [json.loads(c.body) for c in chunks]
 

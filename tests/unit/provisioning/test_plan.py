@@ -5,6 +5,8 @@ Each test writes the observed state by hand and reads the actions the plan asks 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from endpoints.models import EndpointState, EventType, ReplicaState, ServiceState
@@ -63,6 +65,7 @@ from endpoints.provisioning.snapshot import (
     ReplicaView,
     VersionView,
 )
+from endpoints.runtime.base import ReplicaLimits
 from tests.support.plan import NOW, SMALL, event_types, of, running, serving, starting
 
 LIMITS = Limits()
@@ -335,11 +338,77 @@ def test_a_batching_rollout_replaces_old_replicas_only_once_new_ones_run(
     assert of(planned, SetReplicaTarget) == [SetReplicaTarget("1", 1)]
 
 
-def test_a_size_only_rollout_keeps_the_replicas_it_has():
+def test_a_rollout_of_how_many_replicas_run_keeps_the_replicas_it_has():
     version = serving("1", running("v1-old"), config_update_state=PENDING, target_config=MEDIUM)
     planned = version_plan(version, config=MEDIUM)
     assert of(planned, StopReplica) == []
     assert of(planned, StartReplica) == [StartReplica("1")]
+
+
+SMALL_LIMITS = ReplicaLimits(cpus=1, memory_mb=4096, max_processes=256, tmp_mb=1024)
+LIMITED = ConfigView(pk=1, created_at=NOW - 10_000, replica_limits=SMALL_LIMITS)
+MORE_MEMORY = ConfigView(
+    pk=5,
+    created_at=NOW - 1_000,
+    replica_limits=replace(SMALL_LIMITS, memory_mb=8192),
+    summary="Small, 8192 MiB memory",
+)
+
+
+def test_a_rollout_of_new_limits_says_its_replicas_are_replaced():
+    planned = version_plan(serving("1", service_config=LIMITED), config=MORE_MEMORY)
+    assert StartConfigUpdate("1", MORE_MEMORY.pk) in planned
+    (event,) = [e for e in of(planned, RecordEvent) if e.type == EventType.CONFIG_UPDATE_STARTED]
+    assert event.message == (
+        "Rolling out Small, 8192 MiB memory to version 1. Its replicas are replaced by ones "
+        "with the new limits: 1 CPU, 8192 MiB memory, 256 processes, 1024 MiB tmpfs."
+    )
+
+
+@pytest.mark.parametrize(
+    ("replicas", "starts", "stops", "applied"),
+    [
+        ((running("v1-old"),), 1, [], False),
+        ((running("v1-old"), starting("v1-new", created_at=NOW - 10)), 0, [], False),
+        ((running("v1-old"), running("v1-new", created_at=NOW - 10)), 0, ["v1-old"], True),
+    ],
+)
+def test_a_limits_rollout_replaces_old_replicas_only_once_new_ones_run(
+    replicas, starts, stops, applied
+):
+    version = serving(
+        "1",
+        *replicas,
+        config_update_state=PENDING,
+        target_config=MORE_MEMORY,
+        service_config=LIMITED,
+    )
+    planned = version_plan(version, config=MORE_MEMORY)
+    assert len(of(planned, StartReplica)) == starts
+    assert [stop.replica_id for stop in of(planned, StopReplica)] == stops
+    assert bool(of(planned, ApplyConfigUpdate)) == applied
+
+
+def test_a_gpu_rollout_replaces_replicas_like_new_limits():
+    gpu = replace(MORE_MEMORY, replica_limits=replace(SMALL_LIMITS, gpus=1.0))
+    version = serving("1", config_update_state=PENDING, target_config=gpu, service_config=LIMITED)
+    assert len(of(version_plan(version, config=gpu), StartReplica)) == 1
+
+
+def test_an_autoscaling_rollout_keeps_replicas_and_applies_at_once():
+    tuned = replace(LIMITED, pk=6, target_concurrency=8, scale_down_after=30.0)
+    planned = version_plan(serving("1", service_config=LIMITED), config=tuned)
+    assert StartConfigUpdate("1", tuned.pk) in planned
+    assert of(planned, StartReplica) == []
+    assert ApplyConfigUpdate("1", tuned.pk) in planned
+
+
+def test_a_configs_min_replicas_sizes_the_version():
+    two = replace(SMALL, pk=7, min_replicas=2)
+    version = serving("1", service_config=two)
+    planned = version_plan(version, config=two)
+    assert of(planned, StartReplica) == [StartReplica("1")]
+    assert of(planned, SetReplicaTarget) == [SetReplicaTarget("1", 2)]
 
 
 # --- replicas: crash, probes, start timeout, worker restart ------------------------------

@@ -85,7 +85,9 @@ def test_a_replica_with_gpus_is_not_forked_from_a_zygote(tmp_path, monkeypatch):
     def no_zygote(*args, **kwargs):
         raise AssertionError("a GPU replica went to the zygote")
 
-    monkeypatch.setattr(local, "_launch", lambda cmd, env, log: launched.append(env) or 4242)
+    monkeypatch.setattr(
+        local, "_launch", lambda cmd, env, log, enforced: launched.append(env) or 4242
+    )
     runtime = LocalRuntime()
     monkeypatch.setattr(runtime.zygotes, "start_replica", no_zygote)
     spec = ReplicaSpec(

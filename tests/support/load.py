@@ -52,6 +52,19 @@ class Load:
         seen = self.count()
         wait_for(lambda: self.count() >= seen + count, timeout=timeout, what=what)
 
+    def wait_for_only(self, value: str, what: str, timeout: float = 30) -> None:
+        """Wait until more than 20 answers have come since now and the last 10 are all
+        ``value`` (once gateways route to the new version, every answer is its)."""
+        seen = len(self.answers)
+        wait_for(
+            lambda: (
+                len(self.answers) > seen + 20
+                and all(answer == value for _, answer in self.answers[-10:])
+            ),
+            timeout=timeout,
+            what=what,
+        )
+
     def __enter__(self) -> Load:
         for thread in self.threads:
             thread.start()

@@ -61,3 +61,17 @@ def add_replica(version: EndpointVersion, address: tuple[str, int], **fields: ob
         port=port,
         **{"state": ReplicaState.RUNNING, **fields},
     )
+
+
+def version_on_ports(endpoint, number, stage, state=ServiceState.READY, *, ports=()):
+    """Version ``number`` in ``stage`` with RUNNING replicas on loopback ``ports``."""
+    addresses = [("127.0.0.1", port) for port in ports]
+    return add_version(endpoint, str(number), stage, state=state, replicas=addresses)
+
+
+def iris_with_two_stages(owner) -> ServingEndpoint:
+    """An endpoint ``iris`` with a Production config and a Staging one that scales to zero."""
+    endpoint = ServingEndpoint.objects.create(registered_model_name="iris", creator=owner)
+    ComputeConfig.objects.create(endpoint=endpoint, stage="Production")
+    ComputeConfig.objects.create(endpoint=endpoint, stage="Staging", scale_to_zero_enabled=True)
+    return endpoint

@@ -9,24 +9,14 @@ import pytest
 from endpoints.gateway import routing
 from endpoints.gateway.routing import RoutingCache
 from endpoints.kv import bump_generation, redis_client
-from endpoints.models import ComputeConfig, ServiceState, ServingEndpoint
-from tests.support.rows import add_version
+from tests.support.rows import iris_with_two_stages, version_on_ports
 
 pytestmark = pytest.mark.django_db
 
 
-def _version(endpoint, number, stage, state=ServiceState.READY, *, ports=()):
-    """Version ``number`` in ``stage`` with RUNNING replicas on loopback ``ports``."""
-    addresses = [("127.0.0.1", port) for port in ports]
-    return add_version(endpoint, str(number), stage, state=state, replicas=addresses)
-
-
 @pytest.fixture
 def endpoint(owner):
-    endpoint = ServingEndpoint.objects.create(registered_model_name="iris", creator=owner)
-    ComputeConfig.objects.create(endpoint=endpoint, stage="Production")
-    ComputeConfig.objects.create(endpoint=endpoint, stage="Staging", scale_to_zero_enabled=True)
-    return endpoint
+    return iris_with_two_stages(owner)
 
 
 @pytest.fixture
@@ -35,11 +25,11 @@ def generation(redis_server):
 
 
 def test_the_snapshot_is_kept_until_the_generation_moves(endpoint, generation):
-    _version(endpoint, 1, "Production", ports=(20001,))
+    version_on_ports(endpoint, 1, "Production", ports=(20001,))
     cache = RoutingCache()
     first = cache.current()
     assert cache.current() is first
-    _version(endpoint, 2, "Staging", ports=(20002,))
+    version_on_ports(endpoint, 2, "Staging", ports=(20002,))
     assert cache.current() is first  # not yet told
     generation()
     second = cache.current()
@@ -56,7 +46,7 @@ def test_an_old_snapshot_is_rebuilt_even_without_a_generation_change(endpoint, g
 
 
 def test_routing_survives_redis_being_unreachable(endpoint, generation, settings):
-    _version(endpoint, 1, "Production", ports=(20001,))
+    version_on_ports(endpoint, 1, "Production", ports=(20001,))
     cache = RoutingCache()
     first = cache.current()
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there

@@ -111,16 +111,7 @@ def test_a_new_version_takes_the_stage_under_load_without_a_failed_request(
             user=owner,
         )
         wait_for(lambda: alias(new_name, "Staging") == v2, timeout=READY_TIMEOUT, what="alias")
-        moved_at = len(load.answers)
-        # Once gateways have the new routing every answer is v2's.
-        wait_for(
-            lambda: (
-                len(load.answers) > moved_at + 20
-                and all(value == "v2" for _, value in load.answers[-10:])
-            ),
-            timeout=30,
-            what="answers from v2",
-        )
+        load.wait_for_only("v2", "answers from v2")
     statuses = Counter(status for status, _ in load.answers)
     assert statuses == {200: len(load.answers)}, statuses
     assert {value for _, value in load.answers} == {"v1", "v2"}

@@ -52,15 +52,7 @@ def test_an_alias_url_answers_and_moving_the_alias_in_mlflow_rolls_traffic_witho
         # Straight in MLflow, as a user of the registry would: the loop picks it up.
         registry.client().set_registered_model_alias(new_name, "champion", v2)
         wait_for(lambda: alias(new_name, "@champion") == v2, timeout=READY_TIMEOUT, what="move")
-        moved_at = len(load.answers)
-        wait_for(
-            lambda: (
-                len(load.answers) > moved_at + 20
-                and all(value == "v2" for _, value in load.answers[-10:])
-            ),
-            timeout=30,
-            what="answers from v2",
-        )
+        load.wait_for_only("v2", "answers from v2")
     statuses = Counter(status for status, _ in load.answers)
     assert statuses == {200: len(load.answers)}, statuses
     assert {value for _, value in load.answers} == {"v1", "v2"}

@@ -20,31 +20,21 @@ from endpoints.models import (
     PermissionLevel,
     ReplicaState,
     ServiceState,
-    ServingEndpoint,
     hash_token,
 )
-from tests.support.rows import add_replica, add_version
+from tests.support.rows import add_replica, iris_with_two_stages, version_on_ports
 
 pytestmark = pytest.mark.django_db
 
 
-def _version(endpoint, number, stage, state=ServiceState.READY, *, ports=()):
-    """Version ``number`` in ``stage`` with RUNNING replicas on loopback ``ports``."""
-    addresses = [("127.0.0.1", port) for port in ports]
-    return add_version(endpoint, str(number), stage, state=state, replicas=addresses)
-
-
 @pytest.fixture
 def endpoint(owner):
-    endpoint = ServingEndpoint.objects.create(registered_model_name="iris", creator=owner)
-    ComputeConfig.objects.create(endpoint=endpoint, stage="Production")
-    ComputeConfig.objects.create(endpoint=endpoint, stage="Staging", scale_to_zero_enabled=True)
-    return endpoint
+    return iris_with_two_stages(owner)
 
 
 def test_stage_url_follows_the_alias_and_version_url_the_number(endpoint):
-    _version(endpoint, 1, "Production", ports=(20001, 20002))
-    _version(endpoint, 2, "Staging", ports=(20003,))
+    version_on_ports(endpoint, 1, "Production", ports=(20001, 20002))
+    version_on_ports(endpoint, 2, "Staging", ports=(20003,))
     table = build_table()
     production = table.resolve("iris", "Production")
     assert (production.version, production.replicas) == (
@@ -57,14 +47,14 @@ def test_stage_url_follows_the_alias_and_version_url_the_number(endpoint):
 
 
 def test_only_running_replicas_are_routed_to(endpoint):
-    version = _version(endpoint, 1, "Production", ports=(20001,))
+    version = version_on_ports(endpoint, 1, "Production", ports=(20001,))
     for state, port in [(ReplicaState.PENDING, 20002), (ReplicaState.TERMINATING, 20003)]:
         add_replica(version, ("127.0.0.1", port), state=state)
     assert build_table().resolve("iris", "1").replicas == (("127.0.0.1", 20001),)
 
 
 def test_unknown_model_stage_or_version_is_not_found(endpoint):
-    _version(endpoint, 1, "Production", ports=(20001,))
+    version_on_ports(endpoint, 1, "Production", ports=(20001,))
     table = build_table()
     for name, selector in [("nope", "1"), ("iris", "7"), ("iris", "Staging"), ("iris", "latest")]:
         with pytest.raises(NotFound):
@@ -72,7 +62,7 @@ def test_unknown_model_stage_or_version_is_not_found(endpoint):
 
 
 def test_disabled_serving_is_not_found(endpoint):
-    _version(endpoint, 1, "Production", ports=(20001,))
+    version_on_ports(endpoint, 1, "Production", ports=(20001,))
     endpoint.enabled = False
     endpoint.save()
     with pytest.raises(NotFound):
@@ -80,7 +70,7 @@ def test_disabled_serving_is_not_found(endpoint):
 
 
 def test_a_version_being_deployed_is_unavailable_not_missing(endpoint):
-    _version(endpoint, 1, "Staging", ServiceState.PENDING)
+    version_on_ports(endpoint, 1, "Staging", ServiceState.PENDING)
     table = build_table()
     with pytest.raises(Unavailable):
         table.resolve("iris", "Staging")
@@ -89,7 +79,7 @@ def test_a_version_being_deployed_is_unavailable_not_missing(endpoint):
 
 
 def test_a_failed_version_says_so(endpoint):
-    version = _version(endpoint, 1, "Production", ServiceState.FAILED)
+    version = version_on_ports(endpoint, 1, "Production", ServiceState.FAILED)
     version.service_message = "the model did not load"
     version.save()
     with pytest.raises(Unavailable, match="failed: the model did not load"):
@@ -97,8 +87,8 @@ def test_a_failed_version_says_so(endpoint):
 
 
 def test_a_ready_version_without_replicas_is_routable_and_may_scale_to_zero(endpoint):
-    _version(endpoint, 1, "Production")
-    _version(endpoint, 2, "Staging")
+    version_on_ports(endpoint, 1, "Production")
+    version_on_ports(endpoint, 2, "Staging")
     table = build_table()
     production, staging = table.resolve("iris", "Production"), table.resolve("iris", "Staging")
     assert production.routable and staging.routable
@@ -107,7 +97,7 @@ def test_a_ready_version_without_replicas_is_routable_and_may_scale_to_zero(endp
 
 
 def test_the_newest_stage_config_decides_scale_to_zero(endpoint):
-    _version(endpoint, 1, "Production")
+    version_on_ports(endpoint, 1, "Production")
     ComputeConfig.objects.create(
         endpoint=endpoint,
         stage="Production",

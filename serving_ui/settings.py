@@ -241,6 +241,12 @@ SERVING = {
     "REPLICA_START_TIMEOUT_SECONDS": envfloat("SERVING_REPLICA_START_TIMEOUT_SECONDS", "120"),
     "PROBE_FAILURES_BEFORE_RESTART": envint("SERVING_PROBE_FAILURES_BEFORE_RESTART", "3"),
     "START_FAILURES_BEFORE_FAILED": envint("SERVING_START_FAILURES_BEFORE_FAILED", "2"),
+    # A replica that crashed while serving (out of memory, killed) is replaced after this
+    # delay, doubled with each crash in a row up to the most; one that served longer than
+    # the reset before it crashed starts the count again.
+    "RESTART_BACKOFF_SECONDS": envfloat("SERVING_RESTART_BACKOFF_SECONDS", "1"),
+    "RESTART_BACKOFF_MAX_SECONDS": envfloat("SERVING_RESTART_BACKOFF_MAX_SECONDS", "300"),
+    "RESTART_BACKOFF_RESET_SECONDS": envfloat("SERVING_RESTART_BACKOFF_RESET_SECONDS", "600"),
     "DRAIN_SECONDS": envfloat("SERVING_DRAIN_SECONDS", "2"),
     "LOG_MAX_BYTES": envint("SERVING_LOG_MAX_BYTES", str(5 * 1024 * 1024)),
     # "local": the product's own Python environment; "virtualenv": one per model, built

@@ -34,7 +34,7 @@ def plan_replica(
     if replica.pid is None:
         return _unstarted(replica, health, now, limits)
     if not health.alive:
-        return _exited(replica, health.lost_node, health.stop_reason)
+        return _exited(replica, now, limits, health.lost_node, health.stop_reason)
     if replica.state == ReplicaState.PENDING:
         return _starting(replica, health, now, limits)
     return _running(replica, health, limits)
@@ -75,14 +75,14 @@ def _unstarted(replica: ReplicaView, health: Health, now: float, limits: Limits)
     return [FollowUp()]
 
 
-def _exited(replica: ReplicaView, lost_node: str = "", stop_reason: str = "") -> list[Action]:
+def _exited(
+    replica: ReplicaView, now: float, limits: Limits, lost_node: str = "", stop_reason: str = ""
+) -> list[Action]:
     if lost_node:
         return _lost(replica, lost_node)
+    restart = limits.next_restart(replica.restarts, now - (replica.started_at or now))
     if replica.running:
-        actions: list[Action] = [
-            PublishRouting(),
-            NoteReplacement(replica.version, replica.restarts + 1),
-        ]
+        actions: list[Action] = [PublishRouting(), NoteReplacement(replica.version, restart)]
         message, when = "The model server exited unexpectedly.", "while serving."
     else:
         actions = [CountStartFailure(replica.version)]
@@ -92,6 +92,9 @@ def _exited(replica: ReplicaView, lost_node: str = "", stop_reason: str = "") ->
     if stop_reason:  # its limits stopped it (the runtime read why): say so first
         message = f"The model server was stopped: {stop_reason}, {when}"
         event = f"Replica {replica.replica_id} was stopped: {stop_reason}, {when}"
+    if replica.running:
+        delay = limits.restart_delay(restart)
+        event += f" A replacement starts in {delay:g} s (restart {restart} in a row)."
     # The output of a replica that never served holds no request: its last lines tell
     # CAN_VIEW readers why the model did not load. A serving replica's output may hold
     # request data a model printed, so it stays in the logs (CAN_MANAGE).

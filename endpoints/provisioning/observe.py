@@ -62,6 +62,9 @@ def limits() -> Limits:
         unstarted_row_seconds=UNSTARTED_ROW_SECONDS,
         start_wait=START_WAIT_SECONDS if serving["REPLICA_START"] == "zygote" else 0.0,
         starting_follow_up=STARTING_FOLLOW_UP_SECONDS,
+        restart_backoff=serving["RESTART_BACKOFF_SECONDS"],
+        restart_backoff_max=serving["RESTART_BACKOFF_MAX_SECONDS"],
+        restart_backoff_reset=serving["RESTART_BACKOFF_RESET_SECONDS"],
     )
 
 
@@ -149,6 +152,7 @@ def _optional(config: ComputeConfig | None) -> ConfigView | None:
 def version_view(version: EndpointVersion, *, replacing: int = 0) -> VersionView:
     live = version.replicas.filter(state__in=LIVE).order_by("created_at")
     last_error = version.replicas.filter(state=ReplicaState.ERROR).order_by("-stopped_at").first()
+    crashed_at, replacing = _unreplaced_crash(version, last_error, replacing)
     return VersionView(
         version=version.version,
         stage=version.registry_stage,
@@ -165,7 +169,22 @@ def version_view(version: EndpointVersion, *, replacing: int = 0) -> VersionView
         replicas=tuple(replica_view(r) for r in live.select_related("version")),
         last_error=last_error.state_message if last_error else "",
         replacing=replacing,
+        crashed_at=crashed_at,
     )
+
+
+def _unreplaced_crash(
+    version: EndpointVersion, last_error: Replica | None, replacing: int
+) -> tuple[float | None, int]:
+    """When the version's newest error is a replica that crashed while serving and none
+    has started since: when it crashed, and the restart count of its replacement (one more
+    than the crashed replica's, or 1 when it served longer than the backoff's reset)."""
+    if last_error is None or last_error.started_at is None or last_error.stopped_at is None:
+        return None, replacing
+    if version.replicas.filter(created_at__gt=last_error.stopped_at).exists():
+        return None, replacing
+    served = (last_error.stopped_at - last_error.started_at).total_seconds()
+    return last_error.stopped_at.timestamp(), limits().next_restart(last_error.restarts, served)
 
 
 def version_rows(endpoint: ServingEndpoint) -> list[EndpointVersion]:

@@ -123,9 +123,9 @@ def plan_version(
     if version.start_failures >= limits.start_failures_before_failed:
         return actions + _start_failed(version, config)
     if stale:
-        return actions + _replace(version, config, count, stale, limits)
+        return actions + _replace(version, config, count, stale, limits, now)
     stops = sizing.scale_down(version, count)
-    actions += sizing.scale_up(version, count, limits) + stops
+    actions += sizing.scale_up(version, count, limits, now) + stops
     stopped = {a.replica_id for a in stops}
     running = sum(1 for r in version.replicas if r.running and r.replica_id not in stopped)
     return actions + _settle(version, config, count, running)
@@ -137,11 +137,12 @@ def _replace(
     count: int,
     stale: list[ReplicaView],
     limits: Limits,
+    now: float,
 ) -> list[Action]:
     """Start replicas with the new config beside the old ones; stop the old ones only once
     enough new ones run, so the version keeps answering throughout."""
     fresh = replace(version, replicas=tuple(r for r in version.replicas if r not in stale))
-    actions = sizing.scale_up(fresh, count, limits)
+    actions = sizing.scale_up(fresh, count, limits, now)
     running = sum(1 for r in fresh.replicas if r.running)
     if running < count:
         return actions

@@ -4,7 +4,8 @@ like the rest of the plan (``plan.plan_version`` calls these).
 - ``size``: the count from ``autoscale.decide`` (at least one before the version is READY),
   with the scale-down timer and the scaling event;
 - ``scale_up`` / ``scale_down``: start the missing replicas (the first one replaces a
-  failed replica), stop the extra ones (not-ready ones first, then the newest);
+  crashed replica, after the restart backoff), stop the extra ones (not-ready ones
+  first, then the newest);
 - ``scaling``: the config's autoscaling over the size's range and the installation's
   settings;
 - ``stale``: replicas that a rollout changing what a replica runs with (batching, limits,
@@ -19,6 +20,7 @@ from . import autoscale
 from .actions import (
     Action,
     AwaitStarted,
+    FollowUp,
     RecordEvent,
     SetReplicaTarget,
     SetScaleTimer,
@@ -98,13 +100,22 @@ def _scaling_event(
     return [RecordEvent(kind, text, version=version.version)]
 
 
-def scale_up(version: VersionView, count: int, limits: Limits) -> list[Action]:
+def scale_up(version: VersionView, count: int, limits: Limits, now: float) -> list[Action]:
     missing = count - len(version.replicas)
-    # The first new replica is the one that replaces a failed replica.
+    if missing <= 0:
+        return []
+    # The first new replica is the one that replaces a crashed replica: it waits out the
+    # restart backoff (a follow-up pass starts it).
+    wait = 0.0
+    if version.replacing and version.crashed_at is not None:
+        wait = limits.restart_delay(version.replacing) - (now - version.crashed_at)
     starts: list[Action] = [
-        StartReplica(version.version, version.replacing if i == 0 else 0) for i in range(missing)
+        StartReplica(version.version, version.replacing if i == 0 else 0)
+        for i in range(1 if wait > 0 else 0, missing)
     ]
-    if starts and limits.start_wait > 0:
+    if wait > 0:
+        starts.append(FollowUp(wait))
+    if any(isinstance(a, StartReplica) for a in starts) and limits.start_wait > 0:
         starts.append(AwaitStarted(limits.start_wait))
     return starts
 

@@ -33,6 +33,23 @@ class Limits:
     start_wait: float = 0.0
     # How soon the next pass comes while a replica is loading.
     starting_follow_up: float = 1.0
+    # A replica that crashed while serving is replaced after a delay that doubles with
+    # each restart in a row (1, 2, 4 … seconds), up to the most; a replica that served
+    # longer than ``restart_backoff_reset`` before it crashed starts the count again.
+    restart_backoff: float = 1.0
+    restart_backoff_max: float = 300.0
+    restart_backoff_reset: float = 600.0
+
+    def next_restart(self, restarts: int, served: float) -> int:
+        """The restart count of the replacement for a replica with ``restarts`` that served
+        ``served`` seconds before it crashed."""
+        return 1 if served > self.restart_backoff_reset else restarts + 1
+
+    def restart_delay(self, restarts: int) -> float:
+        """How long after a crash the ``restarts``-th replacement in a row starts."""
+        if restarts <= 0:
+            return 0.0
+        return min(self.restart_backoff * 2 ** min(restarts - 1, 30), self.restart_backoff_max)
 
     @property
     def terminate_grace(self) -> float:
@@ -144,8 +161,10 @@ class VersionView:
     replicas: tuple[ReplicaView, ...] = ()
     # The newest error message of its replicas (why starting failed).
     last_error: str = ""
-    # Restarts of the replica that failed earlier in this pass (0: none to replace).
+    # The restart count of the replacement due for a replica that crashed while serving
+    # (0: none to replace), and when that replica crashed.
     replacing: int = 0
+    crashed_at: float | None = None
 
     @property
     def version_number(self) -> int:

@@ -176,6 +176,15 @@ def test_a_killed_replica_is_replaced_without_any_call(
     assert events(new_name, EventType.REPLICA_RESTARTED)
     response = score(stack, make_token(owner), new_name, "Production")
     assert response.json() == {"predictions": ["alive"]}
+    # A crash in a row: the replacement waits out a doubled backoff (2 s), and says so.
+    victim = fresh
+    os.kill(victim.pid, signal.SIGKILL)
+    [fresh] = wait_for(replaced, timeout=READY_TIMEOUT, what="a second replacement replica")
+    assert fresh.restarts == 2
+    victim.refresh_from_db()
+    assert (fresh.created_at - victim.stopped_at).total_seconds() >= 2
+    crashes = [e.message for e in events(new_name, EventType.REPLICA_CRASHED)]
+    assert any("A replacement starts in 2 s (restart 2 in a row)." in m for m in crashes)
 
 
 def test_a_worker_killed_mid_provisioning_converges_to_exactly_the_desired_replicas(

@@ -416,7 +416,10 @@ def test_a_configs_min_replicas_sizes_the_version():
 
 def test_a_crashed_serving_replica_is_replaced_with_one_more_restart():
     planned = plan_replica(
-        replica=running("v1-a", restarts=1), health=Health(alive=False), now=NOW, limits=LIMITS
+        replica=running("v1-a", restarts=1, started_at=NOW - 30),
+        health=Health(alive=False),
+        now=NOW,
+        limits=LIMITS,
     )
     assert NoteReplacement("1", 2) in planned
     assert PublishRouting() in planned
@@ -424,10 +427,38 @@ def test_a_crashed_serving_replica_is_replaced_with_one_more_restart():
     # the replica's message that CAN_VIEW reads.
     assert MarkError("v1-a", "The model server exited unexpectedly.", False) in planned
     assert of(planned, CountStartFailure) == []
-    # The next step of the pass starts the replacement, without a scaling event.
-    replacing = serving("1", replicas=(), replacing=2)
+    (event,) = of(planned, RecordEvent)
+    assert event.message == (
+        "Replica v1-a exited while serving. A replacement starts in 2 s (restart 2 in a row)."
+    )
+    # The replacement starts once the backoff has passed, without a scaling event.
+    replacing = serving("1", replicas=(), replacing=2, crashed_at=NOW - 2.5)
     assert of(version_plan(replacing), StartReplica) == [StartReplica("1", 2)]
     assert event_types(version_plan(replacing)) == []
+
+
+def test_a_replacement_waits_out_a_backoff_that_doubles_with_each_crash_in_a_row():
+    assert [LIMITS.restart_delay(n) for n in (1, 2, 3, 4, 10, 40)] == [1, 2, 4, 8, 300, 300]
+    # Crashed a moment ago, third in a row: 4 s to wait, then a pass starts it.
+    just_crashed = serving("1", replicas=(), replacing=3, crashed_at=NOW - 1)
+    planned = version_plan(just_crashed)
+    assert of(planned, StartReplica) == []
+    assert of(planned, FollowUp) == [FollowUp(3.0)]
+    later = replace(just_crashed, crashed_at=NOW - 4)
+    assert of(version_plan(later), StartReplica) == [StartReplica("1", 3)]
+
+
+def test_a_replica_that_served_past_the_reset_starts_the_count_again():
+    limits = Limits(restart_backoff_reset=600)
+    assert limits.next_restart(5, served=601) == 1
+    assert limits.next_restart(5, served=599) == 6
+    planned = plan_replica(
+        replica=running("v1-a", restarts=5, started_at=NOW - 601),
+        health=Health(alive=False),
+        now=NOW,
+        limits=limits,
+    )
+    assert NoteReplacement("1", 1) in planned
 
 
 @pytest.mark.parametrize(
@@ -454,7 +485,7 @@ def test_a_replica_lost_with_its_node_is_replaced_and_the_event_names_the_node(r
 @pytest.mark.parametrize(
     ("replica", "when"),
     [
-        (running("v1-a", restarts=1), "while serving."),
+        (running("v1-a", restarts=1, started_at=NOW - 30), "while serving."),
         (starting("v1-a", created_at=NOW - 3), "while loading the model."),
     ],
 )
@@ -469,7 +500,7 @@ def test_a_replica_its_memory_limit_stopped_says_so_and_is_replaced_like_a_crash
     assert error.message == f"The model server was stopped: {reason}, {when}"
     (event,) = of(planned, RecordEvent)
     assert event.type == EventType.REPLICA_CRASHED
-    assert event.message == f"Replica v1-a was stopped: {reason}, {when}"
+    assert event.message.startswith(f"Replica v1-a was stopped: {reason}, {when}")
     if replica.running:
         assert NoteReplacement("1", 2) in planned
         assert of(planned, CountStartFailure) == []

@@ -140,7 +140,10 @@ def test_a_model_allocating_6_gib_is_killed_alone_at_its_4_gib_and_replaced(atta
         assert attacker.score("Production").json() == {"predictions": ["alive"]}
     reason = f"out of memory (limit {SMALL['memory_mb']} MiB)"
     crashed = [e.message for e in attacker.events(EventType.REPLICA_CRASHED)]
-    assert crashed == [f"Replica {victim.replica_id} was stopped: {reason}, while serving."]
+    assert crashed == [
+        f"Replica {victim.replica_id} was stopped: {reason}, while serving."
+        " A replacement starts in 1 s (restart 1 in a row)."
+    ]
     # Where a replica's last failure is shown: its row, the API (and the Serving tab).
     rows = {r["replica_id"]: r for r in _replicas_api(attacker)}
     assert rows[victim.replica_id]["state"] == ReplicaState.ERROR

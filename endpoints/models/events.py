@@ -44,6 +44,10 @@ class EventType(models.TextChoices):
     REPLICA_RESTARTED = "REPLICA_RESTARTED"
     REPLICA_STOPPED = "REPLICA_STOPPED"
     REPLICA_ADOPTED = "REPLICA_ADOPTED"
+    # the limits a version's replicas start with, and what holds them (cgroup v2, v1, rlimits)
+    REPLICA_LIMITS_APPLIED = "REPLICA_LIMITS_APPLIED"
+    # a replica its memory limit stopped (replaced like any crash)
+    REPLICA_OUT_OF_MEMORY = "REPLICA_OUT_OF_MEMORY"
     ZYGOTE_STARTED = "ZYGOTE_STARTED", "Replica environment warmed up"
 
 

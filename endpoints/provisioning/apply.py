@@ -173,11 +173,9 @@ def _record_limits(run: Pass, replica: Replica) -> None:
     version = replica.version.version
     note = replicas.limits_note(run.runtime, replica)
     text = f"Replicas of version {version} start with limits: {note}."
-    if not run.endpoint.events.filter(type=EventType.REPLICA_STARTED, message=text).exists():
-        _record_event(
-            run,
-            actions.RecordEvent(EventType.REPLICA_STARTED, text, version, replica.replica_id),
-        )
+    kind = EventType.REPLICA_LIMITS_APPLIED
+    if not run.endpoint.events.filter(type=kind, message=text).exists():
+        _record_event(run, actions.RecordEvent(kind, text, version, replica.replica_id))
 
 
 def _no_free_gpu(version: EndpointVersion, name: str, port: int, restarts: int) -> None:

@@ -89,6 +89,9 @@ def _exited(
         message = "The model server exited while loading the model."
         when = "while loading the model."
     event = f"Replica {replica.replica_id} exited {when}"
+    kind = EventType.REPLICA_CRASHED
+    if stop_reason.startswith("out of memory"):
+        kind = EventType.REPLICA_OUT_OF_MEMORY
     if stop_reason:  # its limits stopped it (the runtime read why): say so first
         message = f"The model server was stopped: {stop_reason}, {when}"
         event = f"Replica {replica.replica_id} was stopped: {stop_reason}, {when}"
@@ -101,7 +104,7 @@ def _exited(
     return [
         *actions,
         MarkError(replica.replica_id, message, with_log_tail=not replica.running),
-        _event(EventType.REPLICA_CRASHED, replica, event),
+        _event(kind, replica, event),
     ]
 
 

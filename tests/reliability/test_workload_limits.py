@@ -109,9 +109,7 @@ def test_replicas_start_with_their_sizes_limits_and_an_event_says_what_holds_the
     [replica] = attacker.replicas("1")
     where = _hierarchy()
     held = f"held by {where.kind}" if where else "held by rlimits"
-    [event] = [
-        e for e in attacker.events(EventType.REPLICA_STARTED) if "start with limits" in e.message
-    ]
+    [event] = [e for e in attacker.events(EventType.REPLICA_LIMITS_APPLIED)]
     assert event.message == (
         "Replicas of version 1 start with limits: 1 CPU, 4096 MiB memory, 256 processes, "
         f"1024 MiB per tmpfs; {held}."
@@ -139,7 +137,7 @@ def test_a_model_allocating_6_gib_is_killed_alone_at_its_4_gib_and_replaced(atta
         wait_for(replaced, timeout=READY_TIMEOUT, what="a replacement replica")
         assert attacker.score("Production").json() == {"predictions": ["alive"]}
     reason = f"out of memory (limit {SMALL['memory_mb']} MiB)"
-    crashed = [e.message for e in attacker.events(EventType.REPLICA_CRASHED)]
+    crashed = [e.message for e in attacker.events(EventType.REPLICA_OUT_OF_MEMORY)]
     assert crashed == [
         f"Replica {victim.replica_id} was stopped: {reason}, while serving."
         " A replacement starts in 1 s (restart 1 in a row)."

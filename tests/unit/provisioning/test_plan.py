@@ -499,7 +499,7 @@ def test_a_replica_its_memory_limit_stopped_says_so_and_is_replaced_like_a_crash
     (error,) = of(planned, MarkError)
     assert error.message == f"The model server was stopped: {reason}, {when}"
     (event,) = of(planned, RecordEvent)
-    assert event.type == EventType.REPLICA_CRASHED
+    assert event.type == EventType.REPLICA_OUT_OF_MEMORY
     assert event.message.startswith(f"Replica v1-a was stopped: {reason}, {when}")
     if replica.running:
         assert NoteReplacement("1", 2) in planned

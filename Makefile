@@ -37,11 +37,16 @@ help:
 	@echo "make browser-deps  chromium for the browser tests (apt-get)"
 	@echo "make clean  remove .venv, var/ and the tools' caches"
 
+# uv installs what pip would, in a fraction of the time; it reads no pip configuration, so
+# a wheel directory given to pip (PIP_FIND_LINKS, e.g. a CPU-only torch) is passed on.
+PIP_WHEEL_DIRS = $(PIP_FIND_LINKS) $(shell python3 -m pip config get global.find-links 2>/dev/null)
+UV_FIND_LINKS = $(foreach dir,$(sort $(PIP_WHEEL_DIRS)),--find-links $(dir))
+
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "Installing Python packages into $(VENV)/ …"
-	@$(PY) -m pip install --quiet --upgrade pip $(PIP_QUIET)
-	@$(PY) -m pip install --quiet -e '.[test,examples,cluster]' $(PIP_QUIET)
+	@$(PY) -m pip install --quiet --upgrade pip uv $(PIP_QUIET)
+	@$(PY) -m uv pip install --quiet --python $(PY) $(UV_FIND_LINKS) -e '.[test,examples,cluster]'
 	@touch $@
 
 ifeq ($(VENV),.venv)
@@ -71,10 +76,12 @@ run: install system-deps
 run-cluster: install system-deps
 	$(PY) manage.py run_cluster
 
-# The whole suite runs on PostgreSQL (SERVING_TEST_DB=postgres: the run starts its own
-# server on 127.0.0.1), the 2-node Ray cluster tests included. On SQLite, the embedded
-# default, it runs again without the example models (torch, transformers: minutes of model
-# loading that no database behaviour depends on) and without the Ray cluster tests.
+# The suite runs on SQLite, the embedded default, all but the 2-node Ray cluster tests
+# (`make run-cluster` runs on PostgreSQL). On PostgreSQL (SERVING_TEST_DB=postgres: the run
+# starts its own server on 127.0.0.1) it runs again, the cluster tests included, without
+# the tests marked `any_database`: those whose subject does not depend on the database
+# engine (the sandbox, the wire format, the UI in a browser, the plugin's client, the
+# example models), which run once.
 # Each database's run has two phases: the tests in parallel on TEST_WORKERS pytest-xdist
 # workers (each with its own Redis, Celery worker, web server, data directory and
 # database), then the tests marked `serial` (the latency guards, the example models, the Ray
@@ -84,7 +91,8 @@ run-cluster: install system-deps
 TEST_WORKERS := 3
 PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal
 PYTEST_SERIAL := $(VENV)/bin/pytest -p no:xdist
-SQLITE_TESTS := not examples and not cluster
+SQLITE_TESTS := not cluster
+POSTGRES_TESTS := not any_database
 POSTGRES := SERVING_TEST_DB=postgres
 
 test: install system-deps browser-deps
@@ -108,10 +116,10 @@ test-sqlite-serial: install system-deps browser-deps
 	$(PYTEST_SERIAL) -m "serial and $(SQLITE_TESTS)"
 
 test-postgres-parallel: install system-deps browser-deps
-	$(POSTGRES) $(PYTEST_PARALLEL) -m "not serial"
+	$(POSTGRES) $(PYTEST_PARALLEL) -m "not serial and $(POSTGRES_TESTS)"
 
 test-postgres-serial: install system-deps browser-deps
-	$(POSTGRES) $(PYTEST_SERIAL) -m serial
+	$(POSTGRES) $(PYTEST_SERIAL) -m "serial and $(POSTGRES_TESTS)"
 
 test-fast: install system-deps
 	$(PYTEST_PARALLEL) -m "not browser and not examples and not reliability and not cluster"

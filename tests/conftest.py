@@ -38,9 +38,9 @@ from tests.support.stack import (
 FOLDER_MARKERS = {
     "integration": ("integration",),
     "reliability": ("reliability", "integration"),
-    "browser": ("browser", "integration"),
+    "browser": ("browser", "integration", "any_database"),
     "cluster": ("cluster", "integration"),
-    "examples": ("examples",),
+    "examples": ("examples", "any_database"),
 }
 # Fixtures that start (or need) the run's Redis, worker, web server, replicas or browser.
 PROCESS_FIXTURES = {

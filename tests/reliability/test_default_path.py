@@ -33,7 +33,7 @@ from tests.support.models import copy_of_iris
 from tests.support.stack import WEB_SERVERS, pause_workers, start_worker, wait_for
 
 # serial: the latency guard times requests, with nothing else running.
-pytestmark = [pytest.mark.serial, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.any_database, pytest.mark.serial, pytest.mark.timeout(900)]
 
 MODES = {
     "zygote": {},

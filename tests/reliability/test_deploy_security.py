@@ -15,6 +15,8 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, get_resolver
 
+pytestmark = pytest.mark.any_database
+
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "serving.example.com"
 

@@ -34,6 +34,8 @@ from endpoints.models import ServingEndpoint
 from tests.support.rows import add_version
 from tests.support.stack import serve_product
 
+pytestmark = pytest.mark.any_database
+
 HALF_OPEN = 250
 PER_ENDPOINT = 2
 MAX_PAYLOAD = 1_000_000

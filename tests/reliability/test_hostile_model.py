@@ -35,7 +35,7 @@ from endpoints.runtime.local import LocalRuntime, arguments, wait_until
 from tests.support import hostile
 from tests.support.stack import wait_for
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.any_database, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

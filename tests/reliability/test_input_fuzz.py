@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from tests.support import iris
 
+pytestmark = pytest.mark.any_database
+
 SCALARS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False, width=32),
     st.integers(min_value=-(2**70), max_value=2**70),

@@ -19,6 +19,8 @@ from tests.support.models import constant_model, gate_artifacts, gate_model, reg
 from tests.support.serving import READY_TIMEOUT
 from tests.support.stack import serve_product, wait_for
 
+pytestmark = pytest.mark.any_database
+
 TIMEOUT_SECONDS = 2
 
 

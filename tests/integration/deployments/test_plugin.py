@@ -1,5 +1,6 @@
 """`mlflow deployments … -t serving-ui` and get_deploy_client("serving-ui") against the
-running product: real web server, worker and replicas; the CLI in a subprocess.
+running product: real web server, worker and replicas; the CLI in a subprocess with a clean
+environment once per command line tool and test, and in this process otherwise.
 
 MLflow finds the plugin through the ``mlflow.deployments`` entry point of the installed
 package metadata. Where the installed metadata predates the entry point (an editable
@@ -15,6 +16,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,8 @@ from endpoints import registry
 from endpoints.dev.devstack import free_port
 from tests.support import models
 from tests.support.stack import wait_for
+
+pytestmark = pytest.mark.any_database
 
 ROOT = Path(__file__).resolve().parents[3]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
@@ -65,9 +69,32 @@ def target_env(stack, owner, make_token, plugin_path, monkeypatch) -> dict[str, 
     return env
 
 
-def cli(env: dict[str, str], *args: str, module: bool = False) -> subprocess.CompletedProcess:
-    """``mlflow deployments ARGS`` (or ``python -m endpoints.deployments ARGS``) as a user
-    runs it, with only ``env`` added to a clean environment."""
+def cli(
+    env: dict[str, str], *args: str, module: bool = False, process: bool = False
+) -> subprocess.CompletedProcess:
+    """``mlflow deployments ARGS`` (or ``python -m endpoints.deployments ARGS``) with only
+    ``env`` added: with ``process``, as a user runs it, in a subprocess with a clean
+    environment (the installed entry points, nothing of this process); else the same click
+    command in this process, which spares each call MLflow's seconds of imports."""
+    if process:
+        return _cli_process(env, *args, module=module)
+    # Imported here: MLflow's CLI takes seconds to import, in each worker that collects this.
+    from click.testing import CliRunner
+    from mlflow.cli import cli as mlflow_cli
+
+    from endpoints.deployments import __main__ as plugin_main
+
+    command = plugin_main.cli if module else mlflow_cli
+    env = {k: v for k, v in env.items() if k != "PLUGIN_PATH"}
+    argv = list(args) if module else ["deployments", *args]
+    result = CliRunner().invoke(command, argv, env=env, catch_exceptions=True)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, stderr)
+
+
+def _cli_process(env: dict[str, str], *args: str, module: bool) -> subprocess.CompletedProcess:
     command = (
         [sys.executable, "-m", "endpoints.deployments", *args]
         if module
@@ -130,6 +157,7 @@ def test_the_plugin_deploys_serves_updates_and_deletes_a_model(
             f"models:/{name}/1",
             "-C",
             "stage=Production",
+            process=True,
         )
     )
     assert f"python_function deployment {name} is created" in created
@@ -174,6 +202,7 @@ def test_the_plugin_deploys_serves_updates_and_deletes_a_model(
             "--output-path",
             str(out_path),
             module=True,
+            process=True,
         )
     )
     expected = _local_predictions(frame)
@@ -232,7 +261,9 @@ def _error(result: subprocess.CompletedProcess) -> str:
 def test_a_wrong_url_a_bad_token_and_an_unknown_model_are_clear_errors(target_env, plugin_path):
     env = {**target_env, "PLUGIN_PATH": plugin_path}
     nowhere = f"http://127.0.0.1:{free_port()}"
-    message = _error(cli({**env, "SERVING_UI_URL": nowhere}, "list", "-t", "serving-ui"))
+    message = _error(
+        cli({**env, "SERVING_UI_URL": nowhere}, "list", "-t", "serving-ui", process=True)
+    )
     assert f"Error: Could not reach Serving UI at {nowhere}" in message
     assert "SERVING_UI_URL" in message
     # The address in the target wins over the environment.

@@ -20,9 +20,12 @@ import pytest
 from endpoints.dev import devdb
 from endpoints.dev.devstack import LOOPBACK, StackError
 
-pytestmark = pytest.mark.skipif(
-    devdb.binaries() is None, reason="PostgreSQL is not installed (`make system-deps`)"
-)
+pytestmark = [
+    pytest.mark.any_database,
+    pytest.mark.skipif(
+        devdb.binaries() is None, reason="PostgreSQL is not installed (`make system-deps`)"
+    ),
+]
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ from tests.support.stack import serve_product, wait_for
 from tests.support.ui_sender import UiClient
 
 # The rows are written by hand here: the reconcile loop must not correct them meanwhile.
-pytestmark = pytest.mark.usefixtures("reconcile_paused")
+pytestmark = [pytest.mark.any_database, pytest.mark.usefixtures("reconcile_paused")]
 
 Address = tuple[str, int]
 

@@ -14,6 +14,8 @@ from endpoints.provisioning import environments
 from endpoints.runtime import ReplicaSpec, get_runtime
 from endpoints.runtime.local import wait_until
 
+pytestmark = pytest.mark.any_database
+
 
 @pytest.fixture
 def data_dir(settings, tmp_path: Path) -> Path:

@@ -36,7 +36,7 @@ from endpoints.runtime.local import (
     wait_until,
 )
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.any_database, pytest.mark.timeout(300)]
 
 
 def _probe_model():

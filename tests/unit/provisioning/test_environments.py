@@ -10,6 +10,8 @@ import pytest
 
 from endpoints.provisioning import environments
 
+pytestmark = pytest.mark.any_database
+
 
 @pytest.fixture
 def data_dir(settings, tmp_path: Path) -> Path:

@@ -35,7 +35,10 @@ JSON_TYPE = "application/json"
 # The scikit-learn shortcut ignores this warning process-wide (it predicts from an array
 # whose columns it checked by name); pytest restores the warning filters after every test,
 # so the tests repeat the shortcut's filter.
-pytestmark = pytest.mark.filterwarnings("ignore:X does not have valid feature names:UserWarning")
+pytestmark = [
+    pytest.mark.any_database,
+    pytest.mark.filterwarnings("ignore:X does not have valid feature names:UserWarning"),
+]
 
 
 class Echo(mlflow.pyfunc.PythonModel):

@@ -31,7 +31,7 @@ from tests.support.models import attacker_model, register
 from tests.support.serving import READY_TIMEOUT
 from tests.support.stack import wait_for
 
-pytestmark = pytest.mark.serial
+pytestmark = [pytest.mark.serial, pytest.mark.any_database]
 
 SMALL = WORKLOAD_LIMITS[WorkloadSize.SMALL]
 

@@ -102,6 +102,7 @@ def serving(
     url = absolute_uri(path) if path else ""
     example, example_reason = input_example(version) if tab == "call" else ("", "")
     can_manage = has_permission(user, endpoint, PermissionLevel.CAN_MANAGE)
+    replica_rows = list(version.replicas.order_by("-created_at")[:20]) if version else []
     context = {
         "name": name,
         "endpoint": endpoint,
@@ -113,7 +114,9 @@ def serving(
         "version": version,
         "version_tags": tags.get(version.pk, []) if version else [],
         "version_label": selectors.sidebar_label(version) if version else "",
-        "replicas": list(version.replicas.order_by("-created_at")[:20]) if version else [],
+        "replicas": replica_rows,
+        # The GPUs column shows only where a replica of the version has devices.
+        "replica_gpus": any(r.gpu_devices for r in replica_rows),
         "model_urls": model_urls(endpoint=endpoint, versions=versions, absolute_uri=absolute_uri),
         "tab": tab,
         # Logs can hold request data a model printed: only CAN_MANAGE sees the tab.

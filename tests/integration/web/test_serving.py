@@ -29,7 +29,7 @@ from endpoints.models import (
     ServingEndpoint,
 )
 from endpoints.services import traffic
-from tests.support.rows import add_version
+from tests.support.rows import add_replica, add_version
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_server")]
 
@@ -140,6 +140,29 @@ def test_model_urls_are_absolute_for_stages_and_versions(owner, endpoint, model_
     html = logged_in(owner).get(serving_url(model_name)).content.decode()
     assert f"http://testserver/model-endpoint/{model_name}/Production/invocations" in html
     assert f"http://testserver/model/{model_name}/1/invocations" in html
+
+
+def test_the_replica_list_shows_each_replicas_gpus_where_a_replica_has_some(
+    owner, endpoint, model_name
+):
+    version = add_version(endpoint, "1", "Production", replicas=[("127.0.0.1", 20001)])
+
+    def rows() -> dict[str, str]:
+        html = logged_in(owner).get(serving_url(model_name)).content.decode()
+        table = html[html.index('class="table compact replicas"') :]
+        table = table[: table.index("</table>")]
+        head, body = table.split("<tbody>")
+        return {"head": head} | {r.split("</code>")[0]: r for r in body.split("<code>")[1:]}
+
+    [cpu] = version.replicas.all()
+    before = rows()
+    assert "<th>GPUs</th>" not in before["head"]
+    assert before[cpu.replica_id].count('<td class="small">—</td>') == 1  # its node
+    gpu = add_replica(version, ("127.0.0.1", 20002), gpu_devices="0,1")
+    after = rows()
+    assert "<th>GPUs</th>" in after["head"]
+    assert '<td class="small">0,1</td>' in after[gpu.replica_id]
+    assert after[cpu.replica_id].count('<td class="small">—</td>') == 2  # its node, its GPUs
 
 
 def test_updating_version_is_labelled_updating(owner, endpoint, model_name):

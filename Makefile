@@ -89,7 +89,7 @@ run-cluster: install system-deps
 # parallel phases at once, then the serial phases one after the other (README.md has the
 # timings).
 TEST_WORKERS := 3
-PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal
+PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 PYTEST_SERIAL := $(VENV)/bin/pytest -p no:xdist
 SQLITE_TESTS := not cluster
 POSTGRES_TESTS := not any_database

@@ -94,8 +94,7 @@ class NoisyNeighbourBench(Bench):
 
         held = Event.objects.filter(
             endpoint__registered_model_name=NOISY_MODEL,
-            type=EventType.REPLICA_STARTED,
-            message__contains="start with limits",
+            type=EventType.REPLICA_LIMITS_APPLIED,
         ).first()
         self.say(held.message if held else "The spinning replica started without a limits event.")
 

@@ -99,11 +99,13 @@ class ProvisioningBench(Bench):
         from endpoints.models import Event
 
         self.say(f"  {what}: events")
-        events = Event.objects.filter(timestamp__gte=int(since * 1000)).order_by("timestamp", "pk")
+        events = list(
+            Event.objects.filter(timestamp__gte=int(since * 1000)).order_by("timestamp", "pk")
+        )
+        width = max((len(event.type) for event in events), default=0)
         for event in events:
-            self.say(
-                f"    +{event.timestamp / 1000 - since:6.2f} s  {event.type:20} {event.message}"
-            )
+            seconds = event.timestamp / 1000 - since
+            self.say(f"    +{seconds:6.2f} s  {event.type:{width}} {event.message}")
 
     def _wait_for_zygote(self, since: float) -> float:
         """Seconds from the worker's start until its zygote answers (0 in spawn mode): the

@@ -331,7 +331,7 @@ def test_a_replica_over_its_memory_on_a_node_is_killed_there_and_the_loop_says_w
     services.endpoint_enable(name=name, user=owner)
     [victim] = wait_for(lambda: running(name, "1"), timeout=READY_TIMEOUT, what="a replica")
     started = Event.objects.filter(
-        endpoint__registered_model_name=name, message__contains="start with limits"
+        endpoint__registered_model_name=name, type=EventType.REPLICA_LIMITS_APPLIED
     )
     [note] = [e.message for e in started]
     assert note.startswith(
@@ -354,13 +354,14 @@ def test_a_replica_over_its_memory_on_a_node_is_killed_there_and_the_loop_says_w
     def crashed() -> list[str]:
         return list(
             Event.objects.filter(
-                endpoint__registered_model_name=name, type=EventType.REPLICA_CRASHED
+                endpoint__registered_model_name=name, type=EventType.REPLICA_OUT_OF_MEMORY
             ).values_list("message", flat=True)
         )
 
     [event] = wait_for(crashed, timeout=60, what="the crash's event")
     assert event == (
         f"Replica {victim.replica_id} was stopped: out of memory (limit 4096 MiB), while serving."
+        " A replacement starts in 1 s (restart 1 in a row)."
     )
     wait_for(
         lambda: [r for r in running(name, "1") if r.replica_id != victim.replica_id],

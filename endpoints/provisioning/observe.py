@@ -176,15 +176,20 @@ def version_view(version: EndpointVersion, *, replacing: int = 0) -> VersionView
 def _unreplaced_crash(
     version: EndpointVersion, last_error: Replica | None, replacing: int
 ) -> tuple[float | None, int]:
-    """When the version's newest error is a replica that crashed while serving and none
-    has started since: when it crashed, and the restart count of its replacement (one more
-    than the crashed replica's, or 1 when it served longer than the backoff's reset)."""
+    """When the version's newest error is a replica that crashed while serving, within the
+    backoff's reset, and none has started since: when it crashed, and the restart count of
+    its replacement (one more than the crashed replica's, or 1 when it served longer than
+    the reset). A replica started later than that (a version woken from zero long after)
+    is no replacement."""
     if last_error is None or last_error.started_at is None or last_error.stopped_at is None:
+        return None, replacing
+    rules = limits()
+    if now() - last_error.stopped_at.timestamp() > rules.restart_backoff_reset:
         return None, replacing
     if version.replicas.filter(created_at__gt=last_error.stopped_at).exists():
         return None, replacing
     served = (last_error.stopped_at - last_error.started_at).total_seconds()
-    return last_error.stopped_at.timestamp(), limits().next_restart(last_error.restarts, served)
+    return last_error.stopped_at.timestamp(), rules.next_restart(last_error.restarts, served)
 
 
 def version_rows(endpoint: ServingEndpoint) -> list[EndpointVersion]:

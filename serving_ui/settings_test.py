@@ -35,6 +35,10 @@ _PER_WORKER = (
     "TEST_DATABASE_PATH",
     "SERVING_REPLICA_PORT_MIN",
     "SERVING_REPLICA_PORT_MAX",
+    # Replica cgroups under a parent of the worker's own (the product names it after its
+    # data directory): a worker whose session ends sweeps its own empty groups, never
+    # another's just made for a replica about to join it.
+    "SERVING_CGROUP_PARENT",
 )
 # "gw0", "gw1", … in a pytest-xdist worker (and the processes it starts); "" otherwise.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")

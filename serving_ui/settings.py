@@ -195,7 +195,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 RECONCILE_INTERVAL_SECONDS = envfloat("RECONCILE_INTERVAL_SECONDS", "5")
 
 # --- MLflow registry ---------------------------------------------------------------------
-MLFLOW_TRACKING_URI = envstr("MLFLOW_TRACKING_URI", f"sqlite:///{VAR_DIR / 'mlflow' / 'mlflow.db'}")
+# The embedded registry is one SQLite file that the web server, the worker and the replicas
+# share: a writer waits up to 30 s for another's lock (SQLite's default is 5 s).
+MLFLOW_TRACKING_URI = envstr(
+    "MLFLOW_TRACKING_URI", f"sqlite:///{VAR_DIR / 'mlflow' / 'mlflow.db'}?timeout=30"
+)
 MLFLOW_REGISTRY_URI = envstr("MLFLOW_REGISTRY_URI", MLFLOW_TRACKING_URI)
 MLFLOW_ARTIFACT_ROOT = envstr("MLFLOW_ARTIFACT_ROOT", str(VAR_DIR / "mlflow" / "artifacts"))
 # Downloads happen in workers: a progress bar would only fill their logs.
